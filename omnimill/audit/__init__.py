@@ -1,0 +1,1 @@
+"""Audit: sample pictures of every label; FAISS index and reports come next."""

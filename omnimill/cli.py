@@ -1,0 +1,152 @@
+"""The `omnimill` command. Thin: parse, validate, call a stage function, render the result.
+
+Exit codes: 0 done; 2 wrong input (one line on stderr says what to do); 3 completed, but some
+samples could not be labelled (each is recorded: `omnimill status STORE`); 4 some units failed
+after every retry (run the same command again to retry them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omnimill.errors import UserError
+
+app = typer.Typer(help="omnimill: a data engine for omni-modal pretraining.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+audit_app = typer.Typer(help="Inspect samples and their labels.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+console = Console()
+
+
+def _fail(message: str, code: int = 2):
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def label(
+    corpus: Annotated[str, typer.Argument(help="Folder of images, WebDataset tars (brace ranges) or a "
+                                               ".jsonl/.csv/.parquet manifest; local path or fsspec URL.")],
+    store: Annotated[str, typer.Argument(help="Label store to create or resume (Zarr v3), e.g. labels.zarr")],
+    teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="NAME[=CHECKPOINT], repeatable. "
+                                               "`omnimill teachers` lists them.")] = [],
+    workers: Annotated[Optional[int], typer.Option(help="Workers of the embedded cluster (default: one per GPU, "
+                                                        "else cores/2).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster: tcp://HOST:8786 "
+                                                          "or a scheduler file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per teacher call.")] = 32,
+    unit_size: Annotated[Optional[int], typer.Option(help="Samples per work unit = per chunk (new stores; "
+                                                          "default 128).")] = None,
+    view_size: Annotated[Optional[int], typer.Option(help="Side of the canonical view in pixels (new stores; "
+                                                          "default 384).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Relabel the given teachers from scratch.")] = False,
+    max_in_flight: Annotated[Optional[int], typer.Option(help="Units queued on the cluster at once "
+                                                              "(default 2 per worker).")] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts for a unit whose worker died or task failed.")] = 2,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")]
+    = 89_478_485,
+    break_lock: Annotated[bool, typer.Option("--break-lock", help="Take over a store locked by a run on "
+                                                                  "another host that is known dead.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+):
+    """Run teachers over CORPUS and write aligned labels to STORE. Resumes where it stopped."""
+    from omnimill.engine.label import LabelOptions
+    from omnimill.engine.label import label as run_label
+
+    options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
+                           view_size=view_size, device=device, dtype=dtype, force=force,
+                           max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
+                           break_lock=break_lock, progress=not no_progress)
+    try:
+        result = run_label(corpus, store, teacher, options)
+    except UserError as e:
+        _fail(str(e))
+    samples = sum(s["n"] for s in result.unit_stats)
+    rate = samples / result.seconds if result.seconds else 0.0
+    console.print(f"{result.units_done}/{result.units_planned} units, {samples} samples in "
+                  f"{result.seconds:.1f}s ({rate:.1f} samples/s); {result.samples_failed} failed labels; "
+                  f"{len(result.units_failed)} failed units", highlight=False)
+    if result.units_planned == 0:
+        console.print("nothing to do: every unit of these teachers is committed (use --force to relabel)")
+    if result.samples_failed:
+        console.print(f"completed with errors: see `omnimill status {store}`", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def status(
+    store: Annotated[str, typer.Argument(help="Label store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
+):
+    """Per teacher: units done, samples ok/failed (with the first errors), provenance."""
+    from omnimill.shards.labelstore import LabelStore
+
+    try:
+        info = LabelStore.open(store).status(max_errors=errors)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    console.print(f"[bold]{info['store']}[/bold]  corpus {info['corpus']['uri']} ({info['corpus']['kind']}), "
+                  f"{info['n']} samples, view {info['view_size']}px, {info['n_units']} units of "
+                  f"{info['unit_size']}", highlight=False)
+    if info["lock"]:
+        lock = info["lock"]
+        console.print(f"[yellow]locked by pid {lock['pid']} on {lock['host']} since {lock['since']}")
+    table = Table("teacher", "units", "ok", "failed", "checkpoint", "sha256")
+    for name, t in info["teachers"].items():
+        prov = t["provenance"]
+        table.add_row(name, f"{t['units_done']}/{t['units_total']}", str(t["samples_ok"]), str(t["samples_failed"]),
+                      str(prov.get("checkpoint") or "-"), (prov.get("checkpoint_sha256") or "-")[:12])
+    console.print(table)
+    for name, t in info["teachers"].items():
+        for e in t["first_errors"]:
+            console.print(f"  {name}: #{e['index']} {e['key']}: {e['stage']}: {e['error']}", highlight=False)
+
+
+@app.command()
+def teachers():
+    """List the teachers and what they need."""
+    from omnimill.labelers.registry import available, teacher_class
+
+    table = Table("teacher", "checkpoint", "default checkpoint", "about")
+    for name in available():
+        cls = teacher_class(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, "required" if cls.needs_checkpoint else "-", cls.default_checkpoint or "-", doc)
+    console.print(table)
+
+
+@audit_app.command("show")
+def audit_show(
+    store: Annotated[str, typer.Argument(help="Label store.")],
+    key: Annotated[str, typer.Argument(help="Sample key (see the store's `keys` array).")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("sample.png"),
+):
+    """One sample with every label it carries, as a PNG panel."""
+    from omnimill.audit.render import render_sample
+
+    try:
+        render_sample(store, key, out)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"wrote {out}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Client side of `omnimill label`: index, plan units, submit with back-pressure, retry, resume.
+
+    index corpus (first run only) -> check teachers and checkpoints -> create store -> lock it
+    -> plan (unit, teachers without a marker) -> at most `max_in_flight` units on the cluster
+    -> retry units lost with a worker -> record the run -> unlock
+
+Everything that can be wrong with the input is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from omnimill.engine import cluster
+from omnimill.engine.progress import Progress
+from omnimill.engine.worker import UnitTask, run_unit
+from omnimill.errors import UserError
+from omnimill.labelers.base import TeacherSpec
+from omnimill.labelers.registry import build
+from omnimill.labelers.view import DEFAULT_MAX_PIXELS
+from omnimill.shards.corpus import index_corpus, normalise_uri
+from omnimill.shards.labelstore import LabelStore
+
+DEFAULT_VIEW_SIZE = 384
+DEFAULT_UNIT_SIZE = 128  # samples per unit = per chunk; 128 x 384² x 3 B = 57 MB of rgb per chunk
+
+# Exit codes of `omnimill label` (also in the README).
+EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_UNIT_FAILURES, EXIT_USAGE = 0, 3, 4, 2
+
+
+@dataclass
+class LabelOptions:
+    workers: int | None = None  # embedded cluster size; default one per GPU, else cores / 2
+    scheduler: str | None = None  # tcp://host:8786 or a scheduler file: join that cluster
+    batch_size: int = 32
+    unit_size: int | None = None  # fixed when the store is created
+    view_size: int | None = None  # fixed when the store is created
+    device: str = "auto"
+    dtype: str = "auto"
+    force: bool = False  # relabel the given teachers from scratch
+    max_in_flight: int | None = None  # default: 2 units per worker (one running, one queued)
+    retries: int = 2  # extra attempts for a unit whose task failed or whose worker died
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = 2
+    torch_threads: int | None = None
+    break_lock: bool = False
+    progress: bool = True
+    local_directory: str | None = None
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class LabelResult:
+    store: str
+    teachers: list[str]
+    units_planned: int = 0
+    units_done: int = 0
+    units_failed: list[dict] = field(default_factory=list)
+    samples_ok: int = 0
+    samples_failed: int = 0  # sample x teacher failures recorded this run
+    seconds: float = 0.0
+    unit_stats: list[dict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.units_failed:
+            return EXIT_UNIT_FAILURES
+        return EXIT_SAMPLE_ERRORS if self.samples_failed else EXIT_OK
+
+
+def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: LabelOptions | None = None,
+          **overrides) -> LabelResult:
+    """Label `corpus` into the label store `store` with `teachers` (names or `name=checkpoint`)."""
+    opts = options or LabelOptions()
+    for k, v in overrides.items():
+        setattr(opts, k, v)
+    _check_options(opts)
+    specs = _parse_specs(teachers)
+
+    exists = LabelStore.exists(store, opts.storage_options)
+    if exists:
+        labels = LabelStore.open(store, "r+", opts.storage_options)
+        _check_same_corpus(labels, corpus)
+        _check_fixed(labels, opts)
+        index = None
+    else:
+        index = index_corpus(corpus, opts.storage_options)
+    view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
+    built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
+    provenance = {t.name: t.provenance() for t in built}
+    if not exists:
+        labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
+                                   opts.storage_options)
+
+    labels.acquire_lock(opts.break_lock)
+    result = LabelResult(store, [t.name for t in built])
+    started = time.time()
+    try:
+        for t in built:
+            labels.prepare_teacher(t.name, t.fields(), provenance[t.name], force=opts.force)
+        tasks = plan(labels, specs, [t.name for t in built], opts)
+        result.units_planned = len(tasks)
+        if tasks:
+            _run(tasks, labels, opts, result)
+    finally:
+        result.seconds = time.time() - started
+        labels.append_run(_run_record(result, started, opts))
+        labels.release_lock()
+    return result
+
+
+def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: LabelOptions) -> list[UnitTask]:
+    """One task per unit that some teacher has not committed, carrying just those teachers."""
+    done = {name: labels.done_units(name) for name in names}
+    tasks = []
+    for u in range(labels.n_units):
+        todo = [spec for spec, name in zip(specs, names) if not done[name][u]]
+        if todo:
+            unit = labels.unit(u)
+            tasks.append(UnitTask(labels.uri, u, unit.start, unit.stop, todo, labels.view_size, opts.batch_size,
+                                  opts.device, opts.dtype, opts.torch_threads, {}, opts.decode_threads,
+                                  opts.max_pixels, 0, opts.storage_options))
+    return tasks
+
+
+def _run(tasks: list[UnitTask], labels: LabelStore, opts: LabelOptions, result: LabelResult) -> None:
+    from distributed import as_completed
+
+    with cluster.connect(opts.scheduler, opts.workers, opts.local_directory) as client:
+        per_host = cluster.workers_per_host(client)
+        n_workers = sum(per_host.values())
+        resources = {"GPU": 1} if _has_gpu_resource(client) else None
+        max_in_flight = opts.max_in_flight or 2 * max(1, n_workers)
+        run_id = uuid.uuid4().hex[:8]
+        queue = deque(tasks)
+        in_flight: dict = {}
+        completed = as_completed()
+
+        def submit(task: UnitTask):
+            task.workers_per_host = per_host
+            future = client.submit(run_unit, task, key=f"omnimill-unit-{task.unit}-{run_id}-{task.attempt}",
+                                   pure=False, resources=resources)
+            in_flight[future] = task
+            completed.add(future)
+
+        total = sum(t.stop - t.start for t in tasks)
+        with Progress(total, client.dashboard_link, enabled=opts.progress) as progress:
+            while queue and len(in_flight) < max_in_flight:
+                submit(queue.popleft())
+            for future in completed:
+                task = in_flight.pop(future)
+                try:
+                    stats = future.result()
+                except Exception as e:  # the task raised, or its worker died (KilledWorker)
+                    if task.attempt < opts.retries:
+                        task.attempt += 1
+                        queue.appendleft(task)
+                        progress.note(f"unit {task.unit} failed ({type(e).__name__}); retry {task.attempt}")
+                    else:
+                        result.units_failed.append({"unit": task.unit, "error": f"{type(e).__name__}: {e}"})
+                        progress.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
+                else:
+                    result.units_done += 1
+                    result.samples_ok += sum(stats["ok"].values())
+                    result.samples_failed += sum(stats["failed"].values())
+                    result.unit_stats.append(stats)
+                    progress.advance(stats["n"], sum(stats["failed"].values()))
+                while queue and len(in_flight) < max_in_flight:
+                    submit(queue.popleft())
+
+
+def _has_gpu_resource(client) -> bool:
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return bool(workers) and all("GPU" in (w.get("resources") or {}) for w in workers)
+
+
+def _parse_specs(teachers) -> list[TeacherSpec]:
+    specs = [t if isinstance(t, TeacherSpec) else TeacherSpec.parse(t) for t in teachers]
+    if not specs:
+        raise UserError("give at least one --teacher (e.g. --teacher rgb --teacher dinov2=/models/dinov2-base)")
+    names = [s.name for s in specs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise UserError(f"teacher {', '.join(sorted(duplicates))} given twice; give each teacher once")
+    return specs
+
+
+def _check_options(opts: LabelOptions) -> None:
+    for name in ("batch_size", "unit_size", "view_size", "workers", "max_in_flight"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if opts.device not in ("auto", "cpu") and not opts.device.startswith("cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda[:N], not {opts.device!r}")
+    if opts.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {opts.dtype!r}")
+
+
+def _check_same_corpus(labels: LabelStore, corpus: str) -> None:
+    if normalise_uri(corpus) != labels.corpus["uri"]:
+        raise UserError(f"{labels.uri} was built from corpus {labels.corpus['uri']}, not {normalise_uri(corpus)}; "
+                        "give that corpus, or a new store path for this one")
+
+
+def _check_fixed(labels: LabelStore, opts: LabelOptions) -> None:
+    for name in ("view_size", "unit_size"):
+        given, fixed = getattr(opts, name), getattr(labels, name)
+        if given is not None and given != fixed:
+            raise UserError(f"{labels.uri} has {name.replace('_', ' ')} {fixed}, fixed when it was created; "
+                            f"drop --{name.replace('_', '-')} or label into a new store")
+
+
+def _run_record(result: LabelResult, started: float, opts: LabelOptions) -> dict:
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(result.seconds, 2), "host": socket.gethostname(), "pid": os.getpid(),
+        "teachers": result.teachers, "units_planned": result.units_planned, "units_done": result.units_done,
+        "units_failed": result.units_failed, "samples_ok": result.samples_ok,
+        "samples_failed": result.samples_failed, "scheduler": opts.scheduler or "embedded",
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("storage_options", "progress")},
+    }

@@ -1,0 +1,225 @@
+"""Worker side: label one work unit. read → decode (thread pool, prefetching) → teachers → write → marker.
+
+Runs inside a Dask worker process but knows nothing of Dask: `run_unit` is a plain function, so the
+same code runs in a test, a benchmark, or any other executor. Teachers load once per process and stay
+cached; each batch is decoded once and every requested teacher runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from omnimill.errors import SampleError
+from omnimill.labelers.base import Batch, Teacher, TeacherSpec
+from omnimill.labelers.registry import build
+from omnimill.labelers.view import DEFAULT_MAX_PIXELS, Decoded, decode_view
+from omnimill.shards.corpus import ByteReader
+from omnimill.shards.labelstore import LabelStore
+
+PREFETCH_BATCHES = 2  # batches decoded ahead while the teachers run on the current one
+
+
+@dataclass
+class UnitTask:
+    store: str
+    unit: int
+    start: int
+    stop: int
+    teachers: list[TeacherSpec]
+    view_size: int
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    torch_threads: int | None = None  # None: this host's cores / workers_per_host[host]
+    workers_per_host: dict = field(default_factory=dict)
+    decode_threads: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    attempt: int = 0
+    storage_options: dict = field(default_factory=dict)
+
+
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(key, make):
+    """Per-process cache: teachers, stores and the decode pool outlive a task, not the worker."""
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = make()
+        return _cache[key]
+
+
+def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> Teacher:
+    def make():
+        teacher = build(spec, view_size)
+        teacher.load(device, dtype)
+        return teacher
+
+    return _cached(("teacher", spec.cache_key, view_size, device, dtype), make)
+
+
+def loaded_teachers() -> int:
+    """How many teachers this process has loaded (tests check "once per worker")."""
+    return sum(1 for k in _cache if k[0] == "teacher")
+
+
+def run_unit(task: UnitTask) -> dict:
+    t0 = time.perf_counter()
+    teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(_torch_threads(task))
+    store = _cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
+    pool = _cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
+    meta = store.samples(task.start, task.stop)
+    n = task.stop - task.start
+
+    outputs = {t.name: {f.name: _empty(n, f) for f in t.fields()} for t in teachers}
+    ok = {t.name: np.zeros(n, bool) for t in teachers}
+    errors: dict[str, list] = {t.name: [] for t in teachers}
+    seconds = {t.name: 0.0 for t in teachers}
+    crop_boxes = np.zeros((n, 4), np.int32)
+    decode_wait = 0.0
+
+    def record(name: str, row: int, err: SampleError):
+        errors[name].append({"index": task.start + row, "key": str(meta["keys"][row]),
+                             "stage": err.stage, "error": err.reason})
+
+    with ByteReader(task.storage_options) as reader:
+        def load(row: int):
+            try:
+                data = reader.read(str(meta["source"][row]), int(meta["offset"][row]), int(meta["size"][row]))
+            except Exception as e:  # missing file, network, permissions: the sample fails, the unit goes on
+                return SampleError("read", f"{type(e).__name__}: {e}")
+            try:
+                decoded = decode_view(data, task.view_size, task.max_pixels)
+            except SampleError as e:
+                return e
+            decoded.info.caption = str(meta["caption"][row])
+            return decoded
+
+        batches = [list(range(i, min(i + task.batch_size, n))) for i in range(0, n, task.batch_size)]
+        pending: deque = deque()
+        for b in range(min(PREFETCH_BATCHES, len(batches))):
+            pending.append([pool.submit(load, r) for r in batches[b]])
+        for b, rows in enumerate(batches):
+            tw = time.perf_counter()
+            results = [f.result() for f in pending.popleft()]
+            decode_wait += time.perf_counter() - tw
+            if b + PREFETCH_BATCHES < len(batches):
+                pending.append([pool.submit(load, r) for r in batches[b + PREFETCH_BATCHES]])
+
+            good = [r for r, d in zip(rows, results) if isinstance(d, Decoded)]
+            for r, d in zip(rows, results):
+                if isinstance(d, SampleError):
+                    for t in teachers:
+                        record(t.name, r, d)
+            if not good:
+                continue
+            decoded = [d for d in results if isinstance(d, Decoded)]
+            crop_boxes[good] = [d.info.crop_box for d in decoded]
+            batch = Batch(np.stack([d.view for d in decoded]), [d.info for d in decoded],
+                          [str(meta["keys"][r]) for r in good])
+            for t in teachers:
+                ts = time.perf_counter()
+                done = _run_teacher(t, batch, good, outputs[t.name], lambda r, e, name=t.name: record(name, r, e))
+                ok[t.name][done] = True
+                seconds[t.name] += time.perf_counter() - ts
+
+    tw = time.perf_counter()
+    store.write_crop_boxes(task.start, crop_boxes)
+    unit = store.unit(task.unit)
+    host, worker = socket.gethostname(), _worker_address()
+    for t in teachers:
+        failed = n - int(ok[t.name].sum())
+        marker = {"unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(ok[t.name].sum()),
+                  "failed": failed, "seconds": round(seconds[t.name], 4), "attempt": task.attempt,
+                  "worker": worker, "host": host, "pid": os.getpid(), "device": _device_name(t),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "errors": sorted(errors[t.name], key=lambda e: e["index"])}
+        store.write_unit(t.name, unit, outputs[t.name], ok[t.name], marker)
+    write_seconds = time.perf_counter() - tw
+    return {"unit": task.unit, "n": n, "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
+            "write": write_seconds, "teacher_seconds": seconds,
+            "ok": {name: int(v.sum()) for name, v in ok.items()},
+            "failed": {name: n - int(v.sum()) for name, v in ok.items()}, "worker": worker}
+
+
+def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record) -> list[int]:
+    """Run on the whole batch; if that raises, sample by sample so one bad input fails alone."""
+    try:
+        _place(out, rows, _check(teacher, teacher(batch), len(batch)))
+        return rows
+    except Exception as e:
+        if len(batch) == 1:
+            record(rows[0], SampleError(teacher.name, f"{type(e).__name__}: {e}"))
+            return []
+    done = []
+    for i, r in enumerate(rows):
+        try:
+            _place(out, [r], _check(teacher, teacher(batch.subset([i])), 1))
+            done.append(r)
+        except Exception as e:
+            record(r, SampleError(teacher.name, f"{type(e).__name__}: {e}"))
+    return done
+
+
+def _check(teacher: Teacher, result: dict, n: int) -> dict:
+    for f in teacher.fields():
+        value = result.get(f.name)
+        if value is None or len(value) != n or tuple(np.shape(value)[1:]) != f.shape:
+            got = None if value is None else np.shape(value)
+            raise ValueError(f"teacher {teacher.name} returned {f.name} of shape {got}, declared {(n, *f.shape)}")
+    return result
+
+
+def _place(out: dict, rows: list[int], result: dict) -> None:
+    for name, array in out.items():
+        array[rows] = result[name]
+
+
+def _empty(n: int, f) -> np.ndarray:
+    if f.dtype == "str":
+        return np.full(n, "", dtype=object)
+    return np.zeros((n, *f.shape), dtype=f.dtype)
+
+
+def _torch_threads(task: UnitTask) -> int:
+    """Dask's nanny starts workers with OMP_NUM_THREADS=1: give torch this worker's share of the cores.
+
+    e.g. 16 cores, 4 workers on the host -> 4 threads each.
+    """
+    if task.torch_threads:
+        return task.torch_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    host = _worker_address().split("://")[-1].rsplit(":", 1)[0]
+    return max(1, cores // task.workers_per_host.get(host, 1))
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"local-{os.getpid()}"
+
+
+def _device_name(teacher: Teacher) -> str:
+    device = getattr(teacher, "device", None)
+    if device is None:
+        return "cpu"
+    from omnimill.labelers.torch_device import device_name
+
+    return device_name(device)

@@ -1,0 +1,107 @@
+"""The teacher interface.
+
+A teacher maps a batch of canonical views to a dict of per-sample arrays, one per declared
+field. It knows nothing of Dask or Zarr: the engine decodes, batches, and writes. Shapes are
+per sample; the store adds the leading N axis.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from omnimill.labelers.view import ImageInfo
+
+
+@dataclass(frozen=True)
+class Field:
+    """One output of a teacher: per-sample shape and dtype.
+
+    dense: the array lies on the canonical-view grid (its first two axes span the view).
+    Variable-size outputs are padded to a declared maximum and come with a count field.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    dense: bool = False
+    doc: str = ""
+
+
+@dataclass
+class Batch:
+    """What a teacher sees: B canonical views plus what is known of their originals."""
+
+    views: np.ndarray  # (B, S, S, 3) uint8
+    infos: list[ImageInfo]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, rows: list[int]) -> "Batch":
+        return Batch(self.views[rows], [self.infos[i] for i in rows], [self.keys[i] for i in rows])
+
+
+@dataclass
+class TeacherSpec:
+    """`NAME[=CHECKPOINT]` from the command line, plus options. Cheap to ship to workers."""
+
+    name: str
+    checkpoint: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "TeacherSpec":
+        name, _, checkpoint = text.partition("=")
+        return cls(name.strip(), checkpoint.strip() or None)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.checkpoint}" if self.checkpoint else self.name
+
+    @property
+    def cache_key(self) -> tuple:
+        return (self.name, self.checkpoint, tuple(sorted(self.options.items())))
+
+
+class Teacher:
+    """Base class. Subclasses set `name`, implement `fields`, `__call__`, and (for models) `load`."""
+
+    name: ClassVar[str]
+    needs_checkpoint: ClassVar[bool] = False
+    default_checkpoint: ClassVar[str | None] = None  # what a user with network would pick
+    version: ClassVar[str] = "1"  # bump when the output of the same inputs changes
+
+    def __init__(self, spec: TeacherSpec, view_size: int):
+        self.spec = spec
+        self.view_size = view_size
+
+    def fields(self) -> list[Field]:
+        raise NotImplementedError
+
+    def load(self, device: str = "cpu", dtype: str = "float32") -> None:
+        """Load weights onto the device. Weight-free teachers have nothing to do."""
+
+    def __call__(self, batch: Batch) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Settings that change the output; stored in provenance and compared on resume."""
+        return {"view_size": self.view_size, "version": self.version, **self.spec.options}
+
+    def provenance(self) -> dict:
+        """Who made these labels: stored as the teacher group's attributes."""
+        import numpy
+
+        return {
+            "teacher": self.name,
+            "spec": str(self.spec),
+            "checkpoint": self.spec.checkpoint,
+            "config": self.config(),
+            "fields": {f.name: {"shape": list(f.shape), "dtype": f.dtype, "dense": f.dense, "doc": f.doc}
+                       for f in self.fields()},
+            "libraries": {"python": platform.python_version(), "numpy": numpy.__version__},
+        }

@@ -1,0 +1,54 @@
+"""Find a teacher's checkpoint and fingerprint it.
+
+A checkpoint is a local directory or file, or a hub id ("facebook/dinov2-base") where the machine
+has network (or the id is already in the local hub cache; HF_HUB_OFFLINE=1 uses only the cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from omnimill.errors import UserError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".json", ".model")
+
+
+def resolve(checkpoint: str, teacher: str, example: str) -> Path:
+    """Local path for `checkpoint`; a hub id is downloaded (or found in the cache) first."""
+    path = Path(checkpoint).expanduser()
+    if path.exists():
+        return path.resolve()
+    looks_like_hub_id = checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(checkpoint))
+        except Exception as e:  # offline, unknown repo, no permission: all say the same to the user
+            reason = f"hub id {checkpoint!r} could not be fetched ({type(e).__name__})"
+    else:
+        reason = f"{checkpoint!r} does not exist"
+    raise UserError(f"teacher {teacher}: checkpoint {reason}; pass a local checkpoint, e.g. --teacher {example}")
+
+
+def sha256(path: Path) -> str:
+    """sha256 over a checkpoint file, or over a directory's weight and config files (name + bytes)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _sha256_cached(stamp)
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    root = os.path.commonpath([s[0] for s in stamp]) if len(stamp) > 1 else ""
+    for name, _, _ in stamp:
+        digest.update(os.path.relpath(name, root).encode() if root else b"")
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()

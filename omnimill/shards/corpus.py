@@ -1,0 +1,282 @@
+"""Corpus readers: list a corpus once into stable keys, byte pointers and captions; read bytes back.
+
+Three kinds, given as one URI (a local path or any fsspec URL):
+  folder    a folder of images, recursive; optional sidecar caption `name.txt` or `name.json`
+  wds       WebDataset tars, brace ranges and globs allowed: `data/shard-{000000..000099}.tar`
+  manifest  `.jsonl`, `.csv` or `.parquet` with a `path` (or `url`) column, optional `key`, `caption`
+
+Keys are the sample's path without extension, relative to the corpus root (the member key for
+tars), with dots replaced by `_` because WebDataset splits keys at dots. Listing is sorted, so
+indexing the same corpus again gives the same keys in the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import tarfile
+import threading
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+
+from omnimill.errors import UserError
+
+IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"}
+CAPTION_EXTS = ("txt", "json")
+MANIFEST_EXTS = (".jsonl", ".csv", ".parquet")
+CAPTION_JSON_KEYS = ("caption", "text", "txt", "alt", "alt_text")
+MEMBER_SEP = "::"  # source of a tar member: "<tar url>::<member name>"
+
+
+@dataclass
+class CorpusIndex:
+    uri: str
+    kind: str
+    keys: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # byte offset inside a tar, -1 for a whole file
+    sizes: list[int] = field(default_factory=list)  # bytes, -1 when unknown
+    captions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: str, source: str, offset: int = -1, size: int = -1, caption: str = "") -> None:
+        self.keys.append(key)
+        self.sources.append(source)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+        self.captions.append(caption)
+
+
+def detect_kind(uri: str) -> str:
+    lower = uri.lower()
+    if lower.endswith(MANIFEST_EXTS):
+        return "manifest"
+    if ".tar" in lower:
+        return "wds"
+    return "folder"
+
+
+def normalise_uri(uri: str) -> str:
+    """Absolute local path, or the URL unchanged: what the store records as the corpus."""
+    if "://" in uri:
+        return uri
+    import os
+
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def index_corpus(uri: str, storage_options: dict | None = None) -> CorpusIndex:
+    """List every sample of the corpus. Raises UserError for a missing or empty corpus."""
+    uri = normalise_uri(uri)
+    kind = detect_kind(uri)
+    reader = {"folder": _index_folder, "wds": _index_tars, "manifest": _index_manifest}[kind]
+    index = reader(uri, storage_options or {})
+    if not len(index):
+        raise UserError(f"no images found in {uri} (kind: {kind}); expected image files "
+                        f"({', '.join(sorted(IMAGE_EXTS))}), WebDataset tars or a manifest")
+    _make_unique(index)
+    return index
+
+
+def make_key(path_without_ext: str) -> str:
+    return path_without_ext.strip("/").replace(".", "_") or "_"
+
+
+def _make_unique(index: CorpusIndex) -> None:
+    """Two files may map to one key (a.jpg, a.png): later ones get `_<n>` suffixes, in listing order."""
+    seen: dict[str, int] = {}
+    for i, key in enumerate(index.keys):
+        if key in seen:
+            seen[key] += 1
+            new = f"{key}_{seen[key]}"
+            while new in seen:
+                seen[key] += 1
+                new = f"{key}_{seen[key]}"
+            index.keys[i] = new
+            seen[new] = 0
+        else:
+            seen[key] = 0
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    return (stem, ext.lower()) if dot else (name, "")
+
+
+def _fs(uri: str, storage_options: dict):
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    return fs, path
+
+
+def _index_folder(uri: str, storage_options: dict) -> CorpusIndex:
+    fs, root = _fs(uri, storage_options)
+    if not fs.isdir(root):
+        raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of images, "
+                        "WebDataset tars (shard-{000..009}.tar) or a manifest (.jsonl/.csv/.parquet)")
+    files = sorted(fs.find(root))
+    present = set(files)
+    index = CorpusIndex(uri, "folder")
+    images = [p for p in files if _split_ext(p)[1] in IMAGE_EXTS]
+    sidecars = {}
+    for path in images:
+        stem = _split_ext(path)[0]
+        for ext in CAPTION_EXTS:
+            if f"{stem}.{ext}" in present:
+                sidecars[path] = f"{stem}.{ext}"
+                break
+    texts = fs.cat(list(sidecars.values())) if sidecars else {}
+    for path in images:
+        rel = posixpath.relpath(path, root)
+        sidecar = sidecars.get(path)
+        caption = _caption_from(texts[sidecar], sidecar) if sidecar else ""
+        index.add(make_key(_split_ext(rel)[0]), _url(fs, path), caption=caption)
+    return index
+
+
+def _url(fs, path: str) -> str:
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _caption_from(data: bytes, name: str) -> str:
+    text = data.decode("utf-8", errors="replace")
+    if not name.endswith(".json"):
+        return text.strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return ""
+    if isinstance(obj, dict):
+        for k in CAPTION_JSON_KEYS:
+            if isinstance(obj.get(k), str):
+                return obj[k].strip()
+    return ""
+
+
+def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
+    from braceexpand import braceexpand
+
+    fs, _ = _fs(uri, storage_options)
+    paths = []
+    for pattern in braceexpand(uri):
+        _, p = _fs(pattern, storage_options)
+        matches = fs.glob(p) if any(c in p for c in "*?[") else ([p] if fs.exists(p) else [])
+        paths.extend(sorted(matches))
+    if not paths:
+        raise UserError(f"no tar shards match {uri}; check the path and brace range, e.g. data/shard-{{000..009}}.tar")
+    index = CorpusIndex(uri, "wds")
+    for path in paths:
+        url = _url(fs, path)
+        with fs.open(path, "rb") as f:
+            samples: dict[str, dict] = {}
+            try:
+                members = tarfile.open(fileobj=f, mode="r:")
+                for m in members:
+                    if not m.isfile():
+                        continue
+                    directory, base = posixpath.split(m.name)
+                    stem, dot, ext = base.partition(".")  # WebDataset: key = dir + basename up to first dot
+                    key = posixpath.join(directory, stem)
+                    last_ext = ext.rsplit(".", 1)[-1].lower()
+                    entry = samples.setdefault(key, {})
+                    if last_ext in IMAGE_EXTS and "image" not in entry:
+                        entry["image"] = m
+                    elif last_ext in CAPTION_EXTS and "caption" not in entry:
+                        entry["caption"] = (m, last_ext)
+            except tarfile.TarError as e:
+                raise UserError(f"{url} is not a readable tar ({e}); remove it from the shard range") from None
+            for key, entry in samples.items():
+                if "image" not in entry:
+                    continue
+                caption = ""
+                if "caption" in entry:
+                    m, ext = entry["caption"]
+                    f.seek(m.offset_data)
+                    caption = _caption_from(f.read(m.size), "x." + ext)
+                image = entry["image"]
+                index.add(make_key(key), f"{url}{MEMBER_SEP}{image.name}", image.offset_data, image.size, caption)
+    return index
+
+
+def _index_manifest(uri: str, storage_options: dict) -> CorpusIndex:
+    fs, path = _fs(uri, storage_options)
+    if not fs.exists(path):
+        raise UserError(f"manifest {uri} does not exist")
+    rows = _read_manifest_rows(fs, path)
+    base = posixpath.dirname(path)
+    index = CorpusIndex(uri, "manifest")
+    for n, row in enumerate(rows):
+        target = row.get("path") or row.get("url")
+        if not target:
+            raise UserError(f"manifest {uri} row {n} has no 'path' or 'url' column value")
+        target = str(target)
+        if "://" not in target and not posixpath.isabs(target):
+            target = posixpath.join(base, target)
+        if "://" not in target and not _is_local(fs):
+            target = fs.unstrip_protocol(target)
+        key = row.get("key") or make_key(_split_ext(posixpath.relpath(target, base) if "://" not in target
+                                                    else posixpath.basename(target))[0])
+        index.add(str(key), target, caption=str(row.get("caption") or row.get("text") or ""))
+    return index
+
+
+def _read_manifest_rows(fs, path: str) -> list[dict]:
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    text = data.decode("utf-8")
+    if path.endswith(".csv"):
+        return list(csv.DictReader(io.StringIO(text)))
+    rows = []
+    for n, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"manifest {path} line {n + 1} is not JSON ({e})") from None
+    return rows
+
+
+class ByteReader:
+    """Reads raw sample bytes from sources; keeps tar files open across the members of a unit."""
+
+    def __init__(self, storage_options: dict | None = None):
+        self.storage_options = storage_options or {}
+        self._open: dict[str, object] = {}
+        self._lock = threading.Lock()  # decode threads share the open tar files: seek + read as one
+
+    def read(self, source: str, offset: int = -1, size: int = -1) -> bytes:
+        if offset >= 0:
+            url = source.split(MEMBER_SEP, 1)[0]
+            with self._lock:
+                f = self._open.get(url)
+                if f is None:
+                    f = self._open[url] = fsspec.open(url, "rb", **self.storage_options).open()
+                f.seek(offset)
+                return f.read(size)
+        with fsspec.open(source, "rb", **self.storage_options) as f:
+            return f.read()
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

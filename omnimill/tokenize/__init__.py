@@ -1,0 +1,1 @@
+"""Tokenizers: spatial, vector and sequence tokenizers for every label type (next issue)."""

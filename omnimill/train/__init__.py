@@ -1,0 +1,1 @@
+"""Lean 4M-style trainer over token shards (a later issue)."""
