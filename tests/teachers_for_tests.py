@@ -1,0 +1,60 @@
+"""Teachers plugged in by import path (`--teacher teachers_for_tests:Slow`), as users plug in their own.
+
+They exist to make engine behaviour observable: how slow a unit is, which process labelled a sample,
+how often a worker loaded its teacher.
+"""
+
+import os
+import time
+
+import numpy as np
+
+from omnimill.labelers.base import Batch, Field, Teacher
+
+LOADS = {"count": 0}
+
+
+class Slow(Teacher):
+    """Mean brightness per sample, slowly: SECONDS_PER_SAMPLE each, so a unit is in flight long enough to kill."""
+
+    name = "slow"
+    seconds_per_sample = float(os.environ.get("OMNIMILL_TEST_SLOW", "0.05"))
+
+    def fields(self):
+        return [Field("mean", (), "float32"), Field("pid", (), "int64")]
+
+    def __call__(self, batch: Batch):
+        time.sleep(self.seconds_per_sample * len(batch))
+        return {"mean": batch.views.reshape(len(batch), -1).mean(1).astype(np.float32),
+                "pid": np.full(len(batch), os.getpid(), np.int64)}
+
+
+class LoadCounter(Teacher):
+    """Records, per sample, the labelling process and how many times that process loaded this teacher."""
+
+    name = "loadcounter"
+
+    def fields(self):
+        return [Field("pid", (), "int64"), Field("loads", (), "int32")]
+
+    def load(self, device="cpu", dtype="float32"):
+        LOADS["count"] += 1
+
+    def __call__(self, batch: Batch):
+        return {"pid": np.full(len(batch), os.getpid(), np.int64),
+                "loads": np.full(len(batch), LOADS["count"], np.int32)}
+
+
+class FailsOnDark(Teacher):
+    """Raises for any batch holding a dark image: the engine must isolate the bad sample, not lose the batch."""
+
+    name = "failsondark"
+
+    def fields(self):
+        return [Field("brightness", (), "float32")]
+
+    def __call__(self, batch: Batch):
+        means = batch.views.reshape(len(batch), -1).mean(1)
+        if (means < 20).any():
+            raise ValueError("too dark to label")
+        return {"brightness": means.astype(np.float32)}

@@ -1,0 +1,174 @@
+"""The labelling engine on a real embedded Dask LocalCluster writing real Zarr stores."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+from conftest import write_images
+from PIL import Image
+
+from omnimill.engine.label import EXIT_OK, EXIT_SAMPLE_ERRORS, label
+from omnimill.errors import UserError
+from omnimill.labelers.view import decode_view
+from omnimill.shards.corpus import index_corpus
+from omnimill.shards.labelstore import LabelStore
+
+FAST = dict(workers=1, unit_size=8, view_size=64, progress=False)
+
+
+def markers(store, teacher):
+    return LabelStore.open(str(store)).markers(teacher)
+
+
+def test_labels_every_sample_aligned_with_the_index(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    result = label(str(corpus), str(store), ["rgb", "metadata"], **FAST)
+    assert result.exit_code == EXIT_OK and result.units_failed == []
+
+    labels = LabelStore.open(str(store))
+    index = index_corpus(str(corpus))
+    assert list(labels.keys()) == index.keys
+    assert labels.n_units == 3  # 20 samples / 8 per unit, rounded up
+    for teacher in ("rgb", "metadata"):
+        assert labels.done_units(teacher).all()
+        assert labels.group[teacher]["ok"][:].all()
+
+    # what the store holds is what decoding the source gives, sample by sample
+    for i in (0, 7, 8, 19):
+        expected = decode_view(open(index.sources[i], "rb").read(), 64)
+        np.testing.assert_array_equal(labels.group["rgb/image"][i], expected.view)
+        assert tuple(labels.group["crop_box"][i]) == expected.info.crop_box
+        assert labels.group["metadata/orig_width"][i] == 96
+    captions = dict(zip(labels.keys(), labels.group["caption"][:]))
+    assert captions["a/img0001"] == "a red ball on grass" and captions["b/img0013"] == "two cats"
+
+
+def test_rerun_skips_committed_units_and_new_teacher_labels_only_itself(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["rgb"], **FAST)
+    before = markers(store, "rgb")
+
+    again = label(str(corpus), str(store), ["rgb"], **FAST)
+    assert again.units_planned == 0 and again.units_done == 0
+    assert markers(store, "rgb") == before  # nothing rewritten
+
+    added = label(str(corpus), str(store), ["rgb", "canny"], **FAST)
+    assert added.units_planned == 3
+    assert all(set(s["ok"]) == {"canny"} for s in added.unit_stats)  # rgb did not run again
+    assert markers(store, "rgb") == before
+    assert LabelStore.open(str(store)).done_units("canny").all()
+
+
+def test_force_relabels(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["palette"], **FAST)
+    before = markers(store, "palette")
+    forced = label(str(corpus), str(store), ["palette"], force=True, **FAST)
+    assert forced.units_done == 3
+    after = markers(store, "palette")
+    assert all(a["finished"] >= b["finished"] for a, b in zip(after, before))
+    assert [a["ok"] for a in after] == [b["ok"] for b in before]
+
+
+def test_teachers_load_once_per_worker(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["teachers_for_tests:LoadCounter"], workers=2, unit_size=2, view_size=32,
+          progress=False)
+    group = zarr.open_group(str(store), mode="r")
+    pids, loads = group["loadcounter/pid"][:], group["loadcounter/loads"][:]
+    assert 1 <= len(set(pids)) <= 2  # 10 units spread over the 2 worker processes
+    assert set(loads) == {1}  # every unit saw its process's first and only load
+
+
+def test_bad_files_are_recorded_and_the_job_completes(bad_corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    result = label(str(bad_corpus), str(store), ["rgb", "metadata"], **FAST)
+    assert result.exit_code == EXIT_SAMPLE_ERRORS and not result.units_failed
+
+    labels = LabelStore.open(str(store))
+    keys = list(labels.keys())
+    ok = labels.group["rgb/ok"][:]
+    bad = {k for k in keys if k.startswith("bad_")}
+    assert bad == {"bad_truncated", "bad_empty", "bad_text", "bad_bomb"}
+    assert {k for k, good in zip(keys, ok) if not good} == bad  # odd-but-valid files are labelled
+
+    status = labels.status(max_errors=10)
+    errors = {e["key"]: e for e in status["teachers"]["rgb"]["first_errors"]}
+    assert set(errors) == bad
+    assert "truncated" in errors["bad_truncated"]["error"]
+    assert "empty" in errors["bad_empty"]["error"]
+    assert "not an image" in errors["bad_text"]["error"]
+    assert "decompression bomb" in errors["bad_bomb"]["error"]
+    assert status["teachers"]["metadata"]["samples_failed"] == 4
+    modes = dict(zip(keys, labels.group["metadata/mode"][:]))
+    assert modes["odd_cmyk"] == "CMYK" and modes["odd_16bit"].startswith("I")
+
+
+def test_a_teacher_failure_fails_only_its_sample(tmp_path):
+    root = tmp_path / "c"
+    write_images(root, 5)
+    Image.new("RGB", (50, 40)).save(root / "dark.png")  # black: FailsOnDark raises on any batch with it
+    store = tmp_path / "labels.zarr"
+    result = label(str(root), str(store), ["teachers_for_tests:FailsOnDark", "rgb"], **FAST)
+    assert result.exit_code == EXIT_SAMPLE_ERRORS
+    status = LabelStore.open(str(store)).status()
+    teacher = status["teachers"]["failsondark"]
+    assert teacher["samples_ok"] == 5 and teacher["samples_failed"] == 1
+    assert teacher["first_errors"][0]["key"] == "dark"
+    assert teacher["first_errors"][0]["stage"] == "failsondark"
+    assert status["teachers"]["rgb"]["samples_failed"] == 0  # other teachers are unaffected
+
+
+def test_changed_checkpoint_is_refused_unless_forced(corpus, tmp_path, tiny_dinov2):
+    from transformers import Dinov2Model
+
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), [f"dinov2={tiny_dinov2}"], **FAST)
+    other = tmp_path / "other-dinov2"
+    Dinov2Model(Dinov2Model.from_pretrained(tiny_dinov2).config).save_pretrained(other)  # new random weights
+    with pytest.raises(UserError, match="--force"):
+        label(str(corpus), str(store), [f"dinov2={other}"], **FAST)
+    result = label(str(corpus), str(store), [f"dinov2={other}"], force=True, **FAST)
+    assert result.units_done == 3
+    provenance = LabelStore.open(str(store)).provenance("dinov2")
+    assert provenance["checkpoint"] == str(other)
+
+
+def test_a_live_lock_refuses_a_second_run_and_a_dead_one_is_taken_over(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["rgb"], **FAST)
+    labels = LabelStore.open(str(store), "r+")
+    labels.acquire_lock()  # held by this (live) process, as a concurrent run would hold it
+    with pytest.raises(UserError, match="being labelled by pid"):
+        label(str(corpus), str(store), ["canny"], **FAST)
+    assert not LabelStore.open(str(store)).done_units("canny").any()
+
+    dead = {"host": os.uname().nodename, "pid": _dead_pid(), "since": "earlier", "nonce": "x"}
+    labels.group["_runs"].attrs["lock"] = dead  # a run killed with SIGKILL leaves this behind
+    assert label(str(corpus), str(store), ["canny"], **FAST).units_done == 3
+    assert LabelStore.open(str(store)).status()["lock"] is None
+
+
+def test_store_is_plain_zarr(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["rgb", "palette"], **FAST)
+    group = zarr.open_group(str(store), mode="r")  # no omnimill needed from here on
+    assert group.attrs["format"] == "omnimill.labels/1" and group.attrs["n"] == 20
+    assert group["palette/colors"].shape == (20, 7, 3) and group["palette/colors"].chunks == (8, 7, 3)
+    assert group["palette"].attrs["teacher"] == "palette"
+    marker = json.loads(group["_runs/palette/units"][:][0])
+    assert marker["ok"] == 8 and marker["failed"] == 0 and marker["errors"] == []
+    assert group["_runs"].attrs["history"][-1]["units_done"] == 3
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
