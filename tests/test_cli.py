@@ -1,0 +1,85 @@
+"""The `omnimill` command: wrong input fails fast with one line and writes nothing; exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from omnimill.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("make_args, fragment", [
+    (lambda c, s, ck: (c.parent / "missing", s, "-t", "rgb"), "does not exist"),
+    (lambda c, s, ck: (c, s, "-t", "nosuchteacher"), "unknown teacher 'nosuchteacher'; choose from"),
+    (lambda c, s, ck: (c, s, "-t", f"dinov2={c.parent / 'no-ckpt'}"), "checkpoint"),
+    (lambda c, s, ck: (c, s, "-t", f"dinov2={c}"), "not a loadable DINOv2 checkpoint"),
+    (lambda c, s, ck: (c, s, "-t", "rgb=some/ckpt"), "takes no checkpoint"),
+    (lambda c, s, ck: (c, s), "at least one --teacher"),
+    (lambda c, s, ck: (c, s, "-t", "rgb", "-t", "rgb"), "given twice"),
+    (lambda c, s, ck: (c, s, "-t", "rgb", "--batch-size", "0"), "--batch-size must be at least 1"),
+    (lambda c, s, ck: (c, s, "-t", "rgb", "--device", "tpu"), "--device must be"),
+    (lambda c, s, ck: (c, s, "-t", "rgb", "--dtype", "int8"), "--dtype must be"),
+])
+def test_wrong_input_fails_fast_and_writes_nothing(corpus, tmp_path, tiny_dinov2, make_args, fragment):
+    store = tmp_path / "labels.zarr"
+    result = invoke("label", *make_args(corpus, store, tiny_dinov2))
+    assert result.exit_code == 2
+    assert fragment in one_line_error(result)
+    assert not store.exists()
+
+
+def test_store_of_another_corpus_or_geometry_is_refused(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    assert invoke("label", corpus, store, "-t", "rgb", "--workers", "1", "--unit-size", "8", "--view-size", "32",
+                  "--no-progress").exit_code == 0
+    listing = sorted(p.relative_to(store) for p in store.rglob("*"))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    result = invoke("label", other, store, "-t", "rgb")
+    assert "was built from corpus" in one_line_error(result) and result.exit_code == 2
+    result = invoke("label", corpus, store, "-t", "rgb", "--view-size", "64")
+    assert "view size 32" in one_line_error(result) and result.exit_code == 2
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == listing  # untouched
+
+
+def test_status_lists_errors_and_exit_code_says_completed_with_errors(bad_corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    result = invoke("label", bad_corpus, store, "-t", "metadata", "--workers", "1", "--view-size", "32",
+                    "--no-progress")
+    assert result.exit_code == 3, result.output
+    assert "completed with errors" in result.output
+
+    status = invoke("status", store, "--errors", "10")
+    assert status.exit_code == 0
+    for key in ("bad_truncated", "bad_empty", "bad_text", "bad_bomb"):
+        assert key in status.output
+    info = json.loads(invoke("status", store, "--json").output)
+    assert info["teachers"]["metadata"]["samples_failed"] == 4
+
+
+def test_status_of_a_missing_store(tmp_path):
+    result = invoke("status", tmp_path / "nope.zarr")
+    assert result.exit_code == 2 and "no label store" in one_line_error(result)
+
+
+def test_teachers_lists_the_builtin_teachers():
+    result = invoke("teachers")
+    assert result.exit_code == 0
+    for name in ("rgb", "metadata", "palette", "canny", "dinov2"):
+        assert name in result.output
