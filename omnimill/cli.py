@@ -110,9 +110,16 @@ def status(
         table.add_row(name, f"{t['units_done']}/{t['units_total']}", str(t["samples_ok"]), str(t["samples_failed"]),
                       str(prov.get("checkpoint") or "-"), (prov.get("checkpoint_sha256") or "-")[:12])
     console.print(table)
+    # A file that does not decode fails for every teacher: list it once, with the teachers it failed for.
+    failures: dict[tuple, list[str]] = {}
     for name, t in info["teachers"].items():
         for e in t["first_errors"]:
-            console.print(f"  {name}: #{e['index']} {e['key']}: {e['stage']}: {e['error']}", highlight=False)
+            failures.setdefault((e["index"], e["key"], e["stage"], e["error"]), []).append(name)
+    if failures:
+        console.print("first errors:")
+    for (index, key, stage, error), names in sorted(failures.items()):
+        who = "all teachers" if len(names) == len(info["teachers"]) > 1 else ", ".join(names)
+        console.print(f"  #{index} {key}: {stage}: {error} [{who}]", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -74,7 +74,7 @@ def loaded_teachers() -> int:
 
 
 def run_unit(task: UnitTask) -> dict:
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
     if "torch" in sys.modules:
         import torch
@@ -153,7 +153,8 @@ def run_unit(task: UnitTask) -> dict:
     return {"unit": task.unit, "n": n, "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
             "write": write_seconds, "teacher_seconds": seconds,
             "ok": {name: int(v.sum()) for name, v in ok.items()},
-            "failed": {name: n - int(v.sum()) for name, v in ok.items()}, "worker": worker}
+            "failed": {name: n - int(v.sum()) for name, v in ok.items()}, "worker": worker,
+            "started": started, "ended": time.time()}
 
 
 def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record) -> list[int]:

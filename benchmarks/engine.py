@@ -1,0 +1,188 @@
+"""Engine benchmarks, measured side by side in one run on the same images and the same teachers.
+
+1. engine (1 worker, embedded cluster) vs the single-process loop a user would write instead
+   (read -> decode -> every teacher -> keep the arrays). Goal: ratio >= 1.0, through overlap.
+2. scale-out: 2 workers vs 1, each worker pinned to one core of its own. Goal: >= 1.7.
+   (also shown: 2 workers vs 1 at the default settings, where 1 worker already gets both cores)
+3. scheduling overhead per unit as a share of unit time: idle gaps between consecutive units on a
+   worker while work was queued, divided by the time spent inside units. Goal: < 1%.
+
+    python benchmarks/engine.py [--images 384] [--unit-size 32] [--teachers rgb,metadata,palette,canny,dinov2]
+
+DINOv2 is the real ViT-S/14 architecture (22M parameters) with random weights: this machine cannot
+download weights, and speed does not depend on their values. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_corpus(root: Path, n: int, size=(640, 480)) -> Path:
+    """n JPEGs cut from scikit-image's photos at random offsets (q=90): realistic decode cost."""
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        photo = Image.fromarray(photos[i % len(photos)])
+        scale = rng.uniform(1.3, 2.0)
+        big = photo.resize((int(size[0] * scale), int(size[1] * scale)))
+        x, y = rng.integers(0, big.width - size[0]), rng.integers(0, big.height - size[1])
+        big.crop((x, y, x + size[0], y + size[1])).save(root / f"img{i:05d}.jpg", quality=90)
+    return root
+
+
+def make_dinov2(path: Path) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+
+    if not (path / "config.json").exists():
+        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                              patch_size=14, image_size=518)
+        Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def hand_loop(corpus: Path, specs: list[str], view_size: int, batch_size: int) -> float:
+    """What a user writes instead of the engine: one process, one image after another, no overlap."""
+    import torch
+
+    from omnimill.labelers.base import Batch, TeacherSpec
+    from omnimill.labelers.registry import build
+    from omnimill.labelers.view import decode_view
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    teachers = [build(TeacherSpec.parse(s), view_size) for s in specs]
+    for t in teachers:
+        t.load("cpu", "float32")
+    paths = sorted(corpus.glob("*.jpg"))
+    kept = []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        decoded = [decode_view(p.read_bytes(), view_size) for p in chunk]
+        batch = Batch(np.stack([d.view for d in decoded]), [d.info for d in decoded], [p.stem for p in chunk])
+        kept.append([t(batch) for t in teachers])
+    return time.perf_counter() - start
+
+
+def engine(corpus: Path, store: Path, specs: list[str], view_size: int, batch_size: int, unit_size: int,
+           workers: int, pin: bool) -> tuple[float, list[dict]]:
+    """Wall time of a whole `label` call (model load included) and its unit stats.
+
+    The cluster is started here and joined with --scheduler, so `pin` can give each worker one core
+    (torch and decode threads of a worker then share it).
+    """
+    from distributed import Client, LocalCluster
+
+    from omnimill.engine.label import LabelOptions, label
+
+    shutil.rmtree(store, ignore_errors=True)
+    options = LabelOptions(batch_size=batch_size, unit_size=unit_size, view_size=view_size, progress=False,
+                           device="cpu", dtype="float32")
+    if pin:
+        options.torch_threads, options.decode_threads = 1, 1
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+                      local_directory=str(store.parent / "dask")) as cluster, Client(cluster) as client:
+        if pin:
+            for core, address in enumerate(sorted(client.scheduler_info(n_workers=-1)["workers"])):
+                client.run(os.sched_setaffinity, 0, {core % (os.cpu_count() or 1)}, workers=[address])
+        options.scheduler = cluster.scheduler_address
+        start = time.perf_counter()
+        result = label(str(corpus), str(store), specs, options)
+        seconds = time.perf_counter() - start
+    assert not result.units_failed and result.samples_failed == 0, result
+    return seconds, result.unit_stats
+
+
+def scheduling_overhead(stats: list[dict]) -> float:
+    """Idle time between consecutive units on each worker / time inside units."""
+    by_worker: dict[str, list] = {}
+    for s in stats:
+        by_worker.setdefault(s["worker"], []).append((s["started"], s["ended"]))
+    busy = sum(e - s for runs in by_worker.values() for s, e in runs)
+    gaps = 0.0
+    for runs in by_worker.values():
+        runs.sort()
+        gaps += sum(max(0.0, nxt[0] - prev[1]) for prev, nxt in zip(runs, runs[1:]))
+    return gaps / busy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--unit-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--view-size", type=int, default=384)
+    parser.add_argument("--teachers", default="rgb,metadata,palette,canny,dinov2")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "omnimill-bench"))
+    parser.add_argument("--out", default="benchmarks/results/engine.json")
+    args = parser.parse_args()
+
+    work = Path(args.workdir)
+    corpus = work / f"corpus-{args.images}"
+    if not corpus.exists():
+        make_corpus(corpus, args.images)
+    specs = []
+    for name in args.teachers.split(","):
+        specs.append(f"dinov2={make_dinov2(work / 'dinov2-vits14-random')}" if name == "dinov2" else name)
+    n = args.images
+    print(f"{n} JPEGs 640x480, view {args.view_size}, teachers {args.teachers}, unit {args.unit_size}, "
+          f"batch {args.batch_size}, {os.cpu_count()} cores", flush=True)
+
+    rows = {}
+    rows["hand loop (1 process, all cores)"] = hand_loop(corpus, specs, args.view_size, args.batch_size)
+    runs = {
+        "engine, 1 worker (default)": (1, False),
+        "engine, 2 workers (default)": (2, False),
+        "engine, 1 worker pinned to 1 core": (1, True),
+        "engine, 2 workers pinned to 1 core each": (2, True),
+    }
+    stats = {}
+    for name, (workers, pin) in runs.items():
+        rows[name], stats[name] = engine(corpus, work / "labels.zarr", specs, args.view_size, args.batch_size,
+                                         args.unit_size, workers, pin)
+        print(f"  {name}: {rows[name]:.1f} s", flush=True)
+
+    print(f"\n{'run':45s} {'seconds':>8s} {'images/s':>9s}")
+    for name, seconds in rows.items():
+        print(f"{name:45s} {seconds:8.1f} {n / seconds:9.1f}")
+    hand = rows["hand loop (1 process, all cores)"]
+    ratios = {
+        "engine 1 worker / hand loop (goal >= 1.0)": hand / rows["engine, 1 worker (default)"],
+        "2 workers / 1 worker, 1 core each (goal >= 1.7)":
+            rows["engine, 1 worker pinned to 1 core"] / rows["engine, 2 workers pinned to 1 core each"],
+        "2 workers / 1 worker, default settings":
+            rows["engine, 1 worker (default)"] / rows["engine, 2 workers (default)"],
+    }
+    overheads = {name: scheduling_overhead(s) for name, s in stats.items()}
+    print()
+    for name, value in ratios.items():
+        print(f"{name:52s} {value:6.2f}x")
+    for name, value in overheads.items():
+        print(f"scheduling overhead per unit, {name:38s} {100 * value:5.2f}% (goal < 1%)")
+    unit_seconds = np.median([s["seconds"] for s in stats["engine, 1 worker (default)"]])
+    print(f"median unit time (1 worker): {unit_seconds:.2f} s for {args.unit_size} samples")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "seconds": rows, "ratios": ratios,
+                               "scheduling_overhead": overheads, "python": sys.version}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""One sample with every label it carries, as one PNG panel: `omnimill audit show STORE KEY`.
+
+    store ──index_of(key)──▶ i ──▶ per teacher: fields[i], ok[i], marker of unit i // unit_size
+                                    └──▶ tiles (renderer by teacher name, else by field shape) ──▶ PNG
+
+A renderer maps one teacher's fields of one sample to a list of tiles; a tile is a title and a
+function that draws on one matplotlib Axes. Teachers without a renderer of their own get tiles
+chosen by each field's per-sample shape:
+
+  ()                   scalars (numbers and strings)  -> one text table per teacher
+  (n,)                 vector                         -> bar plot (n <= 32) or line plot
+  (H, W)               2-D map                        -> imshow with a colormap and colour bar
+  (H, W, 3) uint8      picture                        -> imshow
+  (H, W, C) other      feature grid                   -> PCA to 3 components -> RGB
+
+Only matplotlib's object API is used (`Figure` + Agg canvas), never pyplot: rendering leaves no
+global figure state behind, so a long-running auditor or a test can call it any number of times.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from omnimill.shards.labelstore import LabelStore
+
+TILE_INCHES = 3.0  # each tile is 3 x 3 in at 100 dpi = 300 x 300 px
+DPI = 100
+MAX_COLUMNS = 4  # at most 4 x 300 = 1200 px wide
+MIN_WIDTH_INCHES = 6.0
+ROW_HEIGHT = 0.075  # of a tile, per row of a text table: 13 rows = 0.975
+FAILED_FACE = "#fbe9e7"  # light red behind "failed" tiles
+MISSING_FACE = "#eceff1"  # light grey behind "not labelled" / "no rgb teacher" tiles
+NOT_LABELLED = "not labelled yet:\nits unit has no commit marker\n(run `omnimill label` again)"
+ORDER = ("rgb", "canny", "dinov2", "palette", "metadata")  # known teachers first, in this order
+
+Draw = Callable  # (matplotlib Axes) -> None
+
+
+@dataclass
+class Tile:
+    title: str
+    draw: Draw
+    text: str = ""  # what a message tile says ("failed ...", "not labelled yet ..."), for tests and reports
+
+
+@dataclass
+class Sample:
+    """What renderers may know besides their own fields."""
+
+    key: str
+    index: int
+    view_size: int
+    provenance: dict  # of the teacher being rendered
+
+
+# ---------------------------------------------------------------------------- entry point
+def render_sample(store: str, key: str, out: Path | str) -> Path:
+    """Write one PNG panel of every label sample `key` carries; returns its path.
+
+    An unknown key raises UserError (from `LabelStore.index_of`).
+    """
+    labels = LabelStore.open(str(store))
+    i = labels.index_of(key)
+    figure = _figure(sample_tiles(labels, i), _suptitle(labels, i, key))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=DPI, facecolor="white")
+    return out
+
+
+def sample_tiles(labels: LabelStore, i: int) -> list[Tile]:
+    """The tiles of sample `i`: known teachers in ORDER, then others by name, then failures."""
+    teachers = sorted(labels.teachers(), key=lambda t: (ORDER.index(t) if t in ORDER else len(ORDER), t))
+    tiles: list[Tile] = []
+    failures: dict[str, list[str]] = {}  # reason -> teachers that failed with it (a bad file fails them all)
+    for teacher in teachers:
+        group = labels.group[teacher]
+        if bool(group["ok"][i]):
+            provenance = labels.provenance(teacher)
+            fields = {name: _scalar_or_array(group[name][i]) for name in _field_names(group, provenance)}
+            sample = Sample(str(labels.group["keys"][i]), i, labels.view_size, provenance)
+            tiles += RENDERERS.get(teacher, generic)(teacher, fields, sample)
+        else:
+            failures.setdefault(_failure_reason(labels, teacher, i), []).append(teacher)
+    if "rgb" not in teachers:
+        tiles.insert(0, _message_tile("canonical view", "this store has no rgb teacher:\nlabel it with "
+                                      "--teacher rgb\nto see what the teachers saw", MISSING_FACE))
+    for reason, names in failures.items():
+        tiles.append(_failure_tile(names, reason))
+    if not tiles:
+        tiles.append(_message_tile("no labels", "this store has no teachers yet", MISSING_FACE))
+    return tiles
+
+
+def _figure(tiles: list[Tile], title: str) -> Figure:
+    rows = -(-len(tiles) // MAX_COLUMNS)  # ceil: 5 tiles -> 2 rows
+    columns = -(-len(tiles) // rows)  # as few empty places as that allows: 5 tiles -> 3 columns
+    title_lines = title.count("\n") + 1
+    width = max(TILE_INCHES * columns, MIN_WIDTH_INCHES)  # room for the title over a lone failure tile
+    figure = Figure(figsize=(width, TILE_INCHES * rows + 0.25 * title_lines), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=11, ha="center")
+    for n, tile in enumerate(tiles):
+        ax = figure.add_subplot(rows, columns, n + 1)
+        tile.draw(ax)
+        ax.set_title(tile.title, fontsize=9)
+    return figure
+
+
+def _suptitle(labels: LabelStore, i: int, key: str) -> str:
+    caption = str(labels.group["caption"][i])
+    box = [int(v) for v in labels.group["crop_box"][i]]
+    if any(box):
+        x0, y0, x1, y1 = box
+        crop = (f"view = crop ({x0}, {y0})–({x1}, {y1}) of the {_original_size(labels, i)}original, "
+                f"{x1 - x0}px square → {labels.view_size}px")
+    else:
+        crop = "no crop box (sample was never decoded)"
+    lines = [f"{key}   (index {i} of {labels.n})", crop]
+    if caption:
+        lines.insert(1, "“" + textwrap.shorten(caption, 110, placeholder=" …") + "”")
+    return "\n".join(lines)
+
+
+def _original_size(labels: LabelStore, i: int) -> str:
+    """"96×72 " when the metadata teacher measured the original, else ""."""
+    if "metadata" not in labels.teachers() or not bool(labels.group["metadata/ok"][i]):
+        return ""
+    group = labels.group["metadata"]
+    return f"{int(group['orig_width'][i])}×{int(group['orig_height'][i])} "
+
+
+def _failure_reason(labels: LabelStore, teacher: str, i: int) -> str:
+    marker = labels.markers(teacher)[i // labels.unit_size]
+    if marker is None:
+        return NOT_LABELLED
+    for error in marker.get("errors", []):
+        if error["index"] == i:
+            return f"{error['stage']}: {error['error']}"
+    return "failed (no error recorded in the unit marker)"
+
+
+def _failure_tile(teachers: list[str], reason: str) -> Tile:
+    if reason == NOT_LABELLED:
+        return _message_tile(", ".join(teachers), reason, MISSING_FACE)
+    wrapped = "\n".join(textwrap.fill(line, 38) for line in reason.splitlines())
+    return _message_tile(", ".join(teachers), "failed\n\n" + wrapped, FAILED_FACE, color="#b71c1c")
+
+
+def _message_tile(title: str, text: str, face: str, color: str = "#37474f") -> Tile:
+    def draw(ax):
+        ax.set_facecolor(face)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color=color, transform=ax.transAxes)
+    return Tile(title, draw, text)
+
+
+def _field_names(group, provenance: dict) -> list[str]:
+    """The teacher's fields in the order it declared them (provenance), then any others by name."""
+    stored = {name for name, _ in group.arrays()} - {"ok"}
+    declared = [name for name in provenance.get("fields", {}) if name in stored]
+    return declared + sorted(stored - set(declared))
+
+
+def _scalar_or_array(value):
+    """Zarr gives 0-d arrays for scalar fields: unwrap them (str fields to str)."""
+    value = np.asarray(value)
+    if value.ndim == 0:
+        return str(value) if value.dtype.kind in "OTUS" else value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------- known teachers
+def _rgb(teacher, fields, sample):
+    image = fields["image"]
+    return [Tile(f"rgb · canonical view {image.shape[0]}px", lambda ax: _show(ax, image))]
+
+
+def _canny(teacher, fields, sample):
+    edges = fields["edges"]
+    share = 100.0 * float(np.mean(edges))
+    return [Tile(f"canny · edges ({share:.1f}% of pixels)", lambda ax: _show(ax, edges, cmap="gray"))]
+
+
+def _dinov2(teacher, fields, sample):
+    patches, cls = fields["patches"], fields["cls"]
+    g, _, d = patches.shape
+    checkpoint = Path(str(sample.provenance.get("checkpoint") or "")).name
+    title = f"dinov2 · {g}×{g}×{d} patches, PCA→RGB\n|cls| = {np.linalg.norm(cls):.2f}" + \
+        (f"  ({checkpoint})" if checkpoint else "")
+    return [Tile(title, lambda ax: _show(ax, pca_rgb(patches), interpolation="nearest"))]
+
+
+def _palette(teacher, fields, sample):
+    n = int(fields["count"])
+    colors, weights = fields["colors"][:n], fields["weights"][:n]
+
+    def draw(ax):
+        rows = np.arange(n)
+        ax.barh(rows, weights, color=colors / 255.0, edgecolor="#90a4ae", height=0.8)
+        ax.set_yticks(rows, [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colors], fontsize=8, family="monospace")
+        ax.invert_yaxis()  # most frequent on top
+        for row, w in zip(rows, weights):
+            ax.text(w, row, f" {100 * w:.0f}%", va="center", fontsize=8)
+        ax.set_xlim(0, max(1e-6, float(weights.max(initial=0))) * 1.3)
+        ax.set_xticks([])
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    return [Tile(f"palette · {n} colours by pixel share", draw)]
+
+
+def _metadata(teacher, fields, sample):
+    return [Tile("metadata", lambda ax: _table(ax, fields))]
+
+
+RENDERERS = {"rgb": _rgb, "canny": _canny, "dinov2": _dinov2, "palette": _palette, "metadata": _metadata}
+
+
+# ---------------------------------------------------------------------------- any other teacher
+def generic(teacher: str, fields: dict, sample: Sample) -> list[Tile]:
+    """Tiles for a teacher without a renderer, chosen by each field's per-sample shape."""
+    tiles = []
+    scalars = {name: v for name, v in fields.items() if not isinstance(v, np.ndarray)}
+    for name, value in fields.items():
+        if name in scalars:
+            continue
+        title = f"{teacher}/{name} · {'×'.join(map(str, value.shape))} {value.dtype}"
+        if value.ndim == 1:
+            title += f"\n‖v‖ = {np.linalg.norm(value.astype(np.float64)):.3g}"
+        tiles.append(Tile(title, _generic_draw(value)))
+    if scalars:
+        tiles.append(Tile(teacher, lambda ax: _table(ax, scalars)))
+    return tiles
+
+
+def _generic_draw(value: np.ndarray) -> Draw:
+    if value.ndim == 1:
+        return lambda ax: _vector(ax, value)
+    if value.ndim == 2:
+        return lambda ax: _show(ax, value.astype(np.float32), cmap="viridis", colorbar=True)
+    if value.ndim == 3 and value.shape[-1] == 3 and value.dtype == np.uint8:
+        return lambda ax: _show(ax, value)
+    if value.ndim == 3:
+        return lambda ax: _show(ax, pca_rgb(value), interpolation="nearest")
+    return lambda ax: _message_tile("", f"shape {value.shape}:\nno picture for this shape", MISSING_FACE).draw(ax)
+
+
+# ---------------------------------------------------------------------------- drawing helpers
+def pca_rgb(grid: np.ndarray) -> np.ndarray:
+    """(h, w, c) features -> (h, w, 3) in 0..1: the first three principal components as R, G, B.
+
+    Each component is stretched between its 1st and 99th percentile, so one outlier patch does not
+    wash out the rest. Component signs are arbitrary (as in any PCA picture of DINO features).
+    """
+    h, w, c = grid.shape
+    x = grid.reshape(h * w, c).astype(np.float64)
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    proj = x @ vt[:3].T  # (h w, k), k = min(3, c, h w)
+    proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    rgb = np.clip((proj - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+    return rgb.reshape(h, w, 3)
+
+
+def _show(ax, image: np.ndarray, cmap: str | None = None, colorbar: bool = False, interpolation: str = "antialiased"):
+    shown = ax.imshow(image, cmap=cmap, interpolation=interpolation)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if colorbar:
+        ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _vector(ax, value: np.ndarray):
+    v = value.astype(np.float64)
+    if len(v) <= 32:
+        ax.bar(np.arange(len(v)), v, color="#546e7a")
+    else:
+        ax.plot(v, lw=0.8, color="#546e7a")
+    ax.tick_params(labelsize=7)
+
+
+def _table(ax, values: dict):
+    """Scalars as a two-column text table: field name, value."""
+    ax.axis("off")
+    rows = [[name, _fmt(v)] for name, v in values.items()]
+    height = min(1.0, ROW_HEIGHT * len(rows))  # 13 metadata rows fill the tile; 2 rows stay at the top
+    table = ax.table(cellText=rows, cellLoc="left", colWidths=[0.55, 0.45], edges="horizontal",
+                     bbox=[0, 1 - height, 1, height])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    for (row, col), cell in table.get_celld().items():
+        cell.set_edgecolor("#cfd8dc")
+        if col == 0:
+            cell.get_text().set_color("#546e7a")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return textwrap.shorten(str(value), 24, placeholder="…") or "—"
