@@ -1,0 +1,41 @@
+"""The README's examples run as written, so the docs cannot rot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_images
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, code) of every fenced block right after a `<!-- readme-test ... -->` marker."""
+    pattern = re.compile(r"<!-- readme-test[^>]*-->\s*```(\w+)\n(.*?)```", re.S)
+    return pattern.findall(README.read_text())
+
+
+def test_readme_tour_runs(tmp_path, tiny_dinov2):
+    blocks = readme_blocks()
+    assert [lang for lang, _ in blocks] == ["bash", "python"]
+    write_images(tmp_path / "photos" / "beach", 6)
+    for i, path in enumerate(sorted((tmp_path / "photos" / "beach").glob("*.jpg"))):
+        path.rename(path.with_name(f"{i + 1:04d}.jpg"))
+    write_images(tmp_path / "photos" / "city", 4)
+    shutil.copytree(tiny_dinov2, tmp_path / "models" / "dinov2-small")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    for line in blocks[0][1].strip().splitlines():
+        run = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{line}\n{run.stdout}\n{run.stderr}"
+    assert (tmp_path / "sample.png").stat().st_size > 10_000
+
+    run = subprocess.run([sys.executable, "-c", blocks[1][1]], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "(384, 384) (16, 16, 32) True" in run.stdout
