@@ -38,6 +38,7 @@ ROW_HEIGHT = 0.075  # of a tile, per row of a text table: 13 rows = 0.975
 FAILED_FACE = "#fbe9e7"  # light red behind "failed" tiles
 MISSING_FACE = "#eceff1"  # light grey behind "not labelled" / "no rgb teacher" tiles
 NOT_LABELLED = "not labelled yet:\nits unit has no commit marker\n(run `omnimill label` again)"
+EDGE_COLOR = (0, 255, 255)  # cyan edges on the dimmed view
 ORDER = ("rgb", "canny", "dinov2", "palette", "metadata")  # known teachers first, in this order
 
 Draw = Callable  # (matplotlib Axes) -> None
@@ -80,13 +81,17 @@ def sample_tiles(labels: LabelStore, i: int) -> list[Tile]:
     teachers = sorted(labels.teachers(), key=lambda t: (ORDER.index(t) if t in ORDER else len(ORDER), t))
     tiles: list[Tile] = []
     failures: dict[str, list[str]] = {}  # reason -> teachers that failed with it (a bad file fails them all)
+    loaded: dict[str, dict] = {}
     for teacher in teachers:
         group = labels.group[teacher]
         if bool(group["ok"][i]):
             provenance = labels.provenance(teacher)
-            fields = {name: _scalar_or_array(group[name][i]) for name in _field_names(group, provenance)}
+            fields = loaded[teacher] = {name: _scalar_or_array(group[name][i])
+                                        for name in _field_names(group, provenance)}
             sample = Sample(str(labels.group["keys"][i]), i, labels.view_size, provenance)
             tiles += RENDERERS.get(teacher, generic)(teacher, fields, sample)
+            if teacher == "canny" and "rgb" in loaded:
+                tiles += _edges_over_view(loaded["rgb"]["image"], fields["edges"])
         else:
             failures.setdefault(_failure_reason(labels, teacher, i), []).append(teacher)
     if "rgb" not in teachers:
@@ -123,7 +128,9 @@ def _suptitle(labels: LabelStore, i: int, key: str) -> str:
                 f"{x1 - x0}px square → {labels.view_size}px")
     else:
         crop = "no crop box (sample was never decoded)"
-    lines = [f"{key}   (index {i} of {labels.n})", crop]
+    source = str(labels.group["source"][i])
+    source = source if len(source) <= 70 else "…" + source[-69:]
+    lines = [f"{key}   (index {i} of {labels.n})   {source}", crop]
     if caption:
         lines.insert(1, "“" + textwrap.shorten(caption, 110, placeholder=" …") + "”")
     return "\n".join(lines)
@@ -188,6 +195,15 @@ def _canny(teacher, fields, sample):
     edges = fields["edges"]
     share = 100.0 * float(np.mean(edges))
     return [Tile(f"canny · edges ({share:.1f}% of pixels)", lambda ax: _show(ax, edges, cmap="gray"))]
+
+
+def _edges_over_view(view: np.ndarray, edges: np.ndarray) -> list[Tile]:
+    """Canny edges drawn on the dimmed view: dense labels should hug the picture (spatial alignment)."""
+    if edges.shape != view.shape[:2]:
+        return []
+    overlay = (view * 0.55).astype(np.uint8)
+    overlay[edges] = EDGE_COLOR
+    return [Tile("canny over rgb · alignment check", lambda ax: _show(ax, overlay))]
 
 
 def _dinov2(teacher, fields, sample):

@@ -106,7 +106,7 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         tasks = plan(labels, specs, [t.name for t in built], opts)
         result.units_planned = len(tasks)
         if tasks:
-            _run(tasks, labels, opts, result)
+            _run(tasks, labels, specs, [t.name for t in built], opts, result)
     finally:
         result.seconds = time.time() - started
         labels.append_run(_run_record(result, started, opts))
@@ -128,50 +128,74 @@ def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: L
     return tasks
 
 
-def _run(tasks: list[UnitTask], labels: LabelStore, opts: LabelOptions, result: LabelResult) -> None:
-    from distributed import as_completed
+def _run(tasks: list[UnitTask], labels: LabelStore, specs: list[TeacherSpec], names: list[str],
+         opts: LabelOptions, result: LabelResult) -> None:
+    """Run the tasks; then sweep: whatever the markers say is still missing runs again (retries)."""
+    from omnimill.engine.worker import flush_commits
 
     with cluster.connect(opts.scheduler, opts.workers, opts.local_directory) as client:
         per_host = cluster.workers_per_host(client)
-        n_workers = sum(per_host.values())
-        resources = {"GPU": 1} if _has_gpu_resource(client) else None
-        max_in_flight = opts.max_in_flight or 2 * max(1, n_workers)
-        run_id = uuid.uuid4().hex[:8]
-        queue = deque(tasks)
-        in_flight: dict = {}
-        completed = as_completed()
-
-        def submit(task: UnitTask):
-            task.workers_per_host = per_host
-            future = client.submit(run_unit, task, key=f"omnimill-unit-{task.unit}-{run_id}-{task.attempt}",
-                                   pure=False, resources=resources)
-            in_flight[future] = task
-            completed.add(future)
-
+        max_in_flight = opts.max_in_flight or 2 * max(1, sum(per_host.values()))
         total = sum(t.stop - t.start for t in tasks)
+        errors: dict[int, str] = {}
         with Progress(total, client.dashboard_link, enabled=opts.progress) as progress:
-            while queue and len(in_flight) < max_in_flight:
-                submit(queue.popleft())
-            for future in completed:
-                task = in_flight.pop(future)
-                try:
-                    stats = future.result()
-                except Exception as e:  # the task raised, or its worker died (KilledWorker)
-                    if task.attempt < opts.retries:
-                        task.attempt += 1
-                        queue.appendleft(task)
-                        progress.note(f"unit {task.unit} failed ({type(e).__name__}); retry {task.attempt}")
-                    else:
-                        result.units_failed.append({"unit": task.unit, "error": f"{type(e).__name__}: {e}"})
-                        progress.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
-                else:
-                    result.units_done += 1
-                    result.samples_ok += sum(stats["ok"].values())
-                    result.samples_failed += sum(stats["failed"].values())
-                    result.unit_stats.append(stats)
-                    progress.advance(stats["n"], sum(stats["failed"].values()))
-                while queue and len(in_flight) < max_in_flight:
-                    submit(queue.popleft())
+            for sweep in range(opts.retries + 1):
+                _submit(client, tasks, per_host, max_in_flight, opts.retries, result, errors, progress)
+                for worker, failures in client.run(flush_commits).items():
+                    for failure in failures:
+                        progress.note(f"commit failed on {worker}: {failure}")
+                missing = plan(labels, specs, names, opts)
+                if not missing or sweep == opts.retries:
+                    break
+                progress.note(f"{len(missing)} units have no commit marker yet; labelling them again")
+                progress.extend(sum(t.stop - t.start for t in missing))
+                for task in missing:
+                    task.attempt = sweep + 1
+                tasks = missing
+        result.units_failed = [{"unit": t.unit, "error": errors.get(t.unit, "no commit marker after the run")}
+                               for t in missing]
+
+
+def _submit(client, tasks, per_host, max_in_flight, retries, result, errors, progress) -> None:
+    """Keep at most `max_in_flight` units on the cluster; retry a unit whose task raised or whose worker died."""
+    from distributed import as_completed
+
+    run_id = uuid.uuid4().hex[:8]
+    resources = {"GPU": 1} if _has_gpu_resource(client) else None
+    queue = deque(tasks)
+    in_flight: dict = {}
+    completed = as_completed()
+
+    def submit(task: UnitTask):
+        task.workers_per_host = per_host
+        future = client.submit(run_unit, task, key=f"omnimill-unit-{task.unit}-{run_id}-{task.attempt}",
+                               pure=False, resources=resources)
+        in_flight[future] = task
+        completed.add(future)
+
+    while queue and len(in_flight) < max_in_flight:
+        submit(queue.popleft())
+    for future in completed:
+        task = in_flight.pop(future)
+        try:
+            stats = future.result()
+        except Exception as e:  # the task raised, or its worker died too often (KilledWorker)
+            errors[task.unit] = f"{type(e).__name__}: {e}"
+            if task.attempt < retries:
+                task.attempt += 1
+                queue.appendleft(task)
+                progress.note(f"unit {task.unit} failed ({type(e).__name__}); retry {task.attempt}")
+            else:
+                progress.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
+        else:
+            errors.pop(task.unit, None)
+            result.units_done += 1
+            result.samples_ok += sum(stats["ok"].values())
+            result.samples_failed += sum(stats["failed"].values())
+            result.unit_stats.append(stats)
+            progress.advance(stats["n"], sum(stats["failed"].values()))
+        while queue and len(in_flight) < max_in_flight:
+            submit(queue.popleft())
 
 
 def _has_gpu_resource(client) -> bool:

@@ -40,6 +40,10 @@ class Progress:
         speed = self.bar.tasks[0].speed
         self.bar.update(self.task, rate=f"{speed:7.1f} samples/s" if speed else "")
 
+    def extend(self, samples: int) -> None:
+        """More work than planned (units labelled again): grow the bar's total."""
+        self.bar.update(self.task, total=self.bar.tasks[0].total + samples)
+
     def note(self, message: str) -> None:
         if self.enabled:
             self.console.print(f"[yellow]{message}")

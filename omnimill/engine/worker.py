@@ -45,6 +45,7 @@ class UnitTask:
     max_pixels: int = DEFAULT_MAX_PIXELS
     attempt: int = 0
     storage_options: dict = field(default_factory=dict)
+    sync_commit: bool = False  # commit before returning (no overlap); for callers without a flush
 
 
 _cache: dict = {}
@@ -137,24 +138,84 @@ def run_unit(task: UnitTask) -> dict:
                 ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
-    tw = time.perf_counter()
-    store.write_crop_boxes(task.start, crop_boxes)
-    unit = store.unit(task.unit)
     host, worker = socket.gethostname(), _worker_address()
+    markers = {}
     for t in teachers:
-        failed = n - int(ok[t.name].sum())
-        marker = {"unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(ok[t.name].sum()),
-                  "failed": failed, "seconds": round(seconds[t.name], 4), "attempt": task.attempt,
-                  "worker": worker, "host": host, "pid": os.getpid(), "device": _device_name(t),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "errors": sorted(errors[t.name], key=lambda e: e["index"])}
-        store.write_unit(t.name, unit, outputs[t.name], ok[t.name], marker)
-    write_seconds = time.perf_counter() - tw
+        markers[t.name] = {
+            "unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(ok[t.name].sum()),
+            "failed": n - int(ok[t.name].sum()), "seconds": round(seconds[t.name], 4), "attempt": task.attempt,
+            "worker": worker, "host": host, "pid": os.getpid(), "device": _device_name(t),
+            "errors": sorted(errors[t.name], key=lambda e: e["index"])}
+
+    tw = time.perf_counter()
+    write_wait = _writer.submit(store, task, crop_boxes, outputs, ok, markers)
     return {"unit": task.unit, "n": n, "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
-            "write": write_seconds, "teacher_seconds": seconds,
+            "write_wait": write_wait, "queue_wait": time.perf_counter() - tw - write_wait,
+            "teacher_seconds": seconds,
             "ok": {name: int(v.sum()) for name, v in ok.items()},
             "failed": {name: n - int(v.sum()) for name, v in ok.items()}, "worker": worker,
             "started": started, "ended": time.time()}
+
+
+def commit(store: LabelStore, task: UnitTask, crop_boxes, outputs, ok, markers) -> None:
+    """Write every chunk of the unit, then each teacher's marker: the marker means "all chunks in"."""
+    store.write_crop_boxes(task.start, crop_boxes)
+    unit = store.unit(task.unit)
+    for name, marker in markers.items():
+        marker["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        store.write_unit(name, unit, outputs[name], ok[name], marker)
+
+
+class Writer:
+    """Commits units on a background thread, so compressing and writing unit u overlaps computing u+1.
+
+    At most one commit is behind: a task waits for the previous commit before queuing its own, so memory
+    stays bounded (two units of outputs). A task that returned is therefore not yet committed: the client
+    calls `flush()` on every worker at the end and re-plans from the markers (a worker that died in
+    between simply leaves its last unit without a marker, and it is labelled again).
+    """
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(1, "omnimill-commit")
+        self.pending = None
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def submit(self, store, task, *payload) -> float:
+        """Queue the commit; returns seconds spent waiting for the previous one."""
+        waited = self._wait()
+        if task.sync_commit:
+            commit(store, task, *payload)
+        else:
+            with self.lock:
+                self.pending = (task.unit, self.pool.submit(commit, store, task, *payload))
+        return waited
+
+    def _wait(self) -> float:
+        with self.lock:
+            pending, self.pending = self.pending, None
+        if pending is None:
+            return 0.0
+        t = time.perf_counter()
+        unit, future = pending
+        try:
+            future.result()
+        except Exception as e:  # the unit stays without a marker; the client's sweep relabels it
+            self.failures.append(f"unit {unit}: {type(e).__name__}: {e}")
+        return time.perf_counter() - t
+
+    def flush(self) -> list[str]:
+        self._wait()
+        failures, self.failures = self.failures, []
+        return failures
+
+
+_writer = Writer()
+
+
+def flush_commits() -> list[str]:
+    """Wait until this process's queued commits are written; returns commit failures since last flush."""
+    return _writer.flush()
 
 
 def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record) -> list[int]:

@@ -31,6 +31,8 @@ class DINOv2(Teacher):
             self.hf_config = AutoConfig.from_pretrained(self.path)
         except Exception as e:
             raise _bad_checkpoint(self.path, e) from None
+        if self.hf_config.model_type not in ("dinov2", "dinov2_with_registers"):
+            raise _bad_checkpoint(self.path, ValueError(f"model_type is {self.hf_config.model_type!r}, not dinov2"))
         self.image_size = int(spec.options.get("image_size", 224))
         patch = self.hf_config.patch_size
         if self.image_size % patch:

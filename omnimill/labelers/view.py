@@ -59,6 +59,10 @@ def decode_view(data: bytes, view_size: int, max_pixels: int = DEFAULT_MAX_PIXEL
     """Raw bytes -> canonical view. Raises SampleError("decode", reason) for bad input."""
     if not data:
         raise SampleError("decode", "empty file (0 bytes)")
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # PIL refuses > 2x its own limit inside open(), before our check; a user who raised
+        # --max-pixels asked for more, so lift PIL's limit to theirs (it never goes down here).
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -79,7 +83,9 @@ def decode_view(data: bytes, view_size: int, max_pixels: int = DEFAULT_MAX_PIXEL
         raise
     except UnidentifiedImageError:
         raise SampleError("decode", "not an image (no decoder recognises the bytes)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise SampleError("decode", f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise SampleError("decode", f"{type(e).__name__}: {e}") from None
 
     # `rgb` may be a JPEG draft at 1/2..1/8 scale; the crop box is reported in full-size pixels.

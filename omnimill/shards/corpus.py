@@ -57,7 +57,7 @@ def detect_kind(uri: str) -> str:
     lower = uri.lower()
     if lower.endswith(MANIFEST_EXTS):
         return "manifest"
-    if ".tar" in lower:
+    if lower.rstrip("/").endswith(".tar"):
         return "wds"
     return "folder"
 
@@ -167,13 +167,20 @@ def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
     from braceexpand import braceexpand
 
     fs, _ = _fs(uri, storage_options)
-    paths = []
+    paths, missing = [], []
     for pattern in braceexpand(uri):
         _, p = _fs(pattern, storage_options)
-        matches = fs.glob(p) if any(c in p for c in "*?[") else ([p] if fs.exists(p) else [])
-        paths.extend(sorted(matches))
+        if any(c in p for c in "*?["):
+            paths.extend(sorted(fs.glob(p)))
+        elif fs.exists(p):
+            paths.append(p)
+        else:
+            missing.append(pattern)
     if not paths:
         raise UserError(f"no tar shards match {uri}; check the path and brace range, e.g. data/shard-{{000..009}}.tar")
+    if missing:  # a half-copied shard set must not silently become a smaller corpus
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{len(missing)} shard(s) of {uri} do not exist: {shown}; copy them or narrow the range")
     index = CorpusIndex(uri, "wds")
     for path in paths:
         url = _url(fs, path)
@@ -222,11 +229,15 @@ def _index_manifest(uri: str, storage_options: dict) -> CorpusIndex:
         target = str(target)
         if "://" not in target and not posixpath.isabs(target):
             target = posixpath.join(base, target)
+        given = row.get("key")
+        if given not in (None, ""):
+            key = make_key(str(given))
+        else:  # like a folder corpus: the path relative to the manifest's folder, without extension
+            key = make_key(_split_ext(posixpath.relpath(target, base) if "://" not in target
+                                      else posixpath.basename(target))[0])
         if "://" not in target and not _is_local(fs):
             target = fs.unstrip_protocol(target)
-        key = row.get("key") or make_key(_split_ext(posixpath.relpath(target, base) if "://" not in target
-                                                    else posixpath.basename(target))[0])
-        index.add(str(key), target, caption=str(row.get("caption") or row.get("text") or ""))
+        index.add(key, target, caption=str(row.get("caption") or row.get("text") or ""))
     return index
 
 

@@ -36,9 +36,13 @@ RUNS = "_runs"
 
 
 def compressor(dtype: str):
-    """Zstd through Blosc; bit-shuffle for 1-byte types (masks, edges), byte-shuffle otherwise."""
+    """Zstd level 1 through Blosc; bit-shuffle for 1-byte types (images, masks), byte-shuffle otherwise.
+
+    Level 1: on photos (rgb) level 3 gains 3% in size for 1.8x the write time (zstd 1: 1.44x, 63 ms per
+    14 MB unit; zstd 3: 1.48x, 112 ms). Edge maps compress 44x either way.
+    """
     shuffle = "bitshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)
 
 
 def _create(group, name: str, shape: tuple, chunks: tuple, dtype: str, **kw):
