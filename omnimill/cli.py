@@ -70,7 +70,7 @@ def label(
         result = run_label(corpus, store, teacher, options)
     except UserError as e:
         _fail(str(e))
-    samples = sum(s["n"] for s in result.unit_stats)
+    samples = result.samples
     rate = samples / result.seconds if result.seconds else 0.0
     console.print(f"{result.units_done}/{result.units_planned} units, {samples} samples in "
                   f"{result.seconds:.1f}s ({rate:.1f} samples/s); {result.samples_failed} failed labels; "

@@ -163,7 +163,7 @@ def test_cli_killed_with_sigkill_resumes_without_redoing_finished_units(tmp_path
     redone = [m for m in after if m["unit"] not in finished]
     assert len(redone) == 8 - len(finished)  # only units never committed ran again
     history = LabelStore.open(str(store)).history()
-    assert history[-1]["units_done"] == 8 - len(finished)
+    assert history[-1]["units_done"] == 8 - len(finished), rerun.stdout + rerun.stderr
     np.testing.assert_allclose(zarr.open_group(str(store), mode="r")["slow/mean"][:],
                                expected_means(str(store)), rtol=1e-5)
 

@@ -58,9 +58,10 @@ def test_render_sample_draws_every_label(store, tmp_path):
     height, width, _ = pixels.shape
     assert 600 <= width <= 2000 and 400 <= height <= 1500
     assert pixels.std() > 0
-    titles = [t.title for t in sample_tiles(LabelStore.open(str(store)), LabelStore.open(str(store)).index_of("img0003"))]
-    assert [t.split(" ")[0] for t in titles] == ["rgb", "canny", "dinov2", "palette", "metadata"]
-    assert "|cls| = " in titles[2]
+    labels = LabelStore.open(str(store))
+    titles = [t.title for t in sample_tiles(labels, labels.index_of("img0003"))]
+    assert [t.split(" · ")[0] for t in titles] == ["rgb", "canny", "canny over rgb", "dinov2", "palette", "metadata"]
+    assert "|cls| = " in titles[3]
     assert not (pixels == np.array(Image.new("RGB", (1, 1), FAILED_FACE))[0, 0]).all(-1).any()
 
 

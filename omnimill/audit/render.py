@@ -13,6 +13,11 @@ chosen by each field's per-sample shape:
   (H, W, 3) uint8      picture                        -> imshow
   (H, W, C) other      feature grid                   -> PCA to 3 components -> RGB
 
+Known teachers have their own renderers (rgb, canny, dinov2 as a PCA picture, palette swatches,
+metadata table), and with both rgb and canny the edges are also drawn over the view: the quickest
+check that dense labels line up with the picture. A teacher that failed on the sample gets a tile
+with the reason from its unit marker; teachers that failed alike (a broken file) share one.
+
 Only matplotlib's object API is used (`Figure` + Agg canvas), never pyplot: rendering leaves no
 global figure state behind, so a long-running auditor or a test can call it any number of times.
 """

@@ -59,12 +59,29 @@ class LabelResult:
     store: str
     teachers: list[str]
     units_planned: int = 0
-    units_done: int = 0
     units_failed: list[dict] = field(default_factory=list)
-    samples_ok: int = 0
-    samples_failed: int = 0  # sample x teacher failures recorded this run
     seconds: float = 0.0
-    unit_stats: list[dict] = field(default_factory=list)
+    stats: dict[int, dict] = field(default_factory=dict)  # unit -> worker stats of its last completed run
+
+    @property
+    def unit_stats(self) -> list[dict]:
+        return list(self.stats.values())
+
+    @property
+    def units_done(self) -> int:
+        return len(self.stats)
+
+    @property
+    def samples(self) -> int:
+        return sum(s["n"] for s in self.stats.values())
+
+    @property
+    def samples_ok(self) -> int:  # labels: sample x teacher
+        return sum(sum(s["ok"].values()) for s in self.stats.values())
+
+    @property
+    def samples_failed(self) -> int:  # failed labels (sample x teacher), each recorded in its unit's marker
+        return sum(sum(s["failed"].values()) for s in self.stats.values())
 
     @property
     def exit_code(self) -> int:
@@ -189,10 +206,7 @@ def _submit(client, tasks, per_host, max_in_flight, retries, result, errors, pro
                 progress.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
         else:
             errors.pop(task.unit, None)
-            result.units_done += 1
-            result.samples_ok += sum(stats["ok"].values())
-            result.samples_failed += sum(stats["failed"].values())
-            result.unit_stats.append(stats)
+            result.stats[task.unit] = stats  # a unit labelled again (sweep) counts once
             progress.advance(stats["n"], sum(stats["failed"].values()))
         while queue and len(in_flight) < max_in_flight:
             submit(queue.popleft())
