@@ -58,3 +58,16 @@ class FailsOnDark(Teacher):
         if (means < 20).any():
             raise ValueError("too dark to label")
         return {"brightness": means.astype(np.float32)}
+
+
+class TwiceBrightness(Teacher):
+    """Reads FailsOnDark's output (declared in `requires`): the engine runs it after, and passes it in."""
+
+    name = "twice"
+    requires = ("failsondark",)
+
+    def fields(self):
+        return [Field("value", (), "float32")]
+
+    def __call__(self, batch: Batch):
+        return {"value": 2 * batch.upstream["failsondark"]["brightness"]}

@@ -172,3 +172,27 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def test_a_teacher_runs_after_the_teacher_it_requires(tmp_path):
+    root = tmp_path / "c"
+    write_images(root, 7)
+    Image.new("RGB", (50, 40)).save(root / "dark.png")
+    store = tmp_path / "labels.zarr"
+    twice, base = "teachers_for_tests:TwiceBrightness", "teachers_for_tests:FailsOnDark"
+    with pytest.raises(UserError, match="needs failsondark"):
+        label(str(root), str(store), [twice], **FAST)
+
+    label(str(root), str(store), [twice, base], **FAST)  # given in the wrong order: the engine sorts them
+    group = zarr.open_group(str(store), mode="r")
+    ok = group["twice/ok"][:]
+    np.testing.assert_allclose(group["twice/value"][:][ok], 2 * group["failsondark/brightness"][:][ok])
+    keys = list(group["keys"][:])
+    assert not ok[keys.index("dark")] and ok.sum() == 7
+    errors = LabelStore.open(str(store)).status()["teachers"]["twice"]["first_errors"]
+    assert errors[0]["key"] == "dark" and errors[0]["stage"] == "failsondark"
+
+    # later, alone: the required labels are read back from the store
+    label(str(root), str(store), [twice], force=True, **FAST)
+    np.testing.assert_allclose(zarr.open_group(str(store), mode="r")["twice/value"][:][ok],
+                               2 * group["failsondark/brightness"][:][ok])

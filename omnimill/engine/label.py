@@ -109,6 +109,7 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         index = index_corpus(corpus, opts.storage_options)
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
+    built, specs = _dependency_order(built, specs, labels if exists else None)
     provenance = {t.name: t.provenance() for t in built}
     if not exists:
         labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
@@ -210,6 +211,30 @@ def _submit(client, tasks, per_host, max_in_flight, retries, result, errors, pro
             progress.advance(stats["n"], sum(stats["failed"].values()))
         while queue and len(in_flight) < max_in_flight:
             submit(queue.popleft())
+
+
+def _dependency_order(built: list, specs: list[TeacherSpec], labels: LabelStore | None):
+    """Order teachers so each runs after the teachers it requires; a requirement must be in this run
+    or already complete in the store (pose needs detection's person boxes)."""
+    names = {t.name for t in built}
+    for t in built:
+        for dep in t.requires:
+            if dep in names:
+                continue
+            if labels is None or dep not in labels.teachers() or not labels.done_units(dep).all():
+                raise UserError(f"teacher {t.name} needs {dep}: add --teacher {dep} to this run, "
+                                f"or finish labelling {dep} first")
+    ordered, placed = [], set()
+    pending = list(zip(built, specs))
+    while pending:
+        ready = [(t, s) for t, s in pending if all(d in placed or d not in names for d in t.requires)]
+        if not ready:
+            raise UserError(f"teachers {', '.join(t.name for t, _ in pending)} require each other in a cycle")
+        for t, s in ready:
+            ordered.append((t, s))
+            placed.add(t.name)
+            pending.remove((t, s))
+    return [t for t, _ in ordered], [s for _, s in ordered]
 
 
 def _has_gpu_resource(client) -> bool:

@@ -76,6 +76,7 @@ def loaded_teachers() -> int:
 
 def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
+    _cached(("malloc",), _undo_dask_malloc_trim)
     teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
     if "torch" in sys.modules:
         import torch
@@ -92,6 +93,14 @@ def run_unit(task: UnitTask) -> dict:
     seconds = {t.name: 0.0 for t in teachers}
     crop_boxes = np.zeros((n, 4), np.int32)
     decode_wait = 0.0
+    # Outputs of required teachers: this run's (filled batch by batch) or, if not in this run, the store's.
+    have = {name: (outputs[name], ok[name]) for name in outputs}
+    for t in teachers:
+        for dep in t.requires:
+            if dep not in have:
+                group = store.group[dep]
+                fields = {f: group[f][task.start:task.stop] for f in group.array_keys() if f != "ok"}
+                have[dep] = (fields, group["ok"][task.start:task.stop])
 
     def record(name: str, row: int, err: SampleError):
         errors[name].append({"index": task.start + row, "key": str(meta["keys"][row]),
@@ -132,10 +141,14 @@ def run_unit(task: UnitTask) -> dict:
             crop_boxes[good] = [d.info.crop_box for d in decoded]
             batch = Batch(np.stack([d.view for d in decoded]), [d.info for d in decoded],
                           [str(meta["keys"][r]) for r in good])
-            for t in teachers:
+            for t in teachers:  # in dependency order (the client sorted them)
                 ts = time.perf_counter()
-                done = _run_teacher(t, batch, good, outputs[t.name], lambda r, e, name=t.name: record(name, r, e))
-                ok[t.name][done] = True
+                rows_t, batch_t = good, batch
+                if t.requires:
+                    rows_t, batch_t = _with_upstream(t, batch, good, have, lambda r, e, n=t.name: record(n, r, e))
+                if rows_t:
+                    done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e))
+                    ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
     host, worker = socket.gethostname(), _worker_address()
@@ -218,6 +231,21 @@ def flush_commits() -> list[str]:
     return _writer.flush()
 
 
+def _with_upstream(teacher: Teacher, batch: Batch, rows: list[int], have: dict, record):
+    """Attach required teachers' outputs; a sample they failed on fails here too, saying which."""
+    usable = []
+    for i, r in enumerate(rows):
+        missing = [dep for dep in teacher.requires if not have[dep][1][r]]
+        if missing:
+            record(r, SampleError(missing[0], f"no {missing[0]} label for this sample, which {teacher.name} needs"))
+        else:
+            usable.append(i)
+    sub = batch.subset(usable) if len(usable) < len(rows) else batch
+    sub_rows = [rows[i] for i in usable]
+    sub.upstream = {dep: {f: a[sub_rows] for f, a in have[dep][0].items()} for dep in teacher.requires}
+    return sub_rows, sub
+
+
 def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record) -> list[int]:
     """Run on the whole batch; if that raises, sample by sample so one bad input fails alone."""
     try:
@@ -255,6 +283,29 @@ def _empty(n: int, f) -> np.ndarray:
     if f.dtype == "str":
         return np.full(n, "", dtype=object)
     return np.zeros((n, *f.shape), dtype=f.dtype)
+
+
+def _undo_dask_malloc_trim() -> bool:
+    """Let glibc keep big freed blocks on the heap again.
+
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS).
+    Setting it freezes glibc's mmap threshold at 128 KiB, so every activation tensor above that is
+    a fresh mmap + page faults + munmap: DINOv2-S on CPU ran 35% slower in a worker than in a plain
+    process (benchmarks/engine.py). Raise both thresholds to 32 MiB / 256 MiB, as glibc's dynamic
+    threshold would have. Linux + glibc only; elsewhere a no-op.
+    """
+    import ctypes
+    import ctypes.util
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
+    except (OSError, AttributeError):
+        return False
 
 
 def _torch_threads(task: UnitTask) -> int:

@@ -33,17 +33,20 @@ class Field:
 
 @dataclass
 class Batch:
-    """What a teacher sees: B canonical views plus what is known of their originals."""
+    """What a teacher sees: B canonical views, what is known of their originals (size, caption, ...),
+    and the outputs of the teachers it `requires`, row-aligned: upstream["detection"]["boxes"][i]."""
 
     views: np.ndarray  # (B, S, S, 3) uint8
     infos: list[ImageInfo]
     keys: list[str]
+    upstream: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def subset(self, rows: list[int]) -> "Batch":
-        return Batch(self.views[rows], [self.infos[i] for i in rows], [self.keys[i] for i in rows])
+        upstream = {t: {f: a[rows] for f, a in fields.items()} for t, fields in self.upstream.items()}
+        return Batch(self.views[rows], [self.infos[i] for i in rows], [self.keys[i] for i in rows], upstream)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Teacher:
     """Base class. Subclasses set `name`, implement `fields`, `__call__`, and (for models) `load`."""
 
     name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()  # teachers whose outputs this one reads (batch.upstream)
     needs_checkpoint: ClassVar[bool] = False
     default_checkpoint: ClassVar[str | None] = None  # what a user with network would pick
     version: ClassVar[str] = "1"  # bump when the output of the same inputs changes
