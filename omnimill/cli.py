@@ -20,12 +20,11 @@ from omnimill.errors import UserError
 
 app = typer.Typer(help="omnimill: a data engine for omni-modal pretraining.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-audit_app = typer.Typer(help="Inspect samples and their labels.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
 console = Console()
 
 
-def _fail(message: str, code: int = 2):
+def fail(message: str, code: int = 2):
+    """One line on stderr that says what to do, and a non-zero exit (2: wrong input)."""
     Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -69,7 +68,7 @@ def label(
     try:
         result = run_label(corpus, store, teacher, options)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     samples = result.samples
     rate = samples / result.seconds if result.seconds else 0.0
     console.print(f"{result.units_done}/{result.units_planned} units, {samples} samples in "
@@ -94,7 +93,7 @@ def status(
     try:
         info = LabelStore.open(store).status(max_errors=errors)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
         return
@@ -135,20 +134,13 @@ def teachers():
     console.print(table)
 
 
-@audit_app.command("show")
-def audit_show(
-    store: Annotated[str, typer.Argument(help="Label store.")],
-    key: Annotated[str, typer.Argument(help="Sample key (see the store's `keys` array).")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("sample.png"),
-):
-    """One sample with every label it carries, as a PNG panel."""
-    from omnimill.audit.render import render_sample
+def _add_subcommands():
+    from omnimill.audit.cli import audit_app
 
-    try:
-        render_sample(store, key, out)
-    except UserError as e:
-        _fail(str(e))
-    console.print(f"wrote {out}")
+    app.add_typer(audit_app, name="audit")
+
+
+_add_subcommands()
 
 
 def main():
