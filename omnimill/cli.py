@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -134,10 +133,39 @@ def teachers():
     console.print(table)
 
 
+@app.command("tokenize")
+def tokenize_command(
+    labels: Annotated[str, typer.Argument(help="Label store to read.")],
+    tokens: Annotated[str, typer.Argument(help="Token store to create or resume, e.g. tokens.zarr")],
+    tokenizer: Annotated[list[str], typer.Option("--tokenizer", help="Tokenizer directory, repeatable.")] = [],
+    crops: Annotated[Optional[int], typer.Option(help="Aligned crops per sample (new stores; crop 0 = whole "
+                                                      "view; default 1).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the crops (new stores).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Retokenize the given modalities.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Workers of the embedded cluster.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+):
+    """Encode every modality of LABELS with trained tokenizers into the token store TOKENS."""
+    from omnimill.engine.tokenize import tokenize
+
+    try:
+        result = tokenize(labels, tokens, tokenizer, n_crops=crops, seed=seed, force=force, workers=workers,
+                          scheduler=scheduler, progress=not no_progress)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"{result.units_planned - len(result.units_failed)}/{result.units_planned} units, "
+                  f"{result.samples} samples, modalities {', '.join(result.modalities)} in {result.seconds:.1f}s",
+                  highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
+    from omnimill.tokenize.cli import tokenizer_app
 
     app.add_typer(audit_app, name="audit")
+    app.add_typer(tokenizer_app, name="tokenizer")
 
 
 _add_subcommands()

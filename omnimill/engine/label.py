@@ -12,12 +12,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-import uuid
-from collections import deque
 from dataclasses import asdict, dataclass, field
 
-from omnimill.engine import cluster
-from omnimill.engine.progress import Progress
+from omnimill.engine.units import run_units
 from omnimill.engine.worker import UnitTask, run_unit
 from omnimill.errors import UserError
 from omnimill.labelers.base import TeacherSpec
@@ -148,69 +145,12 @@ def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: L
 
 def _run(tasks: list[UnitTask], labels: LabelStore, specs: list[TeacherSpec], names: list[str],
          opts: LabelOptions, result: LabelResult) -> None:
-    """Run the tasks; then sweep: whatever the markers say is still missing runs again (retries)."""
     from omnimill.engine.worker import flush_commits
 
-    with cluster.connect(opts.scheduler, opts.workers, opts.local_directory) as client:
-        per_host = cluster.workers_per_host(client)
-        max_in_flight = opts.max_in_flight or 2 * max(1, sum(per_host.values()))
-        total = sum(t.stop - t.start for t in tasks)
-        errors: dict[int, str] = {}
-        with Progress(total, client.dashboard_link, enabled=opts.progress) as progress:
-            for sweep in range(opts.retries + 1):
-                _submit(client, tasks, per_host, max_in_flight, opts.retries, result, errors, progress)
-                for worker, failures in client.run(flush_commits).items():
-                    for failure in failures:
-                        progress.note(f"commit failed on {worker}: {failure}")
-                missing = plan(labels, specs, names, opts)
-                if not missing or sweep == opts.retries:
-                    break
-                progress.note(f"{len(missing)} units have no commit marker yet; labelling them again")
-                progress.extend(sum(t.stop - t.start for t in missing))
-                for task in missing:
-                    task.attempt = sweep + 1
-                tasks = missing
-        result.units_failed = [{"unit": t.unit, "error": errors.get(t.unit, "no commit marker after the run")}
-                               for t in missing]
-
-
-def _submit(client, tasks, per_host, max_in_flight, retries, result, errors, progress) -> None:
-    """Keep at most `max_in_flight` units on the cluster; retry a unit whose task raised or whose worker died."""
-    from distributed import as_completed
-
-    run_id = uuid.uuid4().hex[:8]
-    resources = {"GPU": 1} if _has_gpu_resource(client) else None
-    queue = deque(tasks)
-    in_flight: dict = {}
-    completed = as_completed()
-
-    def submit(task: UnitTask):
-        task.workers_per_host = per_host
-        future = client.submit(run_unit, task, key=f"omnimill-unit-{task.unit}-{run_id}-{task.attempt}",
-                               pure=False, resources=resources)
-        in_flight[future] = task
-        completed.add(future)
-
-    while queue and len(in_flight) < max_in_flight:
-        submit(queue.popleft())
-    for future in completed:
-        task = in_flight.pop(future)
-        try:
-            stats = future.result()
-        except Exception as e:  # the task raised, or its worker died too often (KilledWorker)
-            errors[task.unit] = f"{type(e).__name__}: {e}"
-            if task.attempt < retries:
-                task.attempt += 1
-                queue.appendleft(task)
-                progress.note(f"unit {task.unit} failed ({type(e).__name__}); retry {task.attempt}")
-            else:
-                progress.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
-        else:
-            errors.pop(task.unit, None)
-            result.stats[task.unit] = stats  # a unit labelled again (sweep) counts once
-            progress.advance(stats["n"], sum(stats["failed"].values()))
-        while queue and len(in_flight) < max_in_flight:
-            submit(queue.popleft())
+    result.units_failed = run_units(
+        tasks, run_unit, lambda: plan(labels, specs, names, opts), result.stats, scheduler=opts.scheduler,
+        workers=opts.workers, local_directory=opts.local_directory, max_in_flight=opts.max_in_flight,
+        retries=opts.retries, progress=opts.progress, flush=flush_commits)
 
 
 def _dependency_order(built: list, specs: list[TeacherSpec], labels: LabelStore | None):
@@ -235,11 +175,6 @@ def _dependency_order(built: list, specs: list[TeacherSpec], labels: LabelStore 
             placed.add(t.name)
             pending.remove((t, s))
     return [t for t, _ in ordered], [s for _, s in ordered]
-
-
-def _has_gpu_resource(client) -> bool:
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return bool(workers) and all("GPU" in (w.get("resources") or {}) for w in workers)
 
 
 def _parse_specs(teachers) -> list[TeacherSpec]:

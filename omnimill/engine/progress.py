@@ -10,13 +10,13 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, dashboard: str | None = None, enabled: bool = True):
+    def __init__(self, total: int, dashboard: str | None = None, enabled: bool = True, verb: str = "labelling"):
         self.enabled = enabled
         self.console = Console(stderr=True)
         self.dashboard = dashboard
         self.errors = 0
         self.bar = RichProgress(
-            TextColumn("labelling"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn(verb), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
             TextColumn("{task.fields[rate]}"),
             TextColumn("ETA"), TimeRemainingColumn(), TextColumn("[red]{task.fields[errors]} errors"),
             console=self.console, disable=not enabled, transient=False,

@@ -281,7 +281,7 @@ def _place(out: dict, rows: list[int], result: dict) -> None:
 
 def _empty(n: int, f) -> np.ndarray:
     if f.dtype == "str":
-        return np.full(n, "", dtype=object)
+        return np.full((n, *f.shape), "", dtype=object)
     return np.zeros((n, *f.shape), dtype=f.dtype)
 
 

@@ -42,7 +42,7 @@ class HFTeacher(Teacher):
         self.model = None
 
     def bad_checkpoint(self, error: Exception) -> UserError:
-        first_line = str(error).splitlines()[0][:200] if str(error) else ""
+        first_line = next((line for line in str(error).splitlines() if line.strip()), "")[:200]
         return UserError(f"teacher {self.name}: {self.path} is not a loadable {self.title or self.name} checkpoint "
                          f"({type(error).__name__}: {first_line}); pass a directory written by save_pretrained")
 
@@ -69,7 +69,14 @@ class HFTeacher(Teacher):
         self.dtype = pick_dtype(dtype, self.device)
         hf_logging.disable_progress_bar()  # one bar per worker per load is noise in a labelling log
         try:
-            self.model = auto_class.from_pretrained(self.path, dtype=self.dtype).to(self.device).eval()
+            model, info = auto_class.from_pretrained(self.path, dtype=self.dtype, output_loading_info=True)
+            # transformers only warns about missing weights and draws them at random: a segmentation
+            # checkpoint loaded for depth would label a whole corpus with a random head. Refuse instead.
+            params = dict(model.named_parameters())
+            missing = sorted(k for k in info["missing_keys"] if k in params)  # buffers are rebuilt, weights not
+            if missing:
+                raise ValueError(f"{len(missing)} weights missing from the checkpoint, e.g. {', '.join(missing[:3])}")
+            self.model = model.to(self.device).eval()
         except Exception as e:
             raise self.bad_checkpoint(e) from None
         mean, std = self.normalisation()
@@ -79,13 +86,19 @@ class HFTeacher(Teacher):
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         return self.model
 
+    def processor(self) -> dict:
+        """The checkpoint's preprocessor_config.json (input size, mean/std), {} when it has none."""
+        config = self.path / "preprocessor_config.json" if self.path.is_dir() else None
+        return json.loads(config.read_text()) if config is not None and config.exists() else {}
+
     def normalisation(self) -> tuple[tuple, tuple]:
         """Mean/std from the checkpoint's preprocessor_config.json, ImageNet's when it has none."""
-        config = self.path / "preprocessor_config.json" if self.path.is_dir() else None
-        if config is not None and config.exists():
-            data = json.loads(config.read_text())
-            return tuple(data.get("image_mean", IMAGENET_MEAN)), tuple(data.get("image_std", IMAGENET_STD))
-        return IMAGENET_MEAN, IMAGENET_STD
+        data = self.processor()
+        if not data:
+            return IMAGENET_MEAN, IMAGENET_STD
+        if data.get("do_normalize", True) is False:  # RT-DETR, D-FINE: raw 0..1 pixels
+            return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return tuple(data.get("image_mean", IMAGENET_MEAN)), tuple(data.get("image_std", IMAGENET_STD))
 
     def pixels(self, views, size: int | tuple[int, int]):
         """(B, S, S, 3) uint8 views -> (B, 3, h, w) normalised tensor on the device, in the model's dtype."""
@@ -98,3 +111,9 @@ class HFTeacher(Teacher):
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
         return ((x - self.mean) / self.std).to(self.dtype)
+
+
+def processor_size(processor: dict) -> int | None:
+    """The square input side a processor asks for: `"size": 640`, `{"height": 518, ...}` or `{"shortest_edge": 384}`."""
+    size = processor.get("size")
+    return size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size

@@ -13,6 +13,17 @@ BUILTIN = {
     "palette": "omnimill.labelers.palette:Palette",
     "canny": "omnimill.labelers.canny:Canny",
     "dinov2": "omnimill.labelers.dinov2:DINOv2",
+    "detection": "omnimill.labelers.detection:Detection",
+    "pose": "omnimill.labelers.pose:Pose",
+    "sam": "omnimill.labelers.sam:SAM",
+    "depth": "omnimill.labelers.depth:Depth",
+    "normals": "omnimill.labelers.normals:Normals",
+    "semseg": "omnimill.labelers.semseg:SemSeg",
+    "clip": "omnimill.labelers.clip:CLIP",
+    "imagebind": "omnimill.labelers.imagebind:ImageBind",
+    "captioner": "omnimill.labelers.caption:Captioner",
+    "caption_embed": "omnimill.labelers.caption_embed:CaptionEmbed",
+    "captioner_embed": "omnimill.labelers.caption_embed:CaptionerEmbed",
 }
 
 

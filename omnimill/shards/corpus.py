@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass, field
 
 import fsspec
-import numpy as np
 
 from omnimill.errors import UserError
 

@@ -33,6 +33,7 @@ from omnimill.shards.corpus import CorpusIndex
 
 FORMAT = "omnimill.labels/1"
 RUNS = "_runs"
+RESERVED = ("keys", "source", "offset", "size", "caption", "crop_box", RUNS)  # top-level names of the store
 
 
 def compressor(dtype: str):
@@ -151,6 +152,8 @@ class LabelStore:
 
         Same checkpoint hash and config: resume. Different: refuse unless `force`, which starts over.
         """
+        if name in RESERVED:
+            raise UserError(f"a teacher cannot be called {name!r}: the store already has an array of that name")
         if name in self.teachers() and not force:
             old = self.provenance(name)
             for what in ("config", "checkpoint_sha256", "fields"):

@@ -1,0 +1,175 @@
+"""`omnimill tokenize`: a label store -> a token store, on the Dask workers, resumable like labelling.
+
+    check tokenizers against the label store -> create the token store (keys, N crops per sample)
+    -> plan (unit, tokenizers without a marker) -> run units -> sweep markers
+
+Each unit reads its rows of every needed field once, encodes every crop, writes one chunk per
+modality and then the marker. A tokenizer added later tokenizes only its own modality; `--force`
+retokenizes the given ones. Samples the teacher did not label get ok = False and pad tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from omnimill.engine.units import run_units
+from omnimill.errors import UserError
+from omnimill.shards.labelstore import LabelStore
+from omnimill.shards.tokenstore import TokenStore, modality_name
+
+ENCODE_BATCH = 64  # samples per encode call inside a unit
+
+
+@dataclass
+class TokenizeTask:
+    tokens: str
+    labels: str
+    unit: int
+    start: int
+    stop: int
+    tokenizers: list[str]  # directories
+    attempt: int = 0
+    torch_threads: int | None = None
+    workers_per_host: dict = field(default_factory=dict)
+
+
+@dataclass
+class TokenizeResult:
+    tokens: str
+    modalities: list[str]
+    units_planned: int = 0
+    units_failed: list = field(default_factory=list)
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return sum(s["n"] for s in self.stats.values())
+
+    @property
+    def exit_code(self) -> int:
+        return 4 if self.units_failed else 0
+
+
+def tokenizer_info(directory: str | Path) -> tuple[str, dict]:
+    """(modality name, what the token store records about the tokenizer)."""
+    from omnimill.tokenize.base import directory_hash, load_tokenizer
+
+    directory = Path(directory).resolve()
+    tok = load_tokenizer(directory)
+    c = tok.config
+    return modality_name(c.teacher, c.fields), {
+        "path": str(directory), "sha256": directory_hash(directory), "kind": c.kind, "vocab_size": c.vocab_size,
+        "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id, "teacher": c.teacher, "fields": c.fields}
+
+
+def tokenize(labels: str, tokens: str, tokenizers: list[str], n_crops: int | None = None, seed: int = 0,
+             force: bool = False, workers: int | None = None, scheduler: str | None = None,
+             max_in_flight: int | None = None, retries: int = 2, progress: bool = True,
+             torch_threads: int | None = None) -> TokenizeResult:
+    from omnimill.tokenize.base import load_tokenizer
+    from omnimill.tokenize.crops import make_crops
+    from omnimill.tokenize.data import check_source, open_field
+
+    if not tokenizers:
+        raise UserError("give at least one --tokenizer DIR (made by `omnimill tokenizer train`)")
+    source = LabelStore.open(labels)
+    infos = {}
+    for directory in tokenizers:
+        tok = load_tokenizer(directory)  # UserError for a non-tokenizer directory
+        check_source(tok.config, open_field(source, _field_of(tok.config)))  # store lacks it / other shape
+        name, info = tokenizer_info(directory)
+        if name in infos:
+            raise UserError(f"two tokenizers for {name}: give one per modality")
+        infos[name] = info
+
+    if TokenStore.exists(tokens):
+        store = TokenStore.open(tokens, "r+")
+        if store.source["store"] != source.uri or store.source.get("created") != source.group.attrs.get("created"):
+            raise UserError(f"{tokens} was made from {store.source['store']}, not {source.uri}; "
+                            "use a new token store path")
+        if n_crops is not None and n_crops != store.n_crops:
+            raise UserError(f"{tokens} holds {store.n_crops} crops per sample, fixed when it was created; "
+                            "drop --crops or use a new token store")
+    else:
+        crops = make_crops(source.keys(), source.view_size, n_crops or 1, seed)
+        store = TokenStore.create(tokens, source, crops, seed)
+
+    result = TokenizeResult(tokens, list(infos))
+    started = time.time()
+    for name, info in infos.items():
+        store.prepare_modality(name, info, force=force)
+
+    def replan():
+        done = {name: store.done_units(name) for name in infos}
+        todo = []
+        for u in range(store.n_units):
+            needed = [infos[name]["path"] for name in infos if not done[name][u]]
+            if needed:
+                unit = store.unit(u)
+                todo.append(TokenizeTask(tokens, labels, u, unit.start, unit.stop, needed, 0, torch_threads))
+        return todo
+
+    tasks = replan()
+    result.units_planned = len(tasks)
+    if tasks:
+        result.units_failed = run_units(tasks, tokenize_unit, replan, result.stats, scheduler=scheduler,
+                                        workers=workers, max_in_flight=max_in_flight, retries=retries,
+                                        progress=progress, verb="tokenizing")
+    result.seconds = time.time() - started
+    return result
+
+
+def _field_of(config) -> str:
+    if not config.teacher:
+        return config.fields[0]
+    return f"{config.teacher}/{config.fields[0]}" if len(config.fields) == 1 else config.teacher
+
+
+def tokenize_unit(task: TokenizeTask) -> dict:
+    """Worker side: encode every crop of the unit's samples with each tokenizer, write, then mark."""
+    import os
+    import socket
+    import sys
+
+    from omnimill.engine.worker import _cached, _torch_threads, _undo_dask_malloc_trim, _worker_address
+    from omnimill.tokenize.base import load_tokenizer
+    from omnimill.tokenize.data import open_field
+
+    t0 = time.perf_counter()
+    _cached(("malloc",), _undo_dask_malloc_trim)
+    labels = _cached(("labels", task.labels), lambda: LabelStore.open(task.labels))
+    store = _cached(("tokens", task.tokens), lambda: TokenStore.open(task.tokens, "r+"))
+    crops = store.group["crops"][task.start:task.stop]
+    n = task.stop - task.start
+    unit = store.unit(task.unit)
+    failed = {}
+    for directory in task.tokenizers:
+        tok = _cached(("tokenizer", directory, os.path.getmtime(Path(directory) / "config.json")),
+                      lambda d=directory: load_tokenizer(d))
+        if "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(_torch_threads(task))
+        name = modality_name(tok.config.teacher, tok.config.fields)
+        source = open_field(labels, _field_of(tok.config))
+        ok = source.ok()[task.start:task.stop]
+        rows = np.flatnonzero(ok)
+        group = labels.group[source.teacher] if source.teacher else labels.group
+        values = {f: group[f][task.start:task.stop][rows] for f in source.fields}
+        pad = tok.config.pad_id if tok.config.pad_id >= 0 else 0
+        tokens = np.full((n, store.n_crops, tok.tokens_per_sample), pad, np.int64)
+        for i in range(0, len(rows), ENCODE_BATCH):
+            batch = {f: v[i:i + ENCODE_BATCH] for f, v in values.items()}
+            for c in range(store.n_crops):
+                tokens[rows[i:i + ENCODE_BATCH], c] = tok.encode(batch, crops[rows[i:i + ENCODE_BATCH], c])
+        marker = {"unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(len(rows)),
+                  "skipped": int(n - len(rows)), "attempt": task.attempt, "worker": _worker_address(),
+                  "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        store.write_unit(name, unit, tokens, ok, marker)
+        failed[name] = 0  # samples without labels are skipped, not failures: the label store records why
+    return {"unit": task.unit, "n": n, "failed": failed, "seconds": time.perf_counter() - t0}

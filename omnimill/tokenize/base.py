@@ -1,0 +1,128 @@
+"""The tokenizer interface and its directory format.
+
+A tokenizer turns the labels of one modality into a fixed-length row of integer tokens and back:
+
+    encode(values, crops) -> (B, L) int32     decode(tokens) -> values in the crop's frame
+
+`values` maps field names to per-sample arrays, exactly as the label store holds them (a spatial or
+vector tokenizer reads one field; a sequence tokenizer may read several fields of one teacher).
+`crops` (B, 5) int32 = (top, left, h, w, flip) in canonical-view pixels, shared by every modality of
+a sample (4M-style multi-crop); each kind applies it as its data means: dense maps are cut and
+resized, coordinates are moved into the crop, global values ignore it.
+
+A tokenizer directory holds everything needed to use it, loaded by path:
+
+    config.json        kind, source field, vocab size, tokens per sample, input normalisation, ...
+    model.safetensors  weights (spatial, vector)          tokenizer.json  (sequence, HF tokenizers)
+    metrics.json       written by `tokenizer eval`        *.png  pictures (reconstructions, usage, curve)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from omnimill.errors import UserError
+
+FORMAT = "omnimill.tokenizer/1"
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str  # spatial | vector | sequence
+    teacher: str  # label-store group the values come from ("" for top-level arrays such as `caption`)
+    fields: list[str]  # field names read from that group
+    vocab_size: int = 0  # filled in by the tokenizer
+    tokens_per_sample: int = 0  # L
+    pad_id: int = -1  # sequence tokenizers pad to L with this id; -1: no padding (fixed length)
+    normalization: dict = field(default_factory=dict)  # how raw values are scaled before the model
+    source: dict = field(default_factory=dict)  # store URI, teacher provenance sha, field shapes/dtypes
+    options: dict = field(default_factory=dict)  # kind-specific settings (levels, grid, sizes, ...)
+
+    @property
+    def modality(self) -> str:
+        """Name of the token array in the token store: teacher/field, or teacher for whole groups."""
+        if self.teacher and len(self.fields) == 1:
+            return f"{self.teacher}/{self.fields[0]}"
+        return self.teacher or self.fields[0]
+
+
+class Tokenizer:
+    kind: ClassVar[str]
+
+    def __init__(self, config: TokenizerConfig):
+        self.config = config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.config.tokens_per_sample
+
+    def encode(self, values: dict[str, np.ndarray], crops: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ directory format
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_weights(directory)
+        (directory / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2))
+        return directory
+
+    def save_weights(self, directory: Path) -> None:
+        """Kind-specific files beside config.json."""
+
+    @classmethod
+    def from_directory(cls, directory: Path, config: TokenizerConfig) -> "Tokenizer":
+        raise NotImplementedError
+
+
+KINDS = {
+    "spatial": "omnimill.tokenize.spatial:SpatialTokenizer",
+    "vector": "omnimill.tokenize.vector:VectorTokenizer",
+    "sequence": "omnimill.tokenize.sequence:SequenceTokenizer",
+}
+
+
+def tokenizer_class(kind: str) -> type[Tokenizer]:
+    import importlib
+
+    if kind not in KINDS:
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector or sequence")
+    module, _, name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load any tokenizer directory written by `save`."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.exists():
+        raise UserError(f"{directory} is not a tokenizer directory (no config.json); "
+                        "make one with `omnimill tokenizer train`")
+    data = json.loads(path.read_text())
+    if data.pop("format", None) != FORMAT:
+        raise UserError(f"{directory} holds a tokenizer of another format; retrain it")
+    config = TokenizerConfig(**data)
+    return tokenizer_class(config.kind).from_directory(directory, config)
+
+
+def directory_hash(directory: str | Path) -> str:
+    """sha256 over a tokenizer directory's config and weights: what the token store records."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        if path.name in ("config.json", "model.safetensors", "tokenizer.json"):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,89 @@
+"""Read a modality's labels out of a label store for tokenizer training, evaluation and tokenizing.
+
+A field is named `teacher/field` (one array of a teacher group), `teacher` (every field of the group:
+sequence tokenizers of structures such as detection or palette) or a top-level array (`caption`,
+the corpus's own alt-text). Only samples the teacher labelled (`ok`) are used.
+
+Train / held-out split: a sample is held out when sha256(seed:key) falls in the first `holdout`
+fraction of the hash space, so the split is stable across runs, machines and corpus growth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from omnimill.errors import UserError
+from omnimill.shards.labelstore import LabelStore
+
+TOP_LEVEL = ("caption",)
+
+
+@dataclass
+class FieldSource:
+    store: LabelStore
+    teacher: str  # "" for top-level arrays
+    fields: list[str]
+    specs: dict  # field -> {"shape": [...], "dtype": str, "dense": bool}
+    provenance: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}/{self.fields[0]}" if self.teacher and len(self.fields) == 1 else (
+            self.teacher or self.fields[0])
+
+    def ok(self) -> np.ndarray:
+        if not self.teacher:
+            return np.ones(self.store.n, bool)
+        return self.store.group[f"{self.teacher}/ok"][:]
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Values of `indices` (sorted), one array per field."""
+        indices = np.asarray(indices, np.int64)
+        group = self.store.group[self.teacher] if self.teacher else self.store.group
+        return {f: group[f].oindex[indices] if len(indices) else group[f][:0] for f in self.fields}
+
+
+def open_field(store: str | LabelStore, field: str) -> FieldSource:
+    labels = store if isinstance(store, LabelStore) else LabelStore.open(store)
+    if field in TOP_LEVEL:
+        return FieldSource(labels, "", [field], {field: {"shape": [], "dtype": "str", "dense": False}}, {})
+    teacher, _, name = field.partition("/")
+    if teacher not in labels.teachers():
+        raise UserError(f"{labels.uri} has no teacher {teacher!r} (it has {', '.join(labels.teachers()) or 'none'}); "
+                        f"label it first with `omnimill label ... --teacher {teacher}`")
+    provenance = labels.provenance(teacher)
+    specs = provenance.get("fields", {})
+    if name and name not in specs:
+        raise UserError(f"teacher {teacher} in {labels.uri} has no field {name!r}; "
+                        f"its fields are {', '.join(specs)}")
+    fields = [name] if name else list(specs)
+    return FieldSource(labels, teacher, fields, {f: specs[f] for f in fields}, provenance)
+
+
+def held_out(keys, holdout: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask of held-out samples, decided per key."""
+    limit = int(holdout * 2 ** 32)
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:4], "little") < limit
+                     for k in keys], bool)
+
+
+def split(source: FieldSource, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) among the samples the teacher labelled."""
+    ok = source.ok()
+    mask = held_out(source.store.keys(), holdout, seed)
+    return np.flatnonzero(ok & ~mask), np.flatnonzero(ok & mask)
+
+
+def check_source(config, source: FieldSource) -> None:
+    """The store's field must look like what the tokenizer was trained on (shape and dtype)."""
+    for field in config.fields:
+        trained = config.source.get("fields", {}).get(field)
+        found = source.specs.get(field)
+        if found is None:
+            raise UserError(f"{source.store.uri} has no field {field} for the {config.modality} tokenizer")
+        if trained and (list(trained["shape"]) != list(found["shape"]) or trained["dtype"] != found["dtype"]):
+            raise UserError(f"{source.name} in {source.store.uri} has shape {found['shape']} {found['dtype']}, "
+                            f"but the tokenizer was trained on {trained['shape']} {trained['dtype']}")

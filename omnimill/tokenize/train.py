@@ -1,0 +1,208 @@
+"""`omnimill tokenizer train`: fit a tokenizer to one modality of a label store.
+
+Spatial and vector tokenizers train with AdamW (warm-up, cosine decay) on random batches of the
+training split, each sample seen through a fresh random crop and flip (the same kind of crops
+`omnimill tokenize --crops N` will use), so tokens stay good on every crop. Sequence tokenizers
+train their text vocabulary on the serialized training split (see sequence.py).
+
+Everything the tokenizer needs at use time is written to its directory; the loss curve goes to
+train_log.json and curve.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omnimill import __version__
+from omnimill.errors import UserError
+from omnimill.tokenize import values as V
+from omnimill.tokenize.base import TokenizerConfig
+from omnimill.tokenize.data import open_field, split
+from omnimill.tokenize.quantizer import fsq_levels
+
+
+@dataclass
+class TrainOptions:
+    vocab: int = 1024  # FSQ rounds to the paper's nearest size: 1024 -> [8,5,5,5] = 1000 codes
+    quantizer: str = "fsq"  # or "vq" (EMA, k-means init, dead-code restart)
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    input_size: int | None = None  # spatial: side fed to the encoder (default: 256 for maps, the grid for feature grids)
+    grid: int = 16  # spatial: tokens per side (16 x 16 = 256 tokens)
+    width: int = 64  # spatial: channels of the first stage
+    n_tokens: int = 8  # vector: tokens per vector
+    hidden: int = 512  # vector: MLP width
+    mode: str | None = None  # override the value mode (values.py)
+    tokens_per_sample: int | None = None  # sequence: L (default per structure: 64, pose 128)
+    holdout: float = 0.1  # share of samples kept out of training for `tokenizer eval`
+    max_samples: int = 20000  # training samples held in memory
+    seed: int = 0
+    progress: bool = True
+
+
+def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options: TrainOptions | None = None,
+                    **overrides) -> Path:
+    opts = options or TrainOptions()
+    for k, v in overrides.items():
+        setattr(opts, k, v)
+    source = open_field(store, field)
+    train_idx, heldout_idx = split(source, opts.holdout, opts.seed)
+    if len(train_idx) == 0:
+        raise UserError(f"{field} has no labelled samples outside the held-out split in {store}")
+    rng = np.random.default_rng(opts.seed)
+    if len(train_idx) > opts.max_samples:
+        train_idx = np.sort(rng.choice(train_idx, opts.max_samples, replace=False))
+    values = source.read(train_idx)
+    config = TokenizerConfig(kind=kind, teacher=source.teacher, fields=source.fields, source={
+        "store": source.store.uri, "store_created": source.store.group.attrs.get("created"),
+        "teacher_checkpoint_sha256": source.provenance.get("checkpoint_sha256"),
+        "fields": source.specs, "id2label": source.provenance.get("config", {}).get("id2label"),
+        "keypoints": source.provenance.get("config", {}).get("keypoints"),
+        "omnimill_version": __version__})
+    config.options.update(view_size=source.store.view_size, holdout=opts.holdout, seed=opts.seed,
+                          train_samples=len(train_idx), heldout_samples=len(heldout_idx))
+    out = Path(out)
+    if kind == "sequence":
+        from omnimill.tokenize.sequence import SequenceTokenizer
+
+        if opts.tokens_per_sample:
+            config.options["tokens_per_sample"] = opts.tokens_per_sample
+        tokenizer = SequenceTokenizer.train(config, values, view_size=source.store.view_size)
+        tokenizer.save(out)
+        return out
+
+    tokenizer = _build(kind, source, values, config, opts)
+    log = _fit(tokenizer, values, source.store.view_size, opts)
+    tokenizer.save(out)
+    (out / "train_log.json").write_text(json.dumps(log))
+    plot_curve(log, out / "curve.png")
+    return out
+
+
+def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: TrainOptions):
+    if len(source.fields) != 1:
+        raise UserError(f"a {kind} tokenizer reads one field: give --field TEACHER/FIELD "
+                        f"(one of {', '.join(f'{source.teacher}/{f}' for f in source.fields)})")
+    field = source.fields[0]
+    spec = source.specs[field]
+    shape = tuple(spec["shape"])
+    sample = values[field]
+    if kind == "vector":
+        if len(shape) != 1 or spec["dtype"] == "str":
+            raise UserError(f"{source.name} has per-sample shape {shape} ({spec['dtype']}): a vector tokenizer "
+                            "needs a 1-D embedding; use --kind spatial for maps, sequence for structures")
+        x = sample.astype(np.float32)
+        config.normalization = {"mode": "continuous", "mean": x.mean(0).tolist(),
+                                "std": np.maximum(x.std(0), 1e-6).tolist()}
+        config.options.update(sample_shape=list(shape), n_tokens=opts.n_tokens, hidden=opts.hidden,
+                              vocab=opts.vocab, quantizer=opts.quantizer)
+        from omnimill.tokenize.vector import VectorTokenizer
+
+        return VectorTokenizer(config)
+    if kind != "spatial":
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector or sequence")
+    if len(shape) not in (2, 3) or spec["dtype"] == "str":
+        raise UserError(f"{source.name} has per-sample shape {shape} ({spec['dtype']}): a spatial tokenizer "
+                        "needs a dense map (H, W) or (H, W, C); use --kind vector for embeddings")
+    mode = opts.mode or V.infer_mode(field, spec["dtype"], shape)
+    id2label = config.source.get("id2label")
+    config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None)
+    feature_grid = shape[0] <= opts.grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
+    input_size = opts.input_size or (shape[0] if feature_grid else 256)
+    grid = min(opts.grid, input_size)
+    config.options.update(sample_shape=list(shape), input_size=input_size, grid=grid, width=opts.width,
+                          vocab=opts.vocab, quantizer=opts.quantizer, levels=fsq_levels(opts.vocab))
+    from omnimill.tokenize.spatial import SpatialTokenizer
+
+    return SpatialTokenizer(config)
+
+
+def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
+    import torch
+
+    torch.manual_seed(opts.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = tokenizer.model
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4, betas=(0.9, 0.99))
+    rng = np.random.default_rng(opts.seed + 1)
+    n = len(next(iter(values.values())))
+    log = {"step": [], "loss": [], "codes_used": [], "seconds": []}
+    started = time.time()
+    running, used = 0.0, set()
+    bar = _bar(opts.steps, opts.progress)
+    for step in range(opts.steps):
+        lr = opts.lr * min(1.0, (step + 1) / opts.warmup) * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = rng.integers(0, n, min(opts.batch_size, n))
+        batch = {k: v[rows] for k, v in values.items()}
+        loss, indices = tokenizer.loss(batch, random_crops(len(rows), view_size, rng))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running += loss.item()
+        used.update(np.unique(indices.detach().numpy()).tolist())
+        if (step + 1) % 25 == 0 or step + 1 == opts.steps:
+            k = 25 if (step + 1) % 25 == 0 else (step + 1) % 25
+            log["step"].append(step + 1)
+            log["loss"].append(running / k)
+            log["codes_used"].append(len(used) / tokenizer.vocab_size)
+            log["seconds"].append(round(time.time() - started, 2))
+            bar(step + 1, running / k, len(used) / tokenizer.vocab_size)
+            running, used = 0.0, set()
+    bar(None, 0, 0)
+    return log
+
+
+def random_crops(n: int, view_size: int, rng) -> np.ndarray:
+    """Training augmentation: the distribution `make_crops` draws crops 1..n-1 from, plus whole views."""
+    from omnimill.tokenize.crops import MIN_SCALE
+
+    sides = np.where(rng.random(n) < 0.25, view_size,
+                     np.rint(view_size * rng.uniform(MIN_SCALE, 1.0, n))).astype(int)
+    tops = np.array([rng.integers(0, view_size - s + 1) for s in sides])
+    lefts = np.array([rng.integers(0, view_size - s + 1) for s in sides])
+    return np.stack([tops, lefts, sides, sides, rng.random(n) < 0.5], -1).astype(np.int32)
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return lambda *a: None
+    from rich.progress import Progress
+
+    progress = Progress(*Progress.get_default_columns(), "{task.fields[info]}")
+    task = progress.add_task("training", total=total, info="")
+    progress.start()
+
+    def update(step, loss, usage):
+        if step is None:
+            progress.stop()
+            return
+        progress.update(task, completed=step, info=f"loss {loss:.4f}, codes used {100 * usage:.0f}%")
+
+    return update
+
+
+def plot_curve(log: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=110)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.plot(log["step"], log["loss"])
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    ax = fig.add_subplot(1, 2, 2)
+    ax.plot(log["step"], [100 * u for u in log["codes_used"]])
+    ax.set(xlabel="step", ylabel="% of codes used per 25 steps", ylim=(0, 105), title="codebook usage")
+    fig.tight_layout()
+    fig.savefig(path)
