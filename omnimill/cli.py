@@ -35,6 +35,8 @@ def label(
     store: Annotated[str, typer.Argument(help="Label store to create or resume (Zarr v3), e.g. labels.zarr")],
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="NAME[=CHECKPOINT], repeatable. "
                                                "`omnimill teachers` lists them.")] = [],
+    option: Annotated[list[str], typer.Option("--option", "-o", help="TEACHER.KEY=VALUE teacher setting, "
+                                              "repeatable (e.g. sam.points_per_side=16); VALUE is JSON or text.")] = [],
     workers: Annotated[Optional[int], typer.Option(help="Workers of the embedded cluster (default: one per GPU, "
                                                         "else cores/2).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster: tcp://HOST:8786 "
@@ -65,7 +67,7 @@ def label(
                            max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
                            break_lock=break_lock, progress=not no_progress)
     try:
-        result = run_label(corpus, store, teacher, options)
+        result = run_label(corpus, store, _with_options(teacher, option), options)
     except UserError as e:
         fail(str(e))
     samples = result.samples
@@ -78,6 +80,26 @@ def label(
     if result.samples_failed:
         console.print(f"completed with errors: see `omnimill status {store}`", highlight=False)
     raise typer.Exit(result.exit_code)
+
+
+def _with_options(teachers: list[str], options: list[str]):
+    """--teacher sam=ckpt --option sam.points_per_side=16 -> TeacherSpec("sam", "ckpt", {"points_per_side": 16})."""
+    from omnimill.labelers.base import TeacherSpec
+
+    specs = [TeacherSpec.parse(t) for t in teachers]
+    by_name = {s.name: s for s in specs}
+    for text in options:
+        target, eq, value = text.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not (eq and dot and name and key):
+            raise UserError(f"--option {text!r} must look like TEACHER.KEY=VALUE (e.g. sam.points_per_side=16)")
+        if name not in by_name:
+            raise UserError(f"--option {text!r} names teacher {name!r}, which is not given with --teacher")
+        try:
+            by_name[name].options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            by_name[name].options[key] = value
+    return specs
 
 
 @app.command()

@@ -35,9 +35,11 @@ TOKENIZERS = OUT / "tokenizers"
 TOKENS = OUT / "tokens.zarr"
 # (name, --field, --kind, extra flags): small and quick, minutes on 2 CPU cores in all
 TOKENIZER_RECIPES = [
-    ("rgb", "rgb/image", "spatial", ["--input-size", "64", "--grid", "8", "--width", "32", "--steps", "400"]),
-    ("canny", "canny/edges", "spatial", ["--input-size", "64", "--grid", "8", "--width", "32", "--steps", "400"]),
-    ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "400"]),
+    ("rgb", "rgb/image", "spatial", ["--input-size", "32", "--grid", "8", "--width", "16", "--batch-size", "16",
+                                     "--steps", "600", "--lr", "3e-3"]),
+    ("canny", "canny/edges", "spatial", ["--input-size", "32", "--grid", "8", "--width", "16", "--batch-size", "16",
+                                         "--steps", "600", "--lr", "3e-3"]),
+    ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "600"]),
     ("palette", "palette", "sequence", []),
     ("metadata", "metadata", "sequence", []),
     ("caption", "caption", "sequence", []),

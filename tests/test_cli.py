@@ -83,3 +83,21 @@ def test_teachers_lists_the_builtin_teachers():
     assert result.exit_code == 0
     for name in ("rgb", "metadata", "palette", "canny", "dinov2"):
         assert name in result.output
+
+
+def test_teacher_options_reach_the_teacher(corpus, tmp_path):
+    import zarr
+
+    store = tmp_path / "labels.zarr"
+    bad = invoke("label", corpus, store, "-t", "palette", "--option", "palette:max_colors=3")
+    assert bad.exit_code == 2 and "TEACHER.KEY=VALUE" in one_line_error(bad)
+    other = invoke("label", corpus, store, "-t", "palette", "--option", "canny.sigma=0.5")
+    assert other.exit_code == 2 and "not given with --teacher" in one_line_error(other)
+    assert not store.exists()
+
+    ok = invoke("label", corpus, store, "-t", "palette", "-o", "palette.max_colors=3", "--workers", "1",
+                "--view-size", "32", "--no-progress")
+    assert ok.exit_code == 0, ok.output
+    group = zarr.open_group(str(store), mode="r")
+    assert group["palette/colors"].shape == (20, 3, 3)
+    assert group["palette"].attrs["config"]["max_colors"] == 3

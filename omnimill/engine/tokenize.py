@@ -150,7 +150,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
     failed = {}
     for directory in task.tokenizers:
         tok = _cached(("tokenizer", directory, os.path.getmtime(Path(directory) / "config.json")),
-                      lambda d=directory: load_tokenizer(d))
+                      lambda d=directory: load_tokenizer(d).to("auto"))
         if "torch" in sys.modules:
             import torch
 

@@ -69,6 +69,10 @@ class Tokenizer:
     def encode(self, values: dict[str, np.ndarray], crops: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    def to(self, device: str) -> "Tokenizer":
+        """Where encode/decode compute; tokenizers without a model ignore it."""
+        return self
+
     def decode(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -86,6 +90,36 @@ class Tokenizer:
     @classmethod
     def from_directory(cls, directory: Path, config: TokenizerConfig) -> "Tokenizer":
         raise NotImplementedError
+
+
+class ModelTokenizer(Tokenizer):
+    """A tokenizer whose encoder/quantizer/decoder is `self.model`, stored as model.safetensors."""
+
+    model = None  # a torch.nn.Module, set by the subclass
+    device = "cpu"
+
+    def to(self, device: str) -> "ModelTokenizer":
+        """Run on `device` ("cpu", "cuda", "auto" = cuda when present); inputs and outputs stay numpy."""
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.model.to(device)
+        return self
+
+    def save_weights(self, directory: Path) -> None:
+        from safetensors.torch import save_model
+
+        save_model(self.model, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_directory(cls, directory: Path, config: TokenizerConfig) -> "ModelTokenizer":
+        from safetensors.torch import load_model
+
+        tokenizer = cls(config)
+        load_model(tokenizer.model, str(directory / "model.safetensors"))
+        return tokenizer
 
 
 KINDS = {

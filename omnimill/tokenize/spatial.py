@@ -12,14 +12,12 @@ Class maps enter through an embedding and leave as logits (cross-entropy); see v
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
 from omnimill.tokenize import values as V
-from omnimill.tokenize.base import Tokenizer, TokenizerConfig
+from omnimill.tokenize.base import ModelTokenizer, TokenizerConfig
 from omnimill.tokenize.crops import crop_dense
 from omnimill.tokenize.quantizer import Quantizer
 
@@ -75,7 +73,7 @@ class ConvAutoencoder(nn.Module):
         return self.decode_codes(codes, g), indices, aux
 
 
-class SpatialTokenizer(Tokenizer):
+class SpatialTokenizer(ModelTokenizer):
     kind = "spatial"
 
     def __init__(self, config: TokenizerConfig, model: ConvAutoencoder | None = None):
@@ -112,7 +110,7 @@ class SpatialTokenizer(Tokenizer):
         cut = crop_dense(x.astype(np.float32), crops, self.view_size, self.input_size, mode)
         if self.norm["mode"] == "unit" and np.asarray(crops)[:, 4].any():
             cut[np.asarray(crops)[:, 4] == 1, ..., 0] *= -1  # mirroring the image mirrors the normals' x
-        return V.to_target(cut, self.norm)
+        return V.to_target(cut, self.norm).to(self.device)
 
     def loss(self, values, crops) -> tuple[torch.Tensor, torch.Tensor]:
         target = self.target(values, crops)
@@ -123,13 +121,13 @@ class SpatialTokenizer(Tokenizer):
     def encode(self, values, crops=None) -> np.ndarray:
         self.model.eval()
         _, indices, _, _ = self.model.encode(self.target(values, crops))
-        return indices.numpy().astype(np.int32)
+        return indices.cpu().numpy().astype(np.int32)
 
     @torch.inference_mode()
     def decode(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         self.model.eval()
-        codes = self.model.quantizer.indices_to_codes(torch.from_numpy(np.asarray(tokens, np.int64)))
-        return {self.field: V.from_output(self.model.decode_codes(codes, self.grid), self.norm)}
+        codes = self.model.quantizer.indices_to_codes(torch.from_numpy(np.asarray(tokens, np.int64)).to(self.device))
+        return {self.field: V.from_output(self.model.decode_codes(codes, self.grid).cpu(), self.norm)}
 
     @torch.inference_mode()
     def round_trip(self, values, crops=None) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +137,7 @@ class SpatialTokenizer(Tokenizer):
         codes, _, _, g = self.model.encode(target)
         pred = self.model.decode_codes(codes, g)
         mode = self.norm["mode"]
+        target, pred = target.cpu(), pred.cpu()
         if mode == "classes":
             return target.numpy(), pred.argmax(1).numpy()
         if mode == "binary":
@@ -146,16 +145,3 @@ class SpatialTokenizer(Tokenizer):
         if mode == "unit":
             pred = torch.nn.functional.normalize(pred, dim=1)
         return target.numpy(), pred.numpy()
-
-    def save_weights(self, directory: Path) -> None:
-        from safetensors.torch import save_model
-
-        save_model(self.model, str(directory / "model.safetensors"))
-
-    @classmethod
-    def from_directory(cls, directory: Path, config: TokenizerConfig) -> "SpatialTokenizer":
-        from safetensors.torch import load_model
-
-        tokenizer = cls(config)
-        load_model(tokenizer.model, str(directory / "model.safetensors"))
-        return tokenizer

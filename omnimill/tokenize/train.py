@@ -46,6 +46,7 @@ class TrainOptions:
     holdout: float = 0.1  # share of samples kept out of training for `tokenizer eval`
     max_samples: int = 20000  # training samples held in memory
     seed: int = 0
+    device: str = "auto"  # cuda when present
     progress: bool = True
 
 
@@ -80,9 +81,9 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
         tokenizer.save(out)
         return out
 
-    tokenizer = _build(kind, source, values, config, opts)
+    tokenizer = _build(kind, source, values, config, opts).to(opts.device)
     log = _fit(tokenizer, values, source.store.view_size, opts)
-    tokenizer.save(out)
+    tokenizer.to("cpu").save(out)
     (out / "train_log.json").write_text(json.dumps(log))
     plot_curve(log, out / "curve.png")
     return out
@@ -152,7 +153,7 @@ def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         running += loss.item()
-        used.update(np.unique(indices.detach().numpy()).tolist())
+        used.update(np.unique(indices.detach().cpu().numpy()).tolist())
         if (step + 1) % 25 == 0 or step + 1 == opts.steps:
             k = 25 if (step + 1) % 25 == 0 else (step + 1) % 25
             log["step"].append(step + 1)

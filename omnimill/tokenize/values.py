@@ -90,7 +90,8 @@ def loss(pred: torch.Tensor, target: torch.Tensor, norm: dict) -> torch.Tensor:
     if mode == "classes":
         return F.cross_entropy(pred, target)
     if mode == "binary":
-        return F.binary_cross_entropy_with_logits(pred, target, pos_weight=torch.tensor(norm["pos_weight"]))
+        return F.binary_cross_entropy_with_logits(pred, target,
+                                                  pos_weight=torch.tensor(norm["pos_weight"], device=pred.device))
     base = F.mse_loss(pred, target) + F.l1_loss(pred, target)
     if mode == "unit":
         base = base + (1 - F.cosine_similarity(pred, target, dim=1)).mean()

@@ -9,15 +9,13 @@ Crops do not apply: a global embedding describes the whole view, so every crop g
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omnimill.errors import UserError
-from omnimill.tokenize.base import Tokenizer, TokenizerConfig
+from omnimill.tokenize.base import ModelTokenizer, TokenizerConfig
 from omnimill.tokenize.quantizer import Quantizer
 
 CODE_DIM = 32
@@ -48,7 +46,7 @@ class VectorAutoencoder(nn.Module):
         return self.decode_codes(codes), indices, aux
 
 
-class VectorTokenizer(Tokenizer):
+class VectorTokenizer(ModelTokenizer):
     kind = "vector"
 
     def __init__(self, config: TokenizerConfig, model: VectorAutoencoder | None = None):
@@ -71,25 +69,26 @@ class VectorTokenizer(Tokenizer):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise UserError(f"tokenizer for {self.config.modality} expects vectors of shape ({self.dim},), "
                             f"got {tuple(x.shape[1:])}")
-        return (torch.from_numpy(x) - self.mean) / self.std
+        return ((torch.from_numpy(x) - self.mean) / self.std).to(self.device)
 
     def loss(self, values, crops=None):
         target = self.target(values)
         pred, indices, aux = self.model(target)
-        cosine = F.cosine_similarity(pred * self.std + self.mean, target * self.std + self.mean, dim=1)
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
+        cosine = F.cosine_similarity(pred * std + mean, target * std + mean, dim=1)
         return F.mse_loss(pred, target) + (1 - cosine).mean() + aux, indices
 
     @torch.inference_mode()
     def encode(self, values, crops=None) -> np.ndarray:
         self.model.eval()
         _, indices, _ = self.model.encode(self.target(values))
-        return indices.numpy().astype(np.int32)
+        return indices.cpu().numpy().astype(np.int32)
 
     @torch.inference_mode()
     def decode(self, tokens) -> dict[str, np.ndarray]:
         self.model.eval()
-        codes = self.model.quantizer.indices_to_codes(torch.from_numpy(np.asarray(tokens, np.int64)))
-        return {self.field: (self.model.decode_codes(codes) * self.std + self.mean).numpy()}
+        codes = self.model.quantizer.indices_to_codes(torch.from_numpy(np.asarray(tokens, np.int64)).to(self.device))
+        return {self.field: (self.model.decode_codes(codes).cpu() * self.std + self.mean).numpy()}
 
     @torch.inference_mode()
     def round_trip(self, values, crops=None) -> tuple[np.ndarray, np.ndarray]:
@@ -97,17 +96,4 @@ class VectorTokenizer(Tokenizer):
         self.model.eval()
         target = self.target(values)
         codes, _, _ = self.model.encode(target)
-        return target.numpy(), self.model.decode_codes(codes).numpy()
-
-    def save_weights(self, directory: Path) -> None:
-        from safetensors.torch import save_model
-
-        save_model(self.model, str(directory / "model.safetensors"))
-
-    @classmethod
-    def from_directory(cls, directory: Path, config: TokenizerConfig) -> "VectorTokenizer":
-        from safetensors.torch import load_model
-
-        tokenizer = cls(config)
-        load_model(tokenizer.model, str(directory / "model.safetensors"))
-        return tokenizer
+        return target.cpu().numpy(), self.model.decode_codes(codes).cpu().numpy()
