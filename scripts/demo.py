@@ -35,11 +35,12 @@ TOKENIZERS = OUT / "tokenizers"
 TOKENS = OUT / "tokens.zarr"
 # (name, --field, --kind, extra flags): small and quick, minutes on 2 CPU cores in all
 TOKENIZER_RECIPES = [
+    # vocab 256 (FSQ [8,6,5] = 240 codes): ~300 photos x 64 tokens fill it; 1000 codes would stay 60% used
     ("rgb", "rgb/image", "spatial", ["--input-size", "32", "--grid", "8", "--width", "16", "--batch-size", "16",
-                                     "--steps", "600", "--lr", "3e-3"]),
+                                     "--steps", "600", "--lr", "3e-3", "--vocab", "256"]),
     ("canny", "canny/edges", "spatial", ["--input-size", "32", "--grid", "8", "--width", "16", "--batch-size", "16",
-                                         "--steps", "600", "--lr", "3e-3"]),
-    ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "600"]),
+                                         "--steps", "600", "--lr", "3e-3", "--vocab", "256"]),
+    ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "600", "--vocab", "256"]),
     ("palette", "palette", "sequence", []),
     ("metadata", "metadata", "sequence", []),
     ("caption", "caption", "sequence", []),

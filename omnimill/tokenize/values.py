@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("image", "continuous", "unit", "binary", "classes")
+PER_IMAGE_FIELDS = ("depth", "disparity")  # relative depth: no scale shared across images
 
 
 def infer_mode(field: str, dtype: str, shape: tuple) -> str:
@@ -41,7 +42,7 @@ def fit(mode: str, samples: np.ndarray, field: str, n_classes: int | None = None
         x = samples.astype(np.float32) / (255.0 if mode == "image" else 1.0)
         channels = x.shape[-1] if x.ndim == 4 or mode == "image" else 1
         flat = x.reshape(-1, channels) if channels > 1 or x.ndim == 4 else x.reshape(-1, 1)
-        norm["per_image"] = mode == "continuous" and "depth" in field
+        norm["per_image"] = mode == "continuous" and field in PER_IMAGE_FIELDS
         norm["mean"] = flat.mean(0).tolist()
         norm["std"] = np.maximum(flat.std(0), 1e-6).tolist()
     elif mode == "binary":
