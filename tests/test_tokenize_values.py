@@ -88,6 +88,8 @@ def test_quantizer_indices_map_back_to_codes(kind):
     torch.manual_seed(0)
     q = Quantizer(8, 64, kind)
     z = torch.randn(2, 300, 8)
+    q(z)  # a training step: VQ initialises its codebook by k-means and updates it by EMA
+    q.eval()  # encoding: the codebook stays put
     codes, indices, _ = q(z)
     assert indices.shape == (2, 300) and int(indices.max()) < q.vocab_size
     torch.testing.assert_close(q.indices_to_codes(indices), codes, atol=1e-5, rtol=1e-5)
