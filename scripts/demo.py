@@ -41,6 +41,7 @@ TOKENIZER_RECIPES = [
     ("canny", "canny/edges", "spatial", ["--input-size", "32", "--grid", "8", "--width", "16", "--batch-size", "16",
                                          "--steps", "600", "--lr", "3e-3", "--vocab", "256"]),
     ("dinov2-cls", "dinov2/cls", "vector", ["--steps", "600", "--vocab", "256"]),
+    ("caption-embed", "caption_embed/embedding", "vector", ["--steps", "600", "--vocab", "256"]),  # real MiniLM
     ("palette", "palette", "sequence", []),
     ("metadata", "metadata", "sequence", []),
     ("caption", "caption", "sequence", []),
