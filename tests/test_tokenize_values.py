@@ -133,3 +133,11 @@ def test_wrong_shape_is_refused_before_encoding():
                              options={"sample_shape": [8], "n_tokens": 2, "hidden": 16})
     with pytest.raises(UserError, match="expects vectors"):
         VectorTokenizer(config).encode({"v": np.zeros((2, 9), np.float32)})
+
+
+def test_shrinking_an_edge_map_keeps_thin_edges():
+    edges = np.zeros((1, 64, 64), np.float32)
+    edges[0, :, 33] = 1  # a one-pixel vertical line
+    out = crop_dense(edges, np.array([[0, 0, 64, 64, 0]]), 64, 8, mode="max")
+    assert out[0, :, 4].all() and out.sum() == 8  # every cell the line crosses is on, no other
+    assert crop_dense(edges, np.array([[0, 0, 64, 64, 0]]), 64, 8, mode="nearest").sum() == 0  # why "max"

@@ -41,7 +41,8 @@ def crop_dense(maps: np.ndarray, crops: np.ndarray, view_size: int, size: int, m
 
     maps: (B, H, W) or (B, H, W, C) on a grid over the view (H may differ from the view size: a 16 × 16
     DINOv2 grid over a 384 px view). crops: (B, 5) in view pixels, scaled here by H / view_size.
-    mode: "bilinear" for continuous values, "nearest" for ids and masks. Returns float32 (B, size, size[, C]).
+    mode: "bilinear" for continuous values, "nearest" for ids, "max" for masks and edges (a cell is on if any
+    pixel under it is: nearest sampling would drop thin edges when shrinking). Returns float32 (B, size, size[, C]).
     """
     import torch
     import torch.nn.functional as F
@@ -58,8 +59,11 @@ def crop_dense(maps: np.ndarray, crops: np.ndarray, view_size: int, size: int, m
         hh, ww = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         patch = x[i:i + 1, :, t:t + hh, l:l + ww]
         if patch.shape[-2:] != (size, size):
-            kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
-            patch = F.interpolate(patch, size=(size, size), mode=mode, **kwargs)
+            if mode == "max" and patch.shape[-1] > size:
+                patch = F.adaptive_max_pool2d(patch, (size, size))
+            else:
+                kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
+                patch = F.interpolate(patch, size=(size, size), mode="nearest" if mode == "max" else mode, **kwargs)
         if flip:
             patch = patch.flip(-1)
         out.append(patch)

@@ -106,7 +106,7 @@ class SpatialTokenizer(ModelTokenizer):
                             f"got {tuple(x.shape[1:])}")
         if crops is None:
             crops = np.tile(np.array([0, 0, self.view_size, self.view_size, 0], np.int32), (len(x), 1))
-        mode = "nearest" if self.norm["mode"] in ("classes", "binary") else "bilinear"
+        mode = {"classes": "nearest", "binary": "max"}.get(self.norm["mode"], "bilinear")
         cut = crop_dense(x.astype(np.float32), crops, self.view_size, self.input_size, mode)
         if self.norm["mode"] == "unit" and np.asarray(crops)[:, 4].any():
             cut[np.asarray(crops)[:, 4] == 1, ..., 0] *= -1  # mirroring the image mirrors the normals' x
