@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned CPU-friendly torch pair; pyproject.toml keeps broad ranges for users.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +19,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
-test: setup
+# The HTML report tests drive Debian's Chromium headless; installed here when missing (CI runs as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/teachers.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/tokenizer_bench.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

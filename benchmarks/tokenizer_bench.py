@@ -1,6 +1,8 @@
 """Tokenizer quality and encode throughput, from the tokenizers `make demo` trains.
 
-    python benchmarks/tokenizers.py [--tokenizers demo-out/tokenizers] [--store demo-out/labels.zarr]
+    python benchmarks/tokenizer_bench.py [--tokenizers demo-out/tokenizers] [--store demo-out/labels.zarr]
+
+(Not `tokenizers.py`: run as a script, that name would shadow the HF `tokenizers` package.)
 
 For each tokenizer directory: the held-out metrics of `omnimill tokenizer eval` (metrics.json),
 and encode samples/s on this machine (whole views, batch 64, all cores), plus — for scale — the
