@@ -14,8 +14,12 @@ chosen by each field's per-sample shape:
   (H, W, C) other      feature grid                   -> PCA to 3 components -> RGB
 
 Known teachers have their own renderers (rgb, canny, dinov2 as a PCA picture, palette swatches,
-metadata table), and with both rgb and canny the edges are also drawn over the view: the quickest
-check that dense labels line up with the picture. A teacher that failed on the sample gets a tile
+metadata table, SAM instances over the view, depth colour map, normals as RGB, segmentation classes
+over the view with a legend, detection boxes, pose skeletons, CLIP/ImageBind patches and embeddings,
+generated captions), and with both rgb and canny the edges are also drawn over the view: the quickest
+check that dense labels line up with the picture. Overlays use the rgb teacher's view when the store
+has one, else a grey canvas. A renderer whose fields are not all there (a teacher renamed a field)
+falls back to the generic tiles; fields a renderer does not draw get generic tiles after its own. A teacher that failed on the sample gets a tile
 with the reason from its unit marker; teachers that failed alike (a broken file) share one.
 
 Only matplotlib's object API is used (`Figure` + Agg canvas), never pyplot: rendering leaves no
@@ -44,7 +48,11 @@ FAILED_FACE = "#fbe9e7"  # light red behind "failed" tiles
 MISSING_FACE = "#eceff1"  # light grey behind "not labelled" / "no rgb teacher" tiles
 NOT_LABELLED = "not labelled yet:\nits unit has no commit marker\n(run `omnimill label` again)"
 EDGE_COLOR = (0, 255, 255)  # cyan edges on the dimmed view
-ORDER = ("rgb", "canny", "dinov2", "palette", "metadata")  # known teachers first, in this order
+ORDER = ("rgb", "canny", "sam", "depth", "normals", "semseg", "detection", "pose", "dinov2", "clip", "imagebind",
+         "palette", "captioner", "caption_embed", "captioner_embed", "metadata")  # known teachers first
+OVERLAY_ALPHA = 0.65  # label colours over the view: the colours read clearly, the picture still shows
+MIN_KEYPOINT_SCORE = 0.3  # pose joints below this heatmap score are not drawn (ViTPose's usual cut)
+LEGEND_CLASSES = 6  # segmentation legend: the largest classes of the sample
 
 Draw = Callable  # (matplotlib Axes) -> None
 
@@ -64,6 +72,7 @@ class Sample:
     index: int
     view_size: int
     provenance: dict  # of the teacher being rendered
+    view: np.ndarray | None = None  # the rgb teacher's view of this sample, for overlays (None: no rgb)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -93,7 +102,8 @@ def sample_tiles(labels: LabelStore, i: int) -> list[Tile]:
             provenance = labels.provenance(teacher)
             fields = loaded[teacher] = {name: _scalar_or_array(group[name][i])
                                         for name in _field_names(group, provenance)}
-            sample = Sample(str(labels.group["keys"][i]), i, labels.view_size, provenance)
+            view = loaded.get("rgb", {}).get("image")
+            sample = Sample(str(labels.group["keys"][i]), i, labels.view_size, provenance, view)
             tiles += RENDERERS.get(teacher, generic)(teacher, fields, sample)
             if teacher == "canny" and "rgb" in loaded:
                 tiles += _edges_over_view(loaded["rgb"]["image"], fields["edges"])
@@ -122,6 +132,19 @@ def _figure(tiles: list[Tile], title: str) -> Figure:
         tile.draw(ax)
         ax.set_title(tile.title, fontsize=9)
     return figure
+
+
+def tile_png(tile: Tile, inches: float = TILE_INCHES * 0.8, dpi: int = DPI) -> bytes:
+    """One tile as a PNG of its own (HTML reports lay tiles out themselves); drawn as in the panel."""
+    import io
+
+    figure = Figure(figsize=(inches, inches), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot(1, 1, 1)
+    tile.draw(ax)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()
 
 
 def _suptitle(labels: LabelStore, i: int, key: str) -> str:
@@ -242,7 +265,236 @@ def _metadata(teacher, fields, sample):
     return [Tile("metadata", lambda ax: _table(ax, fields))]
 
 
-RENDERERS = {"rgb": _rgb, "canny": _canny, "dinov2": _dinov2, "palette": _palette, "metadata": _metadata}
+# ---------------------------------------------------------------------------- teachers of the zoo
+# COCO-17 keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles) and the limbs that
+# join them, as COCO's person category defines its skeleton (0-based here).
+COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+                 (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+
+
+def _renders(needs: tuple[str, ...], uses: tuple[str, ...] = ()):
+    """A renderer for fields `needs` (+ optional `uses`): generic tiles when one is missing, and for the rest."""
+    def wrap(renderer):
+        def checked(teacher, fields, sample):
+            if any(name not in fields for name in needs):
+                return generic(teacher, fields, sample)
+            rest = {k: v for k, v in fields.items() if k not in needs and k not in uses}
+            return renderer(teacher, fields, sample) + (generic(teacher, rest, sample) if rest else [])
+        checked.__name__ = renderer.__name__
+        return checked
+    return wrap
+
+
+def colors_for(ids: np.ndarray) -> np.ndarray:
+    """A fixed, well-spread colour per integer id (golden-ratio hues): (n, 3) floats in 0..1."""
+    from matplotlib.colors import hsv_to_rgb
+
+    ids = np.asarray(ids, np.float64)
+    hue = (ids * 0.618033988749895) % 1.0
+    saturation = 0.55 + 0.4 * ((ids * 0.377) % 1.0)
+    return hsv_to_rgb(np.stack([hue, saturation, np.full_like(hue, 0.95)], -1))
+
+
+def _canvas(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The view as floats 0..1 when it matches `shape`, else a mid-grey canvas of that size."""
+    if sample.view is not None and sample.view.shape[:2] == tuple(shape):
+        return sample.view.astype(np.float32) / 255.0
+    return np.full((*shape, 3), 0.5, np.float32)
+
+
+def colour_ids(ids: np.ndarray, sample: Sample, background: int | None = 0) -> np.ndarray:
+    """An id map painted over the view: each id its colour, `background` ids left as the view."""
+    base = _canvas(sample, ids.shape)
+    values, inverse = np.unique(ids, return_inverse=True)
+    painted = colors_for(values)[inverse.reshape(ids.shape)]
+    out = (1 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * painted
+    if background is not None:
+        out[ids == background] = base[ids == background]
+    return np.clip(out, 0, 1)
+
+
+@_renders(needs=("instances",), uses=("boxes", "scores", "areas", "count", "edges"))
+def _sam(teacher, fields, sample):
+    instances = fields["instances"]
+    count = int(fields.get("count", len(np.unique(instances)) - 1))
+    picture = colour_ids(instances, sample)
+    edges = fields.get("edges")
+    if isinstance(edges, np.ndarray) and edges.shape == instances.shape:
+        picture[edges] = 1.0  # white boundaries between instances
+    scores = fields.get("scores")
+    best = f", best IoU {float(scores[0]):.2f}" if isinstance(scores, np.ndarray) and count else ""
+    tiles = [Tile(f"sam · {count} instances{best}", lambda ax: _show(ax, picture, interpolation="nearest"))]
+    if isinstance(edges, np.ndarray):
+        tiles.append(Tile(f"sam · edges ({100.0 * float(np.mean(edges)):.1f}% of pixels)",
+                          lambda ax: _show(ax, edges, cmap="gray")))
+    return tiles
+
+
+def _depth(teacher, fields, sample):
+    name = "disparity" if isinstance(fields.get("disparity"), np.ndarray) else \
+        "depth" if isinstance(fields.get("depth"), np.ndarray) else None
+    if name is None or fields[name].ndim != 2:
+        return generic(teacher, fields, sample)
+    value = fields[name].astype(np.float32)
+    if name == "disparity":  # larger = nearer; bright = near either way
+        title, cmap, unit = "depth · relative inverse depth (bright = near)", "inferno", "disparity (no unit)"
+    else:
+        title, cmap, unit = "depth · metres (bright = near)", "inferno_r", "m"
+
+    def draw(ax):
+        shown = ax.imshow(value, cmap=cmap)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label(unit, fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    rest = {k: v for k, v in fields.items() if k != name}
+    return [Tile(title, draw)] + (generic(teacher, rest, sample) if rest else [])
+
+
+@_renders(needs=("normals",))
+def _normals(teacher, fields, sample):
+    normals = fields["normals"].astype(np.float32)
+    if normals.ndim != 3 or normals.shape[-1] != 3:
+        return generic(teacher, fields, sample)
+    picture = np.clip((normals + 1) / 2, 0, 1)
+    return [Tile("normals · RGB = (n + 1) / 2", lambda ax: _show(ax, picture))]
+
+
+def _class_names(sample: Sample, key: str) -> dict[int, str]:
+    """Class names from the teacher's provenance: a list (semseg class_names) or a dict (id2label)."""
+    config = sample.provenance.get("config") or {}
+    names = config.get(key, sample.provenance.get(key))
+    if isinstance(names, dict):
+        return {int(i): str(n) for i, n in names.items()}
+    if isinstance(names, list):
+        return dict(enumerate(map(str, names)))
+    return {}
+
+
+@_renders(needs=("classes",))
+def _semseg(teacher, fields, sample):
+    classes = fields["classes"]
+    if classes.ndim != 2:
+        return generic(teacher, fields, sample)
+    from matplotlib.patches import Patch
+
+    names = _class_names(sample, "class_names")
+    values, areas = np.unique(classes, return_counts=True)
+    top = values[np.argsort(-areas)][:LEGEND_CLASSES]
+    picture = colour_ids(classes, sample, background=None)
+
+    def draw(ax):
+        _show(ax, picture, interpolation="nearest")
+        share = {v: a / classes.size for v, a in zip(values, areas)}
+        handles = [Patch(color=colors_for([v])[0], label=f"{names.get(int(v), int(v))} {100 * share[v]:.0f}%")
+                   for v in top]
+        ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.8, handlelength=1, borderpad=0.3)
+    return [Tile(f"semseg · {len(values)} classes (largest in legend)", draw)]
+
+
+def _draw_boxes(ax, boxes: np.ndarray, labels: list[str], colors: np.ndarray, dashed: bool = False):
+    from matplotlib.patches import Rectangle
+
+    for (x0, y0, x1, y1), text, color in zip(boxes, labels, colors):
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2,
+                               linestyle="--" if dashed else "-"))
+        if text:
+            ax.text(x0, y0, text, fontsize=6, color="black", va="bottom",
+                    bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.85})
+
+
+@_renders(needs=("boxes", "classes", "count"), uses=("scores", "person_class"))
+def _detection(teacher, fields, sample):
+    n = int(fields["count"])
+    boxes, classes = fields["boxes"][:n], fields["classes"][:n]
+    scores = fields["scores"][:n] if isinstance(fields.get("scores"), np.ndarray) else np.ones(n)
+    names = _class_names(sample, "id2label")
+    labels = [f"{names.get(int(c), int(c))} {s:.2f}" for c, s in zip(classes, scores)]
+    base = _canvas(sample, (sample.view_size, sample.view_size))
+
+    def draw(ax):
+        _show(ax, base)
+        _draw_boxes(ax, boxes, labels, colors_for(classes))
+    return [Tile(f"detection · {n} boxes", draw)]
+
+
+@_renders(needs=("keypoints", "count"), uses=("keypoint_scores", "boxes"))
+def _pose(teacher, fields, sample):
+    n = int(fields["count"])
+    keypoints = fields["keypoints"][:n]
+    scores = fields["keypoint_scores"][:n] if isinstance(fields.get("keypoint_scores"), np.ndarray) \
+        else np.ones(keypoints.shape[:2])
+    boxes = fields["boxes"][:n] if isinstance(fields.get("boxes"), np.ndarray) else np.zeros((0, 4))
+    base = _canvas(sample, (sample.view_size, sample.view_size))
+    colors = colors_for(np.arange(n))
+
+    def draw(ax):
+        _show(ax, base)
+        _draw_boxes(ax, boxes, [""] * len(boxes), colors, dashed=True)
+        for person, (points, score) in enumerate(zip(keypoints, scores)):
+            seen = score >= MIN_KEYPOINT_SCORE
+            for a, b in COCO_SKELETON:
+                if a < len(points) and b < len(points) and seen[a] and seen[b]:
+                    ax.plot(*zip(points[a], points[b]), color=colors[person], linewidth=1.5)
+            ax.scatter(points[seen, 0], points[seen, 1], s=6, color="white", edgecolors=colors[person],
+                       linewidths=0.8, zorder=3)
+        ax.set_xlim(0, sample.view_size)
+        ax.set_ylim(sample.view_size, 0)
+    return [Tile(f"pose · {n} people (joints with score ≥ {MIN_KEYPOINT_SCORE})", draw)]
+
+
+def _joint_embedding(teacher, fields, sample):
+    """CLIP / ImageBind: patch PCA picture, image embedding, and how close the caption's embedding is."""
+    tiles = []
+    patches = fields.get("patches")
+    if isinstance(patches, np.ndarray) and patches.ndim == 3:
+        g, _, d = patches.shape
+        tiles.append(Tile(f"{teacher} · {g}×{g}×{d} patches, PCA→RGB",
+                          lambda ax: _show(ax, pca_rgb(patches), interpolation="nearest")))
+    embedding = fields.get("embedding")
+    if isinstance(embedding, np.ndarray) and embedding.ndim == 1:
+        text = fields.get("text_embedding")
+        note = "no caption"
+        if fields.get("has_text") and isinstance(text, np.ndarray):
+            cosine = float(embedding @ text) / max(1e-12, float(np.linalg.norm(embedding) * np.linalg.norm(text)))
+            note = f"cos(image, caption) = {cosine:.3f}"
+        tiles.append(Tile(f"{teacher} · embedding ({len(embedding)})\n{note}", lambda ax: _vector(ax, embedding)))
+    rest = {k: v for k, v in fields.items() if k not in ("patches", "embedding", "text_embedding", "has_text")}
+    if not tiles:
+        return generic(teacher, fields, sample)
+    return tiles + (generic(teacher, rest, sample) if rest else [])
+
+
+@_renders(needs=("captions",), uses=("count",))
+def _caption(teacher, fields, sample):
+    captions = [str(c) for c in np.asarray(fields["captions"]).ravel() if str(c)]
+    text = "\n\n".join(textwrap.fill(f"{n + 1}. {c}", 36) for n, c in enumerate(captions)) or "(no caption)"
+    return [_text_tile(f"{teacher} · {len(captions)} generated", text)]
+
+
+def _text_tile(title: str, text: str) -> Tile:
+    def draw(ax):
+        ax.axis("off")
+        ax.text(0.02, 0.98, text, ha="left", va="top", fontsize=8, wrap=True, transform=ax.transAxes)
+    return Tile(title, draw, text)
+
+
+def _caption_embed(teacher, fields, sample):
+    embedding = fields.get("embedding")
+    if not isinstance(embedding, np.ndarray) or embedding.ndim != 1:
+        return generic(teacher, fields, sample)
+    if "has_text" in fields and not fields["has_text"]:
+        return [_message_tile(f"{teacher} · embedding", "no caption:\nnothing was embedded", MISSING_FACE)]
+    rest = {k: v for k, v in fields.items() if k not in ("embedding", "has_text")}
+    return [Tile(f"{teacher} · caption embedding ({len(embedding)})", lambda ax: _vector(ax, embedding))] + \
+        (generic(teacher, rest, sample) if rest else [])
+
+
+RENDERERS = {"rgb": _rgb, "canny": _canny, "dinov2": _dinov2, "palette": _palette, "metadata": _metadata,
+             "sam": _sam, "depth": _depth, "normals": _normals, "semseg": _semseg, "detection": _detection,
+             "pose": _pose, "clip": _joint_embedding, "imagebind": _joint_embedding, "captioner": _caption,
+             "caption_embed": _caption_embed}
 
 
 # ---------------------------------------------------------------------------- any other teacher
