@@ -55,10 +55,10 @@ BLOCK = 65_536  # vectors generated / added per block
 AUTOFAISS_SCRIPT = """
 import json, sys, time
 from autofaiss import build_index
-folder, index_path, infos_path, budget, latency = sys.argv[1:6]
+folder, index_path, infos_path, budget, latency, available = sys.argv[1:7]
 t0 = time.time()
 _, infos = build_index(embeddings=folder, index_path=index_path, index_infos_path=infos_path,
-                       max_index_memory_usage=budget, current_memory_available="16G", metric_type="ip",
+                       max_index_memory_usage=budget, current_memory_available=available, metric_type="ip",
                        max_index_query_time_ms=float(latency), save_on_disk=True, verbose=20)
 print(json.dumps({"seconds": time.time() - t0, "infos": infos}))
 """
@@ -111,11 +111,18 @@ def autofaiss(python: str, x: np.ndarray, xq: np.ndarray, truth: np.ndarray, bud
     if not (folder / "x.npy").exists():
         np.save(folder / "x.npy", x)
     index_path, infos_path = work / "autofaiss.index", work / "autofaiss.json"
+    # What it may use to build: half of what this machine has free now (with 16G it trained OPQ on all
+    # 1M vectors and was killed on a 24 GB machine already holding the vectors twice).
+    available = f"{_available_bytes() // 2}B"
+    started = time.time()
     run = subprocess.run([python, "-c", AUTOFAISS_SCRIPT, str(folder), str(index_path), str(infos_path),
-                          f"{budget}B", str(latency_ms)], capture_output=True, text=True)
+                          f"{budget}B", str(latency_ms), available], capture_output=True, text=True)
     (work / f"autofaiss-{len(x)}-{budget}.log").write_text(run.stderr)  # its own account of what it did
     if run.returncode != 0:
-        raise RuntimeError(f"autofaiss failed: {run.stderr[-3000:]}")
+        last = [line for line in run.stderr.splitlines() if line.strip() and "it/s" not in line][-1:]
+        return {"who": "autofaiss", "index": "failed", "params": f"exit {run.returncode}: {' '.join(last)[:200]}",
+                "memory_bytes": 0, "build_s": round(time.time() - started, 1), "recall@10": float("nan"),
+                "p50_ms": float("nan"), "p99_ms": float("nan")}
     report = json.loads(run.stdout.strip().splitlines()[-1])
     infos = report["infos"]
     index = faiss.read_index(str(index_path))
@@ -126,6 +133,11 @@ def autofaiss(python: str, x: np.ndarray, xq: np.ndarray, truth: np.ndarray, bud
     return {"who": "autofaiss", "index": infos["index_key"], "params": infos["index_param"],
             "memory_bytes": _bytes(index), "build_s": round(report["seconds"], 1), "recall@10": recall,
             "p50_ms": p50, "p99_ms": p99}
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
 
 
 def _bytes(index) -> int:

@@ -33,6 +33,7 @@ CHECKPOINT = OUT / "checkpoints" / "dinov2-vits14-random"
 STORE = OUT / "labels.zarr"
 TOKENIZERS = OUT / "tokenizers"
 TOKENS = OUT / "tokens.zarr"
+REPORT = OUT / "report.html"
 # (name, --field, --kind, extra flags): small and quick, minutes on 2 CPU cores in all
 TOKENIZER_RECIPES = [
     # vocab 256 (FSQ [8,6,5] = 240 codes): ~300 photos x 64 tokens fill it; 1000 codes would stay 60% used
@@ -128,6 +129,16 @@ def main() -> int:
                 *[a for name, *_ in TOKENIZER_RECIPES for a in ("--tokenizer", str(TOKENIZERS / name))]) != 0:
         return 1
 
+    heading("h", "audit: a FAISS index, the astronaut's neighbours as an HTML report, near-duplicate groups")
+    index = OUT / "index-dinov2"
+    if not (index / "info.json").exists() and omnimill("audit", "index", str(STORE), "--field", "dinov2/cls",
+                                                        "--out", str(index)) != 0:
+        return 1
+    if omnimill("audit", "query", str(index), "--key", "astronaut", "-k", "6", "--html", str(REPORT)) != 0:
+        return 1
+    if omnimill("audit", "dups", str(index), "--threshold", "0.995") != 0:
+        return 1
+
     print(f"\ndone in {time.time() - started:.0f}s. Outputs, under {ROOT}:")
     n_files = sum(1 for _ in CORPUS.glob("*.jpg"))
     for path, what in [(CORPUS, f"{n_files} JPEGs (3 of them broken on purpose), captions in .txt sidecars"),
@@ -136,6 +147,7 @@ def main() -> int:
                        (PANEL, "every label of the astronaut photo"),
                        (TOKENIZERS, "tokenizers: config, weights, metrics.json, reconstructions/usage/curve PNGs"),
                        (TOKENS, "the token store: 2 crops per sample, one group per modality"),
+                       (REPORT, "the astronaut's nearest neighbours with every label (open in a browser)"),
                        (FAILED_PANEL, "a broken file: what a failed sample looks like")]:
         print(f"  {str(path):44} {what}")
     return 0
