@@ -205,7 +205,8 @@ def _params(params) -> str:
 
 def _line(n: int, budget: str, r: dict) -> str:
     return (f"  {budget:>5} {r['who']:>9}: {r['index']} ({_params(r['params'])}) {r['memory_bytes'] / 1e6:.0f} MB, "
-            f"build {r['build_s']}s, recall@10 {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+            f"build {r['build_s']}s, recall@10 {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} ms, "
+            f"p99 {r['p99_ms']:.2f} ms")
 
 
 def _table(rows: list[dict]) -> str:

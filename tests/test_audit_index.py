@@ -170,7 +170,8 @@ def test_flat_index_is_exact_and_maps_ids_to_keys(store, data, tmp_path):
     loaded = load_index(tmp_path / "flat")
     expected = np.setdiff1d(np.arange(3000), [5, 77, 2999, 10, 11])
     assert (loaded.ids == expected).all()
-    assert list(loaded.keys[:3]) == ["s00000", "s00001", "s00002"] and loaded.keys[9] == "s00012"  # 5, 10, 11 are not indexed
+    assert list(loaded.keys[:3]) == ["s00000", "s00001", "s00002"]
+    assert loaded.keys[9] == "s00012"  # 5, 10 and 11 are not indexed
     unit = data[12] / np.linalg.norm(data[12])
     scores, found = loaded.search(unit[None], 3)
     assert loaded.keys[found[0, 0]] == "s00012" and scores[0, 0] == pytest.approx(1.0, abs=1e-5)

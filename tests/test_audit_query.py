@@ -82,7 +82,7 @@ def test_key_query_returns_other_samples_by_cosine(store, dino_index):
         assert n.distance == pytest.approx(1 - n.score) and str(group["keys"][n.index]) == n.key
     everything = query(dino_index, key="img0003", k=100)
     assert len(everything.neighbours) == 11  # 12 good samples, the query left out; the broken one never indexed
-    assert everything.neighbours[0].caption == "" and {n.caption for n in everything.neighbours} >= {CAPTIONS["img0001"]}
+    assert {n.caption for n in everything.neighbours} >= {"", CAPTIONS["img0001"]}
 
 
 def test_image_query_runs_the_teacher_and_finds_the_same_picture(store, dino_index):

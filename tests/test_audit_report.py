@@ -121,7 +121,8 @@ def zoo(n: int, has_caption: np.ndarray) -> dict[str, tuple[list[Field], dict, d
                              {"boxes": repeat(det_boxes), "classes": repeat(det_classes),
                               "scores": repeat(det_scores), "count": np.full(n, 2, np.int32),
                               "person_class": np.zeros(n, np.int32)}, {"id2label": ID2LABEL}),
-        "pose": teacher("pose", [Field("keypoints", (3, 17, 2), "float32"), Field("keypoint_scores", (3, 17), "float32"),
+        "pose": teacher("pose", [Field("keypoints", (3, 17, 2), "float32"),
+                                 Field("keypoint_scores", (3, 17), "float32"),
                                  Field("boxes", (3, 4), "float32"), Field("count", (), "int32")],
                         {"keypoints": repeat(keypoints), "keypoint_scores": repeat(keypoint_scores),
                          "boxes": repeat(np.array([[18, 2, 46, 62], [0] * 4, [0] * 4], np.float32)),
@@ -195,9 +196,10 @@ def test_every_teacher_gets_its_own_pictures_in_order(store):
     assert heads == ["rgb", "canny", "canny over rgb", "sam", "sam", "depth", "normals", "semseg", "detection",
                      "pose", "dinov2", "clip", "clip", "palette", "captioner", "caption_embed", "metadata"]
     titles = "\n".join(t.title for t in tiles)
-    for expected in ("sam · 3 instances, best IoU 0.97", "sam · edges", "depth · relative inverse depth (bright = near)",
-                     "normals · RGB = (n + 1) / 2", "semseg · 3 classes", "detection · 2 boxes", "pose · 1 people",
-                     "clip · 7×7×24 patches", "clip · embedding (16)\ncos(image, caption) = ", "captioner · 2 generated",
+    for expected in ("sam · 3 instances, best IoU 0.97", "sam · edges",
+                     "depth · relative inverse depth (bright = near)", "normals · RGB = (n + 1) / 2",
+                     "semseg · 3 classes", "detection · 2 boxes", "pose · 1 people", "clip · 7×7×24 patches",
+                     "clip · embedding (16)\ncos(image, caption) = ", "captioner · 2 generated",
                      "caption_embed · caption embedding (24)"):
         assert expected in titles
     caption = next(t for t in tiles if t.title.startswith("captioner ·"))

@@ -1,8 +1,8 @@
 """FAISS index over one embedding field of a label store: `omnimill audit index STORE --field TEACHER/FIELD`.
 
     store ──ok rows of TEACHER/FIELD──▶ L2-normalise ──▶ choose_index(N, dim, budget, latency) ──▶ train, add
-          └──1000 random indexed samples as queries ──▶ exact top-10 (same pass) ──▶ tune nprobe / efSearch
-                                                                              └──▶ index.faiss, ids.npy, keys.npy, info.json
+      └──1000 random indexed samples as queries ──▶ exact top-10 (same pass) ──▶ tune nprobe / efSearch
+                                                      └──▶ index.faiss, ids.npy, keys.npy, info.json
 
 Metric: inner product on L2-normalised vectors, i.e. cosine similarity (1 = same direction). Every score
 this package shows is that cosine; "distance" is 1 - cosine.
@@ -367,7 +367,8 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     np.save(out / "keys.npy", np.asarray([str(k) for k in keys], dtype=str))
     provenance = labels.provenance(teacher)
     info = {
-        "format": FORMAT, "omnimill_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "format": FORMAT, "omnimill_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "store": _absolute(labels.uri), "corpus": labels.corpus, "field": f"{teacher}/{name}",
         "teacher": teacher, "dim": dim, "n_store": labels.n, "n_ok": n_ok, "n": int(len(ids)),
         "n_dropped": n_ok - int(len(ids)),

@@ -88,7 +88,8 @@ def query(index_dir: str | Path, key: str | None = None, image: str | Path | Non
     """The k nearest indexed samples to one key, image file or text."""
     given = [name for name, v in (("--key", key), ("--image", image), ("--text", text)) if v is not None]
     if len(given) != 1:
-        raise UserError("give exactly one of --key, --image or --text" + (f" (got {', '.join(given)})" if given else ""))
+        got = f" (got {', '.join(given)})" if given else ""
+        raise UserError(f"give exactly one of --key, --image or --text{got}")
     if k < 1:
         raise UserError(f"-k {k}: ask for at least one neighbour")
     loaded = load_index(index_dir)

@@ -19,8 +19,9 @@ over the view with a legend, detection boxes, pose skeletons, CLIP/ImageBind pat
 generated captions), and with both rgb and canny the edges are also drawn over the view: the quickest
 check that dense labels line up with the picture. Overlays use the rgb teacher's view when the store
 has one, else a grey canvas. A renderer whose fields are not all there (a teacher renamed a field)
-falls back to the generic tiles; fields a renderer does not draw get generic tiles after its own. A teacher that failed on the sample gets a tile
-with the reason from its unit marker; teachers that failed alike (a broken file) share one.
+falls back to the generic tiles; fields a renderer does not draw get generic tiles after its own.
+A teacher that failed on the sample gets a tile with the reason from its unit marker; teachers that
+failed alike (a broken file) share one.
 
 Only matplotlib's object API is used (`Figure` + Agg canvas), never pyplot: rendering leaves no
 global figure state behind, so a long-running auditor or a test can call it any number of times.

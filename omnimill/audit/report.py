@@ -62,9 +62,10 @@ def report_html(result: QueryResult, labels: LabelStore) -> str:
             f"{info['n']:,} samples of <code>{e(result.store)}</code> · {e(info['factory'])} ({e(params)}) · "
             f"recall@{measured.get('k', 10)} {measured.get('recall@10', float('nan')):.3f} vs exact · "
             "cosine similarity on L2-normalised vectors; distance = 1 − cosine")
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>omnimill audit · neighbours of {e(result.value)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>Neighbours of {asked}</h1><p class='meta'>{meta}</p>", _table(result), _query_section(result, labels)]
+             f"<h1>Neighbours of {asked}</h1><p class='meta'>{meta}</p>", _table(result),
+             _query_section(result, labels)]
     for n in result.neighbours:
         heading = (f"#{n.rank} · <code>{e(n.key)}</code> · cosine {n.score:.4f} · distance {n.distance:.4f}")
         parts.append(_section(f"n{n.rank}", heading, n.caption, _tiles(labels, n.index)))
