@@ -108,8 +108,10 @@ def bad_corpus(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dinov2(tmp_path_factory) -> Path:
     """A real Dinov2Model from a tiny config with random weights, saved as a user's checkpoint would be."""
+    import torch
     from transformers import Dinov2Config, Dinov2Model
 
+    torch.manual_seed(0)  # the same tiny weights every session
     path = tmp_path_factory.mktemp("ckpt") / "tiny-dinov2"
     config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                           patch_size=14, image_size=56)

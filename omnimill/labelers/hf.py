@@ -9,6 +9,8 @@ views into normalised pixel tensors. The subclass only writes `fields()`, `load(
 from __future__ import annotations
 
 import json
+
+import numpy as np
 from typing import ClassVar
 
 from omnimill.errors import UserError
@@ -106,7 +108,7 @@ class HFTeacher(Teacher):
         import torch.nn.functional as F
 
         h, w = (size, size) if isinstance(size, int) else size
-        x = torch.from_numpy(views).to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.ascontiguousarray(views)).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float() / 255.0  # b h w c -> b c h w, 0..1
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
