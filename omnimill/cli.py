@@ -184,9 +184,11 @@ def tokenize_command(
 
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
+    from omnimill.shards.cli import shards_app
     from omnimill.tokenize.cli import tokenizer_app
 
     app.add_typer(audit_app, name="audit")
+    app.add_typer(shards_app, name="shards")
     app.add_typer(tokenizer_app, name="tokenizer")
 
 

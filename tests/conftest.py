@@ -117,3 +117,40 @@ def tiny_dinov2(tmp_path_factory) -> Path:
                           patch_size=14, image_size=56)
     Dinov2Model(config).save_pretrained(path)
     return path
+
+
+WORDS = "red blue green small large cat dog bus tree house street sky water boat road field".split()
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory) -> dict:
+    """A real token store made by the real pipeline: 40 images (2 of them broken, so some samples lack
+    image modalities), captions on every good image, labelled (rgb, palette), three small tokenizers
+    trained (rgb spatial 4x4, palette and caption sequences) and tokenized with 2 crops; unit_size 8."""
+    from omnimill.engine.label import label
+    from omnimill.engine.tokenize import tokenize
+    from omnimill.tokenize.train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("token_data")
+    corpus = root / "corpus"
+    paths = write_images(corpus, 38, size=(80, 64))
+    rng = np.random.default_rng(0)
+    for path in paths:
+        path.with_suffix(".txt").write_text(" ".join(rng.choice(WORDS, 6)) + "\n")
+    (corpus / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (corpus / "zz_empty.png").write_bytes(b"")
+    labels = str(root / "labels.zarr")
+    label(str(corpus), labels, ["rgb", "palette"], workers=1, unit_size=8, view_size=64, progress=False)
+    tok = root / "tokenizers"
+    tokenizers = {
+        "rgb": train_tokenizer(labels, "rgb/image", "spatial", tok / "rgb", steps=30, batch_size=8, input_size=32,
+                               grid=4, width=16, vocab=64, progress=False, holdout=0.25),
+        "palette": train_tokenizer(labels, "palette", "sequence", tok / "palette", progress=False, holdout=0.25),
+        "caption": train_tokenizer(labels, "caption", "sequence", tok / "caption", progress=False, holdout=0.25,
+                                   tokens_per_sample=16),
+    }
+    tokens = str(root / "tokens.zarr")
+    result = tokenize(labels, tokens, [str(p) for p in tokenizers.values()], n_crops=2, workers=1, progress=False)
+    assert result.exit_code == 0
+    return {"root": root, "labels": labels, "tokens": tokens, "tokenizers": {k: str(v) for k, v in tokenizers.items()},
+            "captions": {p.stem: p.with_suffix(".txt").read_text().strip() for p in paths}}

@@ -1,0 +1,97 @@
+"""`omnimill shards export|verify|text`: token shards for trainers, and checks that they are whole."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from omnimill.errors import UserError
+
+shards_app = typer.Typer(help="Export, verify and build token shards.", no_args_is_help=True)
+console = Console()
+
+
+def _fail(message: str):
+    from omnimill.cli import fail
+
+    fail(message)
+
+
+@shards_app.command("export")
+def export(
+    tokens: Annotated[str, typer.Argument(help="Token store (made by `omnimill tokenize`), path or fsspec URL.")],
+    out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the shards and manifest.json.")],
+    format: Annotated[str, typer.Option("--format", help="Shard format; wds (WebDataset tars).")] = "wds",
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per tar; about 1000-10000 for training, "
+                                                        "and at least ranks x workers shards.")] = 1000,
+    modality: Annotated[list[str], typer.Option("--modality", "-m", help="Export only these (repeatable).")] = [],
+    force: Annotated[bool, typer.Option(help="Overwrite a non-empty OUT.")] = False,
+):
+    """Write a token store as WebDataset tars plus a manifest (counts, vocabularies, tokenizer hashes, sha256)."""
+    from omnimill.shards.wds import export_wds
+
+    if format != "wds":
+        _fail(f"--format must be wds, not {format!r}")
+    try:
+        manifest = export_wds(tokens, out, samples_per_shard, modality or None, force)
+    except UserError as e:
+        _fail(str(e))
+    size = sum(s["bytes"] for s in manifest["shards"]) / 1e6
+    console.print(f"{manifest['n']} samples, {len(manifest['shards'])} shards ({size:.1f} MB), modalities "
+                  f"{', '.join(manifest['modalities'])} -> {out}", highlight=False)
+
+
+@shards_app.command("verify")
+def verify(
+    path: Annotated[str, typer.Argument(help="Token store or shard set (folder with manifest.json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    max_problems: Annotated[int, typer.Option(help="Report at most this many problems.")] = 100,
+):
+    """Check alignment, counts, checksums and vocabularies; exit 1 and name shard and sample on damage."""
+    from omnimill.shards.verify import check_exists
+    from omnimill.shards.verify import verify as run_verify
+
+    try:
+        check_exists(path)
+        report = run_verify(path, max_problems=max_problems)
+    except UserError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        what = f"{report['kind']} {path}: {report['samples']} samples, {report['units']} units, " \
+               f"modalities {', '.join(report['modalities'])}"
+        if not report["problems"]:
+            console.print(f"[green]ok[/green] {what}", highlight=False)
+        else:
+            console.print(f"[red]damaged[/red] {what}; {len(report['problems'])} problems:", highlight=False)
+            for p in report["problems"]:
+                where = p["where"] if p["key"] == "-" else f"{p['where']}: sample {p['key']}"
+                console.print(f"  {where}: {p['reason']}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if report["problems"] else 0)
+
+
+@shards_app.command("text")
+def text(
+    corpus: Annotated[str, typer.Argument(help="Text corpus: .txt (one document per line) or .jsonl files; "
+                                               "a path, glob or fsspec URL.")],
+    out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the shards and manifest.json.")],
+    tokenizer: Annotated[str, typer.Option(help="A caption sequence tokenizer directory.")],
+    field: Annotated[str, typer.Option(help="JSON field holding the text in .jsonl files.")] = "text",
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per tar.")] = 1000,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many documents.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite a non-empty OUT.")] = False,
+):
+    """Tokenize a text-only corpus into shards (for MM1-style mixtures: text, every other modality absent)."""
+    from omnimill.shards.textcorpus import read_texts
+    from omnimill.shards.wds import write_text_shards
+
+    try:
+        keys, texts = read_texts(corpus, field, limit)
+        manifest = write_text_shards(texts, keys, tokenizer, out, samples_per_shard, force)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"{manifest['n']} documents, {len(manifest['shards'])} shards -> {out}", highlight=False)

@@ -1,0 +1,298 @@
+"""The training data loader: token stores and shard sets in, padded per-modality batches out, resumable exactly.
+
+    loader = TokenLoader([TokenDataset("tokens.zarr"), TokenDataset("s3://bucket/text-shards")],
+                         weights=[0.8, 0.2], batch_size=64, num_workers=4, seed=0)
+    for batch in loader:            # infinite unless epochs=N
+        batch["tokens"]["rgb_image"]   (B, L) int64, pad id (or 0) where absent
+        batch["masks"]["rgb_image"]    (B, L) bool: the sample has the modality and the token is not padding
+        batch["present"]["rgb_image"]  (B,) bool
+        ...
+        state = loader.state_dict()  # put it in the checkpoint; TokenLoader(...).load_state_dict(state) goes on
+                                     # with exactly the batch that would have come next
+
+How samples are split and ordered. Every (rank, DataLoader worker) pair is a *slot*; there are
+world_size x max(num_workers, 1) of them. Each epoch a dataset's read units (token-store chunks or tar
+shards) are permuted with (seed, dataset, epoch), and slot s takes every n_slots-th unit of that
+permutation: no two slots read the same unit, and every unit is read once per epoch. Within a slot the
+units are read in that order and their samples pass through a shuffle buffer (`shuffle_buffer` samples);
+the buffer is drained at the end of each epoch. Each sample contributes one of its aligned crops, drawn
+per sample and epoch (`crops="random"`) or always the whole view (`crops="first"`).
+
+Mixing. With several datasets each slot keeps one stream per dataset and draws the next sample's dataset
+with probability weights[i] / sum(weights). **Weights count samples, not tokens**: to give a text corpus
+a share s of the tokens, divide each weight by that dataset's mean tokens per sample. A modality a
+dataset does not have is marked absent (mask false, `present` false); it is never filled with made-up tokens.
+Two datasets may share a modality name only if the same tokenizer (sha256) made both.
+
+Exact resume. The order of everything above is a pure function of (seed, slot, epoch, position), so a
+slot's position is two small numbers per dataset (epoch, positions consumed) plus the number of mixture
+draws. Each batch carries its slot's position after the batch; the loader keeps the latest one per slot
+and the number of batches handed out. On restore the shuffle plan of the current epoch is recomputed
+(integers only, no reading) and the samples still waiting in the buffer are read back from their units.
+DataLoader hands batches out round-robin over its workers, so on restore worker w serves logical slot
+(w + batches) mod num_workers: the next batch comes from the slot that was due.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from omnimill.errors import UserError
+from omnimill.shards.sources import Modality, Source, open_source
+
+MIX_BLOCK = 1024  # mixture draws are made in seeded blocks of this many
+
+
+class TokenDataset:
+    """One token store or shard set (path or fsspec URL), optionally limited to some modalities."""
+
+    def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None,
+                 name: str | None = None):
+        self.uri, self.storage_options, self.chosen = str(uri), storage_options, modalities
+        self.name = name or self.uri.rstrip("/").rsplit("/", 1)[-1]
+        self._source: Source | None = None
+        self.source  # open now: a wrong path fails here, in the main process
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            self._source = open_source(self.uri, self.storage_options, self.chosen)
+        return self._source
+
+    def __getstate__(self):  # workers reopen the store themselves (zarr / fsspec handles do not travel)
+        return {**self.__dict__, "_source": None}
+
+
+def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """Emission order of read positions 0..n-1 through a shuffle buffer of `buffer` samples.
+
+    Read positions fill the buffer; once full, each new read position replaces a uniformly drawn
+    buffered one, which is emitted. At the end the rest leaves in random order. buffer <= 1: read order.
+    """
+    if buffer <= 1 or n == 0:
+        return np.arange(n)
+    draws = rng.integers(0, buffer, n)
+    held, out = [], []
+    for position in range(n):
+        if len(held) < buffer:
+            held.append(position)
+            continue
+        j = draws[position]
+        out.append(held[j])
+        held[j] = position
+    out.extend(rng.permutation(held).tolist())
+    return np.asarray(out, np.int64)
+
+
+class _Stream:
+    """One dataset as seen by one slot: an endless (or `epochs`-long) sequence of samples."""
+
+    def __init__(self, source: Source, dataset: int, slot: int, n_slots: int, seed: int, buffer: int,
+                 crops: str, epochs: int | None, state: dict | None = None):
+        self.source, self.dataset, self.slot, self.n_slots = source, dataset, slot, n_slots
+        self.seed, self.buffer, self.crops, self.epochs = seed, buffer, crops, epochs
+        self.epoch, self.consumed = (state["epoch"], state["consumed"]) if state else (0, 0)
+        self._plan_epoch = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def _plan(self) -> None:
+        units = np.random.default_rng([self.seed, self.dataset, self.epoch]).permutation(len(self.source.units))
+        self.units = units[self.slot::self.n_slots]
+        sizes = np.array([self.source.units[u] for u in self.units], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        rng = np.random.default_rng([self.seed, self.dataset, self.epoch, self.slot, 1])
+        self.order = buffered_shuffle(int(self.starts[-1]), self.buffer, rng)
+        self.rank = np.empty_like(self.order)
+        self.rank[self.order] = np.arange(len(self.order))  # rank[p]: the step at which position p leaves
+        n_crops = self.source.n_crops
+        self.crop = rng.integers(0, n_crops, len(self.order)) if self.crops == "random" else np.zeros(
+            len(self.order), np.int64)
+        self.loaded: dict[int, dict | None] = {}
+        self._plan_epoch = self.epoch
+
+    def _load(self, position: int) -> None:
+        """Read the unit holding `position`; keep its samples that have not left yet."""
+        j = int(np.searchsorted(self.starts, position, side="right") - 1)
+        for i, sample in enumerate(self.source.read_unit(int(self.units[j]))):
+            p = int(self.starts[j]) + i
+            if self.rank[p] >= self.consumed:
+                self.loaded[p] = sample
+
+    def next(self) -> tuple[dict, int] | None:
+        """(sample, crop index), or None when the last epoch is done."""
+        while True:
+            if self.epochs is not None and self.epoch >= self.epochs:
+                return None
+            if self._plan_epoch != self.epoch:
+                self._plan()
+                if len(self.units) == 0:
+                    raise UserError(f"{self.source.uri} has {len(self.source.units)} read units, fewer than the "
+                                    f"{self.n_slots} loader slots (ranks x workers); use fewer workers or export "
+                                    f"smaller shards (--samples-per-shard)")
+            if self.consumed == len(self.order):
+                self.epoch, self.consumed = self.epoch + 1, 0
+                continue
+            position = int(self.order[self.consumed])
+            if position not in self.loaded:
+                self._load(position)
+            sample = self.loaded.pop(position)
+            crop = int(self.crop[self.consumed])
+            self.consumed += 1
+            if sample is not None:  # a sample with none of the chosen modalities uses up its position only
+                return sample, crop
+
+
+def merge_modalities(datasets: list[TokenDataset]) -> dict[str, Modality]:
+    merged: dict[str, Modality] = {}
+    for ds in datasets:
+        for name, m in ds.source.modalities.items():
+            old = merged.get(name)
+            if old is not None and (old.sha256 != m.sha256 or old.vocab_size != m.vocab_size):
+                raise UserError(f"modality {name} was made by different tokenizers in {datasets[0].uri} and {ds.uri} "
+                                f"(sha256 {old.sha256[:12]} vs {m.sha256[:12]}); token ids would not mean the same")
+            if old is None or m.length > old.length:
+                merged[name] = m
+    return dict(sorted(merged.items()))
+
+
+def collate(samples: list[tuple[int, dict, int]], modalities: dict[str, Modality]) -> dict:
+    """[(dataset, sample, crop)] -> padded tensors; absent modalities get mask false and present false."""
+    b = len(samples)
+    batch = {"keys": [s["__key__"] for _, s, _ in samples],
+             "dataset": torch.tensor([d for d, _, _ in samples]),
+             "index": torch.tensor([s["__index__"] for _, s, _ in samples]),
+             "crop": torch.tensor([c for _, _, c in samples]),
+             "tokens": {}, "masks": {}, "present": {}}
+    for name, m in modalities.items():
+        tokens = np.full((b, m.length), max(m.pad_id, 0), np.int64)
+        present = np.zeros(b, bool)
+        for i, (_, sample, crop) in enumerate(samples):
+            if name in sample:
+                row = sample[name][crop]
+                tokens[i, :len(row)] = row
+                present[i] = True
+        masks = present[:, None] & ((tokens != m.pad_id) if m.pad_id >= 0 else True)
+        batch["tokens"][name] = torch.from_numpy(tokens)
+        batch["masks"][name] = torch.from_numpy(np.ascontiguousarray(masks))
+        batch["present"][name] = torch.from_numpy(present)
+    return batch
+
+
+class _Slots(torch.utils.data.IterableDataset):
+    """What runs in each DataLoader worker (or in-process): one slot's batches, each with its position."""
+
+    def __init__(self, loader: "TokenLoader", offset: int, states: dict):
+        self.loader, self.offset, self.states = loader, offset, states
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        workers = self.loader.slots_per_rank
+        logical = ((info.id if info else 0) + self.offset) % workers
+        slot = self.loader.rank * workers + logical
+        yield from self.loader._slot_batches(slot, logical, self.states.get(logical))
+
+
+class TokenLoader:
+    """Batches from one or more TokenDatasets; see the module docstring for order, mixing and resume."""
+
+    def __init__(self, datasets: TokenDataset | list[TokenDataset], batch_size: int, weights: list[float] | None = None,
+                 seed: int = 0, shuffle_buffer: int = 1000, num_workers: int = 0, rank: int | None = None,
+                 world_size: int | None = None, epochs: int | None = None, crops: str = "random",
+                 drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False):
+        self.datasets = [datasets] if isinstance(datasets, TokenDataset) else list(datasets)
+        if not self.datasets:
+            raise UserError("TokenLoader needs at least one dataset")
+        weights = [1.0] * len(self.datasets) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(self.datasets) or min(weights) < 0 or sum(weights) <= 0:
+            raise UserError(f"weights {weights} must be one non-negative number per dataset, not all zero")
+        if crops not in ("random", "first"):
+            raise UserError(f"crops must be 'random' or 'first', not {crops!r}")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, not {batch_size}")
+        if rank is None or world_size is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if dist else 0
+            world_size = torch.distributed.get_world_size() if dist else 1
+        self.weights = np.asarray(weights) / sum(weights)
+        self.batch_size, self.seed, self.buffer, self.num_workers = batch_size, seed, shuffle_buffer, num_workers
+        self.rank, self.world_size, self.epochs, self.crops = rank, world_size, epochs, crops
+        self.drop_last, self.prefetch_factor, self.pin_memory = drop_last, prefetch_factor, pin_memory
+        self.slots_per_rank = max(num_workers, 1)
+        self.n_slots = world_size * self.slots_per_rank
+        if epochs is not None and len(self.datasets) > 1:
+            raise UserError("a mixture is endless: leave epochs=None and stop after a number of steps")
+        for ds in self.datasets:
+            if len(ds.source.units) < self.n_slots:
+                raise UserError(f"{ds.uri} has {len(ds.source.units)} read units (chunks or shards), fewer than the "
+                                f"{self.n_slots} slots (ranks x workers): some would get no data. Use fewer "
+                                f"workers, or export smaller shards (--samples-per-shard)")
+        self.modalities = merge_modalities(self.datasets)
+        self._batches = 0
+        self._slots: dict[int, dict] = {}
+
+    # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> dict:
+        return {"datasets": [[ds.uri, ds.source.n, len(ds.source.units)] for ds in self.datasets],
+                "weights": self.weights.round(12).tolist(), "seed": self.seed, "batch_size": self.batch_size,
+                "shuffle_buffer": self.buffer, "num_workers": self.num_workers, "rank": self.rank,
+                "world_size": self.world_size, "crops": self.crops}
+
+    def state_dict(self) -> dict:
+        return {"batches": self._batches, "slots": {k: dict(v) for k, v in self._slots.items()},
+                "config": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._fingerprint()
+        changed = sorted(k for k in mine if state["config"].get(k) != mine[k])
+        if changed:
+            raise UserError(f"the saved loader position belongs to another loader setup ({', '.join(changed)} "
+                            f"differ); resume with the same data, seed, batch size, workers and world size")
+        self._batches = int(state["batches"])
+        self._slots = {int(k): v for k, v in state["slots"].items()}
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self):
+        slots = _Slots(self, self._batches % self.slots_per_rank, dict(self._slots))
+        if self.num_workers == 0:
+            batches = iter(slots)
+        else:
+            batches = iter(torch.utils.data.DataLoader(slots, batch_size=None, num_workers=self.num_workers,
+                                                       prefetch_factor=self.prefetch_factor,
+                                                       pin_memory=self.pin_memory))
+        for batch in batches:
+            self._slots[batch.pop("slot")] = batch.pop("position")
+            self._batches += 1
+            yield batch
+
+    def _slot_batches(self, slot: int, logical: int, state: dict | None):
+        state = state or {"draws": 0, "streams": [None] * len(self.datasets)}
+        streams = [_Stream(ds.source, i, slot, self.n_slots, self.seed, self.buffer, self.crops, self.epochs, s)
+                   for i, (ds, s) in enumerate(zip(self.datasets, state["streams"]))]
+        draws, block, choices = state["draws"], -1, None
+        while True:
+            samples = []
+            while len(samples) < self.batch_size:
+                if len(streams) > 1:
+                    if draws // MIX_BLOCK != block:
+                        block = draws // MIX_BLOCK
+                        rng = np.random.default_rng([self.seed, slot, block, 7])
+                        choices = rng.choice(len(streams), MIX_BLOCK, p=self.weights)
+                    d = int(choices[draws % MIX_BLOCK])
+                else:
+                    d = 0
+                item = streams[d].next()
+                if item is None:
+                    break
+                draws += 1
+                samples.append((d, *item))
+            if not samples or (len(samples) < self.batch_size and self.drop_last):
+                return
+            batch = collate(samples, self.modalities)
+            batch["slot"] = logical
+            batch["position"] = {"draws": draws, "streams": [s.state() for s in streams]}
+            yield batch
+            if len(samples) < self.batch_size:
+                return

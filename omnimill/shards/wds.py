@@ -1,0 +1,225 @@
+"""WebDataset token shards: plain tars any `webdataset` reader opens, plus a manifest that says what is in them.
+
+    OUT/
+      manifest.json          format omnimill.wds/1, source token store, n, n_crops, modalities {name: tokenizer
+                             info + dtype + samples}, shards [{name, samples, bytes, sha256, first_key,
+                             last_key, modalities {name: samples}}]
+      shard-000000.tar       per sample, in token-store order:
+                               <key>.json            {key, index, crops (n_crops, 5), modalities [...],
+                                                      crc32 {modality: crc32 of its .npy member}}
+                               <key>.<modality>.npy  (n_crops, L) uint16/int32 tokens, only for modalities
+                                                     the sample has (absent is absent, never padded)
+
+Members are written with mtime 0, uid/gid 0, no user names and the GNU tar format (no PAX headers), so the
+same token store exports to byte-identical shards. Keys never hold dots (the corpus index replaces them),
+so WebDataset's "split at the first dot" rule gives back the key and `<modality>.npy` as the extension;
+`webdataset.WebDataset(urls).decode()` then hands out numpy arrays. The manifest is written last:
+a directory without one is an unfinished export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import zlib
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+
+from omnimill import __version__
+from omnimill.errors import UserError
+from omnimill.shards.labelstore import _now
+
+FORMAT = "omnimill.wds/1"
+MANIFEST = "manifest.json"
+SHARD_NAME = "shard-{:06d}.tar"
+
+
+def join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def sample_members(key: str, index: int, crops: np.ndarray, tokens: dict[str, np.ndarray]) -> list[tuple[str, bytes]]:
+    """One sample as tar members: the modality arrays, then the json that lists them with their crc32."""
+    members = [(f"{key}.{name}.npy", npy_bytes(array)) for name, array in sorted(tokens.items())]
+    meta = {"key": key, "index": int(index), "crops": np.asarray(crops).tolist(), "modalities": sorted(tokens),
+            "crc32": {name: zlib.crc32(data) for (_, data), name in zip(members, sorted(tokens))}}
+    return [(f"{key}.json", json.dumps(meta).encode())] + members
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through (tarfile streams into it)."""
+
+    def __init__(self, file):
+        self.file, self.sha256, self.bytes = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.file.write(data)
+
+
+class ShardWriter:
+    """Writes numbered tar shards of at most `samples_per_shard` samples and collects their manifest rows."""
+
+    def __init__(self, out: str, samples_per_shard: int, storage_options: dict | None = None):
+        if samples_per_shard < 1:
+            raise UserError(f"--samples-per-shard must be at least 1, not {samples_per_shard}")
+        self.out, self.per_shard, self.options = out, samples_per_shard, storage_options or {}
+        self.shards: list[dict] = []
+        self._file = self._tar = self._hasher = None
+
+    def add(self, key: str, index: int, crops: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
+        if self._tar is None or self.shards[-1]["samples"] == self.per_shard:
+            self._close_shard()
+            self._open_shard()
+        for name, data in sample_members(key, index, crops, tokens):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        row = self.shards[-1]
+        row["samples"] += 1
+        row["first_key"] = row["first_key"] or key
+        row["last_key"] = key
+        for name in tokens:
+            row["modalities"][name] = row["modalities"].get(name, 0) + 1
+
+    def _open_shard(self) -> None:
+        name = SHARD_NAME.format(len(self.shards))
+        self._file = fsspec.open(join(self.out, name), "wb", **self.options).open()
+        self._hasher = _HashingWriter(self._file)
+        # Stream mode ("w|"): no seeking, so the same code writes to object stores.
+        self._tar = tarfile.open(fileobj=self._hasher, mode="w|", format=tarfile.GNU_FORMAT)
+        self.shards.append({"name": name, "samples": 0, "bytes": 0, "sha256": "", "first_key": "", "last_key": "",
+                            "modalities": {}})
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._file.close()
+        self.shards[-1].update(bytes=self._hasher.bytes, sha256=self._hasher.sha256.hexdigest())
+        self._tar = None
+
+    def close(self) -> list[dict]:
+        self._close_shard()
+        return self.shards
+
+
+def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalities: list[str] | None = None,
+               force: bool = False, storage_options: dict | None = None) -> dict:
+    """Token store -> WebDataset shards + manifest.json. Samples keep the store's order; a sample with
+    none of the chosen modalities (no teacher labelled it) is left out. Returns the manifest."""
+    from omnimill.shards.sources import TokenStoreSource
+
+    source = TokenStoreSource(tokens_uri, storage_options, modalities)
+    chosen = list(source.modalities)
+    incomplete = source.incomplete_units()
+    if any(incomplete[m] for m in chosen):
+        detail = "; ".join(f"{m}: {len(incomplete[m])} units" for m in chosen if incomplete[m])
+        raise UserError(f"{tokens_uri} is not fully tokenized ({detail}); finish `omnimill tokenize` first")
+    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+    if fs.exists(root) and fs.ls(root) and not force:
+        raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
+    if force and fs.exists(root):
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+
+    writer = ShardWriter(out, samples_per_shard, storage_options)
+    for unit in range(len(source.units)):
+        for sample in filter(None, source.read_unit(unit)):
+            writer.add(sample["__key__"], sample["__index__"], sample["__crops__"],
+                       {m: sample[m] for m in chosen if m in sample})
+    shards = writer.close()
+    counts = {m: sum(s["modalities"].get(m, 0) for s in shards) for m in chosen}
+    manifest = {
+        "format": FORMAT, "omnimill_version": __version__, "created": _now(),
+        "source": {"tokens": tokens_uri, "created": source.created, "labels": source.labels},
+        "n": sum(s["samples"] for s in shards), "n_crops": source.n_crops,
+        "modalities": {m: {**source.modalities[m].info, "samples": counts[m]} for m in chosen},
+        "shards": shards,
+    }
+    with fsspec.open(join(out, MANIFEST), "w", **(storage_options or {})) as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out: str, samples_per_shard: int = 1000,
+                      force: bool = False, storage_options: dict | None = None) -> dict:
+    """A text-only corpus -> shards with one modality (the sequence tokenizer's, e.g. `caption`).
+
+    For MM1-style mixtures: these samples have text and nothing else, and the loader marks every other
+    modality absent."""
+    from omnimill.shards.tokenstore import modality_name
+    from omnimill.tokenize.base import directory_hash, load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    if tok.config.kind != "sequence" or tok.config.fields != ["caption"]:
+        raise UserError(f"{tokenizer_dir} is a {tok.config.kind} tokenizer of {tok.config.fields}; text corpora "
+                        f"need a caption sequence tokenizer (`omnimill tokenizer train LABELS caption ...`)")
+    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
+    if fs.exists(root) and fs.ls(root) and not force:
+        raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
+    fs.makedirs(root, exist_ok=True)
+    name = modality_name(tok.config.teacher, tok.config.fields)
+    writer = ShardWriter(out, samples_per_shard, storage_options)
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
+    for start in range(0, len(texts), 256):
+        ids = tok.encode({"caption": np.array(texts[start:start + 256], dtype=object)})
+        for i, row in enumerate(ids):
+            writer.add(keys[start + i], start + i, np.zeros((1, 5), np.int32), {name: row[None].astype(dtype)})
+    shards = writer.close()
+    c = tok.config
+    info = {"path": str(tokenizer_dir), "sha256": directory_hash(tokenizer_dir), "kind": c.kind,
+            "vocab_size": c.vocab_size, "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id,
+            "teacher": c.teacher, "fields": c.fields}
+    manifest = {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
+                "source": {"text": len(texts)}, "n": len(texts), "n_crops": 1,
+                "modalities": {name: {**info, "dtype": np.dtype(dtype).name, "samples": len(texts)}},
+                "shards": shards}
+    with fsspec.open(join(out, MANIFEST), "w", **(storage_options or {})) as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
+    path = uri if uri.endswith(MANIFEST) else join(uri, MANIFEST)
+    try:
+        with fsspec.open(path, "r", **(storage_options or {})) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{uri} has no {MANIFEST}: not an omnimill shard set (or an unfinished export)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not an omnimill shard manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def iter_tar_samples(file) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of a tar read as a stream; members of one key are adjacent."""
+    key, members = None, {}
+    with tarfile.open(fileobj=file, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base = info.name.rsplit("/", 1)[-1]
+            dirname = info.name[:len(info.name) - len(base)]
+            stem, _, ext = base.partition(".")
+            member_key = dirname + stem
+            if member_key != key and key is not None:
+                yield key, members
+                members = {}
+            key = member_key
+            members[ext] = tar.extractfile(info).read()
+    if key is not None:
+        yield key, members
