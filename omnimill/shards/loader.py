@@ -181,6 +181,18 @@ def collate(samples: list[tuple[int, dict, int]], modalities: dict[str, Modality
     return batch
 
 
+def _reopen_after_fork(datasets: list[TokenDataset]) -> None:
+    """A forked DataLoader worker inherits the parent's open stores, whose fsspec clients (s3fs, gcsfs) are
+    bound to the parent's event loop; using them hangs or fails. Drop them and the cached filesystems so
+    the worker opens its own."""
+    import fsspec
+
+    for impl in list(fsspec.registry.values()):
+        impl.clear_instance_cache()
+    for ds in datasets:
+        ds._source = None
+
+
 class _Slots(torch.utils.data.IterableDataset):
     """What runs in each DataLoader worker (or in-process): one slot's batches, each with its position."""
 
@@ -189,6 +201,8 @@ class _Slots(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
+        if info is not None:
+            _reopen_after_fork(self.loader.datasets)
         workers = self.loader.slots_per_rank
         logical = ((info.id if info else 0) + self.offset) % workers
         slot = self.loader.rank * workers + logical
