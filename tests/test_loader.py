@@ -131,3 +131,14 @@ def test_wrong_setups_fail_fast(token_data, shards, tmp_path):
         TokenLoader([TokenDataset(shards)], batch_size=4, weights=[1, 2])
     with pytest.raises(UserError, match="no modality depth"):
         TokenDataset(shards, modalities=["depth"])
+
+
+def test_train_and_heldout_splits_partition_the_samples(shards):
+    def keys(split):
+        loader = TokenLoader(TokenDataset(shards, split=split, holdout=0.25), batch_size=8, epochs=1)
+        return {k for b in loader for k in b["keys"]}
+
+    train, heldout = keys("train"), keys("heldout")
+    assert train and heldout and not train & heldout and len(train | heldout) == 40
+    with pytest.raises(UserError, match="needs 0 < holdout < 1"):
+        TokenDataset(shards, split="train")

@@ -45,11 +45,18 @@ MIX_BLOCK = 1024  # mixture draws are made in seeded blocks of this many
 
 
 class TokenDataset:
-    """One token store or shard set (path or fsspec URL), optionally limited to some modalities."""
+    """One token store or shard set (path or fsspec URL), optionally limited to some modalities and to one
+    side of a held-out split: `split="train"` or `"heldout"` keeps the samples whose key hashes (with
+    `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.tokenize.data)."""
 
     def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, split: str | None = None, holdout: float = 0.0, holdout_seed: int = 0):
+        if split not in (None, "train", "heldout"):
+            raise UserError(f"split must be 'train', 'heldout' or None, not {split!r}")
+        if split and not 0 < holdout < 1:
+            raise UserError(f"a {split} split needs 0 < holdout < 1, not {holdout}")
         self.uri, self.storage_options, self.chosen = str(uri), storage_options, modalities
+        self.split, self.holdout, self.holdout_seed = split, holdout, holdout_seed
         self.name = name or self.uri.rstrip("/").rsplit("/", 1)[-1]
         self._source: Source | None = None
         self.source  # open now: a wrong path fails here, in the main process
@@ -59,6 +66,16 @@ class TokenDataset:
         if self._source is None:
             self._source = open_source(self.uri, self.storage_options, self.chosen)
         return self._source
+
+    def keep(self, samples: list[dict | None]) -> list[dict | None]:
+        """The unit's samples with those outside the split replaced by None (their positions stay)."""
+        if not self.split:
+            return samples
+        from omnimill.tokenize.data import held_out
+
+        heldout = held_out([s["__key__"] if s else "" for s in samples], self.holdout, self.holdout_seed)
+        want = self.split == "heldout"
+        return [s if s is not None and h == want else None for s, h in zip(samples, heldout)]
 
     def __getstate__(self):  # workers reopen the store themselves (zarr / fsspec handles do not travel)
         return {**self.__dict__, "_source": None}
@@ -88,9 +105,9 @@ def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarra
 class _Stream:
     """One dataset as seen by one slot: an endless (or `epochs`-long) sequence of samples."""
 
-    def __init__(self, source: Source, dataset: int, slot: int, n_slots: int, seed: int, buffer: int,
+    def __init__(self, ds: TokenDataset, dataset: int, slot: int, n_slots: int, seed: int, buffer: int,
                  crops: str, epochs: int | None, state: dict | None = None):
-        self.source, self.dataset, self.slot, self.n_slots = source, dataset, slot, n_slots
+        self.ds, self.source, self.dataset, self.slot, self.n_slots = ds, ds.source, dataset, slot, n_slots
         self.seed, self.buffer, self.crops, self.epochs = seed, buffer, crops, epochs
         self.epoch, self.consumed = (state["epoch"], state["consumed"]) if state else (0, 0)
         self._plan_epoch = None
@@ -116,7 +133,7 @@ class _Stream:
     def _load(self, position: int) -> None:
         """Read the unit holding `position`; keep its samples that have not left yet."""
         j = int(np.searchsorted(self.starts, position, side="right") - 1)
-        for i, sample in enumerate(self.source.read_unit(int(self.units[j]))):
+        for i, sample in enumerate(self.ds.keep(self.source.read_unit(int(self.units[j])))):
             p = int(self.starts[j]) + i
             if self.rank[p] >= self.consumed:
                 self.loaded[p] = sample
@@ -249,7 +266,8 @@ class TokenLoader:
 
     # ------------------------------------------------------------------ state
     def _fingerprint(self) -> dict:
-        return {"datasets": [[ds.uri, ds.source.n, len(ds.source.units)] for ds in self.datasets],
+        return {"datasets": [[ds.uri, ds.source.n, len(ds.source.units), ds.split, ds.holdout]
+                             for ds in self.datasets],
                 "weights": self.weights.round(12).tolist(), "seed": self.seed, "batch_size": self.batch_size,
                 "shuffle_buffer": self.buffer, "num_workers": self.num_workers, "rank": self.rank,
                 "world_size": self.world_size, "crops": self.crops}
@@ -283,7 +301,7 @@ class TokenLoader:
 
     def _slot_batches(self, slot: int, logical: int, state: dict | None):
         state = state or {"draws": 0, "streams": [None] * len(self.datasets)}
-        streams = [_Stream(ds.source, i, slot, self.n_slots, self.seed, self.buffer, self.crops, self.epochs, s)
+        streams = [_Stream(ds, i, slot, self.n_slots, self.seed, self.buffer, self.crops, self.epochs, s)
                    for i, (ds, s) in enumerate(zip(self.datasets, state["streams"]))]
         draws, block, choices = state["draws"], -1, None
         while True:
