@@ -42,7 +42,7 @@ transformers<5, so pip would downgrade numpy 2.4 -> 2.1.3 and transformers 5 -> 
 huggingface_hub with it). Without it its rows are skipped with a message. To measure it anyway without
 touching the environment, install it beside it, without its dependencies (its code runs fine on numpy 2.4):
     .venv/bin/pip install --target /tmp/omnimill-bench-peers --no-deps "mosaicml-streaming==0.13.0" \\
-        zstd xxhash python-snappy cramjam brotli catalogue
+        "zstd<2" "xxhash<4" "python-snappy<1" cramjam "brotli>=1.0.9" "catalogue<3"
     PYTHONPATH=/tmp/omnimill-bench-peers .venv/bin/python benchmarks/shards.py
 
 API notes. webdataset 1.0.2's TarWriter computes a tar `format` argument but never passes it to tarfile,
@@ -322,7 +322,7 @@ def peer_missing(fmt: str) -> str | None:
     except ImportError as e:
         hint = {"litdata": '.venv/bin/pip install "litdata==0.2.76"',
                 "streaming": "mosaicml-streaming pins numpy<2.2 and transformers<5, which this environment cannot "
-                             "take; see the docstring for installing it beside the environment with --target"}[fmt]
+                             "take; see the docstring for installing it beside the environment (pip --target)"}[fmt]
         return f"not installed ({e}): {hint}"
     if fmt == "omnimill":
         return omnimill_missing()
