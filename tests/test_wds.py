@@ -86,8 +86,10 @@ def test_text_shards_hold_only_text(token_data, tmp_path):
     tok = load_tokenizer(token_data["tokenizers"]["caption"])
     from omnimill.shards.sources import ShardSetSource
 
-    samples = ShardSetSource(str(tmp_path / "t")).read_unit(0) + ShardSetSource(str(tmp_path / "t")).read_unit(1)
-    decoded = tok.decode(np.stack([s["caption"][0] for s in samples]))["caption"]
+    source = ShardSetSource(str(tmp_path / "t"))
+    units = [source.read_unit(0), source.read_unit(1)]
+    assert [list(u.keys) for u in units] == [["t0", "t1"], ["t2"]]
+    decoded = tok.decode(np.concatenate([u.tokens["caption"][:, 0] for u in units]))["caption"]
     assert list(decoded) == [tok.decode(tok.encode({"caption": np.array([t], object)}))["caption"][0] for t in texts]
     with pytest.raises(UserError, match="caption sequence tokenizer"):
         write_text_shards(texts, ["a", "b", "c"], token_data["tokenizers"]["rgb"], str(tmp_path / "u"))

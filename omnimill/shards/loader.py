@@ -67,15 +67,13 @@ class TokenDataset:
             self._source = open_source(self.uri, self.storage_options, self.chosen)
         return self._source
 
-    def keep(self, samples: list[dict | None]) -> list[dict | None]:
-        """The unit's samples with those outside the split replaced by None (their positions stay)."""
+    def keep_mask(self, keys: np.ndarray) -> np.ndarray:
+        """Which of these keys belong to the dataset's split (all when there is no split)."""
         if not self.split:
-            return samples
+            return np.ones(len(keys), bool)
         from omnimill.tokenize.data import held_out
 
-        heldout = held_out([s["__key__"] if s else "" for s in samples], self.holdout, self.holdout_seed)
-        want = self.split == "heldout"
-        return [s if s is not None and h == want else None for s, h in zip(samples, heldout)]
+        return held_out(keys, self.holdout, self.holdout_seed) == (self.split == "heldout")
 
     def __getstate__(self):  # workers reopen the store themselves (zarr / fsspec handles do not travel)
         return {**self.__dict__, "_source": None}
@@ -103,14 +101,16 @@ def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarra
 
 
 class _Stream:
-    """One dataset as seen by one slot: an endless (or `epochs`-long) sequence of samples."""
+    """One dataset as seen by one slot: an endless (or `epochs`-long) sequence of samples, handed out as
+    columns (unit, row, crop) in emission order. Loaded units stay cached until their last pending
+    position has left."""
 
     def __init__(self, ds: TokenDataset, dataset: int, slot: int, n_slots: int, seed: int, buffer: int,
                  crops: str, epochs: int | None, state: dict | None = None):
         self.ds, self.source, self.dataset, self.slot, self.n_slots = ds, ds.source, dataset, slot, n_slots
         self.seed, self.buffer, self.crops, self.epochs = seed, buffer, crops, epochs
         self.epoch, self.consumed = (state["epoch"], state["consumed"]) if state else (0, 0)
-        self._plan_epoch = None
+        self._plan_epoch, self.cache, self.remaining = None, {}, {}
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -118,48 +118,64 @@ class _Stream:
     def _plan(self) -> None:
         units = np.random.default_rng([self.seed, self.dataset, self.epoch]).permutation(len(self.source.units))
         self.units = units[self.slot::self.n_slots]
+        if len(self.units) == 0:
+            raise UserError(f"{self.source.uri} has {len(self.source.units)} read units, fewer than the "
+                            f"{self.n_slots} loader slots (ranks x workers); use fewer workers or export "
+                            f"smaller shards (--samples-per-shard)")
         sizes = np.array([self.source.units[u] for u in self.units], np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.unit_of = np.repeat(np.arange(len(self.units)), sizes)  # position -> index into self.units
         rng = np.random.default_rng([self.seed, self.dataset, self.epoch, self.slot, 1])
         self.order = buffered_shuffle(int(self.starts[-1]), self.buffer, rng)
         self.rank = np.empty_like(self.order)
         self.rank[self.order] = np.arange(len(self.order))  # rank[p]: the step at which position p leaves
-        n_crops = self.source.n_crops
-        self.crop = rng.integers(0, n_crops, len(self.order)) if self.crops == "random" else np.zeros(
+        self.crop = rng.integers(0, self.source.n_crops, len(self.order)) if self.crops == "random" else np.zeros(
             len(self.order), np.int64)
-        self.loaded: dict[int, dict | None] = {}
+        self.cache: dict[int, tuple] = {}  # j -> (Unit, live mask)
+        self.remaining: dict[int, int] = {}  # j -> positions of unit j not yet consumed
         self._plan_epoch = self.epoch
 
-    def _load(self, position: int) -> None:
-        """Read the unit holding `position`; keep its samples that have not left yet."""
-        j = int(np.searchsorted(self.starts, position, side="right") - 1)
-        for i, sample in enumerate(self.ds.keep(self.source.read_unit(int(self.units[j])))):
-            p = int(self.starts[j]) + i
-            if self.rank[p] >= self.consumed:
-                self.loaded[p] = sample
+    def _load(self, j: int) -> None:
+        unit = self.source.read_unit(int(self.units[j]))
+        live = unit.live() & self.ds.keep_mask(unit.keys)
+        self.cache[j] = (unit, live)
+        self.remaining[j] = int((self.rank[self.starts[j]:self.starts[j + 1]] >= self.consumed).sum())
 
-    def next(self) -> tuple[dict, int] | None:
-        """(sample, crop index), or None when the last epoch is done."""
-        while True:
+    def _free(self) -> None:
+        for j in [j for j, n in self.remaining.items() if n == 0]:
+            del self.cache[j], self.remaining[j]
+
+    def take(self, n: int) -> tuple[list[tuple], int]:
+        """Up to n live samples as [(Unit, rows, crops)] parts in emission order, and how many."""
+        self._free()
+        parts, got = [], 0
+        while got < n:
             if self.epochs is not None and self.epoch >= self.epochs:
-                return None
+                break
             if self._plan_epoch != self.epoch:
                 self._plan()
-                if len(self.units) == 0:
-                    raise UserError(f"{self.source.uri} has {len(self.source.units)} read units, fewer than the "
-                                    f"{self.n_slots} loader slots (ranks x workers); use fewer workers or export "
-                                    f"smaller shards (--samples-per-shard)")
             if self.consumed == len(self.order):
                 self.epoch, self.consumed = self.epoch + 1, 0
                 continue
-            position = int(self.order[self.consumed])
-            if position not in self.loaded:
-                self._load(position)
-            sample = self.loaded.pop(position)
-            crop = int(self.crop[self.consumed])
-            self.consumed += 1
-            if sample is not None:  # a sample with none of the chosen modalities uses up its position only
-                return sample, crop
+            chunk = self.order[self.consumed:self.consumed + (n - got)]
+            crop = self.crop[self.consumed:self.consumed + len(chunk)]
+            js = self.unit_of[chunk]
+            for j in dict.fromkeys(js.tolist()):
+                if j not in self.cache:
+                    self._load(j)
+            self.consumed += len(chunk)
+            # Split the chunk into runs of one unit, keeping order; drop positions with nothing live.
+            cuts = np.flatnonzero(np.diff(js)) + 1
+            for run in np.split(np.arange(len(chunk)), cuts):
+                j = int(js[run[0]])
+                unit, live = self.cache[j]
+                rows = chunk[run] - self.starts[j]
+                keep = live[rows]
+                if keep.any():
+                    parts.append((unit, rows[keep], crop[run][keep]))
+                    got += int(keep.sum())
+                self.remaining[j] -= len(run)
+        return parts, got
 
 
 def merge_modalities(datasets: list[TokenDataset]) -> dict[str, Modality]:
@@ -175,26 +191,30 @@ def merge_modalities(datasets: list[TokenDataset]) -> dict[str, Modality]:
     return dict(sorted(merged.items()))
 
 
-def collate(samples: list[tuple[int, dict, int]], modalities: dict[str, Modality]) -> dict:
-    """[(dataset, sample, crop)] -> padded tensors; absent modalities get mask false and present false."""
-    b = len(samples)
-    batch = {"keys": [s["__key__"] for _, s, _ in samples],
-             "dataset": torch.tensor([d for d, _, _ in samples]),
-             "index": torch.tensor([s["__index__"] for _, s, _ in samples]),
-             "crop": torch.tensor([c for _, _, c in samples]),
-             "tokens": {}, "masks": {}, "present": {}}
-    for name, m in modalities.items():
-        tokens = np.full((b, m.length), max(m.pad_id, 0), np.int64)
-        present = np.zeros(b, bool)
-        for i, (_, sample, crop) in enumerate(samples):
-            if name in sample:
-                row = sample[name][crop]
-                tokens[i, :len(row)] = row
-                present[i] = True
-        masks = present[:, None] & ((tokens != m.pad_id) if m.pad_id >= 0 else True)
-        batch["tokens"][name] = torch.from_numpy(tokens)
-        batch["masks"][name] = torch.from_numpy(np.ascontiguousarray(masks))
-        batch["present"][name] = torch.from_numpy(present)
+def collate(parts: list[tuple[int, np.ndarray, list]], size: int, modalities: dict[str, Modality]) -> dict:
+    """[(dataset, batch slots, [(Unit, rows, crops)])] -> padded tensors; absent modalities get mask false
+    and present false. A few numpy gathers per unit run, nothing per sample."""
+    keys = np.empty(size, object)
+    index, dataset, crop = (np.zeros(size, np.int64) for _ in range(3))
+    tokens = {m: np.full((size, spec.length), max(spec.pad_id, 0), np.int64) for m, spec in modalities.items()}
+    present = {m: np.zeros(size, bool) for m in modalities}
+    for d, slots, runs in parts:
+        start = 0
+        for unit, rows, crops in runs:
+            dest = slots[start:start + len(rows)]
+            start += len(rows)
+            keys[dest], index[dest], crop[dest], dataset[dest] = unit.keys[rows], unit.index[rows], crops, d
+            for m, column in unit.tokens.items():
+                has = unit.present[m][rows]
+                present[m][dest] = has
+                tokens[m][dest[has], :column.shape[2]] = column[rows[has], crops[has]]
+    batch = {"keys": keys.tolist(), "dataset": torch.from_numpy(dataset), "index": torch.from_numpy(index),
+             "crop": torch.from_numpy(crop), "tokens": {}, "masks": {}, "present": {}}
+    for m, spec in modalities.items():
+        masks = present[m][:, None] & ((tokens[m] != spec.pad_id) if spec.pad_id >= 0 else True)
+        batch["tokens"][m] = torch.from_numpy(tokens[m])
+        batch["masks"][m] = torch.from_numpy(np.ascontiguousarray(masks))
+        batch["present"][m] = torch.from_numpy(present[m])
     return batch
 
 
@@ -303,28 +323,35 @@ class TokenLoader:
         state = state or {"draws": 0, "streams": [None] * len(self.datasets)}
         streams = [_Stream(ds, i, slot, self.n_slots, self.seed, self.buffer, self.crops, self.epochs, s)
                    for i, (ds, s) in enumerate(zip(self.datasets, state["streams"]))]
-        draws, block, choices = state["draws"], -1, None
+        draws = state["draws"]
         while True:
-            samples = []
-            while len(samples) < self.batch_size:
-                if len(streams) > 1:
-                    if draws // MIX_BLOCK != block:
-                        block = draws // MIX_BLOCK
-                        rng = np.random.default_rng([self.seed, slot, block, 7])
-                        choices = rng.choice(len(streams), MIX_BLOCK, p=self.weights)
-                    d = int(choices[draws % MIX_BLOCK])
-                else:
-                    d = 0
-                item = streams[d].next()
-                if item is None:
-                    break
-                draws += 1
-                samples.append((d, *item))
-            if not samples or (len(samples) < self.batch_size and self.drop_last):
-                return
-            batch = collate(samples, self.modalities)
+            choice = self._choices(slot, draws, self.batch_size)
+            parts, size = [], 0
+            for d, stream in enumerate(streams):
+                slots = np.flatnonzero(choice == d)
+                if len(slots) == 0:
+                    continue
+                runs, got = stream.take(len(slots))
+                parts.append((d, slots[:got], runs))
+                size += got
+            if size < self.batch_size:  # only a finite single dataset runs out: its last, short batch
+                if size == 0 or self.drop_last:
+                    return
+                parts = [(d, np.arange(size), runs) for d, _, runs in parts]
+            draws += size
+            batch = collate(parts, size, self.modalities)
             batch["slot"] = logical
             batch["position"] = {"draws": draws, "streams": [s.state() for s in streams]}
             yield batch
-            if len(samples) < self.batch_size:
+            if size < self.batch_size:
                 return
+
+    def _choices(self, slot: int, draws: int, n: int) -> np.ndarray:
+        """The datasets of draws [draws, draws + n): fixed per (seed, slot, block of MIX_BLOCK draws)."""
+        if len(self.datasets) == 1:
+            return np.zeros(n, np.int64)
+        first, last = draws // MIX_BLOCK, (draws + n - 1) // MIX_BLOCK
+        blocks = [np.random.default_rng([self.seed, slot, b, 7]).choice(len(self.datasets), MIX_BLOCK, p=self.weights)
+                  for b in range(first, last + 1)]
+        start = draws - first * MIX_BLOCK
+        return np.concatenate(blocks)[start:start + n]

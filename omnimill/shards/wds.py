@@ -136,7 +136,9 @@ def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalit
 
     writer = ShardWriter(out, samples_per_shard, storage_options)
     for unit in range(len(source.units)):
-        for sample in filter(None, source.read_unit(unit)):
+        columns = source.read_unit(unit)
+        for i in np.flatnonzero(columns.live()):
+            sample = columns.sample(i)
             writer.add(sample["__key__"], sample["__index__"], sample["__crops__"],
                        {m: sample[m] for m in chosen if m in sample})
     shards = writer.close()

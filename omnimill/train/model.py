@@ -1,0 +1,136 @@
+"""A 4M-style encoder-decoder over tokens of many modalities (nanoGPT-sized and nanoGPT-plain).
+
+Every token is embedded as  token embedding (one table, each modality's ids offset into it)
+                          + position embedding (each modality has its own L positions)
+                          + modality embedding.
+The encoder reads the visible input tokens. The decoder gets one query per target token (its position
+and modality embeddings, no content), attends to the other queries and to the encoder, and each
+modality's head turns its queries into logits over that modality's vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnimill.train.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    name: str
+    vocab_size: int
+    length: int
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, context, key_ok):
+        """x (B, T, D) attends to context (B, S, D) where key_ok (B, S) is true."""
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mask = key_ok[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with `cross`, a cross-attention to the encoder between the two."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool = False):
+        super().__init__()
+        dim, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, cfg.heads, cfg.dropout)
+        self.cross = cross
+        if cross:
+            self.norm_x, self.cross_attn = nn.LayerNorm(dim), Attention(dim, cfg.heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, x_ok, memory=None, memory_ok=None):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, x_ok)
+        if self.cross:
+            x = x + self.cross_attn(self.norm_x(x), memory, memory_ok)
+        return x + self.mlp(self.norm2(x))
+
+
+def _attendable(valid: torch.Tensor) -> torch.Tensor:
+    """Keys a row may attend to: the valid ones, or all of them in a row with none (whose output is
+    unused; an all-false mask would make softmax produce NaNs)."""
+    return valid | ~valid.any(dim=1, keepdim=True)
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, modalities: list[ModalitySpec]):
+        super().__init__()
+        self.cfg, self.modalities = cfg, list(modalities)
+        vocab = torch.tensor([m.vocab_size for m in modalities])
+        length = torch.tensor([m.length for m in modalities])
+        self.register_buffer("vocab_offset", torch.cat([torch.zeros(1, dtype=torch.long), vocab.cumsum(0)[:-1]]),
+                             persistent=False)
+        self.register_buffer("pos_offset", torch.cat([torch.zeros(1, dtype=torch.long), length.cumsum(0)[:-1]]),
+                             persistent=False)
+        self.token_emb = nn.Embedding(int(vocab.sum()), cfg.dim)
+        self.pos_emb = nn.Embedding(int(length.sum()), cfg.dim)
+        self.mod_emb = nn.Embedding(len(modalities), cfg.dim)
+        self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.heads = nn.ModuleList(nn.Linear(cfg.dim, m.vocab_size) for m in modalities)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def _where(self, mod, pos):
+        return self.pos_emb(self.pos_offset[mod] + pos) + self.mod_emb(mod)
+
+    def forward(self, enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid) -> torch.Tensor:
+        """Token ids are per modality (0..V_m-1). Returns the decoder's hidden states (B, T_dec, D)."""
+        x = self.token_emb(self.vocab_offset[enc_mod] + enc_tok) + self._where(enc_mod, enc_pos)
+        enc_ok = _attendable(enc_valid)
+        for block in self.encoder:
+            x = block(x, enc_ok)
+        memory = self.enc_norm(x)
+        y = self._where(dec_mod, dec_pos)
+        dec_ok = _attendable(dec_valid)
+        for block in self.decoder:
+            y = block(y, dec_ok, memory, enc_ok)
+        return self.dec_norm(y)
+
+    def losses(self, hidden, dec_mod, dec_tok, dec_valid) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+        """Cross-entropy over all valid targets (mean per token), and (summed loss, count) per modality."""
+        total, count, per = hidden.new_zeros(()), 0, {}
+        for i, m in enumerate(self.modalities):
+            sel = dec_valid & (dec_mod == i)
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            loss = F.cross_entropy(self.heads[i](hidden[sel]).float(), dec_tok[sel], reduction="sum")
+            total, count = total + loss, count + n
+            per[m.name] = (loss.detach(), n)
+        return total / max(count, 1), per
+
+    def logits(self, hidden, modality: int) -> torch.Tensor:
+        return self.heads[modality](hidden)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """Decay matrices; not biases, norms or embeddings (nanoGPT's rule, embeddings as in 4M)."""
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "emb" not in n]
+        rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
