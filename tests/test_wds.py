@@ -28,7 +28,8 @@ def test_export_writes_shards_and_manifest(token_data, tmp_path):
         assert info["sha256"] == store.tokenizer_info(name)["sha256"]
         assert info["sha256"] == directory_hash(token_data["tokenizers"][name.split("_")[0]])
         assert info["vocab_size"] == load_tokenizer(token_data["tokenizers"][name.split("_")[0]]).vocab_size
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-00000{i}.tar" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + sorted(
+        f"shard-00000{i}.{ext}" for i in range(4) for ext in ("tar", "idx.npz"))
 
 
 def test_plain_webdataset_reads_the_shards_without_omnimill(token_data, tmp_path):

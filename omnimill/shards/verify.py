@@ -21,7 +21,8 @@ import fsspec
 import numpy as np
 
 from omnimill.errors import UserError
-from omnimill.shards.sources import DamagedSample, Modality, decode_sample, is_shard_set
+from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, is_shard_set, unit_from_index,
+                                      unit_from_tar)
 from omnimill.shards.wds import iter_tar_samples, join, read_manifest
 
 
@@ -144,6 +145,8 @@ def _verify_shards(uri: str, options: dict) -> dict:
                         problems.append(Problem(name, key, f"{m} token outside the vocabulary [0, {spec.vocab_size})"))
         except (tarfile.TarError, EOFError, OSError) as e:
             problems.append(Problem(name, last_key, f"tar unreadable after this sample ({e})"))
+        if "index" in shard and not any(p.where == name for p in problems):
+            problems += _check_index(root, shard, data, modalities, n_crops, options)
         if seen != shard["samples"]:
             problems.append(Problem(name, "-", f"{seen} samples, the manifest says {shard['samples']}"))
         samples += seen
@@ -152,6 +155,27 @@ def _verify_shards(uri: str, options: dict) -> dict:
             problems.append(Problem(m, "-", f"{counts[m]} samples have it, the manifest says {spec['samples']}"))
     return {"kind": "shard set", "uri": uri, "samples": samples, "units": len(manifest["shards"]),
             "modalities": sorted(modalities), "problems": problems}
+
+
+def _check_index(root: str, shard: dict, data: bytes, modalities: dict, n_crops: int, options: dict) -> list:
+    """The offset index must exist, match its sha256, and give the same tokens as walking the tar."""
+    name = shard["index"]
+    try:
+        with fsspec.open(join(root, name), "rb", **options) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return [Problem(name, "-", "missing (the loader needs it; re-export the shard set)")]
+    if hashlib.sha256(raw).hexdigest() != shard["index_sha256"]:
+        return [Problem(name, "-", "sha256 differs from the manifest (damaged bytes)")]
+    index = np.load(io.BytesIO(raw), allow_pickle=False)
+    fast = unit_from_index(data, {k: index[k] for k in index.files}, name, modalities, n_crops)
+    slow = unit_from_tar(data, shard["name"], shard["samples"], modalities, n_crops)
+    for m in modalities:
+        differs = np.flatnonzero((fast.present[m] != slow.present[m]) |
+                                 (slow.present[m] & (fast.tokens[m] != slow.tokens[m]).any(axis=(1, 2))))
+        if len(differs):
+            return [Problem(name, str(slow.keys[differs[0]]), f"points at other {m} tokens than the tar holds")]
+    return []
 
 
 def check_exists(uri: str, storage_options: dict | None = None) -> None:

@@ -4,6 +4,10 @@
       manifest.json          format omnimill.wds/1, source token store, n, n_crops, modalities {name: tokenizer
                              info + dtype + samples}, shards [{name, samples, bytes, sha256, first_key,
                              last_key, modalities {name: samples}}]
+      shard-000000.idx.npz   where each sample's tokens sit in the tar (keys, index, crops, per modality
+                             the byte offset of its token payload, -1 when absent): omnimill's loader
+                             cuts whole modalities out of a shard with one gather instead of walking
+                             the tar. Plain webdataset readers never see it.
       shard-000000.tar       per sample, in token-store order:
                                <key>.json            {key, index, crops (n_crops, 5), modalities [...],
                                                       crc32 {modality: crc32 of its .npy member}}
@@ -56,58 +60,61 @@ def sample_members(key: str, index: int, crops: np.ndarray, tokens: dict[str, np
     return [(f"{key}.json", json.dumps(meta).encode())] + members
 
 
-class _HashingWriter:
-    """A write-only file that hashes and counts what passes through (tarfile streams into it)."""
-
-    def __init__(self, file):
-        self.file, self.sha256, self.bytes = file, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self.file.write(data)
-
-
 class ShardWriter:
-    """Writes numbered tar shards of at most `samples_per_shard` samples and collects their manifest rows."""
+    """Writes numbered tar shards of at most `samples_per_shard` samples, each with its offset index, and
+    collects their manifest rows. A shard is built in memory and written in one piece (one PUT on an
+    object store); at 1000 samples that is a few MB."""
 
     def __init__(self, out: str, samples_per_shard: int, storage_options: dict | None = None):
         if samples_per_shard < 1:
             raise UserError(f"--samples-per-shard must be at least 1, not {samples_per_shard}")
         self.out, self.per_shard, self.options = out, samples_per_shard, storage_options or {}
         self.shards: list[dict] = []
-        self._file = self._tar = self._hasher = None
+        self._buffer = self._tar = None
 
     def add(self, key: str, index: int, crops: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
-        if self._tar is None or self.shards[-1]["samples"] == self.per_shard:
+        if self._tar is None or len(self._index) == self.per_shard:
             self._close_shard()
-            self._open_shard()
+            self._buffer = io.BytesIO()
+            self._tar = tarfile.open(fileobj=self._buffer, mode="w", format=tarfile.GNU_FORMAT)
+            self._index = []
         for name, data in sample_members(key, index, crops, tokens):
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self._tar.addfile(info, io.BytesIO(data))
-        row = self.shards[-1]
-        row["samples"] += 1
-        row["first_key"] = row["first_key"] or key
-        row["last_key"] = key
-        for name in tokens:
-            row["modalities"][name] = row["modalities"].get(name, 0) + 1
-
-    def _open_shard(self) -> None:
-        name = SHARD_NAME.format(len(self.shards))
-        self._file = fsspec.open(join(self.out, name), "wb", **self.options).open()
-        self._hasher = _HashingWriter(self._file)
-        # Stream mode ("w|"): no seeking, so the same code writes to object stores.
-        self._tar = tarfile.open(fileobj=self._hasher, mode="w|", format=tarfile.GNU_FORMAT)
-        self.shards.append({"name": name, "samples": 0, "bytes": 0, "sha256": "", "first_key": "", "last_key": "",
-                            "modalities": {}})
+        self._index.append((key, index, np.asarray(crops, np.int32), {m: t.nbytes for m, t in tokens.items()}))
 
     def _close_shard(self) -> None:
         if self._tar is None:
             return
+        from omnimill.shards.sources import group_members, scan_tar
+
         self._tar.close()
-        self._file.close()
-        self.shards[-1].update(bytes=self._hasher.bytes, sha256=self._hasher.sha256.hexdigest())
+        data = self._buffer.getvalue()
+        name = SHARD_NAME.format(len(self.shards))
+        members = dict(group_members(scan_tar(data, name)))
+        keys = [k for k, _, _, _ in self._index]
+        index = {"keys": np.array(keys), "index": np.array([i for _, i, _, _ in self._index], np.int64),
+                 "crops": np.stack([c for _, _, c, _ in self._index])}
+        counts = {}
+        for m in sorted({m for *_, sizes in self._index for m in sizes}):
+            offsets = np.full(len(keys), -1, np.int64)
+            for row, (key, _, _, sizes) in enumerate(self._index):
+                if m in sizes:
+                    offset, size = members[key][f"{m}.npy"]
+                    offsets[row] = offset + size - sizes[m]  # skip the npy header: the payload ends the member
+            index[f"{m}.offset"] = offsets
+            counts[m] = int((offsets >= 0).sum())
+        side = io.BytesIO()
+        np.savez(side, **index)
+        index_name = name.replace(".tar", ".idx.npz")
+        for file_name, payload in ((name, data), (index_name, side.getvalue())):
+            with fsspec.open(join(self.out, file_name), "wb", **self.options) as f:
+                f.write(payload)
+        self.shards.append({"name": name, "samples": len(keys), "bytes": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data),
+                            "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
+                            "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest()})
         self._tar = None
 
     def close(self) -> list[dict]:
