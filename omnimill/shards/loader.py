@@ -211,7 +211,8 @@ def collate(parts: list[tuple[int, np.ndarray, list]], size: int, modalities: di
     batch = {"keys": keys.tolist(), "dataset": torch.from_numpy(dataset), "index": torch.from_numpy(index),
              "crop": torch.from_numpy(crop), "tokens": {}, "masks": {}, "present": {}}
     for m, spec in modalities.items():
-        masks = present[m][:, None] & ((tokens[m] != spec.pad_id) if spec.pad_id >= 0 else True)
+        real = tokens[m] != spec.pad_id if spec.pad_id >= 0 else np.ones_like(tokens[m], bool)
+        masks = present[m][:, None] & real
         batch["tokens"][m] = torch.from_numpy(tokens[m])
         batch["masks"][m] = torch.from_numpy(np.ascontiguousarray(masks))
         batch["present"][m] = torch.from_numpy(present[m])

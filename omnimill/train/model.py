@@ -100,8 +100,13 @@ class MultimodalModel(nn.Module):
     def _where(self, mod, pos):
         return self.pos_emb(self.pos_offset[mod] + pos) + self.mod_emb(mod)
 
-    def forward(self, enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid) -> torch.Tensor:
-        """Token ids are per modality (0..V_m-1). Returns the decoder's hidden states (B, T_dec, D)."""
+    def forward(self, enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid, dec_tok=None):
+        """Token ids are per modality (0..V_m-1). Returns the decoder's hidden states (B, T_dec, D), or with
+        targets `dec_tok` the losses (see `losses`): computed inside forward so DDP sees every head."""
+        hidden = self.hidden(enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid)
+        return hidden if dec_tok is None else self.losses(hidden, dec_mod, dec_tok, dec_valid)
+
+    def hidden(self, enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid) -> torch.Tensor:
         x = self.token_emb(self.vocab_offset[enc_mod] + enc_tok) + self._where(enc_mod, enc_pos)
         enc_ok = _attendable(enc_valid)
         for block in self.encoder:
@@ -119,7 +124,8 @@ class MultimodalModel(nn.Module):
         for i, m in enumerate(self.modalities):
             sel = dec_valid & (dec_mod == i)
             n = int(sel.sum())
-            if n == 0:
+            if n == 0:  # no targets of this modality here; touch its head so DDP's gradient sync sees it
+                total = total + 0.0 * sum(p.sum() for p in self.heads[i].parameters())
                 continue
             loss = F.cross_entropy(self.heads[i](hidden[sel]).float(), dec_tok[sel], reduction="sum")
             total, count = total + loss, count + n

@@ -1,0 +1,282 @@
+"""The training loop: data, masking, model, AdamW with warm-up + cosine, checkpoints that resume exactly.
+
+    RUN/
+      config.json        the TrainConfig
+      checkpoint.pt      model, optimizer, config, step, every rank's loader position and masking RNG,
+                         modalities, unigram baseline, history (written atomically: tmp + rename)
+      log.jsonl          one line per log interval and per evaluation
+      baseline.json      held-out cross-entropy of the unigram (token frequency) model, per modality
+      curve.png          train loss and held-out loss per modality against the unigram baselines
+
+Several processes: `torchrun --nproc_per_node N -m omnimill train ...` (gloo on CPU, nccl on GPU); each
+rank reads its own slots of the data, DDP averages gradients, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from omnimill.errors import UserError
+from omnimill.shards.loader import TokenDataset, TokenLoader
+from omnimill.train.config import TrainConfig, to_dict
+from omnimill.train.masking import sample_masks
+from omnimill.train.model import ModalitySpec, MultimodalModel
+
+CHECKPOINT = "checkpoint.pt"
+BASELINE_BATCHES = 200  # batches counted for the unigram baseline (an estimate; enough for its point)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to lr, then cosine decay to min_lr at the last step."""
+    o = config.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Session:
+    """Process-group facts for this process (one process: rank 0 of 1)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.main = self.rank == 0
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def sum(self, values: dict[str, list[float]]) -> dict[str, list[float]]:
+        """Element-wise sum over ranks of {name: [loss sum, count]}."""
+        if self.world == 1:
+            return values
+        merged: dict[str, list[float]] = {}
+        for part in self.gather(values):
+            for k, (a, b) in part.items():
+                merged.setdefault(k, [0.0, 0.0])
+                merged[k][0] += a
+                merged[k][1] += b
+        return merged
+
+
+def datasets_of(config: TrainConfig, split: str) -> list[TokenDataset]:
+    if not config.data.datasets:
+        raise UserError("no training data: give DATA (token stores or shard sets)")
+    return [TokenDataset(uri, modalities=config.data.modalities or None, split=split, holdout=config.data.holdout,
+                         holdout_seed=config.seed) for uri in config.data.datasets]
+
+
+def make_loader(config: TrainConfig, session: Session) -> TokenLoader:
+    d = config.data
+    return TokenLoader(datasets_of(config, "train"), batch_size=d.batch_size, weights=d.weights or None,
+                       seed=config.seed, shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers,
+                       rank=session.rank, world_size=session.world, crops=d.crops,
+                       pin_memory=session.device.type == "cuda")
+
+
+def specs_of(loader: TokenLoader) -> list[ModalitySpec]:
+    return [ModalitySpec(m.name, m.vocab_size, m.length) for m in loader.modalities.values()]
+
+
+def unigram_baseline(config: TrainConfig, session: Session, specs: list[ModalitySpec]) -> dict[str, float]:
+    """Held-out cross-entropy (nats/token) of predicting every token from its modality's training
+    frequencies (add-one smoothed): the loss a model that ignores all context would reach."""
+    counts = {s.name: np.ones(s.vocab_size) for s in specs}
+    for ds in datasets_of(config, "train"):
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, seed=config.seed,
+                             rank=session.rank, world_size=session.world)
+        for i, batch in zip(range(BASELINE_BATCHES), loader):
+            for s in specs:
+                if s.name in batch["tokens"]:
+                    tokens = batch["tokens"][s.name][batch["masks"][s.name]].numpy()
+                    counts[s.name] += np.bincount(tokens, minlength=s.vocab_size)
+    totals = {}
+    for ds in datasets_of(config, "heldout"):
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
+                             rank=session.rank, world_size=session.world)
+        for i, batch in zip(range(config.eval_batches), loader):
+            for s in specs:
+                if s.name in batch["tokens"]:
+                    tokens = batch["tokens"][s.name][batch["masks"][s.name]].numpy()
+                    nll = -np.log(counts[s.name] / counts[s.name].sum())
+                    total = totals.setdefault(s.name, [0.0, 0.0])
+                    total[0] += float(nll[tokens].sum())
+                    total[1] += len(tokens)
+    totals = session.sum(totals)
+    return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
+
+
+@torch.no_grad()
+def evaluate(model, config: TrainConfig, session: Session, specs: list[ModalitySpec]) -> dict[str, float]:
+    """Held-out loss per modality (nats/token) on the first eval_batches batches, whole views, masks drawn
+    from a fixed seed: the same inputs and targets at every evaluation."""
+    model.eval()
+    names = [s.name for s in specs]
+    generator = torch.Generator().manual_seed(config.seed + 1_000_003)
+    totals: dict[str, list[float]] = {}
+    for ds in datasets_of(config, "heldout"):
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
+                             rank=session.rank, world_size=session.world)
+        for _, batch in zip(range(config.eval_batches), loader):
+            masked = sample_masks(complete(batch, specs), names, config.mask, generator).to(session.device)
+            with _autocast(config, session):
+                _, per = model(*masked.model_inputs(), masked.dec_tok)
+            for name, (loss, n) in per.items():
+                total = totals.setdefault(name, [0.0, 0.0])
+                total[0] += float(loss)
+                total[1] += n
+    model.train()
+    totals = session.sum(totals)
+    return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
+
+
+def complete(batch: dict, specs: list[ModalitySpec]) -> dict:
+    """A loader over one dataset of a mixture lacks the modalities only other datasets have: add them,
+    absent (mask false)."""
+    b = len(batch["keys"])
+    for s in specs:
+        if s.name not in batch["tokens"]:
+            batch["tokens"][s.name] = torch.zeros(b, s.length, dtype=torch.long)
+            batch["masks"][s.name] = torch.zeros(b, s.length, dtype=torch.bool)
+            batch["present"][s.name] = torch.zeros(b, dtype=torch.bool)
+    return batch
+
+
+def _autocast(config: TrainConfig, session: Session):
+    if config.optim.amp and session.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline."""
+    out = Path(out)
+    session = Session(config.device)
+    torch.manual_seed(config.seed)
+    loader = make_loader(config, session)
+    specs = specs_of(loader)
+    names = [s.name for s in specs]
+    model = MultimodalModel(config.model, specs).to(session.device)
+    optimizer = torch.optim.AdamW(model.parameter_groups(config.optim.weight_decay), lr=config.optim.lr,
+                                  betas=(config.optim.beta1, config.optim.beta2))
+    generator = torch.Generator().manual_seed(config.seed * 1000 + session.rank)
+    step, history, baseline = 0, [], None
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=session.device, weights_only=False)
+        if [tuple(s) for s in state["modalities"]] != [(s.name, s.vocab_size, s.length) for s in specs]:
+            raise UserError(f"{checkpoint} was trained on other modalities; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"][session.rank])
+        generator.set_state(state["generator"][session.rank])
+        step, history, baseline = state["step"], state["history"], state["baseline"]
+    elif session.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if session.main:
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    if baseline is None:
+        baseline = unigram_baseline(config, session, specs)
+        if session.main:
+            (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
+    n_params = sum(p.numel() for p in model.parameters())
+    if session.main and progress:
+        print(f"model: {n_params / 1e6:.2f} M parameters; modalities {', '.join(names)}; "
+              f"{session.world} process(es) on {session.device}; starting at step {step}", flush=True)
+
+    def save(step: int) -> None:
+        loaders, generators = session.gather(loader.state_dict()), session.gather(generator.get_state())
+        if session.main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": to_dict(config),
+                     "step": step, "loader": loaders, "generator": generators, "baseline": baseline,
+                     "modalities": [(s.name, s.vocab_size, s.length) for s in specs], "history": history,
+                     "datasets": {name: asdict_modality(m) for name, m in loader.modalities.items()}}
+            torch.save(state, out / (CHECKPOINT + ".tmp"))
+            os.replace(out / (CHECKPOINT + ".tmp"), checkpoint)
+
+    log = open(out / "log.jsonl", "a") if session.main else None
+    batches = iter(loader)
+    window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        for micro in range(config.optim.grad_accum):
+            batch = next(batches)
+            masked = sample_masks(batch, names, config.mask, generator).to(session.device)
+            last = micro == config.optim.grad_accum - 1
+            sync = nullcontext() if last or session.world == 1 else ddp.no_sync()
+            with sync:
+                with _autocast(config, session):
+                    loss, per = ddp(*masked.model_inputs(), masked.dec_tok)
+                (loss / config.optim.grad_accum).backward()
+            window["loss"] += float(loss.detach()) / config.optim.grad_accum
+            window["tokens"] += int(masked.enc_valid.sum() + masked.dec_valid.sum())
+            for name, (value, n) in per.items():
+                acc = window["per"].setdefault(name, [0.0, 0.0])
+                acc[0] += float(value)
+                acc[1] += n
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % config.log_every == 0 or step == config.steps:
+            per = session.sum(window["per"])
+            seconds = time.perf_counter() - window["time"]
+            tokens = sum(session.gather(window["tokens"]))
+            steps_in_window = (step - 1) % config.log_every + 1
+            record = {"step": step, "loss": window["loss"] / steps_in_window, "lr": lr_at(step - 1, config),
+                      "tokens_per_s": tokens / seconds, "per_modality": {k: a / b for k, (a, b) in per.items() if b}}
+            history.append(record)
+            if session.main:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if progress:
+                    print(f"step {step}/{config.steps} loss {record['loss']:.3f} lr {record['lr']:.2e} "
+                          f"{record['tokens_per_s']:.0f} tok/s", flush=True)
+            window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
+        if step % config.eval_every == 0 or step == config.steps:
+            heldout = evaluate(model, config, session, specs)
+            history.append({"step": step, "heldout": heldout})
+            if session.main:
+                log.write(json.dumps({"step": step, "heldout": heldout, "baseline": baseline}) + "\n")
+                log.flush()
+                if progress:
+                    print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
+                                                    for k, v in heldout.items()), flush=True)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save(step)
+    if session.main:
+        log.close()
+        from omnimill.train.plots import plot_curve
+
+        plot_curve(history, baseline, out / "curve.png")
+    last = next((h["heldout"] for h in reversed(history) if "heldout" in h), {})
+    return {"step": step, "heldout": last, "baseline": baseline, "parameters": n_params}
+
+
+def asdict_modality(m) -> dict:
+    return {"vocab_size": m.vocab_size, "length": m.length, "pad_id": m.pad_id, "tokenizer": m.info}
+
