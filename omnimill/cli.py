@@ -186,7 +186,9 @@ def _add_subcommands():
     from omnimill.audit.cli import audit_app
     from omnimill.shards.cli import shards_app
     from omnimill.tokenize.cli import tokenizer_app
+    from omnimill.train.cli import register
 
+    register(app)
     app.add_typer(audit_app, name="audit")
     app.add_typer(shards_app, name="shards")
     app.add_typer(tokenizer_app, name="tokenizer")

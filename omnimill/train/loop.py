@@ -169,8 +169,10 @@ def _autocast(config: TrainConfig, session: Session):
     return nullcontext()
 
 
-def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline."""
+def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline.
+    `stop_at`: checkpoint and return after that step, as if the job were stopped there (a time-limited
+    allocation); running again resumes."""
     out = Path(out)
     session = Session(config.device)
     torch.manual_seed(config.seed)
@@ -266,10 +268,13 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                 if progress:
                     print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
                                                     for k, v in heldout.items()), flush=True)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step == config.steps or step == stop_at:
             save(step)
+        if step == stop_at:
+            break
     if session.main:
         log.close()
+    if session.main and step == config.steps:
         from omnimill.train.plots import plot_curve
 
         plot_curve(history, baseline, out / "curve.png")

@@ -1,0 +1,83 @@
+"""`omnimill train` and `omnimill generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from omnimill.errors import UserError
+
+console = Console()
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(message: str):
+    from omnimill.cli import fail
+
+    fail(message)
+
+
+def train_command(
+    ctx: typer.Context,
+    data: Annotated[str, typer.Argument(help="Token stores / shard sets, comma-separated (weights: "
+                                             "--data.weights=0.8,0.2).")],
+    out: Annotated[Path, typer.Option(help="Run directory; when it holds a checkpoint, training resumes.")],
+    config: Annotated[Optional[Path], typer.Option(help="JSON file shaped like the TrainConfig dataclasses.")] = None,
+    progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
+):
+    """Masked multimodal pretraining (4M) on token shards. Settings: --section.key=value (e.g. --optim.lr=3e-4,
+    --model.dim=384, --steps=5000) or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
+    from omnimill.train.config import RESUMABLE, _leaves, from_dict, load_config
+    from omnimill.train.loop import train
+
+    try:
+        cfg = load_config(config, ctx.args)
+        cfg.data.datasets = [d for d in data.split(",") if d]
+        saved = out / "config.json"
+        if (out / "checkpoint.pt").exists() and saved.exists():
+            old = from_dict(json.loads(saved.read_text()))
+            new_leaves, old_leaves = _leaves(cfg), _leaves(old)
+            changed = [k for k in new_leaves if getattr(*new_leaves[k]) != getattr(*old_leaves[k])
+                       and k not in RESUMABLE]
+            if changed:
+                raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}); resume it with the "
+                                f"same ones (only {', '.join(sorted(RESUMABLE))} may change) or use a new --out")
+        result = train(cfg, out, progress=progress)
+    except UserError as e:
+        _fail(str(e))
+    if progress:
+        below = [k for k, v in result["heldout"].items() if v < result["baseline"].get(k, float("inf"))]
+        console.print(f"done: step {result['step']}; held-out loss below the unigram baseline for "
+                      f"{len(below)}/{len(result['heldout'])} modalities; {out}/curve.png", highlight=False)
+
+
+def generate_command(
+    run: Annotated[Path, typer.Argument(help="Run directory (with checkpoint.pt).")],
+    from_: Annotated[str, typer.Option("--from", help="Source modalities, comma-separated (rgb, caption, ...).")],
+    to: Annotated[str, typer.Option(help="Target modality.")],
+    key: Annotated[str, typer.Option(help="Sample key in the run's data.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    steps: Annotated[int, typer.Option(help="MaskGIT decoding steps.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = most likely token.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+):
+    """Predict one modality from others for one sample, decoded by its tokenizer, beside the teacher's label."""
+    from omnimill.train.generate import generate_picture
+
+    try:
+        facts = generate_picture(run, from_, to, key, out, steps, temperature, seed)
+    except UserError as e:
+        _fail(str(e))
+    accuracy = facts["token_accuracy"]
+    console.print(f"{facts['key']}: {', '.join(facts['sources'])} -> {facts['target']}"
+                  + (f" (token accuracy {accuracy:.1%})" if accuracy is not None else "") + f" -> {out}",
+                  highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", context_settings=EXTRA_ARGS)(train_command)
+    app.command("generate")(generate_command)

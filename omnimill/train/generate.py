@@ -1,0 +1,170 @@
+"""Any-to-any prediction with a trained run: `omnimill generate RUN --from rgb,caption --to canny --key KEY`.
+
+MaskGIT-style decoding (Chang et al. 2022), as 4M does it for one target modality:
+    every target position starts unknown; at step t of T the decoder predicts all unknown positions,
+    a token is drawn for each (argmax at temperature 0), and the most confident ones are fixed so that
+    floor(L * cos(pi/2 * (t+1)/T)) stay unknown; fixed tokens join the encoder's inputs for the next step.
+The tokens are decoded by the modality's tokenizer and drawn beside the teacher's label and the
+tokenizer's reconstruction of the teacher's own tokens (the best a perfect prediction could look like).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnimill.errors import UserError
+from omnimill.shards.sources import TokenStoreSource, open_source
+from omnimill.train.config import from_dict
+from omnimill.train.loop import CHECKPOINT
+from omnimill.train.model import ModalitySpec, MultimodalModel
+
+
+def load_run(run: str | Path, device: str = "cpu") -> tuple[MultimodalModel, dict]:
+    path = Path(run) / CHECKPOINT
+    if not path.exists():
+        raise UserError(f"{run} holds no {CHECKPOINT}; train one with `omnimill train DATA --out {run}`")
+    state = torch.load(path, map_location=device, weights_only=False)
+    specs = [ModalitySpec(*m) for m in state["modalities"]]
+    model = MultimodalModel(from_dict(state["config"]).model, specs)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def resolve(names: str, specs: list[ModalitySpec]) -> list[int]:
+    """'rgb,caption' -> modality indices; a name matches exactly or as the teacher part (rgb -> rgb_image)."""
+    out = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        hits = [i for i, s in enumerate(specs) if s.name == name] or \
+               [i for i, s in enumerate(specs) if s.name.startswith(name + "_")]
+        if len(hits) != 1:
+            known = ", ".join(s.name for s in specs)
+            raise UserError(f"modality {name!r} is {'ambiguous' if hits else 'not in this run'}; it has {known}")
+        out.append(hits[0])
+    return out
+
+
+def find_sample(datasets: list[str], key: str) -> tuple[dict, object]:
+    """The sample `key` from the run's datasets, and its source."""
+    for uri in datasets:
+        source = open_source(uri)
+        if isinstance(source, TokenStoreSource):
+            keys = source.store.group["keys"][:]
+            hits = np.flatnonzero(keys == key)
+            units = [int(hits[0]) // source.read_size] if len(hits) else []
+        else:
+            units = range(len(source.units))
+        for u in units:
+            unit = source.read_unit(u)
+            hits = np.flatnonzero(unit.keys == key)
+            if len(hits):
+                return unit.sample(int(hits[0])), source
+    raise UserError(f"no sample {key!r} in {', '.join(datasets)}")
+
+
+@torch.no_grad()
+def maskgit(model: MultimodalModel, inputs: dict[int, np.ndarray], target: int, steps: int = 8,
+            temperature: float = 0.0, seed: int = 0) -> np.ndarray:
+    """inputs {modality index: (L_m,) token ids, -1 = not given} -> the target modality's (L,) tokens."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    length = model.modalities[target].length
+    decided = np.full(length, -1, np.int64)
+    for t in range(steps):
+        known = {**inputs, target: decided}
+        enc = [(m, p, tok) for m, row in known.items() for p, tok in enumerate(row) if tok >= 0]
+        unknown = np.flatnonzero(decided < 0)
+        if len(unknown) == 0:
+            break
+
+        def tensor(values, dtype=torch.long):
+            return torch.tensor(values, dtype=dtype, device=device)[None]
+
+        hidden = model.hidden(tensor([e[2] for e in enc]), tensor([e[0] for e in enc]), tensor([e[1] for e in enc]),
+                              tensor([True] * len(enc), torch.bool), tensor([target] * len(unknown)),
+                              tensor(unknown.tolist()), tensor([True] * len(unknown), torch.bool))
+        logits = model.logits(hidden, target)[0].float().cpu()
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            chosen = probs.argmax(dim=-1)
+        confidence = probs.gather(1, chosen[:, None]).squeeze(1)
+        keep_unknown = math.floor(length * math.cos(math.pi / 2 * (t + 1) / steps)) if t < steps - 1 else 0
+        n_fix = max(1, len(unknown) - keep_unknown)
+        fix = confidence.argsort(descending=True)[:n_fix].numpy()
+        decided[unknown[fix]] = chosen[fix].numpy()
+    return decided
+
+
+def generate_picture(run: str | Path, sources: str, target: str, key: str, out: str | Path, steps: int = 8,
+                     temperature: float = 0.0, seed: int = 0) -> dict:
+    """Predict `target` for sample `key` from `sources`, draw it beside the teacher's label; returns facts."""
+    model, state = load_run(run)
+    specs = model.modalities
+    source_ids, (target_id,) = resolve(sources, specs), resolve(target, specs)
+    if target_id in source_ids:
+        raise UserError(f"{specs[target_id].name} is both a source and the target")
+    config = from_dict(state["config"])
+    sample, source = find_sample(config.data.datasets, key)
+    inputs = {}
+    for i in source_ids:
+        name = specs[i].name
+        if name not in sample:
+            raise UserError(f"sample {key} has no {name} tokens to predict from")
+        row = sample[name][0].astype(np.int64)  # crop 0: the whole view
+        pad = state["datasets"][name]["pad_id"]
+        inputs[i] = np.where(row == pad, -1, row) if pad >= 0 else row
+    predicted = maskgit(model, inputs, target_id, steps, temperature, seed)
+    truth = sample.get(specs[target_id].name)
+    accuracy = float((predicted == truth[0]).mean()) if truth is not None else None
+    _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out)
+    return {"key": key, "target": specs[target_id].name, "sources": [specs[i].name for i in source_ids],
+            "token_accuracy": accuracy, "out": str(out)}
+
+
+def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
+    from omnimill.audit.render import DPI, RENDERERS, Sample, _figure, _message_tile, generic
+    from omnimill.shards.labelstore import LabelStore
+    from omnimill.tokenize.base import load_tokenizer
+
+    def tiles_of(name: str, tokens: np.ndarray | None, label: str, values: dict | None = None):
+        info = state["datasets"][name]["tokenizer"]
+        teacher = info.get("teacher") or "caption"
+        if values is None:
+            try:
+                tok = load_tokenizer(info["path"])
+            except UserError as e:
+                return [_message_tile(f"{label} · {name}", f"tokenizer not found:\n{e}", "#eceff1")]
+            decoded = tok.decode(tokens[None].astype(np.int64))
+            values = {k: (v[0] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in decoded.items()}
+        info_sample = Sample(key, int(sample["__index__"]), 0, {}, None)
+        tiles = RENDERERS.get(teacher, generic)(teacher, values, info_sample)
+        for t in tiles:
+            t.title = f"{label} · {t.title}"
+        return tiles
+
+    tiles = []
+    for i in source_ids:
+        tiles += tiles_of(specs[i].name, sample[specs[i].name][0], "input")
+    name = specs[target_id].name
+    tiles += tiles_of(name, predicted, "predicted")
+    labels_uri = source.store.source.get("store") if isinstance(source, TokenStoreSource) else \
+        source.manifest["source"].get("labels")
+    info = state["datasets"][name]["tokenizer"]
+    if labels_uri and LabelStore.exists(labels_uri):
+        labels = LabelStore.open(labels_uri)
+        i = labels.index_of(key)
+        group = labels.group[info["teacher"]] if info.get("teacher") else labels.group
+        values = {f: group[f][i] for f in info["fields"]}
+        values = {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in values.items()}
+        tiles += tiles_of(name, None, "teacher", values)
+    if truth is not None:
+        tiles += tiles_of(name, truth[0], "teacher tokens")
+    figure = _figure(tiles, f"{key}: {', '.join(specs[i].name for i in source_ids)} → {name}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=DPI, facecolor="white")
