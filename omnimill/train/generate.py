@@ -128,7 +128,7 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
 
 
 def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
-    from omnimill.audit.render import DPI, RENDERERS, Sample, _figure, _message_tile, generic
+    from omnimill.audit.render import DPI, RENDERERS, Sample, _figure, _message_tile, _text_tile, generic
     from omnimill.shards.labelstore import LabelStore
     from omnimill.tokenize.base import load_tokenizer
 
@@ -143,7 +143,10 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
             decoded = tok.decode(tokens[None].astype(np.int64))
             values = {k: (v[0] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in decoded.items()}
         info_sample = Sample(key, int(sample["__index__"]), 0, {}, None)
-        tiles = RENDERERS.get(teacher, generic)(teacher, values, info_sample)
+        if teacher == "caption":  # the corpus alt-text: the whole text, wrapped
+            tiles = [_text_tile("caption", str(values.get("caption", "")))]
+        else:
+            tiles = RENDERERS.get(teacher, generic)(teacher, values, info_sample)
         for t in tiles:
             t.title = f"{label} · {t.title}"
         return tiles
