@@ -18,7 +18,13 @@ Tokens/s counts what the model processed: input plus target tokens (masked.enc_v
 masked.dec_valid.sum()), as the trainer logs it. The first `--warmup` steps of every run are not timed
 (worker start-up, allocator warm-up). The machine may be shared: real and synthetic runs alternate in
 `--rounds` rounds and each row is the mean over rounds of its timed steps, so slow drift in the load
-hits both alike; the load average is printed.
+hits both alike; the load average is printed. The waiting column is the main process's time in next():
+the part of the step the data costs directly, and less noisy than the ratio on a shared machine. With
+workers it is mostly receiving a ready batch (unpickling it, one shared-memory tensor per field); what the
+workers' own CPU takes from the step's threads shows only in the ratio.
+
+On this project's 2-core CPU the default model's step takes seconds, so few steps are timed (about 3 minutes
+in all); on a GPU raise --steps and --rounds.
 
 Data: by default a shard set made here: `--samples` samples of benchmarks/shards.py's four 4M-like
 modalities (rgb_image 256 tokens V=16384, depth 256 V=8192, dinov2_cls 16 V=8192, caption 64 V=30522
@@ -26,7 +32,7 @@ modalities (rgb_image 256 tokens V=16384, depth 256 V=8192, dinov2_cls 16 V=8192
 exported with `omnimill.shards.wds.export_wds` (shards of 1,000 samples); kept in --workdir for the next
 run. `--data PATH` trains from any token store or shard set instead (e.g. the demo's).
 
-    .venv/bin/python benchmarks/trainer.py [--workers 1,2] [--steps 20] [--warmup 3] [--rounds 2]
+    .venv/bin/python benchmarks/trainer.py [--workers 1,2] [--steps 4] [--warmup 1] [--rounds 2]
         [--dim 256] [--layers 4] [--batch-size 32] [--tokens 128] [--device cpu] [--data PATH]
 
 Prints a table and writes benchmarks/results/trainer.json.
@@ -205,13 +211,13 @@ def measure(args, data: str, workers: int, device: torch.device) -> dict:
 
 
 def table(results: dict[int, dict], threads: int) -> str:
-    lines = ["| workers | feed | step ms (mean) | median | waiting for batch ms (mean / max) | tokens/s | "
-             "samples/s |", "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| workers | feed | step ms (mean) | median | waiting for batch ms (mean / max) | waiting share | "
+             "tokens/s | samples/s |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for w, rows in results.items():
         for feed in ("real", "synthetic"):
             r = rows[feed]
             lines.append(f"| {w} | {feed} | {r['step_ms']:.0f} | {r['step_ms_median']:.0f} | "
-                         f"{r['wait_ms']:.2f} / {r['wait_ms_max']:.1f} | {r['tokens_s']:,.0f} | {r['samples_s']:.1f} |")
+                         f"{r['wait_ms']:.2f} / {r['wait_ms_max']:.1f} | {100 * r['wait_ms'] / r['step_ms']:.2f}% | {r['tokens_s']:,.0f} | {r['samples_s']:.1f} |")
     lines += ["", f"| workers | synthetic / real step time (goal >= 0.95) | per round | loader alone batches/s | "
               f"headroom (loader batches per step) | max loss diff |", "|---:|---:|---|---:|---:|---:|"]
     for w, rows in results.items():
@@ -228,8 +234,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=20000, help="samples in the shard set made here")
     parser.add_argument("--workdir", default="/tmp/omnimill-bench-trainer")
     parser.add_argument("--workers", default="1,2", help="DataLoader worker counts to measure, comma-separated")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per run and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every run")
     parser.add_argument("--rounds", type=int, default=2, help="real/synthetic alternations per worker count")
     parser.add_argument("--loader-batches", type=int, default=200, help="batches timed for the loader alone")
     parser.add_argument("--dim", type=int, default=256)
