@@ -206,7 +206,7 @@ def measure(args, data: str, workers: int, device: torch.device) -> dict:
     # same weights, batches and masks: a difference would mean the two runs did not compute the same thing
     rows["max_loss_diff"] = max(abs(a - b) for x, y in zip(real, synthetic) for a, b in zip(x["losses"], y["losses"]))
     rows["headroom"] = rows["loader_alone_batches_s"] * rows["real"]["step_ms"] / 1000
-    rows["parameters"] = sum(p.numel() for p in Trainer(config, specs, device).model.parameters())
+    rows["parameters"] = sum(p.numel() for p in MultimodalModel(config.model, specs).parameters())
     return rows
 
 
@@ -217,9 +217,10 @@ def table(results: dict[int, dict], threads: int) -> str:
         for feed in ("real", "synthetic"):
             r = rows[feed]
             lines.append(f"| {w} | {feed} | {r['step_ms']:.0f} | {r['step_ms_median']:.0f} | "
-                         f"{r['wait_ms']:.2f} / {r['wait_ms_max']:.1f} | {100 * r['wait_ms'] / r['step_ms']:.2f}% | {r['tokens_s']:,.0f} | {r['samples_s']:.1f} |")
-    lines += ["", f"| workers | synthetic / real step time (goal >= 0.95) | per round | loader alone batches/s | "
-              f"headroom (loader batches per step) | max loss diff |", "|---:|---:|---|---:|---:|---:|"]
+                         f"{r['wait_ms']:.2f} / {r['wait_ms_max']:.1f} | {100 * r['wait_ms'] / r['step_ms']:.2f}% | "
+                         f"{r['tokens_s']:,.0f} | {r['samples_s']:.1f} |")
+    lines += ["", "| workers | synthetic / real step time (goal >= 0.95) | per round | loader alone batches/s | "
+              "headroom (loader batches per step) | max loss diff |", "|---:|---:|---|---:|---:|---:|"]
     for w, rows in results.items():
         lines.append(f"| {w} | {rows['ratio']:.3f} | {', '.join(f'{x:.3f}' for x in rows['ratio_per_round'])} | "
                      f"{rows['loader_alone_batches_s']:,.0f} | "
