@@ -110,3 +110,25 @@ def test_two_processes_under_torchrun(token_data, tmp_path):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 6
+
+
+def test_sigterm_checkpoints_and_the_rerun_finishes(token_data, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "omnimill", "train", token_data["tokens"], "--out", str(run),
+               *[f"--{f}" for f in TINY], "--steps=100000", "--eval_every=100000", "--log_every=1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # wait until it is training
+        if line.startswith("step 3/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0 and "checkpoint saved" in output
+    stopped = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    assert stopped >= 3
+    finish = subprocess.run(command[:-3] + ["--steps=" + str(stopped + 2), "--eval_every=100000", "--log_every=1"],
+                            capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+    assert f"starting at step {stopped}" in finish.stdout
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == stopped + 2

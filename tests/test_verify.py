@@ -92,3 +92,12 @@ def test_missing_shard_and_damaged_store(token_data, shards, tmp_path):
     assert ("palette", key, f"token outside the vocabulary [0, {group['palette'].attrs['tokenizer']['vocab_size']})") \
         in found
     assert ("rgb_image", "-", "unit 2 (samples 16-23) not tokenized") in found
+
+
+def test_damaged_offset_index(shards):
+    index = shards / "shard-000002.idx.npz"
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index.write_bytes(bytes(data))
+    found = problems(verify(str(shards)))
+    assert found == [("shard-000002.idx.npz", "-", "sha256 differs from the manifest (damaged bytes)")]

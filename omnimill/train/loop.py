@@ -169,6 +169,36 @@ def _autocast(config: TrainConfig, session: Session):
     return nullcontext()
 
 
+class _StopOnSignal:
+    """SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C) finish the current step, checkpoint, and stop.
+    Under several processes the flag is all-reduced each step, so every rank stops at the same step."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.flag, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.flag = True
+
+    def requested(self, session: "Session") -> bool:
+        if session.world == 1:
+            return self.flag
+        flag = torch.tensor([float(self.flag)], device=session.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline.
     `stop_at`: checkpoint and return after that step, as if the job were stopped there (a time-limited
@@ -220,6 +250,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
 
     log = open(out / "log.jsonl", "a") if session.main else None
     batches = iter(loader)
+    stop = _StopOnSignal()
     window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
     while step < config.steps:
         for group in optimizer.param_groups:
@@ -268,9 +299,12 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
                 if progress:
                     print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
                                                     for k, v in heldout.items()), flush=True)
-        if step % config.checkpoint_every == 0 or step == config.steps or step == stop_at:
+        stopping = step == stop_at or stop.requested(session)
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             save(step)
-        if step == stop_at:
+        if stopping:
+            if session.main and progress:
+                print(f"stopped at step {step}; checkpoint saved, run the same command to resume", flush=True)
             break
     if session.main:
         log.close()
@@ -278,6 +312,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
         from omnimill.train.plots import plot_curve
 
         plot_curve(history, baseline, out / "curve.png")
+    stop.restore()
     last = next((h["heldout"] for h in reversed(history) if "heldout" in h), {})
     return {"step": step, "heldout": last, "baseline": baseline, "parameters": n_params}
 
