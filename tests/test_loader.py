@@ -122,6 +122,15 @@ def test_mixture_marks_absent_modalities_and_follows_weights(shards, text_shards
         assert all(k.startswith("doc") for k, t in zip(b["keys"], text) if t)
 
 
+def test_caption_only_view_of_a_store_in_a_mixture(token_data, shards):
+    captions = TokenDataset(token_data["tokens"], modalities=["caption"], name="captions")
+    loader = TokenLoader([TokenDataset(shards), captions], weights=[1, 1], batch_size=40, seed=2)
+    batch = next(iter(loader))
+    only_text = batch["dataset"] == 1
+    assert only_text.any() and batch["present"]["caption"][only_text].all()
+    assert not batch["present"]["rgb_image"][only_text].any() and not batch["present"]["palette"][only_text].any()
+
+
 def test_wrong_setups_fail_fast(token_data, shards, tmp_path):
     with pytest.raises(UserError, match="neither a token store nor a shard set"):
         TokenDataset(str(tmp_path))

@@ -98,7 +98,7 @@ def test_two_processes_under_torchrun(token_data, tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "omnimill",
                "train", token_data["tokens"], "--out", str(run), "--no-progress", *[f"--{f}" for f in TINY],
-               "--num_workers=1", "--steps=4", "--eval_every=4"]
+               "--num_workers=1", "--grad_accum=2", "--steps=4", "--eval_every=4"]  # accumulation: DDP's no_sync
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
