@@ -16,15 +16,19 @@ clip, AdamW), fed two ways in one run:
 
 Tokens/s counts what the model processed: input plus target tokens (masked.enc_valid.sum() +
 masked.dec_valid.sum()), as the trainer logs it. The first `--warmup` steps of every run are not timed
-(worker start-up, allocator warm-up). The machine may be shared: real and synthetic runs alternate in
-`--rounds` rounds and each row is the mean over rounds of its timed steps, so slow drift in the load
-hits both alike; the load average is printed. The waiting column is the main process's time in next():
-the part of the step the data costs directly, and less noisy than the ratio on a shared machine. With
-workers it is mostly receiving a ready batch (unpickling it, one shared-memory tensor per field); what the
-workers' own CPU takes from the step's threads shows only in the ratio.
+(worker start-up, allocator warm-up).
 
-On this project's 2-core CPU the default model's step takes seconds, so few steps are timed (about 3 minutes
-in all); on a GPU raise --steps and --rounds.
+The machine may be shared, so three things guard the comparison. Real and synthetic runs alternate in
+`--rounds` rounds (real first in odd rounds, synthetic first in even ones), and each row is the mean over
+rounds of its timed steps, so drift in the load and any cost of going first hit both alike. The waiting
+column is the main process's time in next(): what the data costs the step directly, and not disturbed by
+other load. With workers it is mostly receiving a ready batch (unpickling it, one shared-memory tensor per
+field); what the workers' own CPU takes from the step's threads shows only in the ratio. And "cores used"
+is the main process's CPU seconds per second of step: well below its torch threads, it did not get the
+machine (another job ran), and that row's times say little. The load average is printed per round.
+
+On this project's 2-core CPU the default model's step takes about 2 s, so few steps are timed (about 3
+minutes in all on an idle machine); on a GPU raise --steps and --rounds.
 
 Data: by default a shard set made here: `--samples` samples of benchmarks/shards.py's four 4M-like
 modalities (rgb_image 256 tokens V=16384, depth 256 V=8192, dinov2_cls 16 V=8192, caption 64 V=30522
@@ -32,7 +36,7 @@ modalities (rgb_image 256 tokens V=16384, depth 256 V=8192, dinov2_cls 16 V=8192
 exported with `omnimill.shards.wds.export_wds` (shards of 1,000 samples); kept in --workdir for the next
 run. `--data PATH` trains from any token store or shard set instead (e.g. the demo's).
 
-    .venv/bin/python benchmarks/trainer.py [--workers 1,2] [--steps 4] [--warmup 1] [--rounds 2]
+    .venv/bin/python benchmarks/trainer.py [--workers 1,2] [--steps 4] [--warmup 1] [--rounds 4]
         [--dim 256] [--layers 4] [--batch-size 32] [--tokens 128] [--device cpu] [--data PATH]
 
 Prints a table and writes benchmarks/results/trainer.json.
@@ -142,7 +146,7 @@ def timed_steps(trainer: Trainer, batches, warmup: int, steps: int) -> dict:
     for batch in islice(batches, warmup):
         trainer.step(batch)
     times, waits, tokens, losses = [], [], 0, []
-    last = time.perf_counter()
+    last, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         batch = next(batches)
         got = time.perf_counter()
@@ -152,7 +156,9 @@ def timed_steps(trainer: Trainer, batches, warmup: int, steps: int) -> dict:
         waits.append(got - last)
         tokens, last = tokens + n, end
         losses.append(loss)
-    return {"step_s": times, "wait_s": waits, "tokens": tokens, "losses": losses}
+    # CPU seconds of this process's threads (not the workers') per second: how many cores the step got
+    cores = (time.process_time() - cpu) / sum(times)
+    return {"step_s": times, "wait_s": waits, "tokens": tokens, "losses": losses, "cores": cores}
 
 
 def in_memory(batch: dict) -> dict:
@@ -181,7 +187,8 @@ def summarise(runs: list[dict], batch_size: int) -> dict:
             "step_ms_per_round": [1000 * float(np.mean(r["step_s"])) for r in runs],
             "wait_ms": 1000 * wait_s.mean(), "wait_ms_max": 1000 * wait_s.max(),
             "tokens_s": sum(r["tokens"] for r in runs) / step_s.sum(),
-            "samples_s": batch_size * len(step_s) / step_s.sum()}
+            "samples_s": batch_size * len(step_s) / step_s.sum(),
+            "cores": float(np.mean([r["cores"] for r in runs])), "cores_per_round": [r["cores"] for r in runs]}
 
 
 def measure(args, data: str, workers: int, device: torch.device) -> dict:
@@ -193,11 +200,18 @@ def measure(args, data: str, workers: int, device: torch.device) -> dict:
     held = [in_memory(b) for b in islice(make_loader(config, device), args.warmup + args.steps)]
     real, synthetic = [], []
     for r in range(args.rounds):
-        real.append(timed_steps(Trainer(config, specs, device), make_loader(config, device), args.warmup, args.steps))
-        synthetic.append(timed_steps(Trainer(config, specs, device), held, args.warmup, args.steps))
+        # real first in even rounds, synthetic first in odd ones: a cost of going first (or drift in the
+        # machine's load) falls on both alike
+        for feed in ("real", "synthetic")[::1 if r % 2 == 0 else -1]:
+            if feed == "real":
+                real.append(timed_steps(Trainer(config, specs, device), make_loader(config, device), args.warmup,
+                                        args.steps))
+            else:
+                synthetic.append(timed_steps(Trainer(config, specs, device), held, args.warmup, args.steps))
         print(f"  {workers} workers, round {r + 1}: real {1000 * np.mean(real[-1]['step_s']):.0f} ms/step "
-              f"(waiting {1000 * np.mean(real[-1]['wait_s']):.1f}), synthetic "
-              f"{1000 * np.mean(synthetic[-1]['step_s']):.0f} ms/step", flush=True)
+              f"(waiting {1000 * np.mean(real[-1]['wait_s']):.1f}, {real[-1]['cores']:.2f} cores), synthetic "
+              f"{1000 * np.mean(synthetic[-1]['step_s']):.0f} ms/step ({synthetic[-1]['cores']:.2f} cores); "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     rows = {"real": summarise(real, args.batch_size), "synthetic": summarise(synthetic, args.batch_size)}
     rows["loader_alone_batches_s"] = loader_alone(config, device, skip=2 * max(workers, 1), batches=args.loader_batches)
     rows["ratio"] = rows["synthetic"]["step_ms"] / rows["real"]["step_ms"]
@@ -212,20 +226,21 @@ def measure(args, data: str, workers: int, device: torch.device) -> dict:
 
 def table(results: dict[int, dict], threads: int) -> str:
     lines = ["| workers | feed | step ms (mean) | median | waiting for batch ms (mean / max) | waiting share | "
-             "tokens/s | samples/s |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "tokens/s | samples/s | cores used |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for w, rows in results.items():
         for feed in ("real", "synthetic"):
             r = rows[feed]
             lines.append(f"| {w} | {feed} | {r['step_ms']:.0f} | {r['step_ms_median']:.0f} | "
                          f"{r['wait_ms']:.2f} / {r['wait_ms_max']:.1f} | {100 * r['wait_ms'] / r['step_ms']:.2f}% | "
-                         f"{r['tokens_s']:,.0f} | {r['samples_s']:.1f} |")
+                         f"{r['tokens_s']:,.0f} | {r['samples_s']:.1f} | {r['cores']:.2f} |")
     lines += ["", "| workers | synthetic / real step time (goal >= 0.95) | per round | loader alone batches/s | "
               "headroom (loader batches per step) | max loss diff |", "|---:|---:|---|---:|---:|---:|"]
     for w, rows in results.items():
         lines.append(f"| {w} | {rows['ratio']:.3f} | {', '.join(f'{x:.3f}' for x in rows['ratio_per_round'])} | "
                      f"{rows['loader_alone_batches_s']:,.0f} | "
                      f"{rows['headroom']:,.0f}x | {rows['max_loss_diff']:.1e} |")
-    lines.append(f"\nmain process: {threads} torch threads; DataLoader workers run 1 torch thread each")
+    lines.append(f"\nmain process: {threads} torch threads; DataLoader workers run 1 torch thread each. cores used: "
+                 f"the main process's CPU seconds per second of step (below {threads}: it did not get the machine)")
     return "\n".join(lines)
 
 
@@ -237,7 +252,7 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="DataLoader worker counts to measure, comma-separated")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run and round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every run")
-    parser.add_argument("--rounds", type=int, default=2, help="real/synthetic alternations per worker count")
+    parser.add_argument("--rounds", type=int, default=4, help="real/synthetic alternations per worker count")
     parser.add_argument("--loader-batches", type=int, default=200, help="batches timed for the loader alone")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4, help="encoder layers and decoder layers (each)")
