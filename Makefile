@@ -27,10 +27,13 @@ test: setup browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup
+	$(PY) -m pip install -q -e '.[bench]' $(TORCH)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/teachers.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/tokenizer_bench.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/audit.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/shards.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

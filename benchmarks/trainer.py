@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -77,8 +78,6 @@ def make_shards(work: Path, n: int) -> Path:
     shards = work / f"shards-{n}"
     if (shards / MANIFEST).exists():
         return shards
-    import shutil
-
     store = work / f"tokens-{n}.zarr"
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(shards, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Typed training configuration: dataclasses, read from a JSON/YAML-free file and `--section.key=value` flags.
+"""Typed training configuration: dataclasses, read from a JSON file and `--section.key=value` flags.
 
 Every checkpoint holds `asdict(TrainConfig)`; a resumed run takes the checkpoint's config (flags may change
 only what cannot change the run's meaning: steps, eval and checkpoint cadence, log interval).
