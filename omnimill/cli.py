@@ -15,17 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnimill.errors import UserError
+from omnimill.errors import UserError, fail
 
 app = typer.Typer(help="omnimill: a data engine for omni-modal pretraining.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 console = Console()
-
-
-def fail(message: str, code: int = 2):
-    """One line on stderr that says what to do, and a non-zero exit (2: wrong input)."""
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()

@@ -12,3 +12,12 @@ class SampleError(Exception):
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
+
+
+def fail(message: str, code: int = 2):
+    """CLI side: one line on stderr that says what to do, and a non-zero exit (2: wrong input)."""
+    import typer
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)

@@ -8,16 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from omnimill.errors import UserError
+from omnimill.errors import UserError, fail
 
 audit_app = typer.Typer(help="Inspect samples, their neighbours and their labels.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(message: str):
-    from omnimill.cli import fail
-
-    fail(message)
 
 
 @audit_app.command("show")
@@ -32,7 +26,7 @@ def audit_show(
     try:
         render_sample(store, key, out)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"wrote {out}")
 
 
@@ -59,7 +53,7 @@ def audit_index(
         info = build_index(store, field, out, memory_budget, latency_ms, recall, queries, gpu, kind,
                            log=lambda line: console.print(line, highlight=False))
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     m = info["measured"]
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     console.print(f"wrote {out}: {info['factory']} ({params}) over {info['n']:,} samples; recall@10 "
@@ -97,7 +91,7 @@ def audit_query(
         if html is not None:
             write_report(result, html)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
         return
@@ -127,7 +121,7 @@ def audit_dups(
     try:
         groups, info = find_duplicates(index, threshold, k, store)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps({"index": index, "field": info["field"], "threshold": threshold, "k": k,
                                      "n": info["n"], "groups": [g.as_dict() for g in groups]}, indent=2) + "\n")

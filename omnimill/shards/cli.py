@@ -8,16 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from omnimill.errors import UserError
+from omnimill.errors import UserError, fail
 
 shards_app = typer.Typer(help="Export, verify and build token shards.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(message: str):
-    from omnimill.cli import fail
-
-    fail(message)
 
 
 @shards_app.command("export")
@@ -34,11 +28,11 @@ def export(
     from omnimill.shards.wds import export_wds
 
     if format != "wds":
-        _fail(f"--format must be wds, not {format!r}")
+        fail(f"--format must be wds, not {format!r}")
     try:
         manifest = export_wds(tokens, out, samples_per_shard, modality or None, force)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     size = sum(s["bytes"] for s in manifest["shards"]) / 1e6
     console.print(f"{manifest['n']} samples, {len(manifest['shards'])} shards ({size:.1f} MB), modalities "
                   f"{', '.join(manifest['modalities'])} -> {out}", highlight=False)
@@ -58,7 +52,7 @@ def verify(
         check_exists(path)
         report = run_verify(path, max_problems=max_problems)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         print(json.dumps(report, indent=1))
     else:
@@ -93,5 +87,5 @@ def text(
         keys, texts = read_texts(corpus, field, limit)
         manifest = write_text_shards(texts, keys, tokenizer, out, samples_per_shard, force)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"{manifest['n']} documents, {len(manifest['shards'])} shards -> {out}", highlight=False)

@@ -224,10 +224,8 @@ def unit_from_tar(data: bytes, where: str, expected: int, modalities: dict[str, 
             if m not in spans:
                 continue
             member = members.get(f"{m}.npy")
-            if member is None:
-                raise DamagedSample(where, key, f"missing modality {m} (the json lists it)")
-            if zlib.crc32(memoryview(data)[member[0]:member[0] + member[1]]) != meta["crc32"][m]:
-                raise DamagedSample(where, key, f"{m} bytes damaged (crc32 mismatch)")
+            check_member(where, key, meta, m, None if member is None else
+                         memoryview(data)[member[0]:member[0] + member[1]])
             spans[m].append((row, *member))
     buffer = np.frombuffer(data, np.uint8)
     tokens, present = {}, {}
@@ -297,6 +295,15 @@ def group_members(members: list[tuple[str, int, int]]) -> list[tuple[str, dict[s
     return samples
 
 
+def check_member(where: str, key: str, meta: dict, modality: str, data):
+    """A modality member the sample's json lists: present, and with the crc32 the json recorded."""
+    if data is None:
+        raise DamagedSample(where, key, f"missing modality {modality} (the json lists it)")
+    if zlib.crc32(data) != meta["crc32"][modality]:
+        raise DamagedSample(where, key, f"{modality} bytes damaged (crc32 mismatch)")
+    return data
+
+
 def decode_sample(key: str, members: dict[str, bytes], modalities: list[str], where: str = "") -> dict:
     """Tar members of one sample -> sample dict; checks the crc32 the json recorded for every modality."""
     try:
@@ -307,11 +314,7 @@ def decode_sample(key: str, members: dict[str, bytes], modalities: list[str], wh
     for m in meta["modalities"]:
         if m not in modalities:
             continue
-        data = members.get(f"{m}.npy")
-        if data is None:
-            raise DamagedSample(where, key, f"missing modality {m} (the json lists it)")
-        if zlib.crc32(data) != meta["crc32"][m]:
-            raise DamagedSample(where, key, f"{m} bytes damaged (crc32 mismatch)")
+        data = check_member(where, key, meta, m, members.get(f"{m}.npy"))
         sample[m] = np.load(io.BytesIO(data), allow_pickle=False)
     return sample
 

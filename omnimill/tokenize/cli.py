@@ -9,16 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from omnimill.errors import UserError
+from omnimill.errors import UserError, fail
 
 tokenizer_app = typer.Typer(help="Train and evaluate tokenizers.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(message: str):
-    from omnimill.cli import fail
-
-    fail(message)
 
 
 @tokenizer_app.command("train")
@@ -48,16 +42,16 @@ def train(
     from omnimill.tokenize.train import train_tokenizer
 
     if kind not in ("spatial", "vector", "sequence"):
-        _fail(f"--kind must be spatial, vector or sequence, not {kind!r}")
+        fail(f"--kind must be spatial, vector or sequence, not {kind!r}")
     if quantizer not in ("fsq", "vq"):
-        _fail(f"--quantizer must be fsq or vq, not {quantizer!r}")
+        fail(f"--quantizer must be fsq or vq, not {quantizer!r}")
     try:
         path = train_tokenizer(store, field, kind, out, vocab=vocab, quantizer=quantizer, steps=steps,
                                batch_size=batch_size, lr=lr, input_size=input_size, grid=grid, width=width,
                                n_tokens=n_tokens, tokens_per_sample=tokens_per_sample, mode=mode, holdout=holdout,
                                seed=seed, progress=not no_progress)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"wrote {path}")
 
 
@@ -73,5 +67,5 @@ def evaluate(
     try:
         metrics = evaluate_tokenizer(directory, store, max_samples=max_samples)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print_json(json.dumps(metrics))

@@ -9,16 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from omnimill.errors import UserError
+from omnimill.errors import UserError, fail
 
 console = Console()
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _fail(message: str):
-    from omnimill.cli import fail
-
-    fail(message)
 
 
 def train_command(
@@ -48,7 +42,7 @@ def train_command(
                                 f"same ones (only {', '.join(sorted(RESUMABLE))} may change) or use a new --out")
         result = train(cfg, out, progress=progress)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if progress:
         below = [k for k, v in result["heldout"].items() if v < result["baseline"].get(k, float("inf"))]
         console.print(f"done: step {result['step']}; held-out loss below the unigram baseline for "
@@ -71,7 +65,7 @@ def generate_command(
     try:
         facts = generate_picture(run, from_, to, key, out, steps, temperature, seed)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     accuracy = facts["token_accuracy"]
     console.print(f"{facts['key']}: {', '.join(facts['sources'])} -> {facts['target']}"
                   + (f" (token accuracy {accuracy:.1%})" if accuracy is not None else "") + f" -> {out}",
