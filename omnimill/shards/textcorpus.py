@@ -11,17 +11,23 @@ from omnimill.shards.corpus import make_key
 
 
 def read_texts(uri: str, field: str = "text", limit: int | None = None) -> tuple[list[str], list[str]]:
-    """-> (keys, texts). Keys are `<file stem>_<line>`; blank lines and empty texts are skipped."""
-    files = sorted(fsspec.open_files(uri, "rt", expand=True), key=lambda f: f.path)
-    if not files:
-        raise UserError(f"no text files at {uri}; give .txt or .jsonl files (a path, glob or fsspec URL)")
+    """-> (keys, texts). Keys are `<file>_<line>` (the path under a folder, without its extension); blank
+    lines and empty texts are skipped."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.isdir(path):
+        paths = fs.glob(f"{path.rstrip('/')}/**/*.txt") + fs.glob(f"{path.rstrip('/')}/**/*.jsonl")
+    else:
+        paths = fs.glob(path) if any(c in path for c in "*?[") else [p for p in [path] if fs.exists(p)]
+    if not paths:
+        raise UserError(f"no text files at {uri}; give .txt or .jsonl files (a path, folder, glob or fsspec URL)")
     keys, texts = [], []
-    for f in files:
-        name = f.path.rsplit("/", 1)[-1]
+    for file in sorted(paths):
+        # Keys from the path under a folder (sub/b.jsonl -> sub/b_<line>), else the file's stem: unique.
+        name = file[len(path.rstrip("/")) + 1:] if fs.isdir(path) else file.rsplit("/", 1)[-1]
         stem, _, ext = name.rpartition(".")
         if ext not in ("txt", "jsonl"):
-            raise UserError(f"{f.path}: text corpora are .txt or .jsonl files, not .{ext}")
-        with f as handle:
+            raise UserError(f"{file}: text corpora are .txt or .jsonl files, not .{ext}")
+        with fs.open(file, "rt", encoding="utf-8", errors="replace") as handle:
             for line_number, line in enumerate(handle):
                 if not line.strip():
                     continue
@@ -29,7 +35,7 @@ def read_texts(uri: str, field: str = "text", limit: int | None = None) -> tuple
                     try:
                         text = json.loads(line)[field]
                     except (ValueError, KeyError, TypeError):
-                        raise UserError(f"{f.path} line {line_number + 1}: not a JSON object with a {field!r} "
+                        raise UserError(f"{file} line {line_number + 1}: not a JSON object with a {field!r} "
                                         f"field (choose it with --field)") from None
                 else:
                     text = line.rstrip("\n")
