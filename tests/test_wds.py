@@ -64,10 +64,17 @@ def test_reexport_is_byte_identical_and_refuses_a_full_folder(token_data, tmp_pa
     a = export_wds(token_data["tokens"], str(tmp_path / "a"), samples_per_shard=10)
     b = export_wds(token_data["tokens"], str(tmp_path / "b"), samples_per_shard=10)
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
-    with pytest.raises(UserError, match="not empty"):
-        export_wds(token_data["tokens"], str(tmp_path / "a"))
+    with pytest.raises(UserError, match="already holds an export"):
+        export_wds(token_data["tokens"], str(tmp_path / "a"))  # holds a finished export
     again = export_wds(token_data["tokens"], str(tmp_path / "a"), samples_per_shard=40, force=True)
     assert len(again["shards"]) == 1
+
+
+def test_a_folder_with_other_files_is_refused(token_data, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_wds(token_data["tokens"], str(tmp_path / "x"))
 
 
 def test_export_chosen_modalities_and_wrong_names(token_data, tmp_path):
@@ -94,3 +101,34 @@ def test_text_shards_hold_only_text(token_data, tmp_path):
     assert list(decoded) == [tok.decode(tok.encode({"caption": np.array([t], object)}))["caption"][0] for t in texts]
     with pytest.raises(UserError, match="caption sequence tokenizer"):
         write_text_shards(texts, ["a", "b", "c"], token_data["tokenizers"]["rgb"], str(tmp_path / "u"))
+
+
+def test_an_interrupted_export_resumes_without_redoing_finished_shards(token_data, tmp_path):
+    whole = export_wds(token_data["tokens"], str(tmp_path / "whole"), samples_per_shard=6)
+    out = tmp_path / "resumed"
+    export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    # What a kill after the third shard leaves: shards 0-2 noted as finished, shard 3 half written, no manifest.
+    (out / "manifest.json").unlink()
+    (out / "_export").mkdir()
+    created = TokenStore.open(token_data["tokens"]).group.attrs["created"]
+    (out / "_export" / "plan.json").write_text(json.dumps({"tokens": token_data["tokens"], "created": created,
+                                                           "samples_per_shard": 6,
+                                                           "modalities": list(whole["modalities"])}))
+    for row in whole["shards"][:3]:
+        (out / "_export" / f"{row['name']}.json").write_text(json.dumps(row))
+    for row in whole["shards"][4:]:
+        (out / row["name"]).unlink()
+    (out / "shard-000003.tar").write_bytes(b"half")
+    finished = {row["name"]: (out / row["name"]).stat().st_mtime_ns for row in whole["shards"][:3]}
+
+    resumed = export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in whole["shards"]]
+    assert {name: (out / name).stat().st_mtime_ns for name in finished} == finished  # not rewritten
+    assert not (out / "_export").exists()
+    with pytest.raises(UserError, match="already holds an export"):
+        export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    (out / "manifest.json").unlink()
+    (out / "_export").mkdir()
+    (out / "_export" / "plan.json").write_text(json.dumps({"samples_per_shard": 99}))
+    with pytest.raises(UserError, match="unfinished export of other settings"):
+        export_wds(token_data["tokens"], str(out), samples_per_shard=6)

@@ -18,7 +18,8 @@ Members are written with mtime 0, uid/gid 0, no user names and the GNU tar forma
 same token store exports to byte-identical shards. Keys never hold dots (the corpus index replaces them),
 so WebDataset's "split at the first dot" rule gives back the key and `<modality>.npy` as the extension;
 `webdataset.WebDataset(urls).decode()` then hands out numpy arrays. The manifest is written last:
-a directory without one is an unfinished export.
+a folder without one is an unfinished export. An export notes each finished shard in OUT/_export/ and the
+same command resumes after the last one (the folder goes once the manifest is written).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from omnimill.shards.labelstore import _now
 
 FORMAT = "omnimill.wds/1"
 MANIFEST = "manifest.json"
+PROGRESS = "_export"  # finished shards of an export in progress
 SHARD_NAME = "shard-{:06d}.tar"
 
 
@@ -65,11 +67,13 @@ class ShardWriter:
     collects their manifest rows. A shard is built in memory and written in one piece (one PUT on an
     object store); at 1000 samples that is a few MB."""
 
-    def __init__(self, out: str, samples_per_shard: int, storage_options: dict | None = None):
+    def __init__(self, out: str, samples_per_shard: int, storage_options: dict | None = None,
+                 done: list[dict] | None = None, on_shard=None):
         if samples_per_shard < 1:
             raise UserError(f"--samples-per-shard must be at least 1, not {samples_per_shard}")
         self.out, self.per_shard, self.options = out, samples_per_shard, storage_options or {}
-        self.shards: list[dict] = []
+        self.shards: list[dict] = list(done or [])  # shards a resumed export already wrote
+        self.on_shard = on_shard  # called with each finished shard's manifest row
         self._buffer = self._tar = None
 
     def add(self, key: str, index: int, crops: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
@@ -116,6 +120,8 @@ class ShardWriter:
                             "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
                             "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest()})
         self._tar = None
+        if self.on_shard:
+            self.on_shard(self.shards[-1])
 
     def close(self) -> list[dict]:
         self._close_shard()
@@ -134,17 +140,23 @@ def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalit
     if any(incomplete[m] for m in chosen):
         detail = "; ".join(f"{m}: {len(incomplete[m])} units" for m in chosen if incomplete[m])
         raise UserError(f"{tokens_uri} is not fully tokenized ({detail}); finish `omnimill tokenize` first")
-    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
-    if fs.exists(root) and fs.ls(root) and not force:
-        raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
-    if force and fs.exists(root):
-        fs.rm(root, recursive=True)
-    fs.makedirs(root, exist_ok=True)
+    options = storage_options or {}
+    plan = {"tokens": tokens_uri, "created": source.created, "samples_per_shard": samples_per_shard,
+            "modalities": chosen}
+    done = _resume_point(out, plan, force, options)
 
-    writer = ShardWriter(out, samples_per_shard, storage_options)
+    def record(row: dict) -> None:  # a shard is done once its tar and index are written: note it
+        with fsspec.open(join(out, f"{PROGRESS}/{row['name']}.json"), "w", **options) as f:
+            json.dump(row, f)
+
+    writer = ShardWriter(out, samples_per_shard, storage_options, done, record)
+    skip = sum(row["samples"] for row in done)  # samples already in finished shards
     for unit in range(len(source.units)):
         columns = source.read_unit(unit)
-        for i in np.flatnonzero(columns.live()):
+        live = np.flatnonzero(columns.live())
+        taken = min(skip, len(live))
+        skip -= taken
+        for i in live[taken:]:
             sample = columns.sample(i)
             writer.add(sample["__key__"], sample["__index__"], sample["__crops__"],
                        {m: sample[m] for m in chosen if m in sample})
@@ -157,9 +169,44 @@ def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalit
         "modalities": {m: {**source.modalities[m].info, "samples": counts[m]} for m in chosen},
         "shards": shards,
     }
-    with fsspec.open(join(out, MANIFEST), "w", **(storage_options or {})) as f:
+    with fsspec.open(join(out, MANIFEST), "w", **options) as f:
         json.dump(manifest, f, indent=1)
+    fs, root = fsspec.core.url_to_fs(out, **options)
+    fs.rm(join(root, PROGRESS), recursive=True)
     return manifest
+
+
+def _resume_point(out: str, plan: dict, force: bool, options: dict) -> list[dict]:
+    """Prepare OUT; return the manifest rows of shards an interrupted export of the same plan finished.
+
+    An export notes each finished shard in OUT/_export/ (one small file per shard: no rewriting a growing
+    list on an object store) and removes the folder once the manifest is written."""
+    fs, root = fsspec.core.url_to_fs(out, **options)
+    if force and fs.exists(root):
+        fs.rm(root, recursive=True)
+    if fs.exists(root) and fs.ls(root):
+        if fs.exists(join(root, MANIFEST)):
+            raise UserError(f"{out} already holds an export (manifest.json); pass --force to redo it")
+        if not fs.exists(join(root, f"{PROGRESS}/plan.json")):
+            raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
+        with fs.open(join(root, f"{PROGRESS}/plan.json"), "r") as f:
+            if json.load(f) != plan:
+                raise UserError(f"{out} holds an unfinished export of other settings; rerun it with those, or "
+                                f"pass --force to start again")
+        rows = []
+        for path in sorted(fs.glob(join(root, f"{PROGRESS}/{SHARD_NAME.split('{')[0]}*.json"))):
+            with fs.open(path, "r") as f:
+                rows.append(json.load(f))
+        done = []  # the unbroken run of finished shards from the first; anything after a gap is rewritten
+        for i, row in enumerate(rows):
+            if row["name"] != SHARD_NAME.format(i):
+                break
+            done.append(row)
+        return done
+    fs.makedirs(join(root, PROGRESS), exist_ok=True)
+    with fs.open(join(root, f"{PROGRESS}/plan.json"), "w") as f:
+        json.dump(plan, f)
+    return []
 
 
 def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out: str, samples_per_shard: int = 1000,
