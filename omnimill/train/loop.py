@@ -111,6 +111,11 @@ def unigram_baseline(config: TrainConfig, session: Session, specs: list[Modality
                 if s.name in batch["tokens"]:
                     tokens = batch["tokens"][s.name][batch["masks"][s.name]].numpy()
                     counts[s.name] += np.bincount(tokens, minlength=s.vocab_size)
+    if session.world > 1:  # every rank counted its own slots: add them up, so all ranks share one model
+        for name, c in counts.items():
+            merged = torch.from_numpy(c - 1)
+            dist.all_reduce(merged)
+            counts[name] = merged.numpy() + 1
     totals = {}
     for ds in datasets_of(config, "heldout"):
         loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
