@@ -192,31 +192,52 @@ def merge_modalities(datasets: list[TokenDataset]) -> dict[str, Modality]:
 
 
 def collate(parts: list[tuple[int, np.ndarray, list]], size: int, modalities: dict[str, Modality]) -> dict:
-    """[(dataset, batch slots, [(Unit, rows, crops)])] -> padded tensors; absent modalities get mask false
-    and present false. A few numpy gathers per unit run, nothing per sample."""
+    """[(dataset, batch slots, [(Unit, rows, crops)])] -> a packed batch: all modalities side by side in one
+    (B, sum L) token array and one mask array, `present` (B, M), and (dataset, index, crop) as (B, 3).
+    Few, large arrays because a DataLoader worker hands each tensor over separately (a shared-memory file
+    each); `unpack` turns them into per-modality views in the main process. A few numpy gathers per unit
+    run, nothing per sample."""
     keys = np.empty(size, object)
-    index, dataset, crop = (np.zeros(size, np.int64) for _ in range(3))
-    tokens = {m: np.full((size, spec.length), max(spec.pad_id, 0), np.int64) for m, spec in modalities.items()}
-    present = {m: np.zeros(size, bool) for m in modalities}
+    meta = np.zeros((size, 3), np.int64)  # dataset, index, crop
+    lengths = [spec.length for spec in modalities.values()]
+    packed = np.empty((size, sum(lengths)), np.int64)
+    present = np.zeros((size, len(modalities)), bool)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    tokens = {}
+    for j, (m, spec) in enumerate(modalities.items()):
+        tokens[m] = packed[:, starts[j]:starts[j + 1]]  # a view: writing it fills the packed array
+        tokens[m][:] = max(spec.pad_id, 0)
+    column = {m: j for j, m in enumerate(modalities)}
     for d, slots, runs in parts:
         start = 0
         for unit, rows, crops in runs:
             dest = slots[start:start + len(rows)]
             start += len(rows)
-            keys[dest], index[dest], crop[dest], dataset[dest] = unit.keys[rows], unit.index[rows], crops, d
-            for m, column in unit.tokens.items():
+            keys[dest] = unit.keys[rows]
+            meta[dest] = np.stack([np.full(len(rows), d), unit.index[rows], crops], axis=1)
+            for m, values in unit.tokens.items():
                 has = unit.present[m][rows]
-                present[m][dest] = has
-                tokens[m][dest[has], :column.shape[2]] = column[rows[has], crops[has]]
-    batch = {"keys": keys.tolist(), "dataset": torch.from_numpy(dataset), "index": torch.from_numpy(index),
-             "crop": torch.from_numpy(crop), "tokens": {}, "masks": {}, "present": {}}
-    for m, spec in modalities.items():
-        real = tokens[m] != spec.pad_id if spec.pad_id >= 0 else np.ones_like(tokens[m], bool)
-        masks = present[m][:, None] & real
-        batch["tokens"][m] = torch.from_numpy(tokens[m])
-        batch["masks"][m] = torch.from_numpy(np.ascontiguousarray(masks))
-        batch["present"][m] = torch.from_numpy(present[m])
-    return batch
+                present[dest, column[m]] = has
+                tokens[m][dest[has], :values.shape[2]] = values[rows[has], crops[has]]
+    masks = np.empty_like(packed, dtype=bool)
+    for j, (m, spec) in enumerate(modalities.items()):
+        view = masks[:, starts[j]:starts[j + 1]]
+        view[:] = present[:, j:j + 1]
+        if spec.pad_id >= 0:
+            view &= tokens[m] != spec.pad_id
+    return {"keys": keys.tolist(), "meta": torch.from_numpy(meta), "tokens": torch.from_numpy(packed),
+            "masks": torch.from_numpy(masks), "present": torch.from_numpy(present)}
+
+
+def unpack(batch: dict, modalities: dict[str, Modality]) -> dict:
+    """A packed batch -> the loader's public form: per-modality (B, L) views, (B,) present, and columns."""
+    lengths = [spec.length for spec in modalities.values()]
+    names = list(modalities)
+    return {"keys": batch["keys"], "dataset": batch["meta"][:, 0], "index": batch["meta"][:, 1],
+            "crop": batch["meta"][:, 2],
+            "tokens": dict(zip(names, batch["tokens"].split(lengths, dim=1))),
+            "masks": dict(zip(names, batch["masks"].split(lengths, dim=1))),
+            "present": dict(zip(names, batch["present"].unbind(dim=1)))}
 
 
 def _reopen_after_fork(datasets: list[TokenDataset]) -> None:
@@ -318,7 +339,7 @@ class TokenLoader:
         for batch in batches:
             self._slots[batch.pop("slot")] = batch.pop("position")
             self._batches += 1
-            yield batch
+            yield unpack(batch, self.modalities)
 
     def _slot_batches(self, slot: int, logical: int, state: dict | None):
         state = state or {"draws": 0, "streams": [None] * len(self.datasets)}
