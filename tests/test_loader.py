@@ -151,3 +151,19 @@ def test_train_and_heldout_splits_partition_the_samples(shards):
     assert train and heldout and not train & heldout and len(train | heldout) == 40
     with pytest.raises(UserError, match="needs 0 < holdout < 1"):
         TokenDataset(shards, split="train")
+
+
+def test_a_damaged_shard_stops_the_loader_with_its_name(token_data, tmp_path):
+    import tarfile
+
+    out = tmp_path / "shards"
+    export_wds(token_data["tokens"], str(out), samples_per_shard=10)
+    tar = out / "shard-000001.tar"
+    with tarfile.open(tar) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(".rgb_image.npy"))
+    data = bytearray(tar.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0x10  # a token, not a header
+    tar.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="shard-000001.tar: sample -: rgb_image tokens damaged"):
+        for _ in TokenLoader(TokenDataset(str(out)), batch_size=8, epochs=1):
+            pass

@@ -13,6 +13,7 @@ batch with a few fancy-indexing calls per unit instead of Python work per sample
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zlib
@@ -160,19 +161,27 @@ class ShardSetSource(Source):
         name = shard["name"]
         with fsspec.open(join(self.uri, name), "rb", **self.options) as f:
             data = f.read()  # one request per shard; the tar is parsed from memory
-        if len(data) != shard["bytes"] or ("crc32" in shard and zlib.crc32(data) != shard["crc32"]):
-            raise DamagedSample(name, "-", f"differs from the manifest ({len(data)} bytes, {shard['bytes']} "
-                                           f"expected, or damaged bytes); run `omnimill shards verify {self.uri}`")
-        if "index" not in shard:  # tars without an offset index: walk them
+        damaged = f"differs from the manifest; run `omnimill shards verify {self.uri}`"
+        if len(data) != shard["bytes"]:
+            raise DamagedSample(name, "-", f"has {len(data)} bytes, not {shard['bytes']}: {damaged}")
+        if "index" not in shard:  # tars without an offset index: check the whole tar, walk it
+            if "crc32" in shard and zlib.crc32(data) != shard["crc32"]:
+                raise DamagedSample(name, "-", damaged)
             return unit_from_tar(data, name, shard["samples"], self.modalities, self.n_crops)
         with fsspec.open(join(self.uri, shard["index"]), "rb", **self.options) as f:
-            index = np.load(io.BytesIO(f.read()), allow_pickle=False)
-            index = {k: index[k] for k in index.files}
-        return unit_from_index(data, index, name, self.modalities, self.n_crops)
+            raw = f.read()
+        if hashlib.sha256(raw).hexdigest() != shard["index_sha256"]:
+            raise DamagedSample(shard["index"], "-", damaged)
+        index = np.load(io.BytesIO(raw), allow_pickle=False)
+        index = {k: index[k] for k in index.files}
+        return unit_from_index(data, index, name, self.modalities, self.n_crops, shard.get("payload_crc32"))
 
 
-def unit_from_index(data: bytes, index: dict, where: str, modalities: dict[str, Modality], n_crops: int) -> Unit:
-    """A shard and its offset index -> columns: per modality one gather of fixed-size payloads."""
+def unit_from_index(data: bytes, index: dict, where: str, modalities: dict[str, Modality], n_crops: int,
+                    payload_crc: dict | None = None) -> Unit:
+    """A shard and its offset index -> columns: per modality one gather of fixed-size payloads, checked
+    against the crc32 the export recorded for exactly those bytes (a fifth of the tar: the rest is headers
+    and padding the loader never uses)."""
     n = len(index["keys"])
     tokens, present = {}, {}
     for m, spec in modalities.items():
@@ -193,7 +202,10 @@ def unit_from_index(data: bytes, index: dict, where: str, modalities: dict[str, 
                                                        (int(steps[0]) * dtype.itemsize, dtype.itemsize))
             else:
                 view = items[(starts // dtype.itemsize)[:, None] + np.arange(count)]
-            out[rows] = view.reshape(len(rows), n_crops, spec.length)
+            block = np.ascontiguousarray(view)
+            if payload_crc and m in payload_crc and zlib.crc32(block.data) != payload_crc[m]:
+                raise DamagedSample(where, "-", f"{m} tokens damaged (crc32 mismatch); run `omnimill shards verify`")
+            out[rows] = block.reshape(len(rows), n_crops, spec.length)
         tokens[m], present[m] = out, offsets >= 0
     return Unit(keys=index["keys"].astype(object), index=index["index"], crops=index["crops"], tokens=tokens,
                 present=present)

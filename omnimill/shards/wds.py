@@ -81,12 +81,14 @@ class ShardWriter:
             self._close_shard()
             self._buffer = io.BytesIO()
             self._tar = tarfile.open(fileobj=self._buffer, mode="w", format=tarfile.GNU_FORMAT)
-            self._index = []
+            self._index, self._payload_crc = [], {}
         for name, data in sample_members(key, index, crops, tokens):
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self._tar.addfile(info, io.BytesIO(data))
         self._index.append((key, index, np.asarray(crops, np.int32), {m: t.nbytes for m, t in tokens.items()}))
+        for m, t in tokens.items():  # crc32 of each modality's payloads in order: what the loader's gather reads
+            self._payload_crc[m] = zlib.crc32(np.ascontiguousarray(t).data, self._payload_crc.get(m, 0))
 
     def _close_shard(self) -> None:
         if self._tar is None:
@@ -118,7 +120,8 @@ class ShardWriter:
         self.shards.append({"name": name, "samples": len(keys), "bytes": len(data),
                             "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data),
                             "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
-                            "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest()})
+                            "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest(),
+                            "payload_crc32": dict(sorted(self._payload_crc.items()))})
         self._tar = None
         if self.on_shard:
             self.on_shard(self.shards[-1])
