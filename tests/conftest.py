@@ -119,6 +119,19 @@ def tiny_dinov2(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_depth_anything(tmp_path_factory) -> Path:
+    """A real checkpoint of another model type (Depth Anything), for "wrong checkpoint" errors."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    path = tmp_path_factory.mktemp("ckpt") / "depth-anything"
+    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, out_indices=[1],
+                            reshape_hidden_states=False)
+    DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8],
+                                                        reassemble_factors=[1])).save_pretrained(path)
+    return path
+
+
 WORDS = "red blue green small large cat dog bus tree house street sky water boat road field".split()
 
 

@@ -130,19 +130,13 @@ def test_the_three_head_checkpoint_gives_its_normals_head(tmp_path):
                                atol=2e-3)
 
 
-def test_wrong_checkpoints_are_user_errors(tmp_path):
-    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
-                              Tipsv2DptForDepthEstimation)
+def test_wrong_checkpoints_are_user_errors(tmp_path, tiny_depth_anything):
+    from transformers import Tipsv2DptForDepthEstimation
 
     with pytest.raises(UserError, match="does not exist"):
         build(TeacherSpec(SPEC, str(tmp_path / "nowhere")), 32)
-    other = tmp_path / "depth-anything"
-    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                            out_indices=[1], reshape_hidden_states=False)
-    DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8],
-                                                        reassemble_factors=[1])).save_pretrained(other)
     with pytest.raises(UserError, match="model_type is 'depth_anything', expected tipsv2_dpt"):
-        build(TeacherSpec(SPEC, str(other)), 32)
+        build(TeacherSpec(SPEC, str(tiny_depth_anything)), 32)
     # a depth-only TIPSv2 checkpoint has no normals head: transformers would make one up at random
     depth_only = tmp_path / "tips-depth"
     Tipsv2DptForDepthEstimation(tips_config()).save_pretrained(depth_only)

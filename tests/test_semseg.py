@@ -136,18 +136,13 @@ def test_image_size_must_be_a_multiple_of_32(tiny_segformer):
     assert build(TeacherSpec(SPEC, str(tiny_segformer), {"image_size": 96}), 64).config()["image_size"] == 96
 
 
-def test_wrong_checkpoints_are_user_errors(tmp_path):
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, SegformerModel
+def test_wrong_checkpoints_are_user_errors(tmp_path, tiny_depth_anything):
+    from transformers import SegformerModel
 
     with pytest.raises(UserError, match="could not be fetched"):  # looks like a hub id; offline in tests
         build(TeacherSpec(SPEC, "nobody/no-such-segformer"), 32)
-    other = tmp_path / "depth-anything"
-    backbone = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                            out_indices=[1], reshape_hidden_states=False)
-    DepthAnythingForDepthEstimation(DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8],
-                                                        reassemble_factors=[1])).save_pretrained(other)
     with pytest.raises(UserError, match="model_type is 'depth_anything', expected segformer or mask2former"):
-        build(TeacherSpec(SPEC, str(other)), 32)
+        build(TeacherSpec(SPEC, str(tiny_depth_anything)), 32)
     # an ImageNet-pretrained encoder (nvidia/mit-b5 style) is model type segformer too, with no decode head
     encoder = tmp_path / "mit"
     SegformerModel(segformer_config()).save_pretrained(encoder)
