@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -214,7 +215,7 @@ def unit_from_index(data: bytes, index: dict, where: str, modalities: dict[str, 
 def unit_from_tar(data: bytes, where: str, expected: int, modalities: dict[str, Modality], n_crops: int) -> Unit:
     """A whole shard -> columns. Headers are walked once; each modality's token payloads are then cut out
     of the buffer with one vectorised gather (all its members have the same npy header and size)."""
-    samples = group_members(scan_tar(data, where))
+    samples = list(group_members(scan_tar(data, where)))
     if len(samples) != expected:
         raise DamagedSample(where, "-", f"holds {len(samples)} samples, the manifest says {expected}; "
                                         f"run `omnimill shards verify`")
@@ -259,27 +260,30 @@ def unit_from_tar(data: bytes, where: str, expected: int, modalities: dict[str, 
     return Unit(keys=keys, index=index, crops=crops, tokens=tokens, present=present)
 
 
-def scan_tar(data: bytes, where: str = "") -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of every regular file in an in-memory tar (ustar/GNU, GNU long names).
+def scan_tar(data: bytes, where: str = "") -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of every regular file in an in-memory tar (ustar/GNU, GNU long names), in
+    order; DamagedSample at the first damaged header or truncation (naming the sample before it).
 
     A plain header walk: tarfile's per-member objects cost more than the small token members themselves."""
-    out, pos, long_name, end = [], 0, None, len(data)
+    pos, long_name, end, last = 0, None, len(data), "-"
+
+    def damaged(what: str) -> DamagedSample:
+        return DamagedSample(where, last.split(".")[0], f"{what} after this sample")
+
     while pos + 512 <= end:
         header = data[pos:pos + 512]
         if header[0] == 0:  # two zero blocks end the archive
-            break
+            return
         try:
             size = int(header[124:136].rstrip(b"\0 ").decode() or "0", 8)
+            checksum = int(header[148:156].rstrip(b"\0 ").decode() or "-1", 8)
         except ValueError:
-            raise DamagedSample(where, out[-1][0].split(".")[0] if out else "-", "damaged tar header after this "
-                                "sample") from None
-        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != int(header[148:156].rstrip(b"\0 ").decode() or "-1", 8):
-            raise DamagedSample(where, out[-1][0].split(".")[0] if out else "-", "damaged tar header (checksum) "
-                                "after this sample")
-        kind = header[156:157]
-        start = pos + 512
+            raise damaged("damaged tar header") from None
+        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != checksum:  # the checksum field counts as spaces
+            raise damaged("damaged tar header (checksum)")
+        kind, start = header[156:157], pos + 512
         if start + size > end:
-            raise DamagedSample(where, out[-1][0].split(".")[0] if out else "-", "tar truncated after this sample")
+            raise damaged("tar truncated")
         if kind == b"L":  # GNU long name: the next member's name is this member's data
             long_name = data[start:start + size].rstrip(b"\0").decode()
         elif kind in (b"0", b"\0"):
@@ -287,24 +291,25 @@ def scan_tar(data: bytes, where: str = "") -> list[tuple[str, int, int]]:
             prefix = header[345:500].rstrip(b"\0").decode() if header[257:263] == b"ustar\0" else ""
             if prefix and not long_name:  # POSIX ustar splits long paths into prefix/name
                 name = f"{prefix}/{name}"
-            out.append((name, start, size))
-            long_name = None
+            yield name, start, size
+            last, long_name = name, None
         pos = start + (size + 511) // 512 * 512
-    return out
 
 
-def group_members(members: list[tuple[str, int, int]]) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+def group_members(members: Iterable[tuple[str, int, int]]) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
     """Adjacent members of one key -> (key, {extension: (offset, size)}); webdataset's key rule."""
-    samples, key = [], None
+    key, spans = None, {}
     for name, offset, size in members:
         base = name.rsplit("/", 1)[-1]
         stem, _, ext = base.partition(".")
         member_key = name[:len(name) - len(base)] + stem
-        if member_key != key:
-            samples.append((member_key, {}))
-            key = member_key
-        samples[-1][1][ext] = (offset, size)
-    return samples
+        if member_key != key and key is not None:
+            yield key, spans
+            spans = {}
+        key = member_key
+        spans[ext] = (offset, size)
+    if key is not None:
+        yield key, spans
 
 
 def check_member(where: str, key: str, meta: dict, modality: str, data):

@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from dataclasses import asdict, dataclass
 
 import fsspec
 import numpy as np
 
 from omnimill.errors import UserError
-from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, is_shard_set, unit_from_index,
-                                      unit_from_tar)
-from omnimill.shards.wds import iter_tar_samples, join, read_manifest
+from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, group_members, is_shard_set, scan_tar,
+                                      unit_from_index, unit_from_tar)
+from omnimill.shards.wds import join, read_manifest
 
 
 @dataclass
@@ -113,10 +112,10 @@ def _verify_shards(uri: str, options: dict) -> dict:
             problems.append(Problem(name, "-", f"{len(data)} bytes, the manifest says {shard['bytes']} (truncated?)"))
         elif hashlib.sha256(data).hexdigest() != shard["sha256"]:
             problems.append(Problem(name, "-", "sha256 differs from the manifest (damaged bytes)"))
-        seen, last_key = 0, "-"
+        seen = 0
         try:
-            for key, members in iter_tar_samples(io.BytesIO(data)):
-                last_key = key
+            for key, spans in group_members(scan_tar(data, name)):
+                members = {ext: data[offset:offset + size] for ext, (offset, size) in spans.items()}
                 seen += 1
                 try:
                     sample = decode_sample(key, members, list(modalities), where=name)
@@ -143,8 +142,8 @@ def _verify_shards(uri: str, options: dict) -> dict:
                                                            f"{(n_crops, spec.length)}"))
                     elif _out_of_vocab(tokens.astype(np.int64), spec):
                         problems.append(Problem(name, key, f"{m} token outside the vocabulary [0, {spec.vocab_size})"))
-        except (tarfile.TarError, EOFError, OSError) as e:
-            problems.append(Problem(name, last_key, f"tar unreadable after this sample ({e})"))
+        except DamagedSample as e:  # a damaged header or truncation: the samples before it were checked
+            problems.append(Problem(name, e.key, e.reason))
         if "index" in shard and not any(p.where == name for p in problems):
             problems += _check_index(root, shard, data, modalities, n_crops, options)
         if seen != shard["samples"]:

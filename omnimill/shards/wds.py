@@ -29,7 +29,6 @@ import io
 import json
 import tarfile
 import zlib
-from collections.abc import Iterator
 
 import fsspec
 import numpy as np
@@ -262,23 +261,3 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not an omnimill shard manifest (format {manifest.get('format')!r})")
     return manifest
-
-
-def iter_tar_samples(file) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of a tar read as a stream; members of one key are adjacent."""
-    key, members = None, {}
-    with tarfile.open(fileobj=file, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            dirname = info.name[:len(info.name) - len(base)]
-            stem, _, ext = base.partition(".")
-            member_key = dirname + stem
-            if member_key != key and key is not None:
-                yield key, members
-                members = {}
-            key = member_key
-            members[ext] = tar.extractfile(info).read()
-    if key is not None:
-        yield key, members
