@@ -115,9 +115,7 @@ class TokenStoreSource(Source):
     def read_unit(self, unit: int) -> Unit:
         start = unit * self.read_size
         stop = start + self.units[unit]
-        # All arrays at once: on an object store their requests overlap (locally it neither helps nor hurts).
-        names = list(self._arrays)
-        columns = dict(zip(names, _pool().map(lambda name: self._arrays[name][start:stop], names)))
+        columns = {name: array[start:stop] for name, array in self._arrays.items()}
         return Unit(keys=columns["keys"].astype(object), index=np.arange(start, stop), crops=columns["crops"],
                     tokens={m: columns[f"{m}/tokens"] for m in self.modalities},
                     present={m: columns[f"{m}/ok"] for m in self.modalities})
@@ -129,20 +127,6 @@ class TokenStoreSource(Source):
             names = ["keys", "crops"] + [f"{m}/{a}" for m in self.modalities for a in ("tokens", "ok")]
             self._handles = {name: self.store.group[name] for name in names}
         return self._handles
-
-
-_POOL = None
-
-
-def _pool():
-    """Threads for concurrent reads, made on first use in each process (a forked worker makes its own)."""
-    global _POOL
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(16, thread_name_prefix="omnimill-read"))
-    return _POOL[1]
 
 
 class ShardSetSource(Source):

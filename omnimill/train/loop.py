@@ -99,7 +99,8 @@ def specs_of(loader: TokenLoader) -> list[ModalitySpec]:
     return [ModalitySpec(m.name, m.vocab_size, m.length) for m in loader.modalities.values()]
 
 
-def unigram_baseline(config: TrainConfig, session: Session, specs: list[ModalitySpec]) -> dict[str, float]:
+def unigram_baseline(config: TrainConfig, session: Session, specs: list[ModalitySpec],
+                     heldout: list[TokenDataset]) -> dict[str, float]:
     """Held-out cross-entropy (nats/token) of predicting every token from its modality's training
     frequencies (add-one smoothed): the loss a model that ignores all context would reach."""
     counts = {s.name: np.ones(s.vocab_size) for s in specs}
@@ -117,7 +118,7 @@ def unigram_baseline(config: TrainConfig, session: Session, specs: list[Modality
             dist.all_reduce(merged)
             counts[name] = merged.numpy() + 1
     totals = {}
-    for ds in datasets_of(config, "heldout"):
+    for ds in heldout:
         loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
                              rank=session.rank, world_size=session.world)
         for i, batch in zip(range(config.eval_batches), loader):
@@ -133,14 +134,15 @@ def unigram_baseline(config: TrainConfig, session: Session, specs: list[Modality
 
 
 @torch.no_grad()
-def evaluate(model, config: TrainConfig, session: Session, specs: list[ModalitySpec]) -> dict[str, float]:
+def evaluate(model, config: TrainConfig, session: Session, specs: list[ModalitySpec],
+             heldout: list[TokenDataset]) -> dict[str, float]:
     """Held-out loss per modality (nats/token) on the first eval_batches batches, whole views, masks drawn
     from a fixed seed: the same inputs and targets at every evaluation."""
     model.eval()
     names = [s.name for s in specs]
     generator = torch.Generator().manual_seed(config.seed + 1_000_003)
     totals: dict[str, list[float]] = {}
-    for ds in datasets_of(config, "heldout"):
+    for ds in heldout:
         loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
                              rank=session.rank, world_size=session.world)
         for _, batch in zip(range(config.eval_batches), loader):
@@ -212,6 +214,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
     session = Session(config.device)
     torch.manual_seed(config.seed)
     loader = make_loader(config, session)
+    heldout = datasets_of(config, "heldout")  # opened once: evaluations reuse them
     specs = specs_of(loader)
     names = [s.name for s in specs]
     model = MultimodalModel(config.model, specs).to(session.device)
@@ -234,7 +237,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
     if session.main:
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     if baseline is None:
-        baseline = unigram_baseline(config, session, specs)
+        baseline = unigram_baseline(config, session, specs, heldout)
         if session.main:
             (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
@@ -296,14 +299,14 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
                           f"{record['tokens_per_s']:.0f} tok/s", flush=True)
             window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
         if step % config.eval_every == 0 or step == config.steps:
-            heldout = evaluate(model, config, session, specs)
-            history.append({"step": step, "heldout": heldout})
+            scores = evaluate(model, config, session, specs, heldout)
+            history.append({"step": step, "heldout": scores})
             if session.main:
-                log.write(json.dumps({"step": step, "heldout": heldout, "baseline": baseline}) + "\n")
+                log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
                 log.flush()
                 if progress:
                     print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
-                                                    for k, v in heldout.items()), flush=True)
+                                                    for k, v in scores.items()), flush=True)
         stopping = step == stop_at or stop.requested(session)
         if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             save(step)
