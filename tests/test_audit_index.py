@@ -193,6 +193,25 @@ def test_approximate_index_is_tuned_to_the_recall_target(store, tmp_path, kind, 
     assert loaded.info["params"] == info["params"]
 
 
+def test_recall_is_measured_on_queries_disjoint_from_tuning(store, data, tmp_path):
+    info = build_index(store, "emb/vec", tmp_path / "split", kind="hnsw", queries=300)
+    measured, rows = info["measured"], info["query_samples"]
+    assert measured["recall_queries"] == "disjoint from tuning"
+    assert len(rows["recall"]) == measured["queries"] == 300
+    assert len(rows["tuning"]) == measured["tuning_queries"] >= 298  # 600 drawn, less any zero vector drawn
+    assert not set(rows["recall"]) & set(rows["tuning"])
+    # the recorded recall is that of the recall set (recomputed here by brute force), not of the tuning set
+    loaded = load_index(tmp_path / "split")
+    x, _ = ix.normalise(data[loaded.ids])
+    me = np.searchsorted(loaded.ids, rows["recall"])
+    truth = np.argsort(-(x[me] @ x.T), axis=1)[:, :11]
+    assert recall_at_k(loaded.index, x[me], truth, me) == pytest.approx(measured["recall@10"], abs=1e-4)
+    # fewer samples than 2 x queries: split between the two sets, still disjoint
+    small = build_index(store, "emb/vec", tmp_path / "small", kind="ivf", queries=2000)
+    assert small["measured"]["queries"] + small["measured"]["tuning_queries"] == small["n"]
+    assert not set(small["query_samples"]["recall"]) & set(small["query_samples"]["tuning"])
+
+
 def test_ivfpq_index_fits_a_small_budget(store, tmp_path):
     budget = memory_estimate("ivfpq", 2997, 32, nlist_for(2997), 8)  # raw vectors take 4x more: do not fit
     info = build_index(store, "emb/vec", tmp_path / "pq", memory_budget=budget, latency_ms=1e-6, queries=300)
@@ -205,7 +224,8 @@ def test_ivfpq_index_fits_a_small_budget(store, tmp_path):
 def test_unreachable_recall_target_keeps_the_best_setting(store, tmp_path):
     info = build_index(store, "emb/vec", tmp_path / "best", kind="ivf", target_recall=1.01, queries=200)
     best = max(s["recall@10"] for s in info["tuning"])
-    assert [s["recall@10"] for s in info["tuning"] if s["nprobe"] == info["params"]["nprobe"]] == [best]
+    chosen = [s["recall@10"] for s in info["tuning"] if s["nprobe"] == info["params"]["nprobe"]]
+    assert len(chosen) == 1 and chosen[0] >= best - 3e-3  # larger settings gaining < 0.001 each are not taken
 
 
 def _check_tuning(info: dict, name: str, target: float):
