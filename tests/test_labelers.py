@@ -397,6 +397,72 @@ def test_teacher_spec_parse_and_str():
     assert TeacherSpec("palette", options={"max_colors": 3}).cache_key != TeacherSpec("palette").cache_key
 
 
+
+# ---------------------------------------------------------------- teacher options
+
+
+def label_cli(*args):
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+
+    return CliRunner().invoke(app, ["label", *map(str, args)])
+
+
+@pytest.mark.parametrize("option, fragment", [
+    ("canny.sigmaa=2", "teacher canny has no option 'sigmaa'; its options: sigma (float, default 0.33)"),
+    ("canny.sigma=abc", "teacher canny: option sigma must be float, not 'abc'"),
+    ("canny.sigma=true", "option sigma must be float, not True"),
+])
+def test_a_wrong_teacher_option_fails_in_one_line_and_writes_nothing(corpus, tmp_path, option, fragment):
+    store = tmp_path / "labels.zarr"
+    result = label_cli(corpus, store, "--teacher", "canny", "--option", option)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+    assert not store.exists()
+
+
+def test_a_valid_teacher_option_is_used_and_recorded(corpus, tmp_path):
+    import zarr
+
+    store = tmp_path / "labels.zarr"
+    result = label_cli(corpus, store, "--teacher", "canny", "--option", "canny.sigma=1", "--workers", "1",
+                       "--view-size", S, "--no-progress")
+    assert result.exit_code == 0, result.output
+    group = zarr.open_group(str(store), mode="r")
+    assert group["canny"].attrs["config"]["sigma"] == 1
+    assert group["canny/ok"][:].all()  # the option's effect on the edges: test_options_are_typed_and_...
+
+
+def test_options_are_typed_and_change_the_output():
+    canny = build(TeacherSpec("canny", options={"sigma": 1}), S)  # an int for a float option is fine
+    assert canny.option("sigma") == 1.0 and isinstance(canny.option("sigma"), float)
+    assert build(TeacherSpec("canny"), S).option("sigma") == 0.33  # the declared default
+    views = views_batch([two_colour(S, S // 2), photo(3, S, S)])
+    assert (canny(views)["edges"] != build(TeacherSpec("canny"), S)(views)["edges"]).any()
+    with pytest.raises(UserError, match="option max_colors must be int, not 2.5"):
+        build(TeacherSpec("palette", options={"max_colors": 2.5}), S)
+    with pytest.raises(UserError, match="option max_colors must be int, not None"):
+        build(TeacherSpec("palette", options={"max_colors": None}), S)
+    with pytest.raises(UserError, match="teacher rgb has no option 'size'; it takes no options"):
+        build(TeacherSpec("rgb", options={"size": 3}), S)
+    with pytest.raises(UserError, match=f"teacher {__name__}:Brightest has no option 'x'"):
+        build(TeacherSpec(f"{__name__}:Brightest", options={"x": 1}), S)  # a plugin declares its options too
+    pose = teacher_class("pose")  # checked before any checkpoint is read
+    pose.check_options(TeacherSpec("pose", options={"person_class": None}))  # null: the detector's own id
+    with pytest.raises(UserError, match="option person_class must be int or null, not '1'"):
+        pose.check_options(TeacherSpec("pose", options={"person_class": "1"}))
+    with pytest.raises(UserError, match="its options: points_per_side \\(int, default 32\\), points_per_batch"):
+        teacher_class("sam").check_options(TeacherSpec("sam", options={"points": 16}))
+
+
+@pytest.mark.parametrize("name", available())
+def test_declared_option_defaults_have_the_declared_type(name):
+    for key, (kind, default) in teacher_class(name).options.items():
+        assert kind in (int, float, str, bool), (key, kind)
+        assert default is None or type(default) is kind, (key, default)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from omnimill.errors import UserError
 from omnimill.labelers.view import ImageInfo
 
 
@@ -78,10 +79,34 @@ class Teacher:
     needs_checkpoint: ClassVar[bool] = False
     default_checkpoint: ClassVar[str | None] = None  # what a user with network would pick
     version: ClassVar[str] = "1"  # bump when the output of the same inputs changes
+    # What `--option NAME.KEY=VALUE` may set: key -> (type, default); a default of None means "decided
+    # by the checkpoint" (or off). registry.build refuses other keys and values of another type, so a
+    # typo fails before any work instead of being recorded as a setting nothing read.
+    options: ClassVar[dict[str, tuple[type, Any]]] = {}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         self.spec = spec
         self.view_size = view_size
+
+    def option(self, key: str):
+        """The option as given, else its declared default; an int given for a float option becomes a float."""
+        kind, default = self.options[key]
+        value = self.spec.options.get(key, default)
+        return value if value is None else kind(value)
+
+    @classmethod
+    def check_options(cls, spec: TeacherSpec) -> None:
+        """UserError for an option the teacher does not declare, or a value of another type."""
+        for key, value in spec.options.items():
+            if key not in cls.options:
+                known = ", ".join(f"{k} ({t.__name__}, default {'auto' if d is None else d})"
+                                  for k, (t, d) in cls.options.items())
+                raise UserError(f"teacher {spec.name} has no option {key!r}; "
+                                + (f"its options: {known}" if known else "it takes no options (declared in Teacher.options)"))
+            kind, default = cls.options[key]
+            if not _fits(value, kind, default):
+                raise UserError(f"teacher {spec.name}: option {key} must be {kind.__name__}"
+                                f"{' or null' if default is None else ''}, not {value!r}")
 
     def fields(self) -> list[Field]:
         raise NotImplementedError
@@ -109,3 +134,13 @@ class Teacher:
                        for f in self.fields()},
             "libraries": {"python": platform.python_version(), "numpy": numpy.__version__},
         }
+
+
+def _fits(value, kind: type, default) -> bool:
+    if value is None:
+        return default is None  # null only where the option may be left to the checkpoint
+    if isinstance(value, bool) and kind is not bool:
+        return False  # JSON true/false are ints to Python, but `sigma=true` is a mistake
+    if kind is float:
+        return isinstance(value, (int, float))  # 2 for 2.0 is what anyone means
+    return isinstance(value, kind)

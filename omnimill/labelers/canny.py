@@ -12,13 +12,14 @@ from omnimill.labelers.base import Batch, Field, Teacher
 
 class Canny(Teacher):
     name = "canny"
+    options = {"sigma": (float, 0.33)}  # thresholds at (1 -/+ sigma) x median
 
     def fields(self):
         s = self.view_size
         return [Field("edges", (s, s), "bool", dense=True, doc="Canny edge map")]
 
     def __call__(self, batch: Batch):
-        sigma = float(self.spec.options.get("sigma", 0.33))
+        sigma = self.option("sigma")
         out = np.empty(batch.views.shape[:3], dtype=bool)
         for i, view in enumerate(batch.views):
             grey = cv2.GaussianBlur(cv2.cvtColor(view, cv2.COLOR_RGB2GRAY), (5, 5), 0)

@@ -14,7 +14,7 @@ that array is why this teacher is not called `caption`: its group would take the
 
 Florence-2 (`florence2` in transformers >= 4.56) is not supported yet: it needs its processor's image
 tokens and task prompts (`<CAPTION>`), and a checkpoint of it is refused with a message saying so.
-Options (TeacherSpec.options, Python API): num_captions, num_beams, max_new_tokens, top_p, seed.
+Options (`--option captioner.KEY=VALUE`, TeacherSpec.options): num_captions, num_beams, max_new_tokens, top_p, seed.
 """
 
 from __future__ import annotations
@@ -44,20 +44,21 @@ class Captioner(HFTeacher):
     model_types = (*CLASSES, "florence2")  # florence2 is accepted only to be refused with a clear message
     example = "captioner=/models/blip-image-captioning-base"
     title = "BLIP or GIT captioning"
+    options = {"num_captions": (int, NUM_CAPTIONS), "num_beams": (int, NUM_BEAMS),
+               "max_new_tokens": (int, MAX_NEW_TOKENS), "top_p": (float, TOP_P), "seed": (int, SEED)}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
         if self.hf_config.model_type == "florence2":
             raise UserError(f"teacher captioner: {self.path} is a Florence-2 checkpoint, not supported yet; "
                             "use BLIP (Salesforce/blip-image-captioning-base) or GIT (microsoft/git-base-coco)")
-        options = spec.options
-        self.num_captions = int(options.get("num_captions", NUM_CAPTIONS))
+        self.num_captions = self.option("num_captions")
         if not 1 <= self.num_captions <= MAX_CAPTIONS:
             raise UserError(f"teacher captioner: num_captions must be 1..{MAX_CAPTIONS}, not {self.num_captions}")
-        self.num_beams = int(options.get("num_beams", NUM_BEAMS))
-        self.max_new_tokens = int(options.get("max_new_tokens", MAX_NEW_TOKENS))
-        self.top_p = float(options.get("top_p", TOP_P))
-        self.seed = int(options.get("seed", SEED))
+        self.num_beams = self.option("num_beams")
+        self.max_new_tokens = self.option("max_new_tokens")
+        self.top_p = self.option("top_p")
+        self.seed = self.option("seed")
         self.image_size = self.hf_config.vision_config.image_size
         self.tokenizer = load_tokenizer(self)  # turns generated ids into words
 

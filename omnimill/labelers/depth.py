@@ -30,10 +30,11 @@ class Depth(HFTeacher):
     model_types = ("depth_anything", "dpt")
     example = "depth=/models/Depth-Anything-V2-Small-hf"
     title = "depth-estimation (Depth Anything / DPT)"
+    options = {"output": (str, None), "image_size": (int, None)}  # None: what the checkpoint says
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
-        self.output = spec.options.get("output") or self._output_kind()
+        self.output = self.option("output") or self._output_kind()
         if self.output not in ("disparity", "depth"):
             raise UserError(f"teacher depth: option output={self.output!r}; choose disparity or depth")
         self.image_size = self._input_size()
@@ -49,7 +50,7 @@ class Depth(HFTeacher):
     def _input_size(self) -> int:
         """Side of the model's square input: option, else preprocessor_config.json, else the config's image_size."""
         backbone = getattr(self.hf_config, "backbone_config", None)  # DINOv2 for Depth Anything, BiT for DPT-hybrid
-        size = int(self.spec.options.get("image_size") or processor_size(self.processor())
+        size = int(self.option("image_size") or processor_size(self.processor())
                    or getattr(self.hf_config, "image_size", None) or getattr(backbone, "image_size", None) or 384)
         patch = getattr(backbone, "patch_size", None) or getattr(self.hf_config, "patch_size", 16)
         if size % patch:  # the ViT grid must tile the input (518 = 37 x 14)

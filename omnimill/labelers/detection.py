@@ -39,6 +39,7 @@ class Detection(HFTeacher):
     model_types = ("rt_detr", "rt_detr_v2", "d_fine", "detr", "conditional_detr", "deformable_detr", "yolos")
     example = "detection=/models/rtdetr_v2_r50vd"
     title = "DETR-family detector"
+    options = {"image_size": (int, None), "max_detections": (int, MAX_DETECTIONS), "threshold": (float, THRESHOLD)}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
@@ -50,14 +51,13 @@ class Detection(HFTeacher):
                 raise UserError(f"teacher detection: {self.path} uses a timm backbone; pip install timm, "
                                 "or pick a checkpoint without one (e.g. PekingU/rtdetr_v2_r50vd)") from None
         self.preprocessor = self.processor()
-        self.image_size = int(spec.options.get("image_size") or processor_size(self.preprocessor)
-                              or DEFAULT_IMAGE_SIZE)
+        self.image_size = int(self.option("image_size") or processor_size(self.preprocessor) or DEFAULT_IMAGE_SIZE)
         anchors = getattr(self.hf_config, "anchor_image_size", None)  # RT-DETR may fix its anchors to one size
         if anchors and list(np.broadcast_to(anchors, 2)) != [self.image_size] * 2:
             raise UserError(f"teacher detection: {self.path} has anchors for {anchors} inputs; "
                             f"image_size {self.image_size} does not fit them")
-        self.max_detections = int(spec.options.get("max_detections", MAX_DETECTIONS))
-        self.threshold = float(spec.options.get("threshold", THRESHOLD))
+        self.max_detections = self.option("max_detections")
+        self.threshold = self.option("threshold")
         self.id2label = {int(i): str(n) for i, n in self.hf_config.id2label.items()}
         self.person_class = next((i for i, n in sorted(self.id2label.items()) if n.lower() == "person"), -1)
 

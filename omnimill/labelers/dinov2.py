@@ -17,10 +17,11 @@ class DINOv2(HFTeacher):
     model_types = ("dinov2", "dinov2_with_registers")
     example = "dinov2=/models/dinov2-base"
     title = "DINOv2"
+    options = {"image_size": (int, 224)}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
-        self.image_size = int(spec.options.get("image_size", 224))
+        self.image_size = self.option("image_size")
         patch = self.hf_config.patch_size
         if self.image_size % patch:
             raise ValueError(f"dinov2 image_size {self.image_size} is not a multiple of patch size {patch}")

@@ -33,12 +33,13 @@ class Normals(HFTeacher):
     model_types = ("tipsv2_dpt",)
     example = "normals=/models/tipsv2-b14-dpt"
     title = "TIPSv2-DPT normals"
+    options = {"image_size": (int, None)}  # None: the checkpoint's
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
         backbone = self.hf_config.backbone_config
         size = processor_size(self.processor())
-        self.image_size = int(spec.options.get("image_size") or size or backbone.image_size)
+        self.image_size = int(self.option("image_size") or size or backbone.image_size)
         if self.image_size % backbone.patch_size:
             raise UserError(f"teacher normals: image_size {self.image_size} is not a multiple of the patch "
                             f"size {backbone.patch_size}")

@@ -14,10 +14,11 @@ THUMBNAIL = 64
 
 class Palette(Teacher):
     name = "palette"
+    options = {"max_colors": (int, 7)}
 
     @property
     def max_colors(self) -> int:
-        return int(self.spec.options.get("max_colors", 7))
+        return self.option("max_colors")
 
     def fields(self):
         k = self.max_colors

@@ -38,15 +38,15 @@ class Pose(HFTeacher):
     model_types = ("vitpose",)
     example = "pose=/models/vitpose-base-simple"
     title = "ViTPose"
+    options = {"max_people": (int, MAX_PEOPLE), "person_class": (int, None)}  # None: the detector's "person"
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
         backbone = self.hf_config.backbone_config
         size = backbone.image_size
         self.crop = (size, size) if isinstance(size, int) else tuple(size)  # (H, W) = (256, 192)
-        self.max_people = int(spec.options.get("max_people", MAX_PEOPLE))
-        person = spec.options.get("person_class")  # None: the detector's own id of "person"
-        self.person_class = None if person is None else int(person)
+        self.max_people = self.option("max_people")
+        self.person_class = self.option("person_class")  # None: the detector's own id of "person"
         self.experts = getattr(backbone, "num_experts", 1)  # ViTPose+ has one MLP expert per dataset
         self.keypoints = [self.hf_config.id2label[i] for i in range(self.hf_config.num_labels)]
 

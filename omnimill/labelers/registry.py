@@ -51,4 +51,5 @@ def build(spec: TeacherSpec, view_size: int) -> Teacher:
     cls = teacher_class(spec.name)
     if spec.checkpoint and not cls.needs_checkpoint:
         raise UserError(f"teacher {spec.name} takes no checkpoint; drop '={spec.checkpoint}'")
+    cls.check_options(spec)  # before the checkpoint is read: a typo costs nothing
     return cls(spec, view_size)  # stored under cls.name; spec.name is how workers find the class

@@ -58,7 +58,7 @@ from omnimill.errors import UserError
 from omnimill.labelers import checkpoints
 from omnimill.labelers.base import Batch, Field, Teacher, TeacherSpec
 
-# Defaults, overridable through spec.options. The filter values are those of SAM's AMG.
+# Defaults, overridable with --option sam.KEY=VALUE (SAM.options). The filter values are those of SAM's AMG.
 POINTS_PER_SIDE = 32  # 32² = 1024 point prompts per image
 POINTS_PER_BATCH = 256  # prompts per decoder call; 256 x (256 x 64 x 64) fp32 image tokens ≈ 1 GiB
 PRED_IOU_THRESH = 0.88  # keep masks whose predicted IoU is above this
@@ -77,18 +77,15 @@ class SAM(Teacher):
     name = "sam"
     needs_checkpoint = True
     default_checkpoint = "sam_vit_b_01ec64.pth"  # the official ViT-B file (URL above), looked for here
+    options = {"points_per_side": (int, POINTS_PER_SIDE), "points_per_batch": (int, POINTS_PER_BATCH),
+               "pred_iou_thresh": (float, PRED_IOU_THRESH), "stability_score_thresh": (float, STABILITY_SCORE_THRESH),
+               "stability_score_offset": (float, STABILITY_SCORE_OFFSET), "box_nms_thresh": (float, BOX_NMS_THRESH),
+               "max_instances": (int, MAX_INSTANCES), "encoder_batch": (int, ENCODER_BATCH)}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
-        o = spec.options
-        self.points_per_side = int(o.get("points_per_side", POINTS_PER_SIDE))
-        self.points_per_batch = int(o.get("points_per_batch", POINTS_PER_BATCH))
-        self.pred_iou_thresh = float(o.get("pred_iou_thresh", PRED_IOU_THRESH))
-        self.stability_score_thresh = float(o.get("stability_score_thresh", STABILITY_SCORE_THRESH))
-        self.stability_score_offset = float(o.get("stability_score_offset", STABILITY_SCORE_OFFSET))
-        self.box_nms_thresh = float(o.get("box_nms_thresh", BOX_NMS_THRESH))
-        self.max_instances = int(o.get("max_instances", MAX_INSTANCES))
-        self.encoder_batch = int(o.get("encoder_batch", ENCODER_BATCH))
+        for key in self.options:  # points_per_side, ..., encoder_batch
+            setattr(self, key, self.option(key))
         if min(self.points_per_side, self.points_per_batch, self.encoder_batch) < 1:
             raise UserError("teacher sam: points_per_side, points_per_batch and encoder_batch must be >= 1")
         if not 1 <= self.max_instances <= 65535:  # ids are stored as uint16

@@ -31,12 +31,13 @@ class SemSeg(HFTeacher):
     model_types = ("segformer", "mask2former")
     example = "semseg=/models/segformer-b5-finetuned-ade-640-640"
     title = "semantic-segmentation (SegFormer / Mask2Former)"
+    options = {"image_size": (int, None)}  # None: the checkpoint's
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
         kind = self.hf_config.model_type
         size = processor_size(self.processor())
-        self.image_size = int(spec.options.get("image_size") or size or DEFAULT_INPUT[kind])
+        self.image_size = int(self.option("image_size") or size or DEFAULT_INPUT[kind])
         if self.image_size % MULTIPLE[kind]:
             raise UserError(f"teacher semseg: image_size {self.image_size} is not a multiple of {MULTIPLE[kind]}")
         labels = self.hf_config.id2label
