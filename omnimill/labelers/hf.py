@@ -56,8 +56,7 @@ class HFTeacher(Teacher):
         import transformers
 
         info = super().provenance()
-        info["checkpoint_sha256"] = checkpoints.sha256(self.path)
-        info["checkpoint_path"] = str(self.path)
+        info.update(checkpoints.fingerprint(self.path))
         info["libraries"].update(torch=torch.__version__, transformers=transformers.__version__)
         return info
 

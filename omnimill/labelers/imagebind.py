@@ -73,8 +73,7 @@ class ImageBind(Teacher):
         import torch
 
         info = super().provenance()
-        info["checkpoint_sha256"] = checkpoints.sha256(self.path)
-        info["checkpoint_path"] = str(self.path)
+        info.update(checkpoints.fingerprint(self.path))
         info["libraries"]["torch"] = torch.__version__
         return info
 

@@ -150,8 +150,7 @@ class SAM(Teacher):
         import torchvision
 
         info = super().provenance()
-        info["checkpoint_sha256"] = checkpoints.sha256(self.path)
-        info["checkpoint_path"] = str(self.path)
+        info.update(checkpoints.fingerprint(self.path))
         info["libraries"].update(torch=torch.__version__, torchvision=torchvision.__version__,
                                  segment_anything=importlib.metadata.version("segment-anything"))
         return info

@@ -152,11 +152,20 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return tokenizer_class(config.kind).from_directory(directory, config)
 
 
+HASHED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what decides the tokens; not metrics, pictures
+
+
 def directory_hash(directory: str | Path) -> str:
     """sha256 over a tokenizer directory's config and weights: what the token store records."""
     digest = hashlib.sha256()
     for path in sorted(Path(directory).iterdir()):
-        if path.name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if path.name in HASHED_FILES:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def file_hashes(directory: str | Path) -> dict[str, str]:
+    """{file name: plain sha256 of its bytes} for the files `directory_hash` covers: what `sha256sum` prints."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(Path(directory).iterdir()) if path.name in HASHED_FILES}
