@@ -387,6 +387,69 @@ def test_memory_tars(memory_root):
     assert read_all(index) == [jpeg_bytes(5)]
 
 
+
+# ---------------------------------------------------------------- local paths are taken literally
+
+
+def write_tar(path: Path, samples: dict[str, tuple[bytes, str]]) -> None:
+    with wds.TarWriter(str(path)) as sink:
+        for key, (image, caption) in samples.items():
+            sink.write({"__key__": key, "jpg": image, "txt": caption})
+
+
+@pytest.mark.parametrize("name, lookalike", [("br[1]", "br1"), ("a*b", "aXb"), ("x::y", None), ("q?{1,2}", "qQ{1,2}")])
+def test_folder_named_with_glob_or_chain_characters(tmp_path, name, lookalike):
+    for folder, caption in [(lookalike, "the look-alike's"), (name, "a caption")]:  # a glob would find both
+        if folder:
+            (tmp_path / folder / "sub").mkdir(parents=True)
+            (tmp_path / folder / "sub" / "one.jpg").write_bytes(jpeg_bytes(1 if folder == name else 9))
+            (tmp_path / folder / "sub" / "one.txt").write_text(f" {caption} \n")
+            (tmp_path / folder / "two.png").write_bytes(png_bytes(2))
+            (tmp_path / folder / "two.json").write_text(json.dumps({"caption": f"{caption} in json"}))
+    root = tmp_path / name
+    for uri in (str(root), f"file://{root}"):
+        index = index_corpus(uri)
+        assert index.keys == ["sub/one", "two"]
+        assert index.captions == ["a caption", "a caption in json"]
+        assert index.sources == [str(root / "sub" / "one.jpg"), str(root / "two.png")]
+        assert read_all(index) == [jpeg_bytes(1), png_bytes(2)]
+
+
+def test_tar_shards_named_with_glob_or_chain_characters(tmp_path):
+    folder = tmp_path / "x::y" / "br[1]"
+    folder.mkdir(parents=True)
+    write_tar(folder / "shard[1].tar", {"k0": (jpeg_bytes(1), "first"), "k1": (jpeg_bytes(2), "second")})
+    write_tar(folder / "shard1.tar", {"other": (jpeg_bytes(3), "what a glob would match")})
+    index = index_corpus(str(folder / "shard[1].tar"))
+    assert index.kind == "wds" and index.keys == ["k0", "k1"] and index.captions == ["first", "second"]
+    assert index.sources[0] == f"{folder / 'shard[1].tar'}{MEMBER_SEP}k0.jpg"
+    assert read_all(index) == [jpeg_bytes(1), jpeg_bytes(2)]
+
+    # the brace range the docs promise still expands, inside a folder whose name holds "[" and "::"
+    for s in range(2):
+        write_tar(folder / f"part-{s}.tar", {f"p{s}": (jpeg_bytes(10 + s), f"part {s}")})
+    index = index_corpus(str(folder / "part-{0..1}.tar"))
+    assert index.keys == ["p0", "p1"] and read_all(index) == [jpeg_bytes(10), jpeg_bytes(11)]
+    # and a file whose literal name looks like a range is that file
+    write_tar(folder / "odd-{0..1}.tar", {"literal": (jpeg_bytes(4), "")})
+    assert index_corpus(str(folder / "odd-{0..1}.tar")).keys == ["literal"]
+
+
+def test_manifest_in_a_folder_named_with_glob_or_chain_characters(tmp_path):
+    root = tmp_path / "x::y" / "br[1]"
+    (root / "a*b").mkdir(parents=True)
+    (root / "a*b" / "one.jpg").write_bytes(jpeg_bytes(1))
+    (root / "two.jpg").write_bytes(jpeg_bytes(2))
+    rows = [{"path": "a*b/one.jpg", "caption": "relative"}, {"path": str(root / "two.jpg"), "key": "absolute"},
+            {"url": f"file://{root / 'two.jpg'}", "key": "url"}]
+    manifest = root / "list[1].jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    index = index_corpus(str(manifest))
+    assert index.keys == ["a*b/one", "absolute", "url"] and index.captions == ["relative", "", ""]
+    assert index.sources[:2] == [str(root / "a*b" / "one.jpg"), str(root / "two.jpg")]
+    assert read_all(index) == [jpeg_bytes(1), jpeg_bytes(2), jpeg_bytes(2)]
+
+
 def test_detect_kind():
     assert detect_kind("/data/photos") == "folder"
     assert detect_kind("s3://bucket/shard-{000..009}.tar") == "wds"

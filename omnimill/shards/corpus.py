@@ -5,6 +5,10 @@ Three kinds, given as one URI (a local path or any fsspec URL):
   wds       WebDataset tars, brace ranges and globs allowed: `data/shard-{000000..000099}.tar`
   manifest  `.jsonl`, `.csv` or `.parquet` with a `path` (or `url`) column, optional `key`, `caption`
 
+A local path is taken literally: `[`, `*`, `?`, `{` and `::` in a folder or file name are characters,
+not globs or fsspec chains. Only a tar shard list expands (brace ranges, globs), and only when no file
+of that literal name exists.
+
 Keys are the sample's path without extension, relative to the corpus root (the member key for
 tars), with dots replaced by `_` because WebDataset splits keys at dots. Listing is sorted, so
 indexing the same corpus again gives the same keys in the same order.
@@ -16,6 +20,7 @@ import csv
 import io
 import json
 import posixpath
+import re
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -29,6 +34,8 @@ CAPTION_EXTS = ("txt", "json")
 MANIFEST_EXTS = (".jsonl", ".csv", ".parquet")
 CAPTION_JSON_KEYS = ("caption", "text", "txt", "alt", "alt_text")
 MEMBER_SEP = "::"  # source of a tar member: "<tar url>::<member name>"
+TAR_OF_SOURCE = re.compile(r"(.*?\.tar)::", re.IGNORECASE)  # the tar of "<tar url>::<member>"; the url may hold "::"
+GLOB_CHARS = "*?["
 
 
 @dataclass
@@ -109,8 +116,18 @@ def _split_ext(name: str) -> tuple[str, str]:
 
 
 def _fs(uri: str, storage_options: dict):
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
-    return fs, path
+    """(file system, path). A local path (no "://", or file://) gets a LocalFileSystem directly: fsspec's
+    URL parsing would read "::" in it as a chain of file systems."""
+    if "://" not in uri or uri.startswith("file://"):
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem(), LocalFileSystem._strip_protocol(uri)
+    return fsspec.core.url_to_fs(uri, **storage_options)
+
+
+def _read_all(fs, paths: list[str]) -> list[bytes]:
+    """Whole files, concurrently where the file system can; unlike fs.cat, names are not globs."""
+    return fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="raise") if paths else []
 
 
 def _index_folder(uri: str, storage_options: dict) -> CorpusIndex:
@@ -129,7 +146,7 @@ def _index_folder(uri: str, storage_options: dict) -> CorpusIndex:
             if f"{stem}.{ext}" in present:
                 sidecars[path] = f"{stem}.{ext}"
                 break
-    texts = fs.cat(list(sidecars.values())) if sidecars else {}
+    texts = dict(zip(sidecars.values(), _read_all(fs, list(sidecars.values()))))
     for path in images:
         rel = posixpath.relpath(path, root)
         sidecar = sidecars.get(path)
@@ -165,14 +182,15 @@ def _caption_from(data: bytes, name: str) -> str:
 def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
     from braceexpand import braceexpand
 
-    fs, _ = _fs(uri, storage_options)
+    fs, literal = _fs(uri, storage_options)
     paths, missing = [], []
-    for pattern in braceexpand(uri):
+    # a shard named shard[1].tar or shard-{1}.tar is that file; the pattern syntax only applies otherwise
+    for pattern in [uri] if fs.isfile(literal) else braceexpand(uri):
         _, p = _fs(pattern, storage_options)
-        if any(c in p for c in "*?["):
-            paths.extend(sorted(fs.glob(p)))
-        elif fs.exists(p):
+        if fs.isfile(p):
             paths.append(p)
+        elif any(c in p for c in GLOB_CHARS):
+            paths.extend(sorted(fs.glob(p)))
         else:
             missing.append(pattern)
     if not paths:
@@ -270,15 +288,20 @@ class ByteReader:
 
     def read(self, source: str, offset: int = -1, size: int = -1) -> bytes:
         if offset >= 0:
-            url = source.split(MEMBER_SEP, 1)[0]
+            tar = TAR_OF_SOURCE.match(source)
+            url = tar.group(1) if tar else source.split(MEMBER_SEP, 1)[0]
             with self._lock:
                 f = self._open.get(url)
                 if f is None:
-                    f = self._open[url] = fsspec.open(url, "rb", **self.storage_options).open()
+                    f = self._open[url] = self._fs_open(url)
                 f.seek(offset)
                 return f.read(size)
-        with fsspec.open(source, "rb", **self.storage_options) as f:
+        with self._fs_open(source) as f:
             return f.read()
+
+    def _fs_open(self, url: str):
+        fs, path = _fs(url, self.storage_options)  # not fsspec.open: it globs "*" and chains "::"
+        return fs.open(path, "rb")
 
     def close(self) -> None:
         for f in self._open.values():
