@@ -450,6 +450,21 @@ def test_manifest_in_a_folder_named_with_glob_or_chain_characters(tmp_path):
     assert read_all(index) == [jpeg_bytes(1), jpeg_bytes(2), jpeg_bytes(2)]
 
 
+
+def test_labelling_a_folder_named_with_glob_and_chain_characters(tmp_path):
+    import zarr
+
+    from omnimill.engine.label import label
+
+    root = tmp_path / "x::y" / "br[1]"
+    write_images(root, 3)
+    (root / "img0001.txt").write_text("a caption")
+    result = label(str(root), str(tmp_path / "labels.zarr"), ["rgb"], workers=1, view_size=16, progress=False)
+    assert (result.units_done, result.samples_failed) == (1, 0)
+    group = zarr.open_group(str(tmp_path / "labels.zarr"), mode="r")
+    assert list(group["caption"][:]) == ["", "a caption", ""] and group["rgb/ok"][:].all()
+
+
 def test_detect_kind():
     assert detect_kind("/data/photos") == "folder"
     assert detect_kind("s3://bucket/shard-{000..009}.tar") == "wds"

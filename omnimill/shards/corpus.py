@@ -115,14 +115,15 @@ def _split_ext(name: str) -> tuple[str, str]:
     return (stem, ext.lower()) if dot else (name, "")
 
 
-def _fs(uri: str, storage_options: dict):
-    """(file system, path). A local path (no "://", or file://) gets a LocalFileSystem directly: fsspec's
-    URL parsing would read "::" in it as a chain of file systems."""
+def url_to_fs(uri: str, storage_options: dict | None = None):
+    """fsspec.core.url_to_fs, except that a local path (no "://", or file://) gets a LocalFileSystem directly:
+    fsspec's URL parsing would read "::" in it as a chain of file systems. (Use the returned fs's open/isfile/
+    cat_ranges, not fs.glob, fs.cat or fsspec.open, which read "*", "?" and "[" as globs.)"""
     if "://" not in uri or uri.startswith("file://"):
         from fsspec.implementations.local import LocalFileSystem
 
         return LocalFileSystem(), LocalFileSystem._strip_protocol(uri)
-    return fsspec.core.url_to_fs(uri, **storage_options)
+    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
 
 
 def _read_all(fs, paths: list[str]) -> list[bytes]:
@@ -131,7 +132,7 @@ def _read_all(fs, paths: list[str]) -> list[bytes]:
 
 
 def _index_folder(uri: str, storage_options: dict) -> CorpusIndex:
-    fs, root = _fs(uri, storage_options)
+    fs, root = url_to_fs(uri, storage_options)
     if not fs.isdir(root):
         raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of images, "
                         "WebDataset tars (shard-{000..009}.tar) or a manifest (.jsonl/.csv/.parquet)")
@@ -182,11 +183,11 @@ def _caption_from(data: bytes, name: str) -> str:
 def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
     from braceexpand import braceexpand
 
-    fs, literal = _fs(uri, storage_options)
+    fs, literal = url_to_fs(uri, storage_options)
     paths, missing = [], []
     # a shard named shard[1].tar or shard-{1}.tar is that file; the pattern syntax only applies otherwise
     for pattern in [uri] if fs.isfile(literal) else braceexpand(uri):
-        _, p = _fs(pattern, storage_options)
+        _, p = url_to_fs(pattern, storage_options)
         if fs.isfile(p):
             paths.append(p)
         elif any(c in p for c in GLOB_CHARS):
@@ -233,7 +234,7 @@ def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
 
 
 def _index_manifest(uri: str, storage_options: dict) -> CorpusIndex:
-    fs, path = _fs(uri, storage_options)
+    fs, path = url_to_fs(uri, storage_options)
     if not fs.exists(path):
         raise UserError(f"manifest {uri} does not exist")
     rows = _read_manifest_rows(fs, path)
@@ -300,7 +301,7 @@ class ByteReader:
             return f.read()
 
     def _fs_open(self, url: str):
-        fs, path = _fs(url, self.storage_options)  # not fsspec.open: it globs "*" and chains "::"
+        fs, path = url_to_fs(url, self.storage_options)  # not fsspec.open: it globs "*" and chains "::"
         return fs.open(path, "rb")
 
     def close(self) -> None:
