@@ -5,6 +5,10 @@ class UserError(Exception):
     """Wrong input: a missing path, an unknown name, a store of another corpus. Says what to do."""
 
 
+class TeacherLoadError(UserError):
+    """A teacher's checkpoint does not load on a worker: the same on every attempt, so the job stops (exit 2)."""
+
+
 class SampleError(Exception):
     """One sample could not be labelled. `stage` says where: read, decode, or a teacher's name."""
 

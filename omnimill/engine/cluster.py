@@ -47,6 +47,12 @@ def connect(scheduler: str | None = None, workers: int | None = None, local_dire
         yield client
 
 
+def check_reachable(scheduler: str) -> None:
+    """Connect once and leave: a wrong --scheduler is refused before a job writes anything."""
+    with connect(scheduler):
+        pass
+
+
 def default_workers() -> int:
     """One worker per GPU; on CPU, one per two cores (each worker's torch gets two threads)."""
     return _cuda_devices() or max(1, (os.cpu_count() or 1) // 2)

@@ -1,10 +1,13 @@
 """Client side of `omnimill label`: index, plan units, submit with back-pressure, retry, resume.
 
     index corpus (first run only) -> check teachers and checkpoints -> create store -> lock it
-    -> plan (unit, teachers without a marker) -> at most `max_in_flight` units on the cluster
-    -> retry units lost with a worker -> record the run -> unlock
+    -> [--repair: verify, and forget the markers of damaged units]
+    -> plan (unit, teachers without a marker, and samples whose recorded failure is retryable)
+    -> at most `max_in_flight` units on the cluster -> retry units lost with a worker
+    -> record the run -> unlock
 
-Everything that can be wrong with the input is checked before anything is written.
+Everything that can be wrong with the input is checked before anything is written. The exit code says
+what the store holds for these teachers, not only what this run did.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
+from omnimill.engine import cluster
 from omnimill.engine.units import run_units
 from omnimill.engine.worker import UnitTask, run_unit
 from omnimill.errors import UserError
@@ -21,7 +25,8 @@ from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.labelers.view import DEFAULT_MAX_PIXELS
 from omnimill.shards.corpus import index_corpus, normalise_uri
-from omnimill.shards.labelstore import LabelStore
+from omnimill.shards.labelstore import LabelStore, retryable
+from omnimill.shards.unitstore import is_url, local_path
 
 DEFAULT_VIEW_SIZE = 384
 DEFAULT_UNIT_SIZE = 128  # samples per unit = per chunk; 128 x 384² x 3 B = 57 MB of rgb per chunk
@@ -46,6 +51,7 @@ class LabelOptions:
     decode_threads: int = 2
     torch_threads: int | None = None
     break_lock: bool = False
+    repair: bool = False  # verify the teachers' units first and label the damaged ones again
     progress: bool = True
     local_directory: str | None = None
     storage_options: dict = field(default_factory=dict)
@@ -59,6 +65,11 @@ class LabelResult:
     units_failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stats: dict[int, dict] = field(default_factory=dict)  # unit -> worker stats of its last completed run
+    units_repaired: int = 0  # damaged units (found by verify) whose markers --repair removed
+    samples_retried: int = 0  # recorded retryable failures planned again
+    store_failed: int = 0  # failed labels the store holds for these teachers after the run
+    store_final: int = 0  # ... of which not retryable (a file that does not decode)
+    store_missing: int = 0  # units of these teachers without a commit marker after the run
 
     @property
     def unit_stats(self) -> list[dict]:
@@ -82,21 +93,47 @@ class LabelResult:
 
     @property
     def exit_code(self) -> int:
-        if self.units_failed:
+        """What the store holds: 4 while a unit lacks its marker, 3 while any failure is recorded, else 0."""
+        if self.units_failed or self.store_missing:
             return EXIT_UNIT_FAILURES
-        return EXIT_SAMPLE_ERRORS if self.samples_failed else EXIT_OK
+        return EXIT_SAMPLE_ERRORS if self.store_failed else EXIT_OK
+
+
+def with_overrides(options, overrides: dict):
+    """Set typed options by name; an unknown name is refused with the list (a typo never passes silently)."""
+    known = {f.name for f in fields(options)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for k, v in overrides.items():
+        setattr(options, k, v)
+    return options
+
+
+def check_store_path(store: str, corpus: str, what: str = "store") -> None:
+    """STORE must not be the corpus or lie inside it (a folder corpus would list the store's own files)."""
+    if is_url(store) or is_url(corpus):
+        if store.rstrip("/") == corpus.rstrip("/"):
+            raise UserError(f"{store} is the corpus itself; give a new path for the {what}")
+        return
+    s, c = os.path.realpath(local_path(store)), os.path.realpath(local_path(corpus))
+    if s == c or s.startswith(c.rstrip(os.sep) + os.sep) and os.path.isdir(c):
+        raise UserError(f"{store} is {'the corpus itself' if s == c else 'inside the corpus folder'}; "
+                        f"give a {what} path outside {corpus}")
 
 
 def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: LabelOptions | None = None,
           **overrides) -> LabelResult:
     """Label `corpus` into the label store `store` with `teachers` (names or `name=checkpoint`)."""
-    opts = options or LabelOptions()
-    for k, v in overrides.items():
-        setattr(opts, k, v)
+    opts = with_overrides(options or LabelOptions(), overrides)
     _check_options(opts)
     specs = _parse_specs(teachers)
+    check_store_path(store, corpus, "label store")
 
-    exists = LabelStore.exists(store, opts.storage_options)
+    state = LabelStore.state(store, opts.storage_options)
+    if state.startswith("other"):
+        raise UserError(f"{store} is {state.removeprefix('other: ')}; give a new path for the label store")
+    exists = state == "store"
     if exists:
         labels = LabelStore.open(store, "r+", opts.storage_options)
         _check_same_corpus(labels, corpus)
@@ -108,47 +145,79 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
     built, specs = _dependency_order(built, specs, labels if exists else None)
     provenance = {t.name: t.provenance() for t in built}
+    if opts.scheduler:
+        cluster.check_reachable(opts.scheduler)  # before the store is created
     if not exists:
         labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
                                    opts.storage_options)
 
-    labels.acquire_lock(opts.break_lock)
-    result = LabelResult(store, [t.name for t in built])
+    names = [t.name for t in built]
+    token = labels.acquire_lock(opts.break_lock, "labelled")
+    result = LabelResult(store, names)
     started = time.time()
     try:
         for t in built:
             labels.prepare_teacher(t.name, t.fields(), provenance[t.name], force=opts.force)
-        tasks = plan(labels, specs, [t.name for t in built], opts)
+        if opts.repair:
+            for name, units in labels.damaged_units(names).items():
+                labels.clear_markers(name, sorted(units))
+                result.units_repaired += len(units)
+        tasks = plan(labels, specs, names, opts)
         result.units_planned = len(tasks)
+        result.samples_retried = sum(len(rows) for t in tasks for rows in t.retry.values())
         if tasks:
-            _run(tasks, labels, specs, [t.name for t in built], opts, result)
+            _run(tasks, labels, specs, names, opts, result)
+        _tally_store(labels, names, result)
     finally:
         result.seconds = time.time() - started
-        labels.append_run(_run_record(result, started, opts))
-        labels.release_lock()
+        try:
+            labels.append_run(_run_record(result, started, opts))
+        finally:
+            labels.release_lock(token)  # also when the record cannot be written (disk full)
     return result
 
 
-def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: LabelOptions) -> list[UnitTask]:
-    """One task per unit that some teacher has not committed, carrying just those teachers."""
-    done = {name: labels.done_units(name) for name in names}
+def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: LabelOptions,
+         retry_failed: bool = True) -> list[UnitTask]:
+    """One task per unit that some teacher has not committed, carrying just those teachers; with
+    `retry_failed`, also the units holding retryable failures, carrying just those samples."""
+    markers = {name: labels.markers(name) for name in names}
     tasks = []
     for u in range(labels.n_units):
-        todo = [spec for spec, name in zip(specs, names) if not done[name][u]]
+        todo, retry = [], {}
+        for spec, name in zip(specs, names):  # dependency order is kept
+            marker = markers[name][u]
+            rows = sorted({e["index"] for e in marker.get("errors", []) if retryable(e)}) if marker else []
+            if marker is None or (retry_failed and rows):
+                todo.append(spec)
+                if marker is not None:
+                    retry[name] = rows
         if todo:
             unit = labels.unit(u)
             tasks.append(UnitTask(labels.uri, u, unit.start, unit.stop, todo, labels.view_size, opts.batch_size,
                                   opts.device, opts.dtype, opts.torch_threads, {}, opts.decode_threads,
-                                  opts.max_pixels, 0, opts.storage_options))
+                                  opts.max_pixels, 0, opts.storage_options, retry=retry))
     return tasks
+
+
+def _tally_store(labels: LabelStore, names: list[str], result: LabelResult) -> None:
+    for name in names:
+        for marker in labels.markers(name):
+            if marker is None:
+                result.store_missing += 1
+                continue
+            result.store_failed += marker["failed"]
+            result.store_final += sum(1 for e in marker.get("errors", []) if not retryable(e))
 
 
 def _run(tasks: list[UnitTask], labels: LabelStore, specs: list[TeacherSpec], names: list[str],
          opts: LabelOptions, result: LabelResult) -> None:
     from omnimill.engine.worker import flush_commits
 
+    # A sweep reruns only units without a marker: a failure that stays is retried by the next command.
     result.units_failed = run_units(
-        tasks, run_unit, lambda: plan(labels, specs, names, opts), result.stats, scheduler=opts.scheduler,
+        tasks, run_unit, lambda: plan(labels, specs, names, opts, retry_failed=False), result.stats,
+        scheduler=opts.scheduler,
         workers=opts.workers, local_directory=opts.local_directory, max_in_flight=opts.max_in_flight,
         retries=opts.retries, progress=opts.progress, flush=flush_commits)
 
@@ -219,6 +288,8 @@ def _run_record(result: LabelResult, started: float, opts: LabelOptions) -> dict
         "seconds": round(result.seconds, 2), "host": socket.gethostname(), "pid": os.getpid(),
         "teachers": result.teachers, "units_planned": result.units_planned, "units_done": result.units_done,
         "units_failed": result.units_failed, "samples_ok": result.samples_ok,
-        "samples_failed": result.samples_failed, "scheduler": opts.scheduler or "embedded",
+        "samples_failed": result.samples_failed, "samples_retried": result.samples_retried,
+        "units_repaired": result.units_repaired, "store_failed": result.store_failed,
+        "store_missing": result.store_missing, "scheduler": opts.scheduler or "embedded",
         "options": {k: v for k, v in asdict(opts).items() if k not in ("storage_options", "progress")},
     }

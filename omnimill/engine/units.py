@@ -3,7 +3,12 @@
 Shared by `label` and `tokenize`. A task is any object with `unit`, `start`, `stop`, `attempt` and
 `workers_per_host`; `fn(task)` runs on a worker and returns stats with `n` (samples) and `failed`
 ({name: count}). `replan()` lists the tasks whose markers are still missing: after the tasks
-return (and `flush` ran on every worker), those run again, up to `retries` sweeps.
+return (and `flush` ran on every worker), those run again.
+
+`retries` counts extra attempts per unit, whatever made the attempt fail (the task raised, its worker
+died, or it returned but its commit did not land): at most 1 + retries attempts of any unit in one run.
+A `UserError` raised by a task (a teacher whose checkpoint does not load) is the same on every attempt:
+the run stops at once and the error reaches the caller.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Callable
 
 from omnimill.engine import cluster
 from omnimill.engine.progress import Progress
+from omnimill.errors import UserError
 
 
 def run_units(tasks: list, fn: Callable, replan: Callable[[], list], stats: dict, *, scheduler=None,
@@ -24,27 +30,27 @@ def run_units(tasks: list, fn: Callable, replan: Callable[[], list], stats: dict
         per_host = cluster.workers_per_host(client)
         limit = max_in_flight or 2 * max(1, sum(per_host.values()))
         errors: dict[int, str] = {}
+        attempts: dict[int, int] = {}  # unit -> attempts so far, across task retries and sweeps
         total = sum(t.stop - t.start for t in tasks)
         missing = tasks
         with Progress(total, client.dashboard_link, enabled=progress, verb=verb) as bar:
-            for sweep in range(retries + 1):
-                _submit(client, fn, tasks, per_host, limit, retries, stats, errors, bar)
+            while tasks:
+                _submit(client, fn, tasks, per_host, limit, retries, stats, errors, attempts, bar)
                 if flush is not None:
                     for worker, failures in client.run(flush).items():
                         for failure in failures:
                             bar.note(f"commit failed on {worker}: {failure}")
                 missing = replan()
-                if not missing or sweep == retries:
-                    break
-                bar.note(f"{len(missing)} units have no commit marker yet; running them again")
-                bar.extend(sum(t.stop - t.start for t in missing))
-                for task in missing:
-                    task.attempt = sweep + 1
-                tasks = missing
+                tasks = [t for t in missing if attempts.get(t.unit, 0) <= retries]
+                if tasks:
+                    bar.note(f"{len(tasks)} units have no commit marker yet; running them again")
+                    bar.extend(sum(t.stop - t.start for t in tasks))
+                    for task in tasks:
+                        task.attempt = attempts.get(task.unit, 0)
     return [{"unit": t.unit, "error": errors.get(t.unit, "no commit marker after the run")} for t in missing]
 
 
-def _submit(client, fn, tasks, per_host, max_in_flight, retries, stats, errors, bar) -> None:
+def _submit(client, fn, tasks, per_host, max_in_flight, retries, stats, errors, attempts, bar) -> None:
     """Keep at most `max_in_flight` units on the cluster; retry a unit whose task raised or whose worker died."""
     from distributed import as_completed
 
@@ -56,6 +62,7 @@ def _submit(client, fn, tasks, per_host, max_in_flight, retries, stats, errors, 
 
     def submit(task):
         task.workers_per_host = per_host
+        attempts[task.unit] = attempts.get(task.unit, 0) + 1
         future = client.submit(fn, task, key=f"omnimill-unit-{task.unit}-{run_id}-{task.attempt}", pure=False,
                                resources=resources)
         in_flight[future] = task
@@ -67,14 +74,17 @@ def _submit(client, fn, tasks, per_host, max_in_flight, retries, stats, errors, 
         task = in_flight.pop(future)
         try:
             result = future.result()
+        except UserError:
+            client.cancel(list(in_flight))
+            raise
         except Exception as e:  # the task raised, or its worker died too often (KilledWorker)
             errors[task.unit] = f"{type(e).__name__}: {e}"
-            if task.attempt < retries:
-                task.attempt += 1
+            if attempts[task.unit] <= retries:
+                task.attempt = attempts[task.unit]
                 queue.appendleft(task)
                 bar.note(f"unit {task.unit} failed ({type(e).__name__}); retry {task.attempt}")
             else:
-                bar.note(f"unit {task.unit} failed after {task.attempt + 1} attempts: {e}")
+                bar.note(f"unit {task.unit} failed after {attempts[task.unit]} attempts: {e}")
         else:
             errors.pop(task.unit, None)
             stats[task.unit] = result  # a unit run again (sweep) counts once

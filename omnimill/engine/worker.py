@@ -7,6 +7,7 @@ cached; each batch is decoded once and every requested teacher runs on it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omnimill.errors import SampleError
+from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.labelers.view import DEFAULT_MAX_PIXELS, Decoded, decode_view
@@ -46,6 +47,8 @@ class UnitTask:
     attempt: int = 0
     storage_options: dict = field(default_factory=dict)
     sync_commit: bool = False  # commit before returning (no overlap); for callers without a flush
+    retry: dict = field(default_factory=dict)  # teacher -> sample indices to label again (retryable failures);
+    #                                            a teacher not named here labels the whole unit
 
 
 _cache: dict = {}
@@ -63,7 +66,11 @@ def _cached(key, make):
 def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> Teacher:
     def make():
         teacher = build(spec, view_size)
-        teacher.load(device, dtype)
+        try:
+            teacher.load(device, dtype)
+        except Exception as e:  # a wrong checkpoint fails the same way on every attempt: stop the job
+            raise TeacherLoadError(f"teacher {spec.name} could not be loaded from {spec.checkpoint or 'its default'}"
+                                   f" ({type(e).__name__}: {e}); check the checkpoint") from None
         return teacher
 
     return _cached(("teacher", spec.cache_key, view_size, device, dtype), make)
@@ -93,6 +100,20 @@ def run_unit(task: UnitTask) -> dict:
     seconds = {t.name: 0.0 for t in teachers}
     crop_boxes = np.zeros((n, 4), np.int32)
     decode_wait = 0.0
+    # Rows each teacher labels: all of them, or (a retry) only its recorded retryable failures; the rest of
+    # its chunk is read back and written again unchanged.
+    todo = {t.name: set(range(n)) for t in teachers}
+    for name, indices in task.retry.items():
+        todo[name] = {i - task.start for i in indices}
+        group = store.group[name]
+        outputs[name] = {f: group[f][task.start:task.stop] for f in outputs[name]}
+        ok[name] = group["ok"][task.start:task.stop]
+        ok[name][sorted(todo[name])] = False
+        old = json.loads(store.raw_markers(name)[task.unit] or "{}")
+        errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
+    rows_needed = sorted(set().union(*todo.values()))
+    if len(rows_needed) < n:
+        crop_boxes[:] = store.group["crop_box"][task.start:task.stop]
     # Outputs of required teachers: this run's (filled batch by batch) or, if not in this run, the store's.
     have = {name: (outputs[name], ok[name]) for name in outputs}
     for t in teachers:
@@ -103,8 +124,9 @@ def run_unit(task: UnitTask) -> dict:
                 have[dep] = (fields, group["ok"][task.start:task.stop])
 
     def record(name: str, row: int, err: SampleError):
+        # A file that does not decode fails the same way next time; anything else may be transient.
         errors[name].append({"index": task.start + row, "key": str(meta["keys"][row]),
-                             "stage": err.stage, "error": err.reason})
+                             "stage": err.stage, "error": err.reason, "retryable": err.stage != "decode"})
 
     with ByteReader(task.storage_options) as reader:
         def load(row: int):
@@ -119,7 +141,7 @@ def run_unit(task: UnitTask) -> dict:
             decoded.info.caption = str(meta["caption"][row])
             return decoded
 
-        batches = [list(range(i, min(i + task.batch_size, n))) for i in range(0, n, task.batch_size)]
+        batches = [rows_needed[i:i + task.batch_size] for i in range(0, len(rows_needed), task.batch_size)]
         pending: deque = deque()
         for b in range(min(PREFETCH_BATCHES, len(batches))):
             pending.append([pool.submit(load, r) for r in batches[b]])
@@ -134,7 +156,8 @@ def run_unit(task: UnitTask) -> dict:
             for r, d in zip(rows, results):
                 if isinstance(d, SampleError):
                     for t in teachers:
-                        record(t.name, r, d)
+                        if r in todo[t.name]:
+                            record(t.name, r, d)
             if not good:
                 continue
             decoded = [d for d in results if isinstance(d, Decoded)]
@@ -144,8 +167,11 @@ def run_unit(task: UnitTask) -> dict:
             for t in teachers:  # in dependency order (the client sorted them)
                 ts = time.perf_counter()
                 rows_t, batch_t = good, batch
-                if t.requires:
-                    rows_t, batch_t = _with_upstream(t, batch, good, have, lambda r, e, n=t.name: record(n, r, e))
+                if len(todo[t.name]) < n:
+                    mine = [i for i, r in enumerate(good) if r in todo[t.name]]
+                    rows_t, batch_t = [good[i] for i in mine], batch.subset(mine)
+                if rows_t and t.requires:
+                    rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e))
                 if rows_t:
                     done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e))
                     ok[t.name][done] = True
@@ -158,15 +184,17 @@ def run_unit(task: UnitTask) -> dict:
             "unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(ok[t.name].sum()),
             "failed": n - int(ok[t.name].sum()), "seconds": round(seconds[t.name], 4), "attempt": task.attempt,
             "worker": worker, "host": host, "pid": os.getpid(), "device": _device_name(t),
+            "retried": len(todo[t.name]) if len(todo[t.name]) < n else 0,
             "errors": sorted(errors[t.name], key=lambda e: e["index"])}
 
     tw = time.perf_counter()
     write_wait = _writer.submit(store, task, crop_boxes, outputs, ok, markers)
-    return {"unit": task.unit, "n": n, "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
+    return {"unit": task.unit, "n": len(rows_needed), "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
             "write_wait": write_wait, "queue_wait": time.perf_counter() - tw - write_wait,
             "teacher_seconds": seconds,
-            "ok": {name: int(v.sum()) for name, v in ok.items()},
-            "failed": {name: n - int(v.sum()) for name, v in ok.items()}, "worker": worker,
+            "ok": {name: int(v[sorted(todo[name])].sum()) for name, v in ok.items()},
+            "failed": {name: len(todo[name]) - int(v[sorted(todo[name])].sum()) for name, v in ok.items()},
+            "worker": worker,
             "started": started, "ended": time.time()}
 
 

@@ -1,14 +1,16 @@
 """The token store: every modality of every sample as rows of tokens, for N aligned crops.
 
-    tokens.zarr/              attrs: format, omnimill version, source {store uri, created, n, view_size},
-                                     n_crops, crop_seed, unit_size
+    tokens.zarr/              attrs: format, omnimill version, uuid, source {store uri, uuid, created, n,
+                                     view_size}, n_crops, crop_seed, unit_size
       keys    (N,) str        the label store's keys, same order (alignment is by index, checked by key)
       crops   (N, n_crops, 5) int32   (top, left, h, w, flip) in canonical-view pixels; crop 0 = whole view
       <modality>/             attrs: tokenizer {path, sha256, kind, vocab_size, tokens_per_sample, pad_id,
-                                     teacher, fields}
+                                     teacher, fields, teacher_id (the label store's labels_id)}
         tokens  (N, n_crops, L)  uint16 when vocab_size <= 65536, else int32
         ok      (N,) bool     tokenized (the teacher labelled the sample and the tokenizer accepted it)
-      _runs/<modality>/units (n_units,) str   commit marker per unit, as in the label store
+      _runs/<modality>/units (n_units,) str   commit marker per unit, as in the label store; it names the
+                                     label unit's marker it was made from (`label_marker`, a sha256)
+      _runs/_lock, _runs/_history   as in the label store (unitstore.py)
 
 Units are the label store's units (same unit_size), one chunk per unit, written last-marker-first rule.
 Modality names are flat (`rgb_image`, `dinov2_patches`, `palette`, `caption`): no dots or slashes,
@@ -17,16 +19,17 @@ so they can become WebDataset extensions as they are.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import RUNS, LabelStore, UnitPlan, _create, _now, open_group
+from omnimill.shards.labelstore import LabelStore
+from omnimill.shards.unitstore import RUNS, UnitPlan, UnitStore, create_array, same_store
 
 FORMAT = "omnimill.tokens/1"
+
+__all__ = ["FORMAT", "RUNS", "TokenStore", "UnitPlan", "modality_name"]
 
 
 def modality_name(teacher: str, fields: list[str]) -> str:
@@ -36,85 +39,75 @@ def modality_name(teacher: str, fields: list[str]) -> str:
     return f"{teacher}_{fields[0]}" if len(fields) == 1 else teacher
 
 
-class TokenStore:
+class TokenStore(UnitStore):
+    FORMAT = FORMAT
+    WHAT = "token store"
+    TOP = ("keys", "crops")
+    MAKE = "make one with `omnimill tokenize LABELS {uri} ...`"
+
     def __init__(self, group: zarr.Group, uri: str, storage_options: dict | None = None):
-        if group.attrs.get("format") != FORMAT:
-            raise UserError(f"{uri} is not an omnimill token store (format {group.attrs.get('format')!r})")
-        self.group, self.uri, self.storage_options = group, uri, storage_options or {}
-        attrs = group.attrs
-        self.n, self.n_crops, self.unit_size = int(attrs["n"]), int(attrs["n_crops"]), int(attrs["unit_size"])
-        self.source = dict(attrs["source"])
-
-    @staticmethod
-    def exists(uri: str, storage_options: dict | None = None) -> bool:
-        return LabelStore.exists(uri, storage_options)
-
-    @classmethod
-    def open(cls, uri: str, mode: str = "r", storage_options: dict | None = None) -> "TokenStore":
-        try:
-            return cls(open_group(uri, mode, storage_options), uri, storage_options)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise UserError(f"no token store at {uri}; make one with `omnimill tokenize LABELS {uri} ...`") from None
+        super().__init__(group, uri, storage_options)
+        self.n_crops = int(group.attrs["n_crops"])
+        self.source = dict(group.attrs["source"])
 
     @classmethod
     def create(cls, uri: str, labels: LabelStore, crops: np.ndarray, seed: int,
                storage_options: dict | None = None) -> "TokenStore":
-        group = open_group(uri, "w-", storage_options)
+        if same_store(uri, labels.uri) or same_store(uri, labels.corpus["uri"]):
+            raise UserError(f"{uri} is the label store or its corpus; give a new path for the token store")
+        group = cls.new_group(uri, storage_options)
         n, n_crops = labels.n, crops.shape[1]
-        _create(group, "keys", (n,), (labels.unit_size,), "str")[:] = labels.keys().astype(object)
-        _create(group, "crops", (n, n_crops, 5), (labels.unit_size, n_crops, 5), "int32")[:] = crops
-        group.require_group(RUNS)
-        group.attrs.update({
-            "format": FORMAT, "omnimill_version": __version__, "created": _now(), "n": n, "n_crops": n_crops,
-            "crop_seed": seed, "unit_size": labels.unit_size,
-            "source": {"store": labels.uri, "created": labels.group.attrs.get("created"), "n": labels.n,
-                       "view_size": labels.view_size, "corpus": labels.corpus},
+        create_array(group, "keys", (n,), (labels.unit_size,), "str")[:] = labels.keys().astype(object)
+        create_array(group, "crops", (n, n_crops, 5), (labels.unit_size, n_crops, 5), "int32")[:] = crops
+        cls.commit_create(group, {
+            "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"], "n": n,
+            "n_crops": n_crops, "crop_seed": seed, "unit_size": labels.unit_size,
+            "source": {"store": labels.uri, "uuid": labels.uuid, "created": labels.group.attrs.get("created"),
+                       "n": labels.n, "view_size": labels.view_size, "corpus": labels.corpus},
         })
         return cls(group, uri, storage_options)
 
-    @property
-    def n_units(self) -> int:
-        return -(-self.n // self.unit_size)
-
-    def unit(self, u: int) -> UnitPlan:
-        return UnitPlan(u, u * self.unit_size, min(self.n, (u + 1) * self.unit_size))
+    def made_from(self, labels: LabelStore) -> bool:
+        """By identity, not by path: `/abs/labels.zarr`, `./labels.zarr` and `labels.zarr/` are one store."""
+        if "uuid" in self.source:
+            return self.source["uuid"] == labels.uuid
+        return self.source.get("created") == labels.group.attrs.get("created")  # token stores before uuids
 
     def modalities(self) -> list[str]:
-        return sorted(name for name, _ in self.group[RUNS].groups())
+        return self.parts()
 
     def tokenizer_info(self, modality: str) -> dict:
         return dict(self.group[modality].attrs["tokenizer"])
 
     def prepare_modality(self, modality: str, info: dict, force: bool = False) -> None:
-        """Create the modality's arrays, or check that existing tokens came from the same tokenizer."""
+        """Create the modality's arrays, or check that existing tokens came from the same tokenizer and
+        the same labels (a teacher relabelled with --force has a new identity: never mixed)."""
         if modality in self.modalities() and not force:
             old = self.tokenizer_info(modality)
             if old.get("sha256") != info.get("sha256"):
                 raise UserError(f"{modality} in {self.uri} was tokenized by another tokenizer ({old.get('path')}, "
                                 f"sha256 {old.get('sha256', '')[:12]}); pass --force to retokenize it")
+            if old.get("teacher_id", info.get("teacher_id")) != info.get("teacher_id"):
+                raise UserError(f"teacher {info['teacher']} was relabelled since {modality} was tokenized into "
+                                f"{self.uri}; pass --force to retokenize {modality} from the new labels")
+            if "teacher_id" not in old:
+                self.group[modality].attrs["tokenizer"] = {**old, "teacher_id": info.get("teacher_id")}
             return
         dtype = "uint16" if info["vocab_size"] <= 65536 else "int32"
-        group = self.group.create_group(modality, overwrite=True)
+        group = self.new_part(modality)
         length = info["tokens_per_sample"]
-        _create(group, "tokens", (self.n, self.n_crops, length), (self.unit_size, self.n_crops, length), dtype)
-        _create(group, "ok", (self.n,), (self.unit_size,), "bool")
-        _create(self.group.require_group(RUNS).create_group(modality, overwrite=True), "units",
-                (self.n_units,), (1,), "str")
+        create_array(group, "tokens", (self.n, self.n_crops, length), (self.unit_size, self.n_crops, length), dtype)
+        create_array(group, "ok", (self.n,), (self.unit_size,), "bool")
         group.attrs["tokenizer"] = info
 
-    def done_units(self, modality: str) -> np.ndarray:
-        if modality not in self.modalities():
-            return np.zeros(self.n_units, bool)
-        return self.group[f"{RUNS}/{modality}/units"][:] != ""
-
-    def markers(self, modality: str) -> list[dict | None]:
-        return [json.loads(m) if m else None for m in self.group[f"{RUNS}/{modality}/units"][:]]
+    def declared(self, part: str) -> dict[str, tuple]:
+        return {"tokens": (self.n_crops, self.tokenizer_info(part)["tokens_per_sample"]), "ok": ()}
 
     def write_unit(self, modality: str, unit: UnitPlan, tokens: np.ndarray, ok: np.ndarray, marker: dict) -> None:
-        group = self.group[modality]
-        group["tokens"][unit.start:unit.stop] = tokens.astype(group["tokens"].dtype)
-        group["ok"][unit.start:unit.stop] = ok
-        self.group[f"{RUNS}/{modality}/units"][unit.unit] = json.dumps(marker)
+        array = self.writable(f"{modality}/tokens")
+        array[unit.start:unit.stop] = tokens.astype(array.dtype)
+        self.writable(f"{modality}/ok")[unit.start:unit.stop] = ok
+        self.write_marker(modality, unit.unit, marker)
 
     def status(self) -> dict:
         modalities = {}
@@ -124,5 +117,5 @@ class TokenStore:
                                 "samples_ok": sum(m["ok"] for m in markers),
                                 "samples_skipped": sum(m["skipped"] for m in markers),
                                 "tokenizer": self.tokenizer_info(name)}
-        return {"store": self.uri, "source": self.source, "n": self.n, "n_crops": self.n_crops,
-                "modalities": modalities}
+        return {"store": self.uri, "uuid": self.uuid, "source": self.source, "n": self.n, "n_crops": self.n_crops,
+                "n_units": self.n_units, "modalities": modalities, "lock": self.lock(), "runs": self.history()}

@@ -1,0 +1,434 @@
+"""What every omnimill Zarr store shares: identity, safe creation, the lock, run history, unit markers,
+verification and repair. The label store and the token store are this plus their own arrays.
+
+    STORE/                   attrs: format, uuid (the store's identity), created, n, unit_size, ...
+      <part>/<array>         a part is a teacher (label store) or a modality (token store); chunk = one unit
+      _runs/
+        <part>/units         (n_units,) str: the commit marker of each unit (JSON), "" = not committed
+        _lock/               a group whose attrs hold the run that owns the store (created exclusively)
+        _history/<run>/      one group per run; its attrs are the run record
+
+Why these choices:
+- Creation writes `creating` first and `format` last, so an interrupted create is recognised and
+  recreated by the same command; anything that is neither ours nor empty is refused, never deleted.
+- Every array keeps empty chunks (`write_empty_chunks`): a committed unit has every chunk on disk, so
+  `verify` can tell a deleted chunk (damage) from one that is all zeros (a legitimate label).
+- The lock is one object created if-not-exists (exclusive on local disks), then read back.
+- Zarr writes each object atomically on local disks (temp + rename), so a kill or a full disk leaves
+  the previous object, never a torn one; on object stores a PUT is atomic per object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import zarr
+
+from omnimill.errors import UserError
+
+RUNS = "_runs"
+LOCK = "_lock"
+HISTORY = "_history"
+WRITE = {"write_empty_chunks": True}  # see the module docstring: every chunk of a committed unit exists
+
+
+def compressor(dtype: str):
+    """Zstd level 1 through Blosc; bit-shuffle for 1-byte types (images, masks), byte-shuffle otherwise.
+
+    Level 1: on photos (rgb) level 3 gains 3% in size for 1.8x the write time (zstd 1: 1.44x, 63 ms per
+    14 MB unit; zstd 3: 1.48x, 112 ms). Edge maps compress 44x either way.
+    """
+    shuffle = "bitshuffle" if np.dtype(dtype).itemsize == 1 else "shuffle"
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)
+
+
+def create_array(group, name: str, shape: tuple, chunks: tuple, dtype: str):
+    if dtype == "str":
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=str, overwrite=True, config=WRITE)
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressor(dtype),
+                              fill_value=0, overwrite=True, config=WRITE)
+
+
+def is_url(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def open_group(uri: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    """zarr.open_group, Zarr v3 only (a v2 store could name a pickle codec); storage options only for URLs."""
+    if is_url(uri):
+        return zarr.open_group(uri, mode=mode, storage_options=storage_options or None, zarr_format=3)
+    return zarr.open_group(local_path(uri), mode=mode, zarr_format=3)
+
+
+def same_store(a: str, b: str) -> bool:
+    """`/abs/x.zarr`, `./x.zarr` and `x.zarr/` are one store."""
+    norm = lambda u: u.rstrip("/") if is_url(u) else os.path.realpath(local_path(u))  # noqa: E731
+    return norm(a) == norm(b)
+
+
+@dataclass
+class UnitPlan:
+    unit: int
+    start: int
+    stop: int
+
+
+class UnitStore:
+    FORMAT: ClassVar[str]
+    WHAT: ClassVar[str]  # "label store" / "token store", for messages
+    TOP: ClassVar[tuple[str, ...]]  # the arrays `create` writes at the top level (besides _runs)
+    MAKE: ClassVar[str]  # how to make one, for messages: "{uri}" is filled in
+
+    def __init__(self, group: zarr.Group, uri: str, storage_options: dict | None = None):
+        attrs = group.attrs
+        if attrs.get("format") != self.FORMAT:
+            raise UserError(f"{uri} is not an omnimill {self.WHAT} (format {attrs.get('format')!r})")
+        self.group, self.uri, self.storage_options = group, uri, storage_options or {}
+        self.n, self.unit_size = int(attrs["n"]), int(attrs["unit_size"])
+        self.uuid = str(attrs.get("uuid") or attrs.get("created"))  # stores made before uuids: their creation time
+
+    # ---------------------------------------------------------------- what is at a path
+    @classmethod
+    def state(cls, uri: str, storage_options: dict | None = None) -> str:
+        """absent | store | interrupted (our create was cut short) | other (say what it is)."""
+        if not is_url(uri):
+            path = local_path(uri)
+            if not os.path.exists(path):
+                return "absent"
+            if not os.path.isdir(path):
+                return "other: a file, not a store folder"
+            entries = set(os.listdir(path))
+            if not entries:
+                return "absent"
+            if "zarr.json" not in entries:
+                return "other: a folder that is not an omnimill store (and not empty)"
+        try:
+            attrs = dict(open_group(uri, "r", storage_options).attrs)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            return "absent"
+        except Exception as e:  # a zarr.json that does not parse, an array where a group should be, a v2 store
+            return f"other: not readable as a Zarr v3 group ({type(e).__name__})"
+        if attrs.get("format") == cls.FORMAT:
+            return "store"
+        if attrs.get("creating") == cls.FORMAT:
+            return "interrupted"
+        if not attrs and (is_url(uri) or set(os.listdir(local_path(uri))) <= {"zarr.json", *cls.TOP, RUNS}):
+            return "interrupted"  # killed between the group's creation and its first attributes (older stores)
+        return f"other: a store of format {attrs.get('format') or attrs.get('creating')!r}"
+
+    @classmethod
+    def exists(cls, uri: str, storage_options: dict | None = None) -> bool:
+        return cls.state(uri, storage_options) == "store"
+
+    @classmethod
+    def open(cls, uri: str, mode: str = "r", storage_options: dict | None = None):
+        state = cls.state(uri, storage_options)
+        if state == "absent":
+            raise UserError(f"no {cls.WHAT} at {uri}; {cls.MAKE.format(uri=uri)}")
+        if state == "interrupted":
+            raise UserError(f"{uri} is a {cls.WHAT} whose creation was interrupted; run the command that "
+                            "creates it again")
+        if state != "store":
+            raise UserError(f"{uri} is not an omnimill {cls.WHAT} ({state.removeprefix('other: ')})")
+        return cls(open_group(uri, mode, storage_options), uri, storage_options)
+
+    @classmethod
+    def new_group(cls, uri: str, storage_options: dict | None = None) -> zarr.Group:
+        """The root group of a new store. An interrupted create is removed first (only our own entries)."""
+        state = cls.state(uri, storage_options)
+        if state == "interrupted":
+            _remove_ours(uri, storage_options, ("zarr.json", *cls.TOP, RUNS))
+        elif state != "absent":
+            raise UserError(f"{uri} is {'an existing ' + cls.WHAT if state == 'store' else state.removeprefix('other: ')}"
+                            f"; give a new path for the {cls.WHAT}")
+        attributes = {"creating": cls.FORMAT, "uuid": uuid.uuid4().hex}
+        if is_url(uri):
+            return zarr.create_group(uri, storage_options=storage_options or None, attributes=attributes,
+                                     zarr_format=3, overwrite=True)
+        return zarr.create_group(local_path(uri), attributes=attributes, zarr_format=3, overwrite=True)
+
+    @staticmethod
+    def commit_create(group: zarr.Group, attrs: dict) -> None:
+        """Attributes last: until `format` is set the store is an interrupted create."""
+        group.require_group(RUNS)
+        group.attrs.update({**attrs, "created": now()})
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def n_units(self) -> int:
+        return -(-self.n // self.unit_size)  # ceil(n / unit_size)
+
+    def unit(self, u: int) -> UnitPlan:
+        return UnitPlan(u, u * self.unit_size, min(self.n, (u + 1) * self.unit_size))
+
+    def keys(self) -> np.ndarray:
+        return self.group["keys"][:]
+
+    def writable(self, path: str):
+        return self.group[path].with_config(WRITE)
+
+    # ---------------------------------------------------------------- parts and markers
+    def parts(self) -> list[str]:
+        """Teachers (label store) or modalities (token store): every group under _runs but ours."""
+        return sorted(name for name, _ in self.group[RUNS].groups() if not name.startswith("_"))
+
+    def new_part(self, name: str) -> zarr.Group:
+        """(Re)create a part's group and its empty marker array; the group gets an identity of its own."""
+        group = self.group.create_group(name, overwrite=True)
+        create_array(self.group.require_group(RUNS).create_group(name, overwrite=True), "units",
+                     (self.n_units,), (1,), "str")
+        return group
+
+    def raw_markers(self, part: str) -> np.ndarray:
+        return self.group[f"{RUNS}/{part}/units"][:]
+
+    def done_units(self, part: str) -> np.ndarray:
+        if part not in self.parts():
+            return np.zeros(self.n_units, bool)
+        return self.raw_markers(part) != ""
+
+    def markers(self, part: str) -> list[dict | None]:
+        return [json.loads(m) if m else None for m in self.raw_markers(part)]
+
+    def write_marker(self, part: str, unit: int, marker: dict) -> None:
+        self.writable(f"{RUNS}/{part}/units")[unit] = json.dumps(marker)
+
+    def clear_markers(self, part: str, units) -> None:
+        array = self.writable(f"{RUNS}/{part}/units")
+        for u in units:
+            array[u] = ""
+
+    # ---------------------------------------------------------------- lock
+    def acquire_lock(self, break_lock: bool = False, verb: str = "labelled") -> dict:
+        """Refuse a second run on this store: the lock object is created only if it does not exist.
+
+        A lock left by a killed run on this host (its pid is gone) is taken over. A lock from another
+        host cannot be checked from here: `--break-lock` takes it over.
+        """
+        token = {"host": socket.gethostname(), "pid": os.getpid(), "since": now(), "nonce": os.urandom(6).hex()}
+        for _ in range(2):
+            old = self.lock()
+            if old is not None:
+                if _alive(old) and not break_lock:
+                    raise UserError(f"{self.uri} is being {old.get('verb', verb)} by pid {old['pid']} on "
+                                    f"{old['host']} since {old['since']}; wait for it, or pass --break-lock "
+                                    "if that run is dead")
+                self._delete(f"{RUNS}/{LOCK}/zarr.json")
+            self._put_if_absent(f"{RUNS}/{LOCK}/zarr.json", _group_json({"lock": {**token, "verb": verb}}))
+            time.sleep(0.02 if not is_url(self.uri) else 0.2)  # object stores: let a racing writer land first
+            if (self.lock() or {}).get("nonce") == token["nonce"]:
+                return token
+        raise UserError(f"{self.uri} was locked by another run at the same moment; try again")
+
+    def live_lock(self) -> dict | None:
+        """The lock of a run that is (or may be, on another host) still going; None if free or dead."""
+        lock = self.lock()
+        return lock if lock is not None and _alive(lock) else None
+
+    def lock(self) -> dict | None:
+        raw = self._get(f"{RUNS}/{LOCK}/zarr.json")
+        if raw is None:
+            return self.group[RUNS].attrs.get("lock")  # stores locked by an older omnimill
+        try:
+            return json.loads(raw)["attributes"]["lock"]
+        except (ValueError, KeyError, TypeError):
+            return {"host": "?", "pid": -1, "since": "?", "nonce": "damaged"}  # a torn lock: dead by definition
+
+    def release_lock(self, token: dict | None = None) -> None:
+        held = self.lock()
+        if held is not None and (token is None or held.get("nonce") == token.get("nonce")):
+            self._delete(f"{RUNS}/{LOCK}/zarr.json")
+        if "lock" in self.group[RUNS].attrs:
+            del self.group[RUNS].attrs["lock"]
+
+    # ---------------------------------------------------------------- run history
+    def append_run(self, record: dict) -> None:
+        """One group per run, written in one object: appending never rewrites earlier records."""
+        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{os.getpid()}_{os.urandom(3).hex()}"
+        self.group.require_group(f"{RUNS}/{HISTORY}").create_group(name, attributes=record)
+
+    def history(self) -> list[dict]:
+        old = list(self.group[RUNS].attrs.get("history", []))  # records of an older omnimill
+        if HISTORY not in self.group[RUNS]:
+            return old
+        runs = self.group[f"{RUNS}/{HISTORY}"]
+        return old + [dict(g.attrs) for _, g in sorted(runs.groups())]
+
+    # ---------------------------------------------------------------- verify
+    def declared(self, part: str) -> dict[str, tuple]:
+        """{array name: per-sample shape} a complete part holds (ok included)."""
+        raise NotImplementedError
+
+    def verify(self, parts: list[str] | None = None) -> list[dict]:
+        """Every problem found: {part, unit, array, samples, problem}. Reads every chunk of every committed unit."""
+        problems = []
+
+        def problem(part, unit, array, what):
+            span = self.unit(unit) if unit is not None else None
+            problems.append({"part": part, "unit": unit, "array": array,
+                             "samples": f"{span.start}..{span.stop - 1}" if span else "", "problem": what})
+
+        for name in self.TOP:
+            for u, what in self._check_chunks(name, range(self.n_units), self.n):
+                problem("", u, name, what)
+        for part in parts if parts is not None else self.parts():
+            try:
+                raw = self.raw_markers(part)
+            except Exception as e:
+                problem(part, None, f"{RUNS}/{part}/units", f"marker array unreadable: {type(e).__name__}: {e}")
+                continue
+            committed = []
+            markers = {}
+            for u, text in enumerate(raw):
+                if not text:
+                    continue
+                try:
+                    markers[u] = json.loads(text)
+                    int(markers[u]["ok"])
+                    committed.append(u)
+                except (ValueError, KeyError, TypeError) as e:
+                    problem(part, u, f"{RUNS}/{part}/units", f"marker is not valid JSON ({type(e).__name__})")
+            if part not in self.group:
+                problem(part, None, part, "the part's group is missing")
+                continue
+            for array, shape in self.declared(part).items():
+                if array not in self.group[part]:
+                    problem(part, None, f"{part}/{array}", "array missing")
+                    continue
+                got = self.group[f"{part}/{array}"].shape
+                if tuple(got) != (self.n, *shape):
+                    problem(part, None, f"{part}/{array}", f"shape {tuple(got)}, declared {(self.n, *shape)}")
+                    continue
+                for u, what in self._check_chunks(f"{part}/{array}", committed, self.n):
+                    problem(part, u, f"{part}/{array}", what)
+            if "ok" in self.group[part]:
+                for u in committed:
+                    span = self.unit(u)
+                    try:
+                        count = int(self.group[f"{part}/ok"][span.start:span.stop].sum())
+                    except Exception:
+                        continue  # already reported as an unreadable chunk
+                    if count != int(markers[u]["ok"]):
+                        problem(part, u, f"{part}/ok", f"{count} samples ok, the marker says {markers[u]['ok']}")
+        return problems
+
+    def _check_chunks(self, path: str, units, n: int):
+        """(unit, problem) for every unit whose chunks along N are missing or do not decode."""
+        array = self.group[path]
+        rows = array.chunks[0]
+        other = [range(-(-s // c)) for s, c in zip(array.shape[1:], array.chunks[1:])]
+        for u in units:
+            span = self.unit(u)
+            first, last = span.start // rows, (span.stop - 1) // rows
+            for c in range(first, last + 1):
+                for rest in np.ndindex(*[len(r) for r in other]) if other else [()]:
+                    key = array.metadata.encode_chunk_key((c, *rest))
+                    if self._get(f"{array.path}/{key}") is None:
+                        yield u, f"chunk {key} is missing"
+                        break
+                else:
+                    try:
+                        array[span.start:span.stop]
+                    except Exception as e:
+                        yield u, f"does not decode: {type(e).__name__}: {e}"
+                    continue
+                break
+
+    def damaged_units(self, parts: list[str]) -> dict[str, set[int]]:
+        """{part: units to redo} from `verify`; damage to a top-level array hits every part of that unit."""
+        damaged: dict[str, set[int]] = {p: set() for p in parts}
+        for p in self.verify(parts):
+            if p["unit"] is None:
+                if p["part"]:
+                    damaged.setdefault(p["part"], set()).update(range(self.n_units))
+                continue
+            for part in ([p["part"]] if p["part"] else parts):
+                damaged.setdefault(part, set()).add(p["unit"])
+        return damaged
+
+    # ---------------------------------------------------------------- raw objects (lock, verify)
+    def _key(self, key: str) -> str:
+        return f"{self.group.path}/{key}" if self.group.path else key
+
+    def _get(self, key: str) -> bytes | None:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(self.group.store.get(self._key(key), prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def _put_if_absent(self, key: str, data: bytes) -> None:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        sync(self.group.store.set_if_not_exists(self._key(key), default_buffer_prototype().buffer.from_bytes(data)))
+
+    def _delete(self, key: str) -> None:
+        from zarr.core.sync import sync
+
+        sync(self.group.store.delete(self._key(key)))
+        if not is_url(self.uri):  # a local folder left empty would make zarr warn about a stray object
+            folder = os.path.dirname(os.path.join(local_path(self.uri), self._key(key)))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _group_json(attributes: dict) -> bytes:
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
+
+
+def _remove_ours(uri: str, storage_options: dict | None, names: tuple[str, ...]) -> None:
+    """Remove an interrupted create: only the entries a create writes, and only if nothing else is there."""
+    if is_url(uri):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        entries = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)}
+        remove = lambda p: fs.rm(p, recursive=True)  # noqa: E731
+    else:
+        root = local_path(uri)
+        entries = {name: os.path.join(root, name) for name in os.listdir(root)}
+        remove = lambda p: shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)  # noqa: E731
+    strangers = sorted(set(entries) - set(names))
+    if strangers:
+        raise UserError(f"{uri} looks like an interrupted create but also holds {', '.join(strangers[:3])}; "
+                        "move those away or give a new path")
+    for name in names:
+        if name in entries and name != "zarr.json":
+            remove(entries[name])
+    if "zarr.json" in entries:
+        remove(entries["zarr.json"])  # last: until it goes, the folder is still recognised as ours
+
+
+def _alive(lock: dict) -> bool:
+    if lock.get("host") != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(int(lock["pid"]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return int(lock["pid"]) > 0
+
+
+def short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
