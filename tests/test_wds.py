@@ -132,3 +132,216 @@ def test_an_interrupted_export_resumes_without_redoing_finished_shards(token_dat
     (out / "_export" / "plan.json").write_text(json.dumps({"samples_per_shard": 99}))
     with pytest.raises(UserError, match="unfinished export of other settings"):
         export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+
+
+# --- Trust: --force removes only an export's own files, inputs are never outputs, kills leave nothing torn ---
+
+from typer.testing import CliRunner  # noqa: E402
+
+from omnimill.cli import app  # noqa: E402
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, fragment: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+
+
+def listing(folder) -> dict:
+    """Every file under a folder with its bytes: what a test compares before and after."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def stores(token_data, tmp_path):
+    """Copies of the session's label and token stores (tests here point OUT at them), the copy of the token
+    store naming the copy of the label store as its source."""
+    import shutil
+
+    import zarr
+
+    labels, tokens = tmp_path / "labels.zarr", tmp_path / "tokens.zarr"
+    shutil.copytree(token_data["labels"], labels)
+    shutil.copytree(token_data["tokens"], tokens)
+    group = zarr.open_group(str(tokens), mode="r+")
+    group.attrs["source"] = {**group.attrs["source"], "store": str(labels)}
+    return {"labels": labels, "tokens": tokens}
+
+
+@pytest.fixture(scope="module")
+def clean(token_data, tmp_path_factory):
+    """A clean export with 6 samples per shard (7 shards): what every resumed export must equal."""
+    out = tmp_path_factory.mktemp("clean") / "shards"
+    export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    return listing(out)
+
+
+def same_shard_set(out, clean) -> None:
+    """Byte-identical shards and indexes, nothing left over; only the manifest's `created` differs."""
+    got = listing(out)
+    assert sorted(got) == sorted(clean)
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {k: v for k, v in clean.items()
+                                                                     if k != "manifest.json"}
+    strip = lambda raw: {k: v for k, v in json.loads(raw).items() if k != "created"}  # noqa: E731
+    assert strip(got["manifest.json"]) == strip(clean["manifest.json"])
+    result = invoke("shards", "verify", out)
+    assert result.exit_code == 0 and result.output.startswith("ok"), result.output
+
+
+def test_force_removes_only_an_exports_files(token_data, tmp_path):
+    out = tmp_path / "out"
+    export_wds(token_data["tokens"], str(out), samples_per_shard=10)
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "shard-000009.tar").write_bytes(b"not ours: not in OUT itself")
+    (out / "shard-1.tar").write_bytes(b"not an export's name")
+    again = export_wds(token_data["tokens"], str(out), samples_per_shard=40, force=True)
+    assert len(again["shards"]) == 1
+    assert sorted(listing(out)) == ["manifest.json", "mine/shard-000009.tar", "notes.txt", "shard-000000.idx.npz",
+                                    "shard-000000.tar", "shard-1.tar"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_force_uses_a_folder_of_other_files_and_keeps_them(token_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_wds(token_data["tokens"], str(out))
+    export_wds(token_data["tokens"], str(out), samples_per_shard=40, force=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "manifest.json").exists()
+
+
+def test_force_refuses_shards_that_no_export_wrote(token_data, tmp_path):
+    """`shard-000000.tar` is webdataset's own naming: without a manifest or _export/ they are the user's."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(b"a user's webdataset shard")
+    result = invoke("shards", "export", token_data["tokens"], out, "--force")
+    one_line_error(result, "but no omnimill export")
+    (out / "manifest.json").write_text('{"format": "someone else"}')
+    one_line_error(invoke("shards", "export", token_data["tokens"], out, "--force"), "manifest.json omnimill did not")
+    assert listing(out) == {"manifest.json": b'{"format": "someone else"}',
+                            "shard-000000.tar": b"a user's webdataset shard"}
+
+
+@pytest.mark.parametrize("where", ["tokens", "tokens/sub", "labels", "labels/shards"])
+def test_out_in_an_input_store_is_refused_and_the_store_intact(stores, where):
+    kind, _, sub = where.partition("/")
+    out = stores[kind] / sub if sub else stores[kind]
+    before = {k: listing(stores[k]) for k in stores}
+    result = invoke("shards", "export", stores["tokens"], out, "--force")
+    one_line_error(result, f"the {'token' if kind == 'tokens' else 'label'} store")
+    assert {k: listing(stores[k]) for k in stores} == before
+    assert invoke("shards", "verify", stores["tokens"]).exit_code == 0
+
+
+def test_overlap_of_urls_compares_normalised_paths(tmp_path):
+    from omnimill.shards.wds import refuse_overlap
+
+    with pytest.raises(UserError, match="inside the token store"):
+        refuse_overlap("s3://bucket/tokens.zarr/shards", {"the token store": "s3://bucket//tokens.zarr/"})
+    with pytest.raises(UserError, match="is the label store"):
+        refuse_overlap("memory://x/labels.zarr/", {"the label store": "memory:///x/./labels.zarr"})
+    refuse_overlap("s3://bucket/tokens.zarr2", {"the token store": "s3://bucket/tokens.zarr"})  # a sibling
+    refuse_overlap("gs://bucket/tokens.zarr", {"the token store": "s3://bucket/tokens.zarr"})
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(UserError, match="inside the token store"):
+        refuse_overlap(str(tmp_path / "link" / "out"), {"the token store": str(tmp_path / "real")})
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_samples_per_shard_below_one_writes_nothing(token_data, tmp_path, value):
+    out = tmp_path / "out"
+    one_line_error(invoke("shards", "export", token_data["tokens"], out, "--samples-per-shard", value),
+                   "--samples-per-shard must be at least 1")
+    assert not out.exists()
+    assert invoke("shards", "export", token_data["tokens"], out, "--samples-per-shard", "40").exit_code == 0
+
+
+# A kill in the middle of writing one file: `open` hands back a file whose first write writes `fraction` of
+# its bytes and SIGKILLs the process, whatever name the file is being written under (its final name or a temp).
+KILLER = """
+import builtins, os, signal, sys
+target, fraction = sys.argv[1], float(sys.argv[2])
+real_open = builtins.open
+
+class Torn:
+    def __init__(self, f):
+        self._f = f
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self._f.close()
+    def write(self, data):
+        self._f.write(data[:int(len(data) * fraction)])
+        self._f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def torn_open(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    return Torn(f) if "w" in mode and target in os.path.basename(str(file)) else f
+
+builtins.open = torn_open
+from omnimill.cli import app
+app(sys.argv[3:], prog_name="omnimill")
+"""
+
+
+def killed_while_writing(target: str, fraction: float, *args) -> None:
+    run = subprocess.run([sys.executable, "-c", KILLER, target, str(fraction), *map(str, args)],
+                         capture_output=True, text=True)
+    assert run.returncode == -9, run.stdout + run.stderr  # killed where intended, not finished or failed
+
+
+@pytest.mark.parametrize("target, fraction", [
+    ("manifest.json", 0.0),  # a 0-byte manifest
+    ("manifest.json", 0.5),  # a truncated one
+    ("shard-000002.tar.json", 0.5),  # shard 2's note in _export/
+    ("shard-000003.tar", 0.5),  # a torn tar
+    ("shard-000003.idx.npz", 0.5),  # a torn index
+])
+def test_a_kill_while_writing_then_the_same_command_gives_the_clean_shard_set(token_data, tmp_path, clean,
+                                                                             target, fraction):
+    out = tmp_path / "out"
+    command = ("shards", "export", token_data["tokens"], out, "--samples-per-shard", "6")
+    killed_while_writing(target, fraction, *command)
+    result = invoke(*command)
+    assert result.exit_code == 0, result.output
+    same_shard_set(out, clean)
+
+
+def test_a_noted_shard_cut_short_is_rewritten(token_data, tmp_path, clean):
+    """A shard noted as finished whose tar is shorter than its note says (its bytes never reached the disk)."""
+    out = tmp_path / "out"
+    export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    rows = json.loads((out / "manifest.json").read_text())["shards"]
+    (out / "manifest.json").unlink()
+    (out / "_export").mkdir()
+    plan = {"tokens": token_data["tokens"], "created": TokenStore.open(token_data["tokens"]).group.attrs["created"],
+            "samples_per_shard": 6, "modalities": list(json.loads(clean["manifest.json"])["modalities"])}
+    (out / "_export" / "plan.json").write_text(json.dumps(plan))
+    for row in rows:
+        (out / "_export" / f"{row['name']}.json").write_text(json.dumps(row))
+    tar = out / "shard-000004.tar"
+    tar.write_bytes(tar.read_bytes()[:1000])
+    export_wds(token_data["tokens"], str(out), samples_per_shard=6)
+    same_shard_set(out, clean)
+
+
+def test_export_to_an_object_store_commits_with_the_manifest(token_data):
+    out = "memory://trust/shards"
+    manifest = export_wds(token_data["tokens"], out, samples_per_shard=20)
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/trust/shards", detail=False)) == ["manifest.json"] + sorted(
+        f"shard-00000{i}.{ext}" for i in range(2) for ext in ("tar", "idx.npz"))
+    assert read_manifest(out) == manifest
+    fs.rm("/trust", recursive=True)

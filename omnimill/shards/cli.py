@@ -12,6 +12,8 @@ from omnimill.errors import UserError, fail
 
 shards_app = typer.Typer(help="Export, verify and build token shards.", no_args_is_help=True)
 console = Console()
+FORCE_HELP = ("Redo an export in OUT: removes only what an earlier export wrote (shard-*.tar, shard-*.idx.npz, "
+              "manifest.json, _export/); other files stay.")
 
 
 @shards_app.command("export")
@@ -22,7 +24,7 @@ def export(
     samples_per_shard: Annotated[int, typer.Option(help="Samples per tar; about 1000-10000 for training, "
                                                         "and at least ranks x workers shards.")] = 1000,
     modality: Annotated[list[str], typer.Option("--modality", "-m", help="Export only these (repeatable).")] = [],
-    force: Annotated[bool, typer.Option(help="Overwrite a non-empty OUT.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ):
     """Write a token store as WebDataset tars plus a manifest (counts, vocabularies, tokenizer hashes, sha256)."""
     from omnimill.shards.wds import export_wds
@@ -47,8 +49,10 @@ def verify(
     """Check alignment, counts, checksums and vocabularies; exit 1 and name shard and sample on damage."""
     from omnimill.shards.verify import check_exists
     from omnimill.shards.verify import verify as run_verify
+    from omnimill.shards.wds import positive
 
     try:
+        positive("--max-problems", max_problems)  # 0 would print "ok" for a damaged set
         check_exists(path)
         report = run_verify(path, max_problems=max_problems)
     except UserError as e:
@@ -77,14 +81,15 @@ def text(
     field: Annotated[str, typer.Option(help="JSON field holding the text in .jsonl files.")] = "text",
     samples_per_shard: Annotated[int, typer.Option(help="Samples per tar.")] = 1000,
     limit: Annotated[Optional[int], typer.Option(help="Use at most this many documents.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite a non-empty OUT.")] = False,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ):
     """Tokenize a text-only corpus into shards (for MM1-style mixtures: text, every other modality absent)."""
     from omnimill.shards.textcorpus import read_texts
-    from omnimill.shards.wds import write_text_shards
+    from omnimill.shards.wds import positive, write_text_shards
 
     try:
-        keys, texts = read_texts(corpus, field, limit)
+        positive("--samples-per-shard", samples_per_shard)  # before reading the whole corpus
+        keys, texts = read_texts(corpus, field, limit, out)
         manifest = write_text_shards(texts, keys, tokenizer, out, samples_per_shard, force)
     except UserError as e:
         fail(str(e))

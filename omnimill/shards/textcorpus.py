@@ -8,11 +8,16 @@ import fsspec
 
 from omnimill.errors import UserError
 from omnimill.shards.corpus import make_key
+from omnimill.shards.wds import location, positive, refuse_overlap
 
 
-def read_texts(uri: str, field: str = "text", limit: int | None = None) -> tuple[list[str], list[str]]:
+def read_texts(uri: str, field: str = "text", limit: int | None = None,
+               out: str | None = None) -> tuple[list[str], list[str]]:
     """-> (keys, texts). Keys are `<file>_<line>` (the path under a folder, without its extension); blank
-    lines and empty texts are skipped."""
+    lines and empty texts are skipped. With `out` (where shards will go), refuse an OUT that overlaps the
+    corpus before reading anything."""
+    if limit is not None:
+        positive("--limit", limit)
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.isdir(path):
         paths = fs.glob(f"{path.rstrip('/')}/**/*.txt") + fs.glob(f"{path.rstrip('/')}/**/*.jsonl")
@@ -20,6 +25,9 @@ def read_texts(uri: str, field: str = "text", limit: int | None = None) -> tuple
         paths = fs.glob(path) if any(c in path for c in "*?[") else [p for p in [path] if fs.exists(p)]
     if not paths:
         raise UserError(f"no text files at {uri}; give .txt or .jsonl files (a path, folder, glob or fsspec URL)")
+    if out is not None:
+        refuse_overlap(out, {"the corpus": uri} if fs.isdir(path) else {})
+        _refuse_files_in(out, [fs.unstrip_protocol(p) for p in paths])
     keys, texts = [], []
     for file in sorted(paths):
         # Keys from the path under a folder (sub/b.jsonl -> sub/b_<line>), else the file's stem: unique.
@@ -45,3 +53,12 @@ def read_texts(uri: str, field: str = "text", limit: int | None = None) -> tuple
                 if limit is not None and len(texts) >= limit:
                     return keys, texts
     return keys, texts
+
+
+def _refuse_files_in(out: str, files: list[str]) -> None:
+    """OUT may not hold (or be) a file being read: shards written there would sit among, or on, the corpus."""
+    where, root = location(out)
+    for file in files:
+        file_where, file_path = location(file)
+        if file_where == where and (file_path == root or file_path.startswith(root.rstrip("/") + "/")):
+            raise UserError(f"{out} holds the corpus file {file}; choose an output folder apart from the corpus")

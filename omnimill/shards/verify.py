@@ -22,7 +22,7 @@ import numpy as np
 from omnimill.errors import UserError
 from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, group_members, is_shard_set, scan_tar,
                                       unit_from_index, unit_from_tar)
-from omnimill.shards.wds import join, read_manifest
+from omnimill.shards.wds import join, positive, read_manifest
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Problem:
 
 def verify(uri: str, storage_options: dict | None = None, max_problems: int = 100) -> dict:
     """-> {kind, uri, samples, units, modalities, problems: [Problem as dict]}; ok when problems is empty."""
+    positive("max_problems", max_problems)  # 0 (or less) would report a damaged set as whole
     if is_shard_set(uri, storage_options):
         report = _verify_shards(uri, storage_options or {})
     else:

@@ -27,11 +27,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import posixpath
+import re
 import tarfile
 import zlib
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from omnimill import __version__
 from omnimill.errors import UserError
@@ -41,6 +45,7 @@ FORMAT = "omnimill.wds/1"
 MANIFEST = "manifest.json"
 PROGRESS = "_export"  # finished shards of an export in progress
 SHARD_NAME = "shard-{:06d}.tar"
+OURS = re.compile(r"shard-\d{6,}\.(tar|idx\.npz)|manifest\.json")  # files an export writes in OUT
 
 
 def join(root: str, name: str) -> str:
@@ -114,8 +119,7 @@ class ShardWriter:
         np.savez(side, **index)
         index_name = name.replace(".tar", ".idx.npz")
         for file_name, payload in ((name, data), (index_name, side.getvalue())):
-            with fsspec.open(join(self.out, file_name), "wb", **self.options) as f:
-                f.write(payload)
+            atomic_write(join(self.out, file_name), payload, self.options)
         self.shards.append({"name": name, "samples": len(keys), "bytes": len(data),
                             "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data),
                             "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
@@ -130,85 +134,171 @@ class ShardWriter:
         return self.shards
 
 
+def positive(option: str, value: int) -> None:
+    """Refuse a count that makes no sense before anything is written (a plan written with it would block
+    the corrected command)."""
+    if value < 1:
+        raise UserError(f"{option} must be at least 1, not {value}")
+
+
 def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalities: list[str] | None = None,
                force: bool = False, storage_options: dict | None = None) -> dict:
     """Token store -> WebDataset shards + manifest.json. Samples keep the store's order; a sample with
     none of the chosen modalities (no teacher labelled it) is left out. Returns the manifest."""
     from omnimill.shards.sources import TokenStoreSource
 
+    positive("--samples-per-shard", samples_per_shard)
+    refuse_overlap(out, {"the token store": tokens_uri})
     source = TokenStoreSource(tokens_uri, storage_options, modalities)
+    if source.labels:  # the label store the tokens were made from: an input too
+        refuse_overlap(out, {"the label store": source.labels})
     chosen = list(source.modalities)
     incomplete = source.incomplete_units()
     if any(incomplete[m] for m in chosen):
         detail = "; ".join(f"{m}: {len(incomplete[m])} units" for m in chosen if incomplete[m])
         raise UserError(f"{tokens_uri} is not fully tokenized ({detail}); finish `omnimill tokenize` first")
-    options = storage_options or {}
     plan = {"tokens": tokens_uri, "created": source.created, "samples_per_shard": samples_per_shard,
             "modalities": chosen}
+
+    def samples(skip: int):  # the samples after the first `skip` (those in finished shards)
+        for unit in range(len(source.units)):
+            columns = source.read_unit(unit)
+            live = np.flatnonzero(columns.live())
+            taken = min(skip, len(live))
+            skip -= taken
+            for i in live[taken:]:
+                sample = columns.sample(i)
+                yield (sample["__key__"], sample["__index__"], sample["__crops__"],
+                       {m: sample[m] for m in chosen if m in sample})
+
+    def manifest(shards: list[dict]) -> dict:
+        counts = {m: sum(s["modalities"].get(m, 0) for s in shards) for m in chosen}
+        return {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
+                "source": {"tokens": tokens_uri, "created": source.created, "labels": source.labels},
+                "n": sum(s["samples"] for s in shards), "n_crops": source.n_crops,
+                "modalities": {m: {**source.modalities[m].info, "samples": counts[m]} for m in chosen},
+                "shards": shards}
+
+    return _write_set(out, plan, force, storage_options or {}, samples_per_shard, samples, manifest)
+
+
+def _write_set(out: str, plan: dict, force: bool, options: dict, samples_per_shard: int, samples, manifest_of) -> dict:
+    """Shards of `samples(skip)`, resumable: each finished shard is noted in OUT/_export/; the manifest is
+    written last (on an object store it is the commit marker), then _export/ goes."""
     done = _resume_point(out, plan, force, options)
 
     def record(row: dict) -> None:  # a shard is done once its tar and index are written: note it
-        with fsspec.open(join(out, f"{PROGRESS}/{row['name']}.json"), "w", **options) as f:
-            json.dump(row, f)
+        atomic_write(join(out, f"{PROGRESS}/{row['name']}.json"), json.dumps(row).encode(), options)
 
-    writer = ShardWriter(out, samples_per_shard, storage_options, done, record)
-    skip = sum(row["samples"] for row in done)  # samples already in finished shards
-    for unit in range(len(source.units)):
-        columns = source.read_unit(unit)
-        live = np.flatnonzero(columns.live())
-        taken = min(skip, len(live))
-        skip -= taken
-        for i in live[taken:]:
-            sample = columns.sample(i)
-            writer.add(sample["__key__"], sample["__index__"], sample["__crops__"],
-                       {m: sample[m] for m in chosen if m in sample})
-    shards = writer.close()
-    counts = {m: sum(s["modalities"].get(m, 0) for s in shards) for m in chosen}
-    manifest = {
-        "format": FORMAT, "omnimill_version": __version__, "created": _now(),
-        "source": {"tokens": tokens_uri, "created": source.created, "labels": source.labels},
-        "n": sum(s["samples"] for s in shards), "n_crops": source.n_crops,
-        "modalities": {m: {**source.modalities[m].info, "samples": counts[m]} for m in chosen},
-        "shards": shards,
-    }
-    with fsspec.open(join(out, MANIFEST), "w", **options) as f:
-        json.dump(manifest, f, indent=1)
+    writer = ShardWriter(out, samples_per_shard, options, done, record)
+    for sample in samples(sum(row["samples"] for row in done)):
+        writer.add(*sample)
+    manifest = manifest_of(writer.close())
+    atomic_write(join(out, MANIFEST), json.dumps(manifest, indent=1).encode(), options)
     fs, root = fsspec.core.url_to_fs(out, **options)
     fs.rm(join(root, PROGRESS), recursive=True)
     return manifest
+
+
+def atomic_write(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write a whole file so that a kill leaves the old file or the new one, never a torn one. Locally: a
+    temp name in the same folder (`.NAME.tmp`, which the same command overwrites and --force removes),
+    fsync, os.replace. On object stores one PUT is already all or nothing."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f".{name}.tmp")
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def written_by_export(name: str) -> bool:
+    """Names an export writes in OUT (and their temp names): the only files --force removes."""
+    temp = re.fullmatch(r"\.(.+)\.tmp", name)
+    return bool(OURS.fullmatch(temp.group(1) if temp else name))
+
+
+def location(url: str) -> tuple[str, str]:
+    """(protocol, normalised path) to compare where two URLs point: resolved local paths, else the URL's path
+    without redundant slashes (no filesystem is created: its package may not even be installed)."""
+    protocol, path = fsspec.core.split_protocol(str(url))
+    if protocol in (None, "file", "local"):
+        return "file", os.path.realpath(os.path.expanduser(path))
+    return protocol, posixpath.normpath("/" + path.lstrip("/"))
+
+
+def refuse_overlap(out: str, inputs: dict[str, str]) -> None:
+    """OUT may not be an input or lie inside one: writing (or --force) there would change what is read."""
+    where, path = location(out)
+    for what, uri in inputs.items():
+        in_where, in_path = location(uri)
+        if where == in_where and (path == in_path or path.startswith(in_path.rstrip("/") + "/")):
+            raise UserError(f"{out} is {'' if path == in_path else 'inside '}{what} {uri}; choose an output "
+                            f"folder outside it")
+
+
+def _read_json(fs, path: str):
+    """The JSON in a file, or None when it does not parse (a write cut short by an older omnimill)."""
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
 
 
 def _resume_point(out: str, plan: dict, force: bool, options: dict) -> list[dict]:
     """Prepare OUT; return the manifest rows of shards an interrupted export of the same plan finished.
 
     An export notes each finished shard in OUT/_export/ (one small file per shard: no rewriting a growing
-    list on an object store) and removes the folder once the manifest is written."""
+    list on an object store) and removes the folder once the manifest is written. --force removes only
+    what an export writes (`written_by_export` names and _export/), and only when OUT shows an export
+    (a manifest or _export/): `shard-000000.tar` is also webdataset's own naming, so a user's shards
+    without either are refused, never deleted. Other files in OUT stay."""
     fs, root = fsspec.core.url_to_fs(out, **options)
-    if force and fs.exists(root):
-        fs.rm(root, recursive=True)
-    if fs.exists(root) and fs.ls(root):
-        if fs.exists(join(root, MANIFEST)):
+    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)} if fs.isdir(root) else {}
+    manifest = _read_json(fs, names[MANIFEST]) if MANIFEST in names else None
+    if manifest is not None and not (isinstance(manifest, dict) and manifest.get("format") == FORMAT):
+        raise UserError(f"{out} holds a manifest.json omnimill did not write; choose another folder")
+    if force:
+        ours = sorted(n for n in names if n == PROGRESS or written_by_export(n))
+        if ours and not (MANIFEST in names or PROGRESS in names):
+            raise UserError(f"{out} holds {ours[0]} but no omnimill export (no manifest.json or {PROGRESS}/); "
+                            f"choose another folder")
+        for name in ours:
+            fs.rm(names[name], recursive=True)
+    elif names:
+        if manifest is not None:
             raise UserError(f"{out} already holds an export (manifest.json); pass --force to redo it")
         if not fs.exists(join(root, f"{PROGRESS}/plan.json")):
-            raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
-        with fs.open(join(root, f"{PROGRESS}/plan.json"), "r") as f:
-            if json.load(f) != plan:
-                raise UserError(f"{out} holds an unfinished export of other settings; rerun it with those, or "
-                                f"pass --force to start again")
-        rows = []
-        for path in sorted(fs.glob(join(root, f"{PROGRESS}/{SHARD_NAME.split('{')[0]}*.json"))):
-            with fs.open(path, "r") as f:
-                rows.append(json.load(f))
-        done = []  # the unbroken run of finished shards from the first; anything after a gap is rewritten
-        for i, row in enumerate(rows):
-            if row["name"] != SHARD_NAME.format(i):
-                break
-            done.append(row)
-        return done
+            raise UserError(f"{out} is not empty; choose another folder or pass --force (it removes only the "
+                            f"files of an earlier export)")
+        if _read_json(fs, join(root, f"{PROGRESS}/plan.json")) != plan:
+            raise UserError(f"{out} holds an unfinished export of other settings; rerun it with those, or "
+                            f"pass --force to start again")
+        return _finished(fs, root)
     fs.makedirs(join(root, PROGRESS), exist_ok=True)
-    with fs.open(join(root, f"{PROGRESS}/plan.json"), "w") as f:
-        json.dump(plan, f)
+    atomic_write(join(out, f"{PROGRESS}/plan.json"), json.dumps(plan).encode(), options)
     return []
+
+
+def _finished(fs, root: str) -> list[dict]:
+    """The unbroken run of noted shards from the first whose tar has its recorded size and whose index
+    exists; anything after a gap, an unreadable note or a short tar is rewritten."""
+    sizes = {p["name"].rstrip("/").rsplit("/", 1)[-1]: p["size"] for p in fs.ls(root, detail=True)}
+    done = []
+    for i, path in enumerate(sorted(fs.glob(join(root, f"{PROGRESS}/shard-*.tar.json")))):
+        row = _read_json(fs, path)
+        if (row is None or row["name"] != SHARD_NAME.format(i) or sizes.get(row["name"]) != row["bytes"]
+                or row["index"] not in sizes):
+            break
+        done.append(row)
+    return done
 
 
 def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out: str, samples_per_shard: int = 1000,
@@ -216,37 +306,42 @@ def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out
     """A text-only corpus -> shards with one modality (the sequence tokenizer's, e.g. `caption`).
 
     For MM1-style mixtures: these samples have text and nothing else, and the loader marks every other
-    modality absent."""
+    modality absent. Resumes like an export: the plan names the texts by a hash of keys and texts."""
     from omnimill.shards.tokenstore import modality_name
     from omnimill.tokenize.base import directory_hash, load_tokenizer
 
+    positive("--samples-per-shard", samples_per_shard)
+    if not texts:
+        raise UserError("the corpus holds no text (every line is blank); nothing to write")
+    refuse_overlap(out, {"the tokenizer": str(tokenizer_dir)})
     tok = load_tokenizer(tokenizer_dir)
     if tok.config.kind != "sequence" or tok.config.fields != ["caption"]:
         raise UserError(f"{tokenizer_dir} is a {tok.config.kind} tokenizer of {tok.config.fields}; text corpora "
                         f"need a caption sequence tokenizer (`omnimill tokenizer train LABELS caption ...`)")
-    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
-    if fs.exists(root) and fs.ls(root) and not force:
-        raise UserError(f"{out} is not empty; choose another folder or pass --force to overwrite it")
-    fs.makedirs(root, exist_ok=True)
     name = modality_name(tok.config.teacher, tok.config.fields)
-    writer = ShardWriter(out, samples_per_shard, storage_options)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    for start in range(0, len(texts), 256):
-        ids = tok.encode({"caption": np.array(texts[start:start + 256], dtype=object)})
-        for i, row in enumerate(ids):
-            writer.add(keys[start + i], start + i, np.zeros((1, 5), np.int32), {name: row[None].astype(dtype)})
-    shards = writer.close()
+    digest = hashlib.sha256()
+    for key, text in zip(keys, texts):
+        digest.update(f"{key}\0{text}\0".encode())
     c = tok.config
     info = {"path": str(tokenizer_dir), "sha256": directory_hash(tokenizer_dir), "kind": c.kind,
             "vocab_size": c.vocab_size, "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id,
             "teacher": c.teacher, "fields": c.fields}
-    manifest = {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
+    plan = {"texts": digest.hexdigest(), "tokenizer": info["sha256"], "samples_per_shard": samples_per_shard}
+
+    def samples(skip: int):
+        for start in range(skip, len(texts), 256):
+            ids = tok.encode({"caption": np.array(texts[start:start + 256], dtype=object)})
+            for i, row in enumerate(ids):
+                yield keys[start + i], start + i, np.zeros((1, 5), np.int32), {name: row[None].astype(dtype)}
+
+    def manifest(shards: list[dict]) -> dict:
+        return {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
                 "source": {"text": len(texts)}, "n": len(texts), "n_crops": 1,
                 "modalities": {name: {**info, "dtype": np.dtype(dtype).name, "samples": len(texts)}},
                 "shards": shards}
-    with fsspec.open(join(out, MANIFEST), "w", **(storage_options or {})) as f:
-        json.dump(manifest, f, indent=1)
-    return manifest
+
+    return _write_set(out, plan, force, storage_options or {}, samples_per_shard, samples, manifest)
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
