@@ -1,6 +1,7 @@
 """Audit index benchmark: recall@10 against exact search and single-query latency, ours vs autofaiss.
 
-For each N (100k, 1M) and memory budget, on the same vectors and the same 1,000 held-out queries:
+For each N (100k, 1M) and memory budget, on the same vectors and the same 1,000 held-out queries (recall and
+latency), with 1,000 other held-out queries on which omnimill tunes its search parameter (never scored):
 - omnimill: the index `choose_index` picks for (N, dim, budget, 10 ms), built and tuned by the same
   functions `omnimill audit index` runs (new_index, training_size, tune, measure), minus the Zarr reading;
 - autofaiss: `autofaiss.build_index` at the same budget and the same 10 ms target, its own choice of
@@ -26,8 +27,9 @@ pyarrow needs numpy 2, so that virtualenv pins faiss-cpu 1.7.4 and pyarrow < 20 
 the same; this process reads autofaiss's index with faiss 1.15):
     python3 -m venv .venv-autofaiss
     .venv-autofaiss/bin/pip install autofaiss faiss-cpu==1.7.4 "pyarrow<20"
-Without it (--autofaiss-python none) only omnimill's rows are printed.
-Prints a table and writes benchmarks/results/audit.json.
+Without it (or with --autofaiss-python none) autofaiss is skipped with a printed line: omnimill's rows only.
+Prints a table and writes benchmarks/results/audit.json; rows of sizes not run this time that are already in
+that file are kept, each row saying which run it is from (`run`, described under `runs`).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def exact_top(x: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
     return flat.search(xq, k)[1]
 
 
-def ours(x: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: int, latency_ms: float) -> dict:
+def ours(x: np.ndarray, xt: np.ndarray, tuning_truth: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: int,
+         latency_ms: float) -> dict:
+    """Built and tuned as `audit index` does: tuned on xt, recall and latency measured on xq (disjoint)."""
     rng = np.random.default_rng(SEED)
     plan = choose_index(len(x), x.shape[1], budget, latency_ms)
     t0 = time.perf_counter()
@@ -95,11 +99,12 @@ def ours(x: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: int, latency_
     for start in range(0, len(x), BLOCK):
         index.add(x[start:start + BLOCK])
     build_s = time.perf_counter() - t0
-    no_self = np.full(len(xq), -1)  # held-out queries: nothing to leave out
-    params, _ = tune(index, plan.kind, xq, truth, no_self, latency_ms, TARGET_RECALL, plan.nlist)
-    recall, p50, p99 = measure(index, xq, truth, no_self)
+    params, sweep = tune(index, plan.kind, xt, tuning_truth, np.full(len(xt), -1), latency_ms, TARGET_RECALL,
+                         plan.nlist)  # held-out queries: nothing to leave out
+    recall, p50, p99 = measure(index, xq, truth, np.full(len(xq), -1))
     return {"who": "omnimill", "index": plan.factory, "params": params, "memory_bytes": _bytes(index),
-            "build_s": round(build_s, 1), "recall@10": recall, "p50_ms": p50, "p99_ms": p99, "reason": plan.reason}
+            "build_s": round(build_s, 1), "recall@10": recall, "p50_ms": p50, "p99_ms": p99, "reason": plan.reason,
+            "tuning": sweep, "load": round(os.getloadavg()[0], 1)}
 
 
 def autofaiss(python: str, x: np.ndarray, xq: np.ndarray, truth: np.ndarray, budget: int, latency_ms: float,
@@ -132,7 +137,7 @@ def autofaiss(python: str, x: np.ndarray, xq: np.ndarray, truth: np.ndarray, bud
     index_path.unlink()
     return {"who": "autofaiss", "index": infos["index_key"], "params": infos["index_param"],
             "memory_bytes": _bytes(index), "build_s": round(report["seconds"], 1), "recall@10": recall,
-            "p50_ms": p50, "p99_ms": p99}
+            "p50_ms": p50, "p99_ms": p99, "load": round(os.getloadavg()[0], 1)}
 
 
 def _available_bytes() -> int:
@@ -161,39 +166,49 @@ def main() -> int:
     args = parser.parse_args()
     import faiss
 
-    use_autofaiss = args.autofaiss_python != "none"
-    if use_autofaiss and not Path(args.autofaiss_python).exists():
-        print(f"no autofaiss at {args.autofaiss_python}: python3 -m venv .venv-autofaiss && "
-              ".venv-autofaiss/bin/pip install autofaiss (or --autofaiss-python none)")
-        return 2
-    rows, started = [], time.time()
+    use_autofaiss = args.autofaiss_python != "none" and Path(args.autofaiss_python).exists()
+    if not use_autofaiss:
+        why = "--autofaiss-python none" if args.autofaiss_python == "none" else \
+            f"no python at {args.autofaiss_python}; to compare: python3 -m venv .venv-autofaiss && " \
+            '.venv-autofaiss/bin/pip install autofaiss faiss-cpu==1.7.4 "pyarrow<20"'
+        print(f"autofaiss: skipped ({why})", flush=True)
+    rows, started, run = [], time.time(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sizes = [int(s) for s in args.sizes.split(",")]
     print(f"faiss {faiss.__version__}, {os.cpu_count()} cores, {faiss.omp_get_max_threads()} OpenMP threads, load "
-          f"{os.getloadavg()[0]:.1f}; dim {args.dim}, {args.queries} held-out queries, latency target "
-          f"{args.latency_ms:g} ms", flush=True)
-    for n in [int(s) for s in args.sizes.split(",")]:
+          f"{os.getloadavg()[0]:.1f}; dim {args.dim}, {args.queries} held-out queries for recall and latency, "
+          f"{args.queries} others for tuning; latency target {args.latency_ms:g} ms", flush=True)
+    for n in sizes:
         rng = np.random.default_rng(SEED)
         centres = rng.standard_normal((max(1, n // 100), args.dim), dtype=np.float32)
         t0 = time.time()
         x = mixture(n, args.dim, rng, centres)
         xq = mixture(args.queries, args.dim, rng, centres)
-        truth = exact_top(x, xq, K)
+        xt = mixture(args.queries, args.dim, rng, centres)  # tuning queries: fresh draws, never scored
+        truth, tuning_truth = exact_top(x, xq, K), exact_top(x, xt, K)
         print(f"\nN = {n:,}: data and exact top-{K} in {time.time() - t0:.0f}s", flush=True)
         with tempfile.TemporaryDirectory(prefix="omnimill-bench-audit-") as work:
             for budget_text in args.budgets.split(","):
                 budget = parse_size(budget_text)
-                runs = [ours(x, xq, truth, budget, args.latency_ms)]
+                runs = [ours(x, xt, tuning_truth, xq, truth, budget, args.latency_ms)]
                 print(_line(n, budget_text, runs[-1]), flush=True)
                 if use_autofaiss and n in [int(s) for s in args.autofaiss_sizes.split(",")]:
                     runs.append(autofaiss(args.autofaiss_python, x, xq, truth, budget, args.latency_ms, Path(work)))
                     print(_line(n, budget_text, runs[-1]), flush=True)
-                rows += [{"n": n, "dim": args.dim, "budget": budget_text, **r} for r in runs]
+                rows += [{"n": n, "dim": args.dim, "budget": budget_text, **r, "run": run} for r in runs]
         del x
     print(f"\n{_table(rows)}\n\ntotal {time.time() - started:.0f}s, load {os.getloadavg()[0]:.1f} at the end")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"faiss": faiss.__version__, "cores": os.cpu_count(), "dim": args.dim,
-                                          "queries": args.queries, "latency_target_ms": args.latency_ms,
-                                          "seconds": round(time.time() - started), "load_end": os.getloadavg()[0],
-                                          "rows": rows}, indent=2) + "\n")
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    kept = [r for r in old.get("rows", []) if r["n"] not in sizes and r.get("run") in old.get("runs", {})]
+    this = {"faiss": faiss.__version__, "cores": os.cpu_count(), "dim": args.dim, "sizes": sizes,
+            "queries": args.queries, "tuning_queries": args.queries, "recall_queries": "disjoint from tuning",
+            "latency_target_ms": args.latency_ms, "autofaiss_sizes": args.autofaiss_sizes if use_autofaiss else "skipped",
+            "seconds": round(time.time() - started), "load_end": os.getloadavg()[0]}
+    runs = {k: v for k, v in old.get("runs", {}).items() if any(r["run"] == k for r in kept)} | {run: this}
+    if kept:
+        print(f"kept from {out}: rows of N = {sorted({r['n'] for r in kept})} (runs {', '.join(sorted({r['run'] for r in kept}))})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"runs": runs, "rows": sorted(kept + rows, key=lambda r: r["n"])}, indent=2) + "\n")
     return 0
 
 

@@ -2,6 +2,8 @@
 
     python benchmarks/tokenizer_bench.py [--tokenizers demo-out/tokenizers] [--store demo-out/labels.zarr]
 
+Without demo-out/ (a fresh checkout) the demo tokenizers' rows are skipped with a printed line.
+
 (Not `tokenizers.py`: run as a script, that name would shadow the HF `tokenizers` package.)
 
 For each tokenizer directory: the held-out metrics of `omnimill tokenizer eval` (metrics.json),
@@ -47,9 +49,14 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     rows = []
-    print(f"{'tokenizer':12s} {'kind':9s} {'vocab':>6s} {'L':>4s} {'usage':>6s}  quality (held-out)"
-          f"{'':28s} {'encode/s':>9s}")
-    for directory in sorted(Path(args.tokenizers).iterdir()):
+    trained = sorted(Path(args.tokenizers).iterdir()) if Path(args.tokenizers).is_dir() else []
+    if trained:
+        print(f"{'tokenizer':12s} {'kind':9s} {'vocab':>6s} {'L':>4s} {'usage':>6s}  quality (held-out)"
+              f"{'':28s} {'encode/s':>9s}")
+    else:
+        print(f"demo tokenizers: skipped (no {args.tokenizers}: `make demo` trains them); "
+              "measuring the production-size spatial encoder only")
+    for directory in trained:
         metrics = json.loads((directory / "metrics.json").read_text())
         tok = load_tokenizer(directory)
         c = tok.config
