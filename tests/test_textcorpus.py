@@ -27,3 +27,101 @@ def test_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "d.csv").write_text("x")
     with pytest.raises(UserError, match="not .csv"):
         read_texts(str(tmp_path / "d.csv"))
+
+
+# --- `omnimill shards text`: OUT apart from the corpus, careful --force, options checked first, resumable ---
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from omnimill.cli import app  # noqa: E402
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, fragment: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+
+
+def listing(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("".join(f"a small red boat number {i}\n" for i in range(9)))
+    (folder / "sub" / "b.jsonl").write_text("".join(json.dumps({"text": f"green field {i}"}) + "\n" for i in range(8)))
+    return folder
+
+
+@pytest.mark.parametrize("corpus_arg, out_arg", [
+    ("corpus", "corpus"),  # OUT is the corpus folder
+    ("corpus", "corpus/sub"),  # inside it
+    ("corpus/*.txt", "corpus"),  # OUT holds a file being read
+    ("corpus/a.txt", "corpus/a.txt"),  # OUT is the file
+])
+def test_text_out_overlapping_the_corpus_is_refused_and_the_corpus_intact(token_data, corpus, corpus_arg, out_arg):
+    root = corpus.parent
+    before = listing(corpus)
+    result = invoke("shards", "text", root / corpus_arg, root / out_arg, "--tokenizer",
+                    token_data["tokenizers"]["caption"], "--force")
+    one_line_error(result, "corpus")
+    assert listing(corpus) == before
+
+
+def test_text_out_in_the_tokenizer_is_refused(token_data, corpus):
+    tokenizer = token_data["tokenizers"]["caption"]
+    one_line_error(invoke("shards", "text", corpus, f"{tokenizer}/shards", "--tokenizer", tokenizer),
+                   "inside the tokenizer")
+
+
+@pytest.mark.parametrize("option, value", [("--samples-per-shard", "0"), ("--samples-per-shard", "-1"),
+                                           ("--limit", "0"), ("--limit", "-5")])
+def test_text_counts_below_one_write_nothing(token_data, corpus, tmp_path, option, value):
+    out = tmp_path / "out"
+    one_line_error(invoke("shards", "text", corpus, out, "--tokenizer", token_data["tokenizers"]["caption"],
+                          option, value), f"{option} must be at least 1")
+    assert not out.exists()
+
+
+def test_text_blank_corpus_writes_nothing(token_data, tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    one_line_error(invoke("shards", "text", tmp_path / "blank.txt", tmp_path / "out", "--tokenizer",
+                          token_data["tokenizers"]["caption"]), "no text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_force_keeps_other_files(token_data, corpus, tmp_path):
+    out = tmp_path / "out"
+    command = ("shards", "text", corpus, out, "--tokenizer", token_data["tokenizers"]["caption"])
+    assert invoke(*command, "--samples-per-shard", "4").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    one_line_error(invoke(*command), "already holds an export")
+    assert invoke(*command, "--force").exit_code == 0
+    assert sorted(listing(out)) == ["manifest.json", "notes.txt", "shard-000000.idx.npz", "shard-000000.tar"]
+
+
+@pytest.mark.parametrize("target", ["manifest.json", "shard-000002.tar"])
+def test_text_killed_while_writing_then_the_same_command_finishes_it(token_data, corpus, tmp_path, target):
+    from test_wds import KILLER
+
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    args = ("--tokenizer", token_data["tokenizers"]["caption"], "--samples-per-shard", "5")
+    assert invoke("shards", "text", corpus, clean, *args).exit_code == 0
+    run = subprocess.run([sys.executable, "-c", KILLER, target, "0.5", "shards", "text", str(corpus),
+                          str(out), *args], capture_output=True, text=True)
+    assert run.returncode == -9, run.stdout + run.stderr
+    result = invoke("shards", "text", corpus, out, *args)
+    assert result.exit_code == 0, result.output
+    got, want = listing(out), listing(clean)
+    assert sorted(got) == sorted(want) and len(want) == 9  # 17 texts: 4 shards + indexes + manifest
+    assert all(got[name] == want[name] for name in want if name != "manifest.json")
+    assert invoke("shards", "verify", out).exit_code == 0

@@ -101,3 +101,17 @@ def test_damaged_offset_index(shards):
     index.write_bytes(bytes(data))
     found = problems(verify(str(shards)))
     assert found == [("shard-000002.idx.npz", "-", "sha256 differs from the manifest (damaged bytes)")]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_problems_below_one_is_refused(shards, value):
+    """0 problems reported would read as a whole shard set: the option is refused, not obeyed."""
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+
+    (shards / "shard-000003.tar").unlink()
+    result = CliRunner().invoke(app, ["shards", "verify", str(shards), "--max-problems", value])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "--max-problems must be at least 1" in lines[0], result.output
+    assert CliRunner().invoke(app, ["shards", "verify", str(shards), "--max-problems", "1"]).exit_code == 1
