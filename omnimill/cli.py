@@ -1,12 +1,16 @@
 """The `omnimill` command. Thin: parse, validate, call a stage function, render the result.
 
-Exit codes: 0 done; 2 wrong input (one line on stderr says what to do); 3 completed, but some
-samples could not be labelled (each is recorded: `omnimill status STORE`); 4 some units failed
-after every retry (run the same command again to retry them).
+Exit codes say what the store holds, not only what this run did: 0 done; 2 wrong input (one line on
+stderr says what to do, nothing written); 3 complete, but some samples could not be labelled (each is
+recorded: `omnimill status STORE`; the same command retries those that may be transient) or, for
+tokenize, some units wait for labels; 4 some units failed after every retry, or the disk is full (run
+the same command again); 1 `verify` found damage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
 from typing import Annotated, Optional
@@ -20,6 +24,21 @@ from omnimill.errors import UserError, fail
 app = typer.Typer(help="omnimill: a data engine for omni-modal pretraining.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 console = Console()
+
+
+@contextlib.contextmanager
+def job(store: str):
+    """Wrong input: one line, exit 2. A full disk: one line, exit 4 (the lock is released by the job;
+    the same command resumes once space is freed)."""
+    try:
+        yield
+    except UserError as e:
+        fail(str(e))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        fail(f"no space left on the device while writing {store} ({e.filename or e.strerror}); free space and "
+             "run the same command again: finished units are kept", 4)
 
 
 @app.command()
@@ -50,29 +69,37 @@ def label(
     = 89_478_485,
     break_lock: Annotated[bool, typer.Option("--break-lock", help="Take over a store locked by a run on "
                                                                   "another host that is known dead.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Verify these teachers' committed units first and "
+                                                          "label the damaged ones again.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ):
-    """Run teachers over CORPUS and write aligned labels to STORE. Resumes where it stopped."""
+    """Run teachers over CORPUS and write aligned labels to STORE. Resumes where it stopped, and retries
+    samples whose recorded failure may be transient."""
     from omnimill.engine.label import LabelOptions
     from omnimill.engine.label import label as run_label
 
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
                            view_size=view_size, device=device, dtype=dtype, force=force,
                            max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
-                           break_lock=break_lock, progress=not no_progress)
-    try:
+                           break_lock=break_lock, repair=repair, progress=not no_progress)
+    with job(store):
         result = run_label(corpus, store, _with_options(teacher, option), options)
-    except UserError as e:
-        fail(str(e))
     samples = result.samples
     rate = samples / result.seconds if result.seconds else 0.0
     console.print(f"{result.units_done}/{result.units_planned} units, {samples} samples in "
                   f"{result.seconds:.1f}s ({rate:.1f} samples/s); {result.samples_failed} failed labels; "
                   f"{len(result.units_failed)} failed units", highlight=False)
-    if result.units_planned == 0:
+    if result.units_repaired:
+        console.print(f"repaired: {result.units_repaired} damaged units labelled again", highlight=False)
+    if result.samples_retried:
+        console.print(f"retried {result.samples_retried} samples whose earlier failure may have been transient",
+                      highlight=False)
+    if result.units_planned == 0 and not result.store_failed:
         console.print("nothing to do: every unit of these teachers is committed (use --force to relabel)")
-    if result.samples_failed:
-        console.print(f"completed with errors: see `omnimill status {store}`", highlight=False)
+    if result.store_failed:
+        final = f" ({result.store_final} will not be retried: the file does not decode)" if result.store_final else ""
+        console.print(f"the store holds {result.store_failed} failed labels for these teachers{final}: see "
+                      f"`omnimill status {store}`; the same command retries the others", highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -98,31 +125,46 @@ def _with_options(teachers: list[str], options: list[str]):
 
 @app.command()
 def status(
-    store: Annotated[str, typer.Argument(help="Label store.")],
+    store: Annotated[str, typer.Argument(help="Label store or token store.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
 ):
-    """Per teacher: units done, samples ok/failed (with the first errors), provenance."""
+    """Per teacher (or modality): units done, samples ok/failed (with the first errors), provenance."""
     from omnimill.shards.labelstore import LabelStore
+    from omnimill.shards.tokenstore import TokenStore
 
+    cls = TokenStore if TokenStore.state(store) == "store" else LabelStore
     try:
-        info = LabelStore.open(store).status(max_errors=errors)
+        info = cls.open(store).status(**({"max_errors": errors} if cls is LabelStore else {}))
     except UserError as e:
         fail(str(e))
+    except Exception as e:  # a torn marker, a missing array: say so and what to run, never a traceback
+        fail(f"{store} is damaged ({type(e).__name__}: {e}); run `omnimill verify {store}` to see where, then "
+             "the same label/tokenize command with --repair", 1)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    if info["lock"]:
+        lock = info["lock"]
+        console.print(f"[yellow]locked by pid {lock['pid']} on {lock['host']} since {lock['since']}")
+    if cls is TokenStore:
+        console.print(f"[bold]{info['store']}[/bold]  from {info['source']['store']}, {info['n']} samples, "
+                      f"{info['n_crops']} crops, {info['n_units']} units", highlight=False)
+        table = Table("modality", "units", "ok", "skipped (not labelled)", "tokenizer")
+        for name, m in info["modalities"].items():
+            table.add_row(name, f"{m['units_done']}/{m['units_total']}", str(m["samples_ok"]),
+                          str(m["samples_skipped"]), m["tokenizer"]["path"])
+        console.print(table)
         return
     console.print(f"[bold]{info['store']}[/bold]  corpus {info['corpus']['uri']} ({info['corpus']['kind']}), "
                   f"{info['n']} samples, view {info['view_size']}px, {info['n_units']} units of "
                   f"{info['unit_size']}", highlight=False)
-    if info["lock"]:
-        lock = info["lock"]
-        console.print(f"[yellow]locked by pid {lock['pid']} on {lock['host']} since {lock['since']}")
-    table = Table("teacher", "units", "ok", "failed", "checkpoint", "sha256")
+    table = Table("teacher", "units", "ok", "failed", "retryable", "checkpoint", "sha256")
     for name, t in info["teachers"].items():
         prov = t["provenance"]
         table.add_row(name, f"{t['units_done']}/{t['units_total']}", str(t["samples_ok"]), str(t["samples_failed"]),
-                      str(prov.get("checkpoint") or "-"), (prov.get("checkpoint_sha256") or "-")[:12])
+                      str(t["retryable"]), str(prov.get("checkpoint") or "-"),
+                      (prov.get("checkpoint_sha256") or "-")[:12])
     console.print(table)
     # A file that does not decode fails for every teacher: list it once, with the teachers it failed for.
     failures: dict[tuple, list[str]] = {}
@@ -134,6 +176,46 @@ def status(
     for (index, key, stage, error), names in sorted(failures.items()):
         who = "all teachers" if len(names) == len(info["teachers"]) > 1 else ", ".join(names)
         console.print(f"  #{index} {key}: {stage}: {error} [{who}]", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+def verify(
+    store: Annotated[str, typer.Argument(help="Label store, token store or shard set.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    max_problems: Annotated[int, typer.Option(help="List at most this many problems.")] = 100,
+):
+    """Read every chunk of every committed unit: present, decodable, `ok` agreeing with the markers,
+    markers valid, every declared array there with its shape. Exit 1 on damage, naming unit, part and
+    samples; `label`/`tokenize` with --repair then redo exactly the damaged units."""
+    from omnimill.shards.labelstore import LabelStore
+    from omnimill.shards.tokenstore import TokenStore
+
+    if max_problems < 1:
+        fail(f"--max-problems must be at least 1, not {max_problems}")
+    cls = next((c for c in (LabelStore, TokenStore) if c.state(store) == "store"), None)
+    if cls is None:  # a shard set (or nothing): the shard verifier says which
+        from omnimill.shards.cli import verify as verify_shards
+
+        return verify_shards(store, as_json=as_json, max_problems=max_problems)
+    try:
+        problems = cls.open(store).verify()
+    except UserError as e:
+        fail(str(e))
+    if cls is TokenStore:  # vocabulary, key alignment with the label store
+        from omnimill.shards.verify import verify as verify_tokens
+
+        problems += [{"part": p["where"], "unit": None, "array": "", "samples": p["key"], "problem": p["reason"]}
+                     for p in verify_tokens(store)["problems"]]
+    if as_json:
+        sys.stdout.write(json.dumps({"store": store, "kind": cls.WHAT, "problems": problems}, indent=1) + "\n")
+    else:
+        for p in problems[:max_problems]:
+            where = " ".join(x for x in (p["part"] or "store", f"unit {p['unit']}" if p["unit"] is not None else "",
+                                         p["array"], f"samples {p['samples']}" if p["samples"] else "") if x)
+            console.print(f"{where}: {p['problem']}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"{store}: {cls.WHAT}, {len(problems)} problems" + (
+            "; run the same label/tokenize command with --repair" if problems else ""), highlight=False)
+    raise typer.Exit(1 if problems else 0)
 
 
 @app.command()
@@ -160,19 +242,29 @@ def tokenize_command(
     force: Annotated[bool, typer.Option("--force", help="Retokenize the given modalities.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Workers of the embedded cluster.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster.")] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts for a unit whose worker died or task failed.")] = 2,
+    repair: Annotated[bool, typer.Option("--repair", help="Verify the modalities' committed units first and "
+                                                          "tokenize the damaged ones again.")] = False,
+    break_lock: Annotated[bool, typer.Option("--break-lock", help="Take over a token store locked by a run "
+                                                                  "on another host that is known dead.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ):
-    """Encode every modality of LABELS with trained tokenizers into the token store TOKENS."""
+    """Encode every modality of LABELS with trained tokenizers into the token store TOKENS. Reads only
+    committed label units; refuses while LABELS is being labelled."""
     from omnimill.engine.tokenize import tokenize
 
-    try:
+    with job(tokens):
         result = tokenize(labels, tokens, tokenizer, n_crops=crops, seed=seed, force=force, workers=workers,
-                          scheduler=scheduler, progress=not no_progress)
-    except UserError as e:
-        fail(str(e))
+                          scheduler=scheduler, retries=retries, repair=repair, break_lock=break_lock,
+                          progress=not no_progress)
     console.print(f"{result.units_planned - len(result.units_failed)}/{result.units_planned} units, "
                   f"{result.samples} samples, modalities {', '.join(result.modalities)} in {result.seconds:.1f}s",
                   highlight=False)
+    if result.units_repaired:
+        console.print(f"repaired: {result.units_repaired} damaged units tokenized again", highlight=False)
+    if result.units_pending:
+        console.print(f"{result.units_pending} units wait for label units that are not committed yet: finish "
+                      f"labelling {labels}, then run the same command again", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -75,13 +75,13 @@ def marker_hash(text: str) -> str:
 
 def tokenizer_info(directory: str | Path) -> tuple[str, dict]:
     """(modality name, what the token store records about the tokenizer)."""
-    from omnimill.tokenize.base import directory_hash, load_tokenizer
+    from omnimill.tokenize.base import directory_hash, file_hashes, load_tokenizer
 
     directory = Path(directory).resolve()
     tok = load_tokenizer(directory)
     c = tok.config
     return modality_name(c.teacher, c.fields), {
-        "path": str(directory), "sha256": directory_hash(directory), "kind": c.kind, "vocab_size": c.vocab_size,
+        "path": str(directory), "sha256": directory_hash(directory), "files": file_hashes(directory), "kind": c.kind, "vocab_size": c.vocab_size,
         "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id, "teacher": c.teacher, "fields": c.fields}
 
 

@@ -116,8 +116,8 @@ class LabelStore(UnitStore):
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
 
     def declared(self, part: str) -> dict[str, tuple]:
-        fields = self.provenance(part).get("fields") or []
-        return {**{f["name"]: tuple(f["shape"]) for f in fields}, "ok": ()}
+        fields = self.provenance(part).get("fields") or {}
+        return {**{name: tuple(f["shape"]) for name, f in fields.items()}, "ok": ()}
 
     # ---------------------------------------------------------------- worker side
     def write_crop_boxes(self, start: int, boxes: np.ndarray) -> None:

@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 import zarr
 
+from omnimill import faults
 from omnimill.errors import UserError
 
 RUNS = "_runs"
@@ -68,9 +69,13 @@ def local_path(uri: str) -> str:
 
 def open_group(uri: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
     """zarr.open_group, Zarr v3 only (a v2 store could name a pickle codec); storage options only for URLs."""
-    if is_url(uri):
-        return zarr.open_group(uri, mode=mode, storage_options=storage_options or None, zarr_format=3)
-    return zarr.open_group(local_path(uri), mode=mode, zarr_format=3)
+    return zarr.open_group(_where(uri, mode == "r"), mode=mode, zarr_format=3,
+                           **({"storage_options": storage_options or None} if is_url(uri) else {}))
+
+
+def _where(uri: str, read_only: bool = False):
+    """A URL as it is; a local path as a LocalStore, so `[`, `*` and `::` in it are plain characters."""
+    return uri if is_url(uri) else zarr.storage.LocalStore(local_path(uri), read_only=read_only)
 
 
 def same_store(a: str, b: str) -> bool:
@@ -155,15 +160,23 @@ class UnitStore:
             raise UserError(f"{uri} is {'an existing ' + cls.WHAT if state == 'store' else state.removeprefix('other: ')}"
                             f"; give a new path for the {cls.WHAT}")
         attributes = {"creating": cls.FORMAT, "uuid": uuid.uuid4().hex}
-        if is_url(uri):
-            return zarr.create_group(uri, storage_options=storage_options or None, attributes=attributes,
-                                     zarr_format=3, overwrite=True)
-        return zarr.create_group(local_path(uri), attributes=attributes, zarr_format=3, overwrite=True)
+        where = _where(uri)
+        options = {"storage_options": storage_options or None} if is_url(uri) else {}
+        try:
+            zarr.create_group(where, attributes=attributes, zarr_format=3, overwrite=False, **options)
+        except zarr.errors.ContainsGroupError:
+            raise UserError(f"{uri} is being created by another run; wait for it") from None
+        time.sleep(0.05)  # two runs racing past the check: the later write wins, the other one backs off
+        group = open_group(uri, "r+", storage_options)
+        if group.attrs.get("uuid") != attributes["uuid"]:
+            raise UserError(f"{uri} is being created by another run; wait for it")
+        return group
 
     @staticmethod
     def commit_create(group: zarr.Group, attrs: dict) -> None:
         """Attributes last: until `format` is set the store is an interrupted create."""
         group.require_group(RUNS)
+        faults.point("store.create")
         group.attrs.update({**attrs, "created": now()})
 
     # ---------------------------------------------------------------- geometry
@@ -204,7 +217,9 @@ class UnitStore:
         return [json.loads(m) if m else None for m in self.raw_markers(part)]
 
     def write_marker(self, part: str, unit: int, marker: dict) -> None:
+        faults.point("unit.chunks")
         self.writable(f"{RUNS}/{part}/units")[unit] = json.dumps(marker)
+        faults.point("unit.marker")
 
     def clear_markers(self, part: str, units) -> None:
         array = self.writable(f"{RUNS}/{part}/units")
@@ -257,6 +272,7 @@ class UnitStore:
     # ---------------------------------------------------------------- run history
     def append_run(self, record: dict) -> None:
         """One group per run, written in one object: appending never rewrites earlier records."""
+        faults.point("run.record")
         name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{os.getpid()}_{os.urandom(3).hex()}"
         self.group.require_group(f"{RUNS}/{HISTORY}").create_group(name, attributes=record)
 
@@ -285,11 +301,13 @@ class UnitStore:
             for u, what in self._check_chunks(name, range(self.n_units), self.n):
                 problem("", u, name, what)
         for part in parts if parts is not None else self.parts():
-            try:
-                raw = self.raw_markers(part)
-            except Exception as e:
-                problem(part, None, f"{RUNS}/{part}/units", f"marker array unreadable: {type(e).__name__}: {e}")
-                continue
+            raw = []
+            for u in range(self.n_units):  # one chunk per marker: a damaged one is found by its unit
+                try:
+                    raw.append(str(self.group[f"{RUNS}/{part}/units"][u:u + 1][0]))
+                except Exception as e:
+                    problem(part, u, f"{RUNS}/{part}/units", f"marker does not decode: {type(e).__name__}: {e}")
+                    raw.append("")
             committed = []
             markers = {}
             for u, text in enumerate(raw):
