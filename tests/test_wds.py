@@ -335,13 +335,29 @@ def test_a_noted_shard_cut_short_is_rewritten(token_data, tmp_path, clean):
     same_shard_set(out, clean)
 
 
-def test_export_to_an_object_store_commits_with_the_manifest(token_data):
-    out = "memory://trust/shards"
-    manifest = export_wds(token_data["tokens"], out, samples_per_shard=20)
+def test_on_an_object_store_force_keeps_other_files_and_an_unfinished_export_resumes(token_data, clean):
+    """memory:// stands in for S3: no temp names, one PUT per file, the manifest commits the export."""
     import fsspec
 
-    fs = fsspec.filesystem("memory")
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/trust/shards", detail=False)) == ["manifest.json"] + sorted(
-        f"shard-00000{i}.{ext}" for i in range(2) for ext in ("tar", "idx.npz"))
-    assert read_manifest(out) == manifest
-    fs.rm("/trust", recursive=True)
+    fs, out = fsspec.filesystem("memory"), "memory://trust/shards"
+    names = lambda: sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/trust/shards", detail=False))  # noqa: E731
+    try:
+        export_wds(token_data["tokens"], out, samples_per_shard=20)
+        fs.pipe_file("/trust/shards/notes.txt", b"mine")
+        export_wds(token_data["tokens"], out, samples_per_shard=6, force=True)
+        assert names() == sorted([*clean, "notes.txt"])
+        assert {name: fs.cat_file(f"/trust/shards/{name}") for name in clean if name != "manifest.json"} == \
+            {name: data for name, data in clean.items() if name != "manifest.json"}
+        # What a kill before the manifest leaves: notes for shards 0-3, shard 4 not noted.
+        rows = read_manifest(out)["shards"]
+        fs.rm("/trust/shards/manifest.json")
+        created = TokenStore.open(token_data["tokens"]).group.attrs["created"]
+        fs.pipe_file("/trust/shards/_export/plan.json", json.dumps(
+            {"tokens": token_data["tokens"], "created": created, "samples_per_shard": 6,
+             "modalities": list(json.loads(clean["manifest.json"])["modalities"])}).encode())
+        for row in rows[:4]:
+            fs.pipe_file(f"/trust/shards/_export/{row['name']}.json", json.dumps(row).encode())
+        export_wds(token_data["tokens"], out, samples_per_shard=6)
+        assert names() == sorted([*clean, "notes.txt"]) and read_manifest(out)["shards"] == rows
+    finally:
+        fs.rm("/trust", recursive=True)
