@@ -317,12 +317,13 @@ def test_a_kill_while_writing_then_the_same_command_gives_the_clean_shard_set(to
     same_shard_set(out, clean)
 
 
-def test_a_noted_shard_cut_short_is_rewritten(token_data, tmp_path, clean):
-    """A shard noted as finished whose tar is shorter than its note says (its bytes never reached the disk)."""
+def test_a_noted_shard_cut_short_and_a_0_byte_manifest_are_redone(token_data, tmp_path, clean):
+    """A shard noted as finished whose tar is shorter than its note says (its bytes never reached the disk),
+    and the 0-byte manifest an older omnimill left when killed while writing it."""
     out = tmp_path / "out"
     export_wds(token_data["tokens"], str(out), samples_per_shard=6)
     rows = json.loads((out / "manifest.json").read_text())["shards"]
-    (out / "manifest.json").unlink()
+    (out / "manifest.json").write_bytes(b"")
     (out / "_export").mkdir()
     plan = {"tokens": token_data["tokens"], "created": TokenStore.open(token_data["tokens"]).group.attrs["created"],
             "samples_per_shard": 6, "modalities": list(json.loads(clean["manifest.json"])["modalities"])}

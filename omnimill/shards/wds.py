@@ -20,6 +20,11 @@ so WebDataset's "split at the first dot" rule gives back the key and `<modality>
 `webdataset.WebDataset(urls).decode()` then hands out numpy arrays. The manifest is written last:
 a folder without one is an unfinished export. An export notes each finished shard in OUT/_export/ and the
 same command resumes after the last one (the folder goes once the manifest is written).
+
+Trust: every file is written whole or not at all (`atomic_write`: temp name + rename locally, one PUT on
+object stores), so a kill never leaves a torn manifest, note or shard that a rerun would believe; --force
+removes only the names above (and _export/), never other files in OUT; OUT may not be or lie inside an
+input (the token store, its label store, a text corpus, the tokenizer).
 """
 
 from __future__ import annotations
