@@ -232,9 +232,10 @@ def written_by_export(name: str) -> bool:
 def location(url: str) -> tuple[str, str]:
     """(protocol, normalised path) to compare where two URLs point: resolved local paths, else the URL's path
     without redundant slashes (no filesystem is created: its package may not even be installed)."""
-    protocol, path = fsspec.core.split_protocol(str(url))
-    if protocol in (None, "file", "local"):
-        return "file", os.path.realpath(os.path.expanduser(path))
+    url = str(url)
+    if "://" not in url or url.startswith(("file://", "local://")):  # a local path, taken literally
+        return "file", os.path.realpath(os.path.expanduser(url.split("://", 1)[-1]))
+    protocol, path = url.split("://", 1)
     return protocol, posixpath.normpath("/" + path.lstrip("/"))
 
 
