@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from omnimill.errors import UserError
 from omnimill.shards.corpus import make_key
@@ -27,7 +28,7 @@ def read_texts(uri: str, field: str = "text", limit: int | None = None,
         raise UserError(f"no text files at {uri}; give .txt or .jsonl files (a path, folder, glob or fsspec URL)")
     if out is not None:
         refuse_overlap(out, {"the corpus": uri} if fs.isdir(path) else {})
-        _refuse_files_in(out, [fs.unstrip_protocol(p) for p in paths])
+        _refuse_files_in(out, paths if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in paths])
     keys, texts = [], []
     for file in sorted(paths):
         # Keys from the path under a folder (sub/b.jsonl -> sub/b_<line>), else the file's stem: unique.
