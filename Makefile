@@ -29,11 +29,12 @@ test: setup browser
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]' $(TORCH)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/teachers.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/teachers.py --batches 1,2 --seconds 4 --sam-points 8
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/tokenizer_bench.py
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/audit.py
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/shards.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/audit.py --sizes 100000
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/shards.py --samples 50000
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer.py
+	$(PY) benchmarks/tables.py --write
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

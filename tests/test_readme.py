@@ -22,7 +22,7 @@ def readme_blocks() -> list[tuple[str, str]]:
 
 def test_readme_tour_runs(tmp_path, tiny_dinov2):
     blocks = readme_blocks()
-    assert [lang for lang, _ in blocks] == ["bash", "python", "bash"]
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "bash"]
     write_images(tmp_path / "photos" / "beach", 6)
     for i, path in enumerate(sorted((tmp_path / "photos" / "beach").glob("*.jpg"))):
         path.rename(path.with_name(f"{i + 1:04d}.jpg"))
@@ -40,7 +40,11 @@ def test_readme_tour_runs(tmp_path, tiny_dinov2):
     assert run.returncode == 0, run.stderr
     assert "(384, 384) (16, 16, 32) True" in run.stdout
 
-    for line in blocks[2][1].strip().splitlines():  # tokenizers, tokens, shards, training, generation
+    for line in blocks[2][1].strip().splitlines():  # verify, and a repair with nothing to repair
+        run = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{line}\n{run.stdout}\n{run.stderr}"
+
+    for line in blocks[3][1].strip().splitlines():  # tokenizers, tokens, shards, training, generation
         run = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, f"{line}\n{run.stdout}\n{run.stderr}"
     assert (tmp_path / "generated.png").stat().st_size > 10_000 and (tmp_path / "run" / "curve.png").exists()
