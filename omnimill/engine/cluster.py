@@ -17,15 +17,16 @@ from omnimill.errors import UserError
 
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, workers: int | None = None, local_directory: str | None = None,
-            quiet: bool = True):
+            quiet: bool = True, timeout: str = "20s"):
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         try:
             if scheduler.endswith(".json"):
-                client = Client(scheduler_file=scheduler, timeout="20s")
+                client = Client(scheduler_file=scheduler, timeout=timeout)
             else:
-                client = Client(scheduler, timeout="20s")
+                client = Client(scheduler, timeout=timeout)
         except (OSError, TimeoutError) as e:
             raise UserError(f"cannot reach Dask scheduler {scheduler} ({e}); start one with `dask scheduler` "
                             "or leave out --scheduler to use an embedded cluster") from None
@@ -37,19 +38,23 @@ def connect(scheduler: str | None = None, workers: int | None = None, local_dire
     n_gpus = _cuda_devices()
     kwargs = dict(threads_per_worker=1, local_directory=local_directory, dashboard_address=":0",
                   silence_logs=logging.ERROR if quiet else logging.WARNING)
-    if n_gpus and _has_dask_cuda():
-        from dask_cuda import LocalCUDACluster
+    # A task whose worker dies is given back to omnimill at once (KilledWorker) rather than rerun by the
+    # scheduler up to 3 times: `--retries N` then means N extra attempts. A cluster of your own keeps its
+    # own setting (distributed.scheduler.allowed-failures), which multiplies with omnimill's retries.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        if n_gpus and _has_dask_cuda():
+            from dask_cuda import LocalCUDACluster
 
-        cluster = LocalCUDACluster(n_workers=workers or n_gpus, **kwargs)
-    else:
-        cluster = LocalCluster(n_workers=workers or default_workers(), processes=True, **kwargs)
+            cluster = LocalCUDACluster(n_workers=workers or n_gpus, **kwargs)
+        else:
+            cluster = LocalCluster(n_workers=workers or default_workers(), processes=True, **kwargs)
     with cluster, Client(cluster) as client:
         yield client
 
 
 def check_reachable(scheduler: str) -> None:
     """Connect once and leave: a wrong --scheduler is refused before a job writes anything."""
-    with connect(scheduler):
+    with connect(scheduler, timeout="10s"):
         pass
 
 

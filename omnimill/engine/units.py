@@ -7,8 +7,8 @@ return (and `flush` ran on every worker), those run again.
 
 `retries` counts extra attempts per unit, whatever made the attempt fail (the task raised, its worker
 died, or it returned but its commit did not land): at most 1 + retries attempts of any unit in one run.
-A `UserError` raised by a task (a teacher whose checkpoint does not load) is the same on every attempt:
-the run stops at once and the error reaches the caller.
+A task that returns `{"fatal": message}` (a teacher whose checkpoint does not load) would fail the same
+on every attempt: the run stops at once and the caller gets a `UserError` with that message.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def _submit(client, fn, tasks, per_host, max_in_flight, retries, stats, errors, 
             else:
                 bar.note(f"unit {task.unit} failed after {attempts[task.unit]} attempts: {e}")
         else:
+            if "fatal" in result:  # the same on every attempt (a checkpoint that does not load): stop here
+                client.cancel(list(in_flight))
+                raise UserError(result["fatal"])
             errors.pop(task.unit, None)
             stats[task.unit] = result  # a unit run again (sweep) counts once
             bar.advance(result["n"], sum(result["failed"].values()))

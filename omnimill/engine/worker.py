@@ -84,7 +84,10 @@ def loaded_teachers() -> int:
 def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
     _cached(("malloc",), _undo_dask_malloc_trim)
-    teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
+    try:
+        teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
+    except TeacherLoadError as e:  # returned, not raised: the client stops the job and says it in one line
+        return {"unit": task.unit, "fatal": str(e)}
     if "torch" in sys.modules:
         import torch
 
