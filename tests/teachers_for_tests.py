@@ -71,3 +71,58 @@ class TwiceBrightness(Teacher):
 
     def __call__(self, batch: Batch):
         return {"value": 2 * batch.upstream["failsondark"]["brightness"]}
+
+
+class Flaky(Teacher):
+    """Raises for the keys listed in the file OMNIMILL_TEST_FLAKY while that file exists: a transient
+    failure (a CUDA or I/O hiccup) that the next run must retry."""
+
+    name = "flaky"
+
+    def fields(self):
+        return [Field("mean", (), "float32")]
+
+    def __call__(self, batch: Batch):
+        path = os.environ.get("OMNIMILL_TEST_FLAKY", "")
+        bad = set(open(path).read().split()) if path and os.path.exists(path) else set()
+        if bad & set(batch.keys):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return {"mean": batch.views.reshape(len(batch), -1).mean(1).astype(np.float32)}
+
+
+class Attempts(Teacher):
+    """Fails its whole unit on a worker (outside per-sample isolation), noting each attempt in the file
+    OMNIMILL_TEST_ATTEMPTS: how many times the engine tries a unit."""
+
+    name = "attempts"
+
+    def fields(self):
+        try:
+            from distributed import get_worker
+
+            get_worker()
+        except (ImportError, ValueError):
+            return [Field("value", (), "float32")]  # the client, preparing the store
+        with open(os.environ["OMNIMILL_TEST_ATTEMPTS"], "a") as f:
+            f.write("attempt\n")
+        raise RuntimeError("this unit always fails")
+
+    def __call__(self, batch: Batch):
+        return {"value": np.zeros(len(batch), np.float32)}
+
+
+class NoLoad(Teacher):
+    """Its checkpoint never loads (noting each try in OMNIMILL_TEST_ATTEMPTS): a wrong-input error."""
+
+    name = "noload"
+
+    def fields(self):
+        return [Field("value", (), "float32")]
+
+    def load(self, device="cpu", dtype="float32"):
+        with open(os.environ["OMNIMILL_TEST_ATTEMPTS"], "a") as f:
+            f.write("load\n")
+        raise OSError("not a valid checkpoint: header too short")
+
+    def __call__(self, batch: Batch):
+        return {"value": np.zeros(len(batch), np.float32)}

@@ -47,6 +47,7 @@ import numpy as np
 
 from omnimill import __version__
 from omnimill.errors import UserError
+from omnimill.files import write_atomic
 from omnimill.shards.labelstore import LabelStore
 
 FORMAT = "omnimill.audit-index/1"
@@ -399,7 +400,7 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
         "build_seconds": round(time.perf_counter() - started, 2), "train_seconds": round(train_s, 2),
         "add_seconds": round(add_s, 2), "faiss_version": faiss.__version__, "gpu": resources is not None,
     }
-    (out / "info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")  # last: the index is complete
+    write_atomic(out / "info.json", json.dumps(info, indent=2, default=str) + "\n")  # last, whole: the index is complete
     return info
 
 

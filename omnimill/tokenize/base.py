@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -78,10 +79,12 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ directory format
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Weights first, config.json last and whole: a directory without it is not a tokenizer (yet)."""
+        from omnimill.files import write_atomic
+
+        directory = prepare_directory(directory)
         self.save_weights(directory)
-        (directory / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2))
+        write_atomic(directory / "config.json", json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2))
         return directory
 
     def save_weights(self, directory: Path) -> None:
@@ -111,7 +114,9 @@ class ModelTokenizer(Tokenizer):
     def save_weights(self, directory: Path) -> None:
         from safetensors.torch import save_model
 
-        save_model(self.model, str(directory / "model.safetensors"))
+        temp = directory / ".model.safetensors.tmp"
+        save_model(self.model, str(temp))
+        os.replace(temp, directory / "model.safetensors")
 
     @classmethod
     def from_directory(cls, directory: Path, config: TokenizerConfig) -> "ModelTokenizer":
@@ -120,6 +125,31 @@ class ModelTokenizer(Tokenizer):
         tokenizer = cls(config)
         load_model(tokenizer.model, str(directory / "model.safetensors"))
         return tokenizer
+
+
+OWN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_log.json", "curve.png", "metrics.json",
+             "reconstructions.png", "usage.png")
+
+
+def prepare_directory(directory: str | Path) -> Path:
+    """A new or empty directory, or an earlier tokenizer (its own files are removed, config.json first, so
+    a half-written retrain is never taken for a tokenizer). Anything else is a user's folder: refused."""
+    directory = Path(directory)
+    if directory.is_file():
+        raise UserError(f"{directory} is a file; give a new or empty directory for the tokenizer")
+    if directory.is_dir() and any(directory.iterdir()):
+        config = directory / "config.json"
+        try:
+            ours = json.loads(config.read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{directory} is not empty and holds no omnimill tokenizer; give a new or empty "
+                            "directory")
+        for name in OWN_FILES:  # config.json first
+            (directory / name).unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 KINDS = {

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimill.errors import UserError
+from omnimill.files import write_atomic
 from omnimill.tokenize.base import load_tokenizer
 from omnimill.tokenize.data import check_source, open_field, split
 
@@ -58,7 +59,7 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
     p = counts / max(counts.sum(), 1)
     metrics["perplexity"] = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
     _plot_usage(counts, directory / "usage.png", metrics)
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(directory / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
