@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import torch
 from omnimill.errors import UserError
 from omnimill.train.config import TrainConfig, apply_overrides
 from omnimill.train.generate import generate_picture, maskgit, resolve
-from omnimill.train.loop import lr_at, train
+from omnimill.train.loop import convert_legacy, load_checkpoint, lr_at, optimizer_state, read_commit, train
 
 TINY = ["dim=32", "encoder_layers=1", "decoder_layers=1", "heads=2", "batch_size=8", "num_workers=0",
         "input_tokens=24", "target_tokens=24", "shuffle_buffer=16", "holdout=0.25", "warmup_steps=5",
@@ -48,16 +49,43 @@ def test_it_learns_below_the_unigram_baseline(token_data, tmp_path):
 
 def test_resume_is_exact(token_data, tmp_path):
     settings = config(token_data["tokens"], "steps=8", "eval_every=100", "checkpoint_every=100", "num_workers=2")
-    train(settings, tmp_path / "straight", progress=False)
-    train(settings, tmp_path / "stopped", progress=False, stop_at=3)
-    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)["step"] == 3
-    train(settings, tmp_path / "stopped", progress=False)
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
-    assert a["step"] == b["step"] == 8
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert a["loader"] == b["loader"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(settings, straight, progress=False)
+    train(settings, stopped, progress=False, stop_at=3)
+    assert read_commit(stopped)["step"] == 3
+    shutil.copytree(stopped, tmp_path / "damaged")
+    # a save killed before its commit leaves files of a later step: the committed step-3 checkpoint is used
+    (stopped / "model-00000005.safetensors").write_bytes(b"half a file")
+    train(settings, stopped, progress=False)
+    (a_commit, a), (b_commit, b) = load_checkpoint(straight), load_checkpoint(stopped)
+    assert a_commit["step"] == b_commit["step"] == 8
+    for part in ("model", "state"):  # weights; optimizer moments and steps, masking RNG
+        assert a[part].keys() == b[part].keys()
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), name
+    assert a_commit["loader"] == b_commit["loader"] and a_commit["optimizer"] == b_commit["optimizer"]
+    assert sorted(p.name for p in stopped.glob("*.safetensors")) == ["model-00000008.safetensors",
+                                                                      "state-00000008.safetensors"]
+    # a file that is not the one the commit names (a damaged copy) is refused, not half-loaded
+    weights = tmp_path / "damaged" / "model-00000003.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    with pytest.raises(UserError, match="model-00000003.safetensors does not match .*damaged"):
+        train(settings, tmp_path / "damaged", progress=False)
+
+    # a run of the old pickled format: refused unread, converted only on request (weights-only unpickler)
+    old = tmp_path / "old"
+    old.mkdir()
+    legacy = {key: a_commit[key] for key in ("config", "step", "loader", "baseline", "history", "datasets")}
+    legacy.update(model=a["model"], optimizer=optimizer_state(a_commit, a["state"]),
+                  generator=[a["state"]["generator/0"]], modalities=[tuple(m) for m in a_commit["modalities"]])
+    torch.save(legacy, old / "checkpoint.pt")
+    with pytest.raises(UserError, match="checkpoint.pt is a pickled checkpoint .* retrain .* train-convert"):
+        train(settings, old, progress=False)
+    assert convert_legacy(old) == 8 and not (old / "checkpoint.pt").exists()
+    c_commit, c = load_checkpoint(old)
+    assert c_commit["loader"] == a_commit["loader"] and c_commit["optimizer"] == a_commit["optimizer"]
+    assert all(torch.equal(t, c["state"][name]) for name, t in a["state"].items())
+    assert all(torch.equal(t, c["model"][name]) for name, t in a["model"].items())
 
 
 def test_cli_resume_refuses_changed_settings_and_generate(token_data, tmp_path):
@@ -69,7 +97,7 @@ def test_cli_resume_refuses_changed_settings_and_generate(token_data, tmp_path):
     assert changed.returncode == 2 and "model.dim" in changed.stderr
     more = subprocess.run(base[:-2] + ["--steps=6", "--eval_every=6"], capture_output=True, text=True)
     assert more.returncode == 0, more.stderr
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert read_commit(run)["step"] == 6
     bad = subprocess.run(base[:-2] + ["--model.layers=2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown setting" in bad.stderr
 
@@ -102,14 +130,14 @@ def test_two_processes_under_torchrun(token_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = read_commit(run)
     assert state["step"] == 4 and len(state["loader"]) == 2
     assert state["loader"][0]["config"]["rank"] == 0 and state["loader"][1]["config"]["rank"] == 1
     # resume with both processes
     resumed = subprocess.run(command[:-2] + ["--steps=6", "--eval_every=6"], capture_output=True, text=True, env=env,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert read_commit(run)["step"] == 6
 
 
 def test_sigterm_checkpoints_and_the_rerun_finishes(token_data, tmp_path):
@@ -125,10 +153,10 @@ def test_sigterm_checkpoints_and_the_rerun_finishes(token_data, tmp_path):
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 0 and "checkpoint saved" in output
-    stopped = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    stopped = read_commit(run)["step"]
     assert stopped >= 3
     finish = subprocess.run(command[:-3] + ["--steps=" + str(stopped + 2), "--eval_every=100000", "--log_every=1"],
                             capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr
     assert f"starting at step {stopped}" in finish.stdout
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == stopped + 2
+    assert read_commit(run)["step"] == stopped + 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,14 +25,14 @@ def train_command(
     """Masked multimodal pretraining (4M) on token shards. Settings: --section.key=value (e.g. --optim.lr=3e-4,
     --model.dim=384, --steps=5000) or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
     from omnimill.train.config import RESUMABLE, _leaves, from_dict, load_config
-    from omnimill.train.loop import train
+    from omnimill.train.loop import read_commit, train
 
     try:
         cfg = load_config(config, ctx.args)
         cfg.data.datasets = [d for d in data.split(",") if d]
-        saved = out / "config.json"
-        if (out / "checkpoint.pt").exists() and saved.exists():
-            old = from_dict(json.loads(saved.read_text()))
+        commit = read_commit(out)  # the checkpoint's own config: config.json is for people, never read back
+        if commit is not None:
+            old = from_dict(commit["config"])
             new_leaves, old_leaves = _leaves(cfg), _leaves(old)
             changed = [k for k in new_leaves if getattr(*new_leaves[k]) != getattr(*old_leaves[k])
                        and k not in RESUMABLE]
@@ -49,8 +48,23 @@ def train_command(
                       f"{len(below)}/{len(result['heldout'])} modalities; {out}/curve.png", highlight=False)
 
 
+def convert_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding a checkpoint.pt of an older omnimill.")],
+):
+    """Rewrite an old pickled checkpoint.pt as safetensors + JSON, so that the run resumes and generates. Only for
+    a file you trust: it is read by torch's weights-only unpickler (tensors and plain data, no code)."""
+    from omnimill.train.loop import convert_legacy
+
+    try:
+        step = convert_legacy(run)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"converted {run}/checkpoint.pt (step {step}); the old file is now checkpoint.pt.converted",
+                  highlight=False)
+
+
 def generate_command(
-    run: Annotated[Path, typer.Argument(help="Run directory (with checkpoint.pt).")],
+    run: Annotated[Path, typer.Argument(help="Run directory (with checkpoint.json).")],
     from_: Annotated[str, typer.Option("--from", help="Source modalities, comma-separated (rgb, caption, ...).")],
     to: Annotated[str, typer.Option(help="Target modality.")],
     key: Annotated[str, typer.Option(help="Sample key in the run's data.")],
@@ -75,3 +89,4 @@ def generate_command(
 def register(app: typer.Typer) -> None:
     app.command("train", context_settings=EXTRA_ARGS)(train_command)
     app.command("generate")(generate_command)
+    app.command("train-convert")(convert_command)

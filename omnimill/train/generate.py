@@ -19,18 +19,23 @@ import torch
 from omnimill.errors import UserError
 from omnimill.shards.sources import TokenStoreSource, open_source
 from omnimill.train.config import from_dict
-from omnimill.train.loop import CHECKPOINT
+from omnimill.train.loop import CHECKPOINT, first_line, load_checkpoint
 from omnimill.train.model import ModalitySpec, MultimodalModel
 
 
 def load_run(run: str | Path, device: str = "cpu") -> tuple[MultimodalModel, dict]:
-    path = Path(run) / CHECKPOINT
-    if not path.exists():
+    """The run's model and its checkpoint.json (safetensors and JSON only: nothing is unpickled)."""
+    loaded = load_checkpoint(run)
+    if loaded is None:
         raise UserError(f"{run} holds no {CHECKPOINT}; train one with `omnimill train DATA --out {run}`")
-    state = torch.load(path, map_location=device, weights_only=False)
-    specs = [ModalitySpec(*m) for m in state["modalities"]]
-    model = MultimodalModel(from_dict(state["config"]).model, specs)
-    model.load_state_dict(state["model"])
+    state, tensors = loaded
+    try:
+        specs = [ModalitySpec(str(name), int(vocab), int(length)) for name, vocab, length in state["modalities"]]
+        model = MultimodalModel(from_dict(state["config"]).model, specs)
+        model.load_state_dict(tensors["model"])
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: weights of another shape
+        raise UserError(f"{Path(run) / CHECKPOINT} does not describe its weights ({first_line(e)}); "
+                        "it is damaged") from None
     return model.to(device).eval(), state
 
 
@@ -140,6 +145,9 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
                 tok = load_tokenizer(info["path"])
             except UserError as e:
                 return [_message_tile(f"{label} · {name}", f"tokenizer not found:\n{e}", "#eceff1")]
+            except Exception as e:  # a damaged file: json, safetensors and tokenizers each raise their own kind
+                raise UserError(f"the {name} tokenizer at {info['path']} is damaged ({first_line(e)}); "
+                                "retrain it") from None
             decoded = tok.decode(tokens[None].astype(np.int64))
             values = {k: (v[0] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in decoded.items()}
         info_sample = Sample(key, int(sample["__index__"]), 0, {}, None)

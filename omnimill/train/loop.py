@@ -1,9 +1,12 @@
 """The training loop: data, masking, model, AdamW with warm-up + cosine, checkpoints that resume exactly.
 
     RUN/
-      config.json        the TrainConfig
-      checkpoint.pt      model, optimizer, config, step, every rank's loader position and masking RNG,
-                         modalities, unigram baseline, history (written atomically: tmp + rename)
+      config.json        the TrainConfig (for people: a resume reads the checkpoint's copy)
+      model-STEP.safetensors   model weights
+      state-STEP.safetensors   optimizer tensors (optimizer/PARAM/KEY), every rank's masking RNG (generator/RANK)
+      checkpoint.json    the commit point, written last: format, step, the two files' names and sha256,
+                         optimizer param groups, every rank's loader position, config, modalities, unigram
+                         baseline, history. Nothing in a run folder is unpickled: it is data.
       log.jsonl          one line per log interval and per evaluation
       baseline.json      held-out cross-entropy of the unigram (token frequency) model, per modality
       curve.png          train loss and held-out loss per modality against the unigram baselines
@@ -14,6 +17,7 @@ rank reads its own slots of the data, DDP averages gradients, rank 0 writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,11 +31,13 @@ import torch.distributed as dist
 
 from omnimill.errors import UserError
 from omnimill.shards.loader import TokenDataset, TokenLoader
-from omnimill.train.config import TrainConfig, to_dict
+from omnimill.train.config import TrainConfig, from_dict, to_dict
 from omnimill.train.masking import sample_masks
 from omnimill.train.model import ModalitySpec, MultimodalModel
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.json"  # the commit point of a checkpoint
+LEGACY = "checkpoint.pt"  # the pickled format of omnimill < issue 11: never loaded, only converted on request
+FORMAT = "omnimill-train-checkpoint/1"
 BASELINE_BATCHES = 200  # batches counted for the unigram baseline (an estimate; enough for its point)
 
 
@@ -206,6 +212,131 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+# ---------------------------------------------------------------------------- checkpoints
+def first_line(error: Exception) -> str:
+    """An exception as one line of a UserError (some libraries' messages span lines, or are empty)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _atomic(path: Path, write) -> None:
+    """write(tmp) then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(out: Path, model: dict, optimizer: dict, generators: list[torch.Tensor], meta: dict) -> None:
+    """model-STEP.safetensors and state-STEP.safetensors, then checkpoint.json naming them with their sha256:
+    the commit. A kill before the commit leaves the previous checkpoint whole (its files have other names)."""
+    from safetensors.torch import save_file
+
+    tensors, optim = {}, {"param_groups": optimizer["param_groups"], "state": {}}
+    for pid, values in optimizer["state"].items():  # AdamW: exp_avg, exp_avg_sq and step are tensors
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{pid}/{key}"] = value
+            else:
+                optim["state"].setdefault(str(pid), {})[key] = value
+    tensors.update({f"generator/{rank}": g for rank, g in enumerate(generators)})
+    files = {}
+    for kind, part in (("model", model), ("state", tensors)):
+        path = out / f"{kind}-{meta['step']:08d}.safetensors"
+        part = {k: v.detach().cpu().contiguous() for k, v in part.items()}
+        _atomic(path, lambda tmp: save_file(part, str(tmp)))
+        files[kind] = {"name": path.name, "sha256": _sha256(path)}
+    commit = {"format": FORMAT, **meta, "optimizer": optim, "files": files}
+    _atomic(out / CHECKPOINT, lambda tmp: tmp.write_text(json.dumps(commit, indent=1)))
+    for kind in files:  # the previous checkpoint's files, and any left by a run killed before its commit
+        for path in out.glob(f"{kind}-*.safetensors"):
+            if path.name != files[kind]["name"]:
+                path.unlink(missing_ok=True)
+
+
+def read_commit(out: str | Path) -> dict | None:
+    """checkpoint.json of a run folder (None when it has none), checked for shape only. An old pickled
+    checkpoint.pt is refused unread: unpickling a file can run any code in it."""
+    out = Path(out)
+    if (out / LEGACY).exists():
+        raise UserError(f"{out / LEGACY} is a pickled checkpoint of an older omnimill, which is not loaded (a "
+                        f"pickle can run code); retrain into a new --out, or convert it if you trust it: "
+                        f"`omnimill train-convert {out}`")
+    path = out / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        commit = json.loads(path.read_text())
+        from_dict(commit["config"])  # raises on a config of another shape
+        shaped = commit["format"] == FORMAT and all(isinstance(commit["files"][kind][key], str)
+                                                    for kind in ("model", "state") for key in ("name", "sha256"))
+    except (ValueError, TypeError, KeyError, AttributeError, UserError):  # not JSON, or JSON of another shape
+        shaped = False
+    if not shaped:
+        raise UserError(f"{path} is not a checkpoint of this omnimill (damaged?); use a new --out")
+    return commit
+
+
+def load_checkpoint(out: str | Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]] | None:
+    """(checkpoint.json, {"model": tensors, "state": tensors}) on the CPU, or None when there is none yet.
+    Every file must match the sha256 the commit recorded: a file of an interrupted save or a damaged copy is
+    refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    commit = read_commit(out)
+    if commit is None:
+        return None
+    tensors = {}
+    for kind in ("model", "state"):
+        entry = commit["files"][kind]
+        path = Path(out) / Path(entry["name"]).name  # a bare name: nothing outside the run folder
+        try:
+            if _sha256(path) != entry["sha256"]:
+                raise ValueError("sha256 differs")
+            tensors[kind] = load_file(path)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise UserError(f"{path} does not match {Path(out) / CHECKPOINT} ({e}): the checkpoint is damaged; "
+                            "use a new --out") from None
+    return commit, tensors
+
+
+def optimizer_state(commit: dict, state: dict[str, torch.Tensor]) -> dict:
+    """The optimizer's state_dict back from state-STEP.safetensors and checkpoint.json."""
+    per_param: dict[int, dict] = {}
+    for name, value in state.items():
+        if name.startswith("optimizer/"):
+            _, pid, key = name.split("/", 2)
+            per_param.setdefault(int(pid), {})[key] = value
+    for pid, values in commit["optimizer"]["state"].items():
+        per_param.setdefault(int(pid), {}).update(values)
+    return {"state": per_param, "param_groups": commit["optimizer"]["param_groups"]}
+
+
+def convert_legacy(run: str | Path) -> int:
+    """Rewrite a run's pickled checkpoint.pt in the current format; returns its step. Read by torch's
+    weights-only unpickler (tensors and plain containers only, no code), for a file the user chose to trust;
+    checkpoint.pt is renamed checkpoint.pt.converted."""
+    run = Path(run)
+    try:
+        state = torch.load(run / LEGACY, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{run} holds no {LEGACY} to convert") from None
+    except Exception as e:  # weights_only refuses anything but tensors and plain data; any damage ends here too
+        raise UserError(f"{run / LEGACY} is damaged or holds more than tensors and plain data ({type(e).__name__}); "
+                        "it was not converted: retrain") from None
+    meta = {k: state[k] for k in ("config", "step", "loader", "baseline", "modalities", "history", "datasets")}
+    save_checkpoint(run, state["model"], state["optimizer"], state["generator"], json.loads(json.dumps(meta)))
+    os.replace(run / LEGACY, run / (LEGACY + ".converted"))
+    return int(state["step"])
+
+
 def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline.
     `stop_at`: checkpoint and return after that step, as if the job were stopped there (a time-limited
@@ -222,15 +353,15 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
                                   betas=(config.optim.beta1, config.optim.beta2))
     generator = torch.Generator().manual_seed(config.seed * 1000 + session.rank)
     step, history, baseline = 0, [], None
-    checkpoint = out / CHECKPOINT
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=session.device, weights_only=False)
+    loaded = load_checkpoint(out)
+    if loaded:
+        state, tensors = loaded
         if [tuple(s) for s in state["modalities"]] != [(s.name, s.vocab_size, s.length) for s in specs]:
-            raise UserError(f"{checkpoint} was trained on other modalities; use a new --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+            raise UserError(f"{out / CHECKPOINT} was trained on other modalities; use a new --out")
+        model.load_state_dict(tensors["model"])
+        optimizer.load_state_dict(optimizer_state(state, tensors["state"]))
         loader.load_state_dict(state["loader"][session.rank])
-        generator.set_state(state["generator"][session.rank])
+        generator.set_state(tensors["state"][f"generator/{session.rank}"])
         step, history, baseline = state["step"], state["history"], state["baseline"]
     elif session.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,12 +380,10 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
     def save(step: int) -> None:
         loaders, generators = session.gather(loader.state_dict()), session.gather(generator.get_state())
         if session.main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": to_dict(config),
-                     "step": step, "loader": loaders, "generator": generators, "baseline": baseline,
-                     "modalities": [(s.name, s.vocab_size, s.length) for s in specs], "history": history,
-                     "datasets": {name: asdict_modality(m) for name, m in loader.modalities.items()}}
-            torch.save(state, out / (CHECKPOINT + ".tmp"))
-            os.replace(out / (CHECKPOINT + ".tmp"), checkpoint)
+            meta = {"config": to_dict(config), "step": step, "loader": loaders, "baseline": baseline,
+                    "modalities": [(s.name, s.vocab_size, s.length) for s in specs], "history": history,
+                    "datasets": {name: asdict_modality(m) for name, m in loader.modalities.items()}}
+            save_checkpoint(out, model.state_dict(), optimizer.state_dict(), generators, meta)
 
     log = open(out / "log.jsonl", "a") if session.main else None
     batches = iter(loader)
