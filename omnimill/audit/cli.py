@@ -75,6 +75,9 @@ def audit_query(
     store: Annotated[Optional[str], typer.Option(help="The label store, if it moved since the index was "
                                                       "built.")] = None,
     device: Annotated[str, typer.Option(help="Device for --image/--text: auto, cpu, cuda[:N].")] = "auto",
+    teacher_plugin: Annotated[Optional[str], typer.Option(help="module.path:Class of a plug-in teacher you trust, "
+                                                               "for --image/--text on a store it labelled; it "
+                                                               "must be the one the store names.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):
     """Nearest samples to a key, an image or a text: a table, and optionally an HTML report."""
@@ -87,7 +90,8 @@ def audit_query(
     from omnimill.audit.report import write_report
 
     try:
-        result = query(index, key=key, image=image, text=text, k=k, store=store, device=device)
+        result = query(index, key=key, image=image, text=text, k=k, store=store, device=device,
+                       teacher_plugin=teacher_plugin)
         if html is not None:
             write_report(result, html)
     except UserError as e:

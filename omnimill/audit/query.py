@@ -3,6 +3,8 @@
     --key K       the stored vector of sample K (the index's field, read from the label store)
     --image FILE  the field's teacher, rebuilt from the store's provenance (spec, checkpoint path, options;
                   its sha256 must still match), run on the file's canonical view
+                  (only a built-in teacher, or the plug-in the user names with --teacher-plugin: a store
+                  is data, and importing a module it names would run that module's code)
     --text "..."  the teacher's text tower, `embed_text`, for teachers whose text lives in the same space
                   (clip, imagebind: image and text; caption_embed: captions)
     ──▶ L2-normalise ──▶ FAISS top k ──▶ FAISS ids ──ids.npy──▶ sample indices, keys, captions
@@ -84,15 +86,17 @@ def open_store(info: dict, store: str | None = None) -> LabelStore:
 
 
 def query(index_dir: str | Path, key: str | None = None, image: str | Path | None = None, text: str | None = None,
-          k: int = DEFAULT_K, store: str | None = None, device: str = "auto") -> QueryResult:
-    """The k nearest indexed samples to one key, image file or text."""
+          k: int = DEFAULT_K, store: str | None = None, device: str = "auto",
+          teacher_plugin: str | None = None) -> QueryResult:
+    """The k nearest indexed samples to one key, image file or text. `teacher_plugin` (module.path:Class):
+    the plug-in teacher the user trusts, when the store's provenance names one (image and text queries)."""
     given = [name for name, v in (("--key", key), ("--image", image), ("--text", text)) if v is not None]
     if len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
         raise UserError(f"give exactly one of --key, --image or --text{got}")
     if k < 1:
         raise UserError(f"-k {k}: ask for at least one neighbour")
-    loaded = load_index(index_dir)
+    loaded = open_index(index_dir)
     info = {**loaded.info, "path": str(Path(index_dir))}
     labels = open_store(info, store)
     teacher, name = info["teacher"], info["field"].split("/", 1)[1]
@@ -102,13 +106,22 @@ def query(index_dir: str | Path, key: str | None = None, image: str | Path | Non
         vector = stored_vector(labels, teacher, name, own, key)
         kind, value = "key", key
     elif image is not None:
-        vector, view = image_vector(labels, info, Path(image), device)
+        vector, view = image_vector(labels, info, Path(image), device, teacher_plugin)
         kind, value = "image", str(image)
     else:
-        vector = text_vector(labels, info, text, device)
+        vector = text_vector(labels, info, text, device, teacher_plugin)
         kind, value = "text", text
     neighbours = search(loaded, labels, vector, k, exclude=own)
     return QueryResult(kind, value, neighbours, info, labels.uri, own, view)
+
+
+def open_index(index_dir: str | Path) -> LoadedIndex:
+    """load_index, with a damaged file (not JSON, not a plain .npy: np.load refuses pickles) as a UserError."""
+    try:
+        return load_index(index_dir)
+    except (ValueError, OSError, RuntimeError) as e:  # RuntimeError: faiss cannot read index.faiss
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"the index in {index_dir} is damaged ({why}); rebuild it: `omnimill audit index`") from None
 
 
 def search(loaded: LoadedIndex, labels: LabelStore, vector: np.ndarray, k: int,
@@ -152,13 +165,32 @@ def stored_vector(labels: LabelStore, teacher: str, name: str, i: int, key: str)
     return vector
 
 
-def rebuild_teacher(labels: LabelStore, teacher: str, device: str = "auto"):
+def trusted_teacher(labels: LabelStore, teacher: str, plugin: str | None = None) -> str:
+    """The teacher class the store's provenance names (a built-in name or module:Class), if it may be imported:
+    a registered built-in, or the plug-in the user named on the command line. Checked before any import: a
+    store is data, and importing a module it names would run that module's code."""
+    from omnimill.labelers.registry import BUILTIN
+
+    name = str(labels.provenance(teacher).get("spec") or teacher).partition("=")[0]
+    if name in BUILTIN or name in BUILTIN.values():
+        return name
+    if plugin is None:
+        raise UserError(f"{teacher} in {labels.uri} was labelled by {name!r}, not a built-in teacher, and a store "
+                        f"cannot choose code to import; if you trust it, add --teacher-plugin {name!r}, or query "
+                        "by --key")
+    if plugin != name:
+        raise UserError(f"--teacher-plugin {plugin!r} does not match the teacher that labelled {teacher} in "
+                        f"{labels.uri}, {name!r}")
+    return name
+
+
+def rebuild_teacher(labels: LabelStore, teacher: str, device: str = "auto", plugin: str | None = None):
     """The teacher that labelled the store, rebuilt from its provenance and loaded; refused if it changed."""
     from omnimill.labelers.base import TeacherSpec
     from omnimill.labelers.registry import build
 
     provenance = labels.provenance(teacher)
-    name = str(provenance.get("spec") or teacher).partition("=")[0]  # a built-in name or module:Class
+    name = trusted_teacher(labels, teacher, plugin)
     checkpoint = provenance.get("checkpoint_path") or provenance.get("checkpoint")
     stored = provenance.get("config") or {}
     spec = TeacherSpec(name, checkpoint)
@@ -187,7 +219,8 @@ def _plain(config: dict) -> dict:
     return json.loads(json.dumps(config, default=str))
 
 
-def image_vector(labels: LabelStore, info: dict, path: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
+def image_vector(labels: LabelStore, info: dict, path: Path, device: str,
+                 plugin: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The field's vector for an image file: its canonical view through the field's teacher."""
     from omnimill.labelers.base import Batch
     from omnimill.labelers.view import decode_view
@@ -198,7 +231,7 @@ def image_vector(labels: LabelStore, info: dict, path: Path, device: str) -> tup
         decoded = decode_view(path.read_bytes(), labels.view_size)
     except SampleError as e:
         raise UserError(f"--image {path}: {e}") from None
-    teacher = rebuild_teacher(labels, info["teacher"], device)
+    teacher = rebuild_teacher(labels, info["teacher"], device, plugin)
     if teacher.requires:
         raise UserError(f"teacher {info['teacher']} reads the outputs of {', '.join(teacher.requires)}: "
                         "query it by --key instead")
@@ -210,17 +243,17 @@ def image_vector(labels: LabelStore, info: dict, path: Path, device: str) -> tup
     return vector, decoded.view
 
 
-def text_vector(labels: LabelStore, info: dict, text: str, device: str) -> np.ndarray:
+def text_vector(labels: LabelStore, info: dict, text: str, device: str, plugin: str | None = None) -> np.ndarray:
     """The field's vector for a text, through the teacher's `embed_text` (same space as its embeddings)."""
     from omnimill.labelers.registry import teacher_class
 
     if not text.strip():
         raise UserError("--text is empty")
-    name = str(labels.provenance(info["teacher"]).get("spec") or info["teacher"]).partition("=")[0]
+    name = trusted_teacher(labels, info["teacher"], plugin)
     if not hasattr(teacher_class(name), "embed_text"):
         raise UserError(f"{info['field']} has no text tower: text queries need an index of a teacher with "
                         f"one ({', '.join(text_teachers()) or 'none installed'}), e.g. clip/embedding")
-    teacher = rebuild_teacher(labels, info["teacher"], device)
+    teacher = rebuild_teacher(labels, info["teacher"], device, plugin)
     return np.asarray(teacher.embed_text([text])[0], np.float32)
 
 
