@@ -98,7 +98,8 @@ def label(
         console.print("nothing to do: every unit of these teachers is committed (use --force to relabel)")
     if result.store_failed:
         final = f" ({result.store_final} will not be retried: the file does not decode)" if result.store_final else ""
-        console.print(f"the store holds {result.store_failed} failed labels for these teachers{final}: see "
+        console.print(f"completed with errors: the store holds {result.store_failed} failed labels for these "
+                      f"teachers{final}: see "
                       f"`omnimill status {store}`; the same command retries the others", highlight=False)
     raise typer.Exit(result.exit_code)
 

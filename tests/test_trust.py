@@ -220,6 +220,8 @@ def test_tokenize_killed_at_a_commit_point_resumes_to_a_clean_store(images, tmp_
     cli("tokenize", labels, tmp_path / "clean.zarr", *tok, check=0)
     assert_same(snapshot(tmp_path / "tokens.zarr"), snapshot(tmp_path / "clean.zarr"))
     cli("verify", tmp_path / "tokens.zarr", check=0)
+    tokens = TokenStore.open(str(tmp_path / "tokens.zarr"))
+    assert tokens.lock() is None and tokens.history()[-1]["units_failed"] == []  # a lock and a history, as labels
 
 
 # ---------------------------------------------------------------- damage

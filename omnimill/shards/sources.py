@@ -24,6 +24,7 @@ import fsspec
 import numpy as np
 
 from omnimill.errors import UserError
+from omnimill.shards.corpus import url_to_fs
 from omnimill.shards.wds import MANIFEST, join, read_manifest
 
 
@@ -329,7 +330,7 @@ class DamagedSample(UserError):
 def is_shard_set(uri: str, storage_options: dict | None = None) -> bool:
     if uri.endswith(MANIFEST):
         return True
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = url_to_fs(uri, storage_options)  # local paths literal: `[`, `*`, `::` are characters
     return fs.exists(join(path, MANIFEST))
 
 
@@ -338,7 +339,12 @@ def open_source(uri: str, storage_options: dict | None = None, modalities: list[
     if is_shard_set(uri, storage_options):
         return ShardSetSource(uri, storage_options, modalities)
     try:
-        return TokenStoreSource(uri, storage_options, modalities)
+        source = TokenStoreSource(uri, storage_options, modalities)
     except UserError:
         raise UserError(f"{uri} is neither a token store nor a shard set (no {MANIFEST}); make one with "
                         f"`omnimill tokenize` or `omnimill shards export`") from None
+    incomplete = {m: units for m, units in source.incomplete_units().items() if units}
+    if incomplete:  # read only what tokenize committed: an uncommitted unit's samples would look absent
+        detail = "; ".join(f"{m}: {len(units)} units" for m, units in incomplete.items())
+        raise UserError(f"{uri} is not fully tokenized ({detail}); finish `omnimill tokenize` first")
+    return source

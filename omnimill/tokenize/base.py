@@ -134,6 +134,16 @@ OWN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_log.js
 def prepare_directory(directory: str | Path) -> Path:
     """A new or empty directory, or an earlier tokenizer (its own files are removed, config.json first, so
     a half-written retrain is never taken for a tokenizer). Anything else is a user's folder: refused."""
+    directory = check_directory(directory)
+    if directory.is_dir():
+        for name in OWN_FILES:  # config.json first
+            (directory / name).unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def check_directory(directory: str | Path) -> Path:
+    """Refuse a file or a user's folder as a tokenizer directory; writes nothing."""
     directory = Path(directory)
     if directory.is_file():
         raise UserError(f"{directory} is a file; give a new or empty directory for the tokenizer")
@@ -146,9 +156,6 @@ def prepare_directory(directory: str | Path) -> Path:
         if not ours:
             raise UserError(f"{directory} is not empty and holds no omnimill tokenizer; give a new or empty "
                             "directory")
-        for name in OWN_FILES:  # config.json first
-            (directory / name).unlink(missing_ok=True)
-    directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 

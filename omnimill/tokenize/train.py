@@ -24,7 +24,7 @@ from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.tokenize import values as V
-from omnimill.tokenize.base import TokenizerConfig, prepare_directory
+from omnimill.tokenize.base import TokenizerConfig, check_directory
 from omnimill.tokenize.data import open_field, split
 from omnimill.tokenize.quantizer import fsq_levels
 
@@ -73,7 +73,7 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
     config.options.update(view_size=source.store.view_size, holdout=opts.holdout, seed=opts.seed,
                           train_samples=len(train_idx), heldout_samples=len(heldout_idx))
     out = Path(out)
-    prepare_directory(out)  # before training: a user's folder is refused, not overwritten an hour later
+    check_directory(out)  # before training: a user's folder is refused, not overwritten an hour later
     if kind == "sequence":
         from omnimill.tokenize.sequence import SequenceTokenizer
 
