@@ -178,7 +178,7 @@ def main() -> int:
                        (TOKENS, "the token store: 2 crops per sample, one group per modality"),
                        (REPORT, "the astronaut's nearest neighbours with every label (open in a browser)"),
                        (SHARDS, "token shards (WebDataset tars, offset indexes, manifest.json)"),
-                       (RUN, "the trained model: checkpoint.pt, log.jsonl, baseline.json, curve.png"),
+                       (RUN, "the trained model: checkpoint.json + safetensors, log.jsonl, curve.png"),
                        (GENERATED, "rgb -> caption for the astronaut, beside the real caption"),
                        (FAILED_PANEL, "a broken file: what a failed sample looks like")]:
         print(f"  {str(path):44} {what}")

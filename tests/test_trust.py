@@ -376,3 +376,14 @@ def test_a_tokenizer_is_never_trained_into_a_users_folder(token_data, tmp_path):
     again = train_tokenizer(token_data["labels"], "palette", "sequence", tmp_path / "tok", progress=False)
     assert train_tokenizer(token_data["labels"], "palette", "sequence", again, progress=False) == again  # retrain
     assert not list(again.glob(".*.tmp"))
+
+
+def test_a_damaged_tokenizer_is_one_line_for_tokenize(token_data, tmp_path):
+    import pickle
+
+    broken = tmp_path / "palette"
+    shutil.copytree(token_data["tokenizers"]["palette"], broken)
+    (broken / "tokenizer.json").write_bytes(pickle.dumps({"not": "a tokenizer"}))
+    proc = CliRunner().invoke(app, ["tokenize", token_data["labels"], str(tmp_path / "t.zarr"),
+                                    "--tokenizer", str(broken)])
+    assert proc.exit_code == 2 and "is damaged" in proc.output and not (tmp_path / "t.zarr").exists()

@@ -40,7 +40,8 @@ def audit_index(
     memory_budget: Annotated[str, typer.Option(help="Most memory the index may take: 4GB, 512MB, 1.5GiB.")] = "4GB",
     latency_ms: Annotated[float, typer.Option(help="p99 latency target of one query, in ms.")] = 10.0,
     recall: Annotated[float, typer.Option(help="recall@10 against exact search that tuning aims for.")] = 0.99,
-    queries: Annotated[int, typer.Option(help="Held-out queries for measuring recall and latency.")] = 1000,
+    queries: Annotated[int, typer.Option(help="Held-out queries for measuring recall and latency (as many others, "
+                                                    "disjoint from them, tune the search parameter).")] = 1000,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Build on a GPU (default: when one is "
                                                                     "visible to faiss).")] = None,
     kind: Annotated[Optional[str], typer.Option("--type", help="Force the index type: flat, hnsw, ivf or ivfpq "

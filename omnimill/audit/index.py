@@ -570,12 +570,20 @@ def load_index(path: str | Path, gpu: bool | None = None) -> LoadedIndex:
         what = "an interrupted build" if (path / "index.faiss").exists() else "not an index directory"
         raise UserError(f"{path} has no info.json ({what}); build one with "
                         "`omnimill audit index STORE --field TEACHER/FIELD --out DIR`")
-    info = json.loads(info_path.read_text())
-    if info.get("format") != FORMAT:
-        raise UserError(f"{path} is not an omnimill audit index (format {info.get('format')!r})")
-    index = faiss.read_index(str(path / "index.faiss"))
-    ids = np.load(path / "ids.npy")
-    keys = np.load(path / "keys.npy")
+    try:
+        info = json.loads(info_path.read_text())
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise UserError(f"{path} is not an omnimill audit index (format "
+                            f"{info.get('format') if isinstance(info, dict) else None!r})")
+        index = faiss.read_index(str(path / "index.faiss"))
+        ids = np.load(path / "ids.npy", allow_pickle=False)
+        keys = np.load(path / "keys.npy", allow_pickle=False)
+    except UserError:
+        raise
+    except Exception as e:  # a damaged file: json, faiss and numpy each raise their own kind
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"the index in {path} is damaged ({reason[:120]}); rebuild it with "
+                        "`omnimill audit index`") from None
     if not (len(ids) == len(keys) == index.ntotal == info["n"]):
         raise UserError(f"{path} is inconsistent ({index.ntotal} vectors, {len(ids)} ids, {len(keys)} keys); "
                         "rebuild it with `omnimill audit index`")

@@ -182,11 +182,18 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.exists():
         raise UserError(f"{directory} is not a tokenizer directory (no config.json); "
                         "make one with `omnimill tokenizer train`")
-    data = json.loads(path.read_text())
-    if data.pop("format", None) != FORMAT:
-        raise UserError(f"{directory} holds a tokenizer of another format; retrain it")
-    config = TokenizerConfig(**data)
-    return tokenizer_class(config.kind).from_directory(directory, config)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+            raise UserError(f"{directory} holds a tokenizer of another format; retrain it")
+        config = TokenizerConfig(**data)
+        cls = tokenizer_class(config.kind)
+        return cls.from_directory(directory, config)
+    except UserError:
+        raise
+    except Exception as e:  # a damaged file: json, safetensors and tokenizers each raise their own kind
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"the tokenizer in {directory} is damaged ({reason[:120]}); retrain it") from None
 
 
 HASHED_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what decides the tokens; not metrics, pictures
