@@ -387,3 +387,13 @@ def test_a_damaged_tokenizer_is_one_line_for_tokenize(token_data, tmp_path):
     proc = CliRunner().invoke(app, ["tokenize", token_data["labels"], str(tmp_path / "t.zarr"),
                                     "--tokenizer", str(broken)])
     assert proc.exit_code == 2 and "is damaged" in proc.output and not (tmp_path / "t.zarr").exists()
+
+
+def test_a_token_store_inside_the_label_store_is_refused(images, tmp_path, token_data):
+    labels = str(tmp_path / "labels.zarr")
+    label(str(images), labels, ["palette"], **FAST)
+    before = snapshot(labels)
+    with pytest.raises(UserError, match="inside"):
+        tokenize(labels, f"{labels}/tokens.zarr", [token_data["tokenizers"]["palette"]], workers=1, progress=False)
+    assert not (tmp_path / "labels.zarr" / "tokens.zarr").exists()
+    assert_same(snapshot(labels), before)

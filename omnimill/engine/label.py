@@ -26,7 +26,7 @@ from omnimill.labelers.registry import build
 from omnimill.labelers.view import DEFAULT_MAX_PIXELS
 from omnimill.shards.corpus import index_corpus, normalise_uri
 from omnimill.shards.labelstore import LabelStore, retryable
-from omnimill.shards.unitstore import is_url, local_path
+from omnimill.shards.unitstore import is_url, local_path, same_or_inside, same_store
 
 DEFAULT_VIEW_SIZE = 384
 DEFAULT_UNIT_SIZE = 128  # samples per unit = per chunk; 128 x 384² x 3 B = 57 MB of rgb per chunk
@@ -112,14 +112,10 @@ def with_overrides(options, overrides: dict):
 
 def check_store_path(store: str, corpus: str, what: str = "store") -> None:
     """STORE must not be the corpus or lie inside it (a folder corpus would list the store's own files)."""
-    if is_url(store) or is_url(corpus):
-        if store.rstrip("/") == corpus.rstrip("/"):
-            raise UserError(f"{store} is the corpus itself; give a new path for the {what}")
-        return
-    s, c = os.path.realpath(local_path(store)), os.path.realpath(local_path(corpus))
-    if s == c or s.startswith(c.rstrip(os.sep) + os.sep) and os.path.isdir(c):
-        raise UserError(f"{store} is {'the corpus itself' if s == c else 'inside the corpus folder'}; "
-                        f"give a {what} path outside {corpus}")
+    if same_store(store, corpus):
+        raise UserError(f"{store} is the corpus itself; give a {what} path outside {corpus}")
+    if same_or_inside(store, corpus) and (is_url(corpus) or os.path.isdir(local_path(corpus))):
+        raise UserError(f"{store} is inside the corpus folder; give a {what} path outside {corpus}")
 
 
 def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: LabelOptions | None = None,

@@ -25,7 +25,7 @@ import zarr
 from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.shards.labelstore import LabelStore
-from omnimill.shards.unitstore import RUNS, UnitPlan, UnitStore, create_array, same_store
+from omnimill.shards.unitstore import RUNS, UnitPlan, UnitStore, create_array, same_or_inside
 
 FORMAT = "omnimill.tokens/1"
 
@@ -53,8 +53,8 @@ class TokenStore(UnitStore):
     @classmethod
     def create(cls, uri: str, labels: LabelStore, crops: np.ndarray, seed: int,
                storage_options: dict | None = None) -> "TokenStore":
-        if same_store(uri, labels.uri) or same_store(uri, labels.corpus["uri"]):
-            raise UserError(f"{uri} is the label store or its corpus; give a new path for the token store")
+        if same_or_inside(uri, labels.uri) or same_or_inside(uri, labels.corpus["uri"]):
+            raise UserError(f"{uri} is (inside) the label store or its corpus; give a new path for the token store")
         group = cls.new_group(uri, storage_options)
         n, n_crops = labels.n, crops.shape[1]
         create_array(group, "keys", (n,), (labels.unit_size,), "str")[:] = labels.keys().astype(object)

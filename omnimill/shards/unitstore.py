@@ -78,10 +78,18 @@ def _where(uri: str, read_only: bool = False):
     return uri if is_url(uri) else zarr.storage.LocalStore(local_path(uri), read_only=read_only)
 
 
+def _norm(uri: str) -> str:
+    return uri.rstrip("/") if is_url(uri) else os.path.realpath(local_path(uri))
+
+
 def same_store(a: str, b: str) -> bool:
     """`/abs/x.zarr`, `./x.zarr` and `x.zarr/` are one store."""
-    norm = lambda u: u.rstrip("/") if is_url(u) else os.path.realpath(local_path(u))  # noqa: E731
-    return norm(a) == norm(b)
+    return _norm(a) == _norm(b)
+
+
+def same_or_inside(a: str, b: str) -> bool:
+    """Is `a` the path `b` or inside it?"""
+    return _norm(a) == _norm(b) or _norm(a).startswith(_norm(b).rstrip("/") + "/")
 
 
 @dataclass
