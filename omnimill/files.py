@@ -15,7 +15,7 @@ from pathlib import Path
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # two writers never share one
     try:
         with open(temp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

@@ -397,3 +397,71 @@ def test_a_token_store_inside_the_label_store_is_refused(images, tmp_path, token
         tokenize(labels, f"{labels}/tokens.zarr", [token_data["tokenizers"]["palette"]], workers=1, progress=False)
     assert not (tmp_path / "labels.zarr" / "tokens.zarr").exists()
     assert_same(snapshot(labels), before)
+
+
+def test_a_retry_over_a_damaged_chunk_labels_the_whole_unit(images, tmp_path, monkeypatch):
+    """A retry reads the unit's other rows back; a missing chunk would read back as zeros marked ok."""
+    flaky = tmp_path / "flaky.txt"
+    flaky.write_text("img0003\n")
+    monkeypatch.setenv("OMNIMILL_TEST_FLAKY", str(flaky))
+    store = tmp_path / "labels.zarr"
+    label(str(images), str(store), ["teachers_for_tests:Flaky"], **FAST)
+    flaky.unlink()
+    os.remove(store / "flaky" / "mean" / "c" / "0")  # damaged, and holding a retryable failure
+    label(str(images), str(store), ["teachers_for_tests:Flaky"], **FAST)
+    clean = tmp_path / "clean.zarr"
+    label(str(images), str(clean), ["teachers_for_tests:Flaky"], **FAST)
+    assert_same({k: v for k, v in snapshot(store).items() if not k.endswith("units")},
+                {k: v for k, v in snapshot(clean).items() if not k.endswith("units")})
+    cli("verify", store, check=0)
+
+
+@pytest.mark.parametrize("damage", ["source chunk", "missing array"])
+def test_repair_refuses_what_it_cannot_redo_and_restarts_a_part_whose_array_is_gone(images, tmp_path, damage):
+    store = tmp_path / "labels.zarr"
+    label(str(images), str(store), ["rgb", "palette"], **FAST)
+    if damage == "source chunk":  # the corpus index: relabelling over it would fail every good sample
+        os.remove(store / "source" / "c" / "0")
+        with pytest.raises(UserError, match="no run can redo it"):
+            label(str(images), str(store), ["rgb", "palette"], repair=True, **FAST)
+        return
+    shutil.rmtree(store / "palette" / "weights")
+    result = label(str(images), str(store), ["rgb", "palette"], repair=True, **FAST)
+    assert result.units_repaired == 3 and result.exit_code == 3
+    cli("verify", store, check=0)
+    clean = tmp_path / "clean.zarr"
+    label(str(images), str(clean), ["rgb", "palette"], **FAST)
+    assert_same({k: v for k, v in snapshot(store).items() if not k.endswith("units")},
+                {k: v for k, v in snapshot(clean).items() if not k.endswith("units")})
+
+
+def test_a_part_cut_short_before_its_attributes_is_made_again(images, tmp_path, token_data):
+    labels, tokens = str(tmp_path / "labels.zarr"), str(tmp_path / "tokens.zarr")
+    label(str(images), labels, ["palette"], **FAST)
+    store = LabelStore.open(labels, "r+")
+    store.new_part("canny")  # as a run killed (or out of space) while preparing a new teacher
+    assert "canny" not in store.teachers()
+    assert label(str(images), labels, ["canny"], **FAST).units_done == 3
+    TokenStore.create(tokens, store, np.zeros((store.n, 1, 5), np.int32), 0).new_part("palette")
+    assert tokenize(labels, tokens, [token_data["tokenizers"]["palette"]], workers=1, progress=False).exit_code == 0
+
+
+def test_a_torn_lock_is_taken_over(images, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(images), str(store), ["rgb"], **FAST)
+    (store / "_runs" / "_lock").mkdir()
+    (store / "_runs" / "_lock" / "zarr.json").write_text('{"zarr_format": 3, "node_')
+    assert label(str(images), str(store), ["palette"], **FAST).units_done == 3
+
+
+def test_an_object_store_prefix_holding_other_objects_is_not_a_store(images, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/foreign/keys/notes.txt", b"mine")
+    assert LabelStore.state("memory://foreign").startswith("other")
+    with pytest.raises(UserError, match="no omnimill store"):
+        label(str(images), "memory://foreign", ["rgb"], **FAST)
+    assert fs.cat("/foreign/keys/notes.txt") == b"mine"
+    with pytest.raises(UserError, match="inside"):  # a store that would hold its own corpus
+        label(str(images / "sub"), str(images), ["rgb"], **FAST)

@@ -116,6 +116,8 @@ def check_store_path(store: str, corpus: str, what: str = "store") -> None:
         raise UserError(f"{store} is the corpus itself; give a {what} path outside {corpus}")
     if same_or_inside(store, corpus) and (is_url(corpus) or os.path.isdir(local_path(corpus))):
         raise UserError(f"{store} is inside the corpus folder; give a {what} path outside {corpus}")
+    if same_or_inside(corpus, store):  # creating the store would write over the corpus's files
+        raise UserError(f"the corpus {corpus} is inside {store}; give a {what} path that does not hold it")
 
 
 def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: LabelOptions | None = None,
@@ -155,9 +157,15 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         for t in built:
             labels.prepare_teacher(t.name, t.fields(), provenance[t.name], force=opts.force)
         if opts.repair:
-            for name, units in labels.damaged_units(names).items():
-                labels.clear_markers(name, sorted(units))
-                result.units_repaired += len(units)
+            damaged = labels.damaged_units(names)
+            for t in built:
+                units = damaged[t.name]
+                if units is None:  # its arrays are damaged, not just some chunks: the teacher starts over
+                    labels.prepare_teacher(t.name, t.fields(), provenance[t.name], force=True)
+                    result.units_repaired += labels.n_units
+                else:
+                    labels.clear_markers(t.name, sorted(units))
+                    result.units_repaired += len(units)
         tasks = plan(labels, specs, names, opts)
         result.units_planned = len(tasks)
         result.samples_retried = sum(len(rows) for t in tasks for rows in t.retry.values())

@@ -137,8 +137,12 @@ def tokenize(labels: str, tokens: str, tokenizers: list[str], n_crops: int | Non
             store.prepare_modality(name, info, force=force)
         if repair:
             for name, units in store.damaged_units(list(infos)).items():
-                store.clear_markers(name, sorted(units))
-                result.units_repaired += len(units)
+                if units is None:  # its arrays are damaged, not just some chunks: the modality starts over
+                    store.prepare_modality(name, infos[name], force=True)
+                    result.units_repaired += store.n_units
+                else:
+                    store.clear_markers(name, sorted(units))
+                    result.units_repaired += len(units)
 
         def replan():
             """Tasks for units whose label unit is committed and whose tokens are missing or stale."""
@@ -215,6 +219,9 @@ def tokenize_unit(task: TokenizeTask) -> dict:
         label_marker = marker_hash(labels.raw_markers(tok.config.teacher)[task.unit]) if tok.config.teacher else ""
         if label_marker != task.label_markers.get(directory, label_marker):
             raise RuntimeError(f"label unit {task.unit} of {tok.config.teacher} changed since it was planned")
+        if tok.config.teacher and not labels.unit_intact(tok.config.teacher, task.unit):
+            raise RuntimeError(f"label unit {task.unit} of {tok.config.teacher} is damaged (a chunk is missing or "
+                               f"does not decode): run `omnimill verify {task.labels}`, then label with --repair")
         source = open_field(labels, _field_of(tok.config))
         ok = source.ok()[task.start:task.stop]
         rows = np.flatnonzero(ok)

@@ -68,7 +68,11 @@ def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> T
         teacher = build(spec, view_size)
         try:
             teacher.load(device, dtype)
+        except (TimeoutError, ConnectionError, MemoryError):
+            raise  # may pass (a hub timeout, a GPU still busy): the unit is retried as usual
         except Exception as e:  # a wrong checkpoint fails the same way on every attempt: stop the job
+            if "out of memory" in str(e):  # torch.cuda.OutOfMemoryError: retried, as above
+                raise
             raise TeacherLoadError(f"teacher {spec.name} could not be loaded from {spec.checkpoint or 'its default'}"
                                    f" ({type(e).__name__}: {e}); check the checkpoint") from None
         return teacher
@@ -107,6 +111,8 @@ def run_unit(task: UnitTask) -> dict:
     # its chunk is read back and written again unchanged.
     todo = {t.name: set(range(n)) for t in teachers}
     for name, indices in task.retry.items():
+        if not store.unit_intact(name, task.unit):
+            continue  # a chunk to read back is damaged: label the whole unit instead
         todo[name] = {i - task.start for i in indices}
         group = store.group[name]
         outputs[name] = {f: group[f][task.start:task.stop] for f in outputs[name]}
@@ -115,13 +121,15 @@ def run_unit(task: UnitTask) -> dict:
         old = json.loads(store.raw_markers(name)[task.unit] or "{}")
         errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
     rows_needed = sorted(set().union(*todo.values()))
-    if len(rows_needed) < n:
-        crop_boxes[:] = store.group["crop_box"][task.start:task.stop]
+    crop_boxes[:] = store.group["crop_box"][task.start:task.stop]  # rows not decoded now keep theirs
     # Outputs of required teachers: this run's (filled batch by batch) or, if not in this run, the store's.
     have = {name: (outputs[name], ok[name]) for name in outputs}
     for t in teachers:
         for dep in t.requires:
             if dep not in have:
+                if not store.unit_intact(dep, task.unit):
+                    raise RuntimeError(f"unit {task.unit} of {dep}, which {t.name} needs, is damaged: run "
+                                       f"`omnimill verify`, then label {dep} with --repair")
                 group = store.group[dep]
                 fields = {f: group[f][task.start:task.stop] for f in group.array_keys() if f != "ok"}
                 have[dep] = (fields, group["ok"][task.start:task.stop])

@@ -42,6 +42,7 @@ class LabelStore(UnitStore):
     WHAT = "label store"
     TOP = TOP
     MAKE = "create one with `omnimill label CORPUS {uri} --teacher ...`"
+    REDO_TOP = ("crop_box",)  # the worker writes each unit's crop boxes again
 
     def __init__(self, group: zarr.Group, uri: str, storage_options: dict | None = None):
         super().__init__(group, uri, storage_options)
@@ -98,7 +99,8 @@ class LabelStore(UnitStore):
         """
         if name in RESERVED or name.startswith("_"):
             raise UserError(f"a teacher cannot be called {name!r}: the store uses that name itself")
-        if name in self.teachers() and not force:
+        complete = name in self.teachers() and name in self.group and "fields" in self.group[name].attrs
+        if complete and not force:
             old = self.provenance(name)
             for what in ("config", "checkpoint_sha256", "fields"):
                 if old.get(what) != provenance.get(what):
@@ -114,6 +116,7 @@ class LabelStore(UnitStore):
         import uuid
 
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
+        self.commit_part(name)
 
     def declared(self, part: str) -> dict[str, tuple]:
         fields = self.provenance(part).get("fields") or {}

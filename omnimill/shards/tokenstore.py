@@ -82,7 +82,8 @@ class TokenStore(UnitStore):
     def prepare_modality(self, modality: str, info: dict, force: bool = False) -> None:
         """Create the modality's arrays, or check that existing tokens came from the same tokenizer and
         the same labels (a teacher relabelled with --force has a new identity: never mixed)."""
-        if modality in self.modalities() and not force:
+        complete = modality in self.modalities() and modality in self.group and "tokenizer" in self.group[modality].attrs
+        if complete and not force:
             old = self.tokenizer_info(modality)
             if old.get("sha256") != info.get("sha256"):
                 raise UserError(f"{modality} in {self.uri} was tokenized by another tokenizer ({old.get('path')}, "
@@ -99,6 +100,7 @@ class TokenStore(UnitStore):
         create_array(group, "tokens", (self.n, self.n_crops, length), (self.unit_size, self.n_crops, length), dtype)
         create_array(group, "ok", (self.n,), (self.unit_size,), "bool")
         group.attrs["tokenizer"] = info
+        self.commit_part(modality)
 
     def declared(self, part: str) -> dict[str, tuple]:
         return {"tokens": (self.n_crops, self.tokenizer_info(part)["tokens_per_sample"]), "ok": ()}

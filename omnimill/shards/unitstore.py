@@ -104,6 +104,7 @@ class UnitStore:
     WHAT: ClassVar[str]  # "label store" / "token store", for messages
     TOP: ClassVar[tuple[str, ...]]  # the arrays `create` writes at the top level (besides _runs)
     MAKE: ClassVar[str]  # how to make one, for messages: "{uri}" is filled in
+    REDO_TOP: ClassVar[tuple[str, ...]] = ()  # top-level arrays that a unit job writes again (repairable)
 
     def __init__(self, group: zarr.Group, uri: str, storage_options: dict | None = None):
         attrs = group.attrs
@@ -128,6 +129,10 @@ class UnitStore:
                 return "absent"
             if "zarr.json" not in entries:
                 return "other: a folder that is not an omnimill store (and not empty)"
+        else:
+            entries = _url_entries(uri, storage_options)
+            if entries and "zarr.json" not in entries:
+                return "other: a prefix that holds objects but no omnimill store"
         try:
             attrs = dict(open_group(uri, "r", storage_options).attrs)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
@@ -137,8 +142,13 @@ class UnitStore:
         if attrs.get("format") == cls.FORMAT:
             return "store"
         if attrs.get("creating") == cls.FORMAT:
+            # Still being created by a live process on this host: not ours to remove. (On another host we
+            # cannot tell; a create is short next to a run, so it counts as interrupted there.)
+            creator = attrs.get("creator") or {}
+            if creator.get("host") == socket.gethostname() and creator.get("pid") != os.getpid() and _alive(creator):
+                return f"other: being created by pid {creator['pid']}; wait for it"
             return "interrupted"
-        if not attrs and (is_url(uri) or set(os.listdir(local_path(uri))) <= {"zarr.json", *cls.TOP, RUNS}):
+        if not attrs and entries <= {"zarr.json", *cls.TOP, RUNS}:
             return "interrupted"  # killed between the group's creation and its first attributes (older stores)
         return f"other: a store of format {attrs.get('format') or attrs.get('creating')!r}"
 
@@ -167,7 +177,8 @@ class UnitStore:
         elif state != "absent":
             raise UserError(f"{uri} is {'an existing ' + cls.WHAT if state == 'store' else state.removeprefix('other: ')}"
                             f"; give a new path for the {cls.WHAT}")
-        attributes = {"creating": cls.FORMAT, "uuid": uuid.uuid4().hex}
+        attributes = {"creating": cls.FORMAT, "uuid": uuid.uuid4().hex,
+                      "creator": {"host": socket.gethostname(), "pid": os.getpid(), "nonce": ""}}
         where = _where(uri)
         options = {"storage_options": storage_options or None} if is_url(uri) else {}
         try:
@@ -207,11 +218,17 @@ class UnitStore:
         return sorted(name for name, _ in self.group[RUNS].groups() if not name.startswith("_"))
 
     def new_part(self, name: str) -> zarr.Group:
-        """(Re)create a part's group and its empty marker array; the group gets an identity of its own."""
-        group = self.group.create_group(name, overwrite=True)
+        """(Re)create a part's data group. Its markers go first: a part exists (is listed by `parts`) only
+        once `commit_part` has run, after its arrays and attributes, so a part cut short by a kill or a
+        full disk is simply made again, and old markers never describe new, empty arrays."""
+        runs = self.group.require_group(RUNS)
+        if name in runs:
+            del runs[name]
+        return self.group.create_group(name, overwrite=True)
+
+    def commit_part(self, name: str) -> None:
         create_array(self.group.require_group(RUNS).create_group(name, overwrite=True), "units",
                      (self.n_units,), (1,), "str")
-        return group
 
     def raw_markers(self, part: str) -> np.ndarray:
         return self.group[f"{RUNS}/{part}/units"][:]
@@ -222,7 +239,11 @@ class UnitStore:
         return self.raw_markers(part) != ""
 
     def markers(self, part: str) -> list[dict | None]:
-        return [json.loads(m) if m else None for m in self.raw_markers(part)]
+        try:
+            return [json.loads(m) if m else None for m in self.raw_markers(part)]
+        except Exception as e:  # a torn or undecodable marker
+            raise UserError(f"{self.uri}: the commit markers of {part} are damaged ({type(e).__name__}); run "
+                            f"`omnimill verify {self.uri}`, then the same command with --repair") from None
 
     def write_marker(self, part: str, unit: int, marker: dict) -> None:
         faults.point("unit.chunks")
@@ -306,9 +327,15 @@ class UnitStore:
                              "samples": f"{span.start}..{span.stop - 1}" if span else "", "problem": what})
 
         for name in self.TOP:
+            if name not in self.group:
+                problem("", None, name, "array missing")
+                continue
             for u, what in self._check_chunks(name, range(self.n_units), self.n):
                 problem("", u, name, what)
         for part in parts if parts is not None else self.parts():
+            if f"{RUNS}/{part}/units" not in self.group:
+                problem(part, None, f"{RUNS}/{part}/units", "marker array missing")
+                continue
             raw = []
             for u in range(self.n_units):  # one chunk per marker: a damaged one is found by its unit
                 try:
@@ -373,16 +400,29 @@ class UnitStore:
                     continue
                 break
 
-    def damaged_units(self, parts: list[str]) -> dict[str, set[int]]:
-        """{part: units to redo} from `verify`; damage to a top-level array hits every part of that unit."""
-        damaged: dict[str, set[int]] = {p: set() for p in parts}
+    def unit_intact(self, part: str, unit: int) -> bool:
+        """Every array of `part` has the unit's chunks on disk, decodable: safe to read back (Zarr would
+        give fill values for a missing chunk, and a job would write them back as labels)."""
+        return all(not list(self._check_chunks(f"{part}/{array}", [unit], self.n)) for array in self.declared(part))
+
+    def damaged_units(self, parts: list[str]) -> dict[str, set[int] | None]:
+        """{part: units to redo}, from `verify`; None: the part's arrays themselves are damaged (missing,
+        wrong shape), so it starts over. Damage that no job can redo (the corpus index, the crops) is
+        refused: relabelling over it would turn good labels into failures."""
+        damaged: dict[str, set[int] | None] = {p: set() for p in parts}
         for p in self.verify(parts):
-            if p["unit"] is None:
-                if p["part"]:
-                    damaged.setdefault(p["part"], set()).update(range(self.n_units))
-                continue
-            for part in ([p["part"]] if p["part"] else parts):
-                damaged.setdefault(part, set()).add(p["unit"])
+            if not p["part"]:
+                if p["array"] not in self.REDO_TOP:
+                    raise UserError(f"{self.uri}: {p['array']} is damaged ({p['problem']}, samples {p['samples']}); "
+                                    f"it was written when the store was created and no run can redo it: make a "
+                                    f"new {self.WHAT}")
+                for part in parts:
+                    if damaged[part] is not None:
+                        damaged[part].add(p["unit"])
+            elif p["unit"] is None:
+                damaged[p["part"]] = None
+            elif damaged.get(p["part"]) is not None:
+                damaged[p["part"]].add(p["unit"])
         return damaged
 
     # ---------------------------------------------------------------- raw objects (lock, verify)
@@ -412,6 +452,17 @@ class UnitStore:
                 os.rmdir(folder)
 
 
+def _url_entries(uri: str, storage_options: dict | None) -> set[str]:
+    """Names directly under an object-store prefix (empty when there is nothing there)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    try:
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
 def _group_json(attributes: dict) -> bytes:
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
 
@@ -428,18 +479,20 @@ def _remove_ours(uri: str, storage_options: dict | None, names: tuple[str, ...])
         root = local_path(uri)
         entries = {name: os.path.join(root, name) for name in os.listdir(root)}
         remove = lambda p: shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)  # noqa: E731
-    strangers = sorted(set(entries) - set(names))
+    strangers = sorted(e for e in set(entries) - set(names) if not e.endswith(".partial"))  # zarr's temp files
     if strangers:
         raise UserError(f"{uri} looks like an interrupted create but also holds {', '.join(strangers[:3])}; "
                         "move those away or give a new path")
-    for name in names:
-        if name in entries and name != "zarr.json":
+    for name in entries:
+        if name != "zarr.json":
             remove(entries[name])
     if "zarr.json" in entries:
         remove(entries["zarr.json"])  # last: until it goes, the folder is still recognised as ours
 
 
 def _alive(lock: dict) -> bool:
+    if lock.get("nonce") == "damaged":
+        return False  # a torn lock object: no run can be holding it
     if lock.get("host") != socket.gethostname():
         return True  # cannot tell from here
     try:
