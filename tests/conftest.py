@@ -132,6 +132,25 @@ def tiny_depth_anything(tmp_path_factory) -> Path:
     return path
 
 
+def invoke(*args):
+    """The CLI in this process, arguments as strings."""
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, fragment: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+
+
+def listing(folder) -> dict:
+    """Every file under a folder with its bytes: what a test compares before and after."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 WORDS = "red blue green small large cat dog bus tree house street sky water boat road field".split()
 
 

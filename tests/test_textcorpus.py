@@ -35,22 +35,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from typer.testing import CliRunner  # noqa: E402
-
-from omnimill.cli import app  # noqa: E402
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, fragment: str) -> None:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
-
-
-def listing(folder) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from conftest import invoke, listing, one_line_error  # noqa: E402
 
 
 @pytest.fixture

@@ -136,23 +136,7 @@ def test_an_interrupted_export_resumes_without_redoing_finished_shards(token_dat
 
 # --- Trust: --force removes only an export's own files, inputs are never outputs, kills leave nothing torn ---
 
-from typer.testing import CliRunner  # noqa: E402
-
-from omnimill.cli import app  # noqa: E402
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, fragment: str) -> None:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
-
-
-def listing(folder) -> dict:
-    """Every file under a folder with its bytes: what a test compares before and after."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from conftest import invoke, listing, one_line_error  # noqa: E402
 
 
 @pytest.fixture
