@@ -465,3 +465,15 @@ def test_an_object_store_prefix_holding_other_objects_is_not_a_store(images, tmp
     assert fs.cat("/foreign/keys/notes.txt") == b"mine"
     with pytest.raises(UserError, match="inside"):  # a store that would hold its own corpus
         label(str(images / "sub"), str(images), ["rgb"], **FAST)
+
+
+def test_taking_over_a_dead_lock_never_removes_a_live_one(images, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(images), str(store), ["rgb"], **FAST)
+    labels = LabelStore.open(str(store), "r+")
+    live = labels.acquire_lock()
+    dead = {"host": live["host"], "pid": -1, "since": "earlier", "nonce": "gone"}
+    labels._take_over(dead)  # a second run that saw a dead lock a moment ago, before this one was made
+    assert labels.lock()["nonce"] == live["nonce"]
+    assert sorted(p.name for p in (store / "_runs" / "_lock").iterdir()) == ["zarr.json"]
+    labels.release_lock(live)

@@ -270,7 +270,7 @@ class UnitStore:
                     raise UserError(f"{self.uri} is being {old.get('verb', verb)} by pid {old['pid']} on "
                                     f"{old['host']} since {old['since']}; wait for it, or pass --break-lock "
                                     "if that run is dead")
-                self._delete(f"{RUNS}/{LOCK}/zarr.json")
+                self._take_over(old)
             self._put_if_absent(f"{RUNS}/{LOCK}/zarr.json", _group_json({"lock": {**token, "verb": verb}}))
             time.sleep(0.02 if not is_url(self.uri) else 0.2)  # object stores: let a racing writer land first
             if (self.lock() or {}).get("nonce") == token["nonce"]:
@@ -281,6 +281,30 @@ class UnitStore:
         """The lock of a run that is (or may be, on another host) still going; None if free or dead."""
         lock = self.lock()
         return lock if lock is not None and _alive(lock) else None
+
+    def _take_over(self, old: dict) -> None:
+        """Remove a dead lock, but only that one: two runs taking over the same dead lock must not delete
+        each other's new one. Locally the lock is renamed away (atomic) and put back if it turns out to
+        be a lock made since we looked; on object stores it is deleted (see the module docstring)."""
+        key = f"{RUNS}/{LOCK}/zarr.json"
+        if is_url(self.uri):
+            self._delete(key)
+            return
+        path = os.path.join(local_path(self.uri), self._key(key))
+        tomb = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.dead"
+        try:
+            os.rename(path, tomb)
+        except FileNotFoundError:
+            return  # gone already (another run took it over), or an older omnimill's lock in the attributes
+        try:
+            with open(tomb) as f:
+                taken = json.load(f)["attributes"]["lock"]
+        except (ValueError, KeyError, TypeError):
+            taken = {"nonce": "damaged"}
+        if taken.get("nonce") != old.get("nonce"):
+            with contextlib.suppress(FileExistsError):
+                os.link(tomb, path)  # a live lock, made since we looked: put it back
+        os.remove(tomb)
 
     def lock(self) -> dict | None:
         raw = self._get(f"{RUNS}/{LOCK}/zarr.json")
