@@ -477,3 +477,14 @@ def test_taking_over_a_dead_lock_never_removes_a_live_one(images, tmp_path):
     assert labels.lock()["nonce"] == live["nonce"]
     assert sorted(p.name for p in (store / "_runs" / "_lock").iterdir()) == ["zarr.json"]
     labels.release_lock(live)
+
+
+def test_damaged_crop_boxes_are_repaired_by_relabelling_their_unit(images, tmp_path):
+    store, clean = tmp_path / "labels.zarr", tmp_path / "clean.zarr"
+    label(str(images), str(store), ["rgb", "palette"], **FAST)
+    label(str(images), str(clean), ["rgb", "palette"], **FAST)
+    (store / "crop_box" / "c" / "1" / "0").write_bytes(b"\x01not blosc")
+    assert "store unit 1 crop_box samples 8..15: does not decode" in cli("verify", store, check=1).stdout.replace("\n", " ")
+    assert label(str(images), str(store), ["rgb", "palette"], repair=True, **FAST).units_planned == 1
+    cli("verify", store, check=0)
+    assert_same(snapshot(store), snapshot(clean))

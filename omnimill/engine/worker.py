@@ -110,8 +110,9 @@ def run_unit(task: UnitTask) -> dict:
     # Rows each teacher labels: all of them, or (a retry) only its recorded retryable failures; the rest of
     # its chunk is read back and written again unchanged.
     todo = {t.name: set(range(n)) for t in teachers}
+    boxes_intact = store.unit_intact("crop_box", task.unit)
     for name, indices in task.retry.items():
-        if not store.unit_intact(name, task.unit):
+        if not (boxes_intact and store.unit_intact(name, task.unit)):
             continue  # a chunk to read back is damaged: label the whole unit instead
         todo[name] = {i - task.start for i in indices}
         group = store.group[name]
@@ -121,7 +122,8 @@ def run_unit(task: UnitTask) -> dict:
         old = json.loads(store.raw_markers(name)[task.unit] or "{}")
         errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
     rows_needed = sorted(set().union(*todo.values()))
-    crop_boxes[:] = store.group["crop_box"][task.start:task.stop]  # rows not decoded now keep theirs
+    if boxes_intact:
+        crop_boxes[:] = store.group["crop_box"][task.start:task.stop]  # rows not decoded now keep theirs
     # Outputs of required teachers: this run's (filled batch by batch) or, if not in this run, the store's.
     have = {name: (outputs[name], ok[name]) for name in outputs}
     for t in teachers:

@@ -425,9 +425,10 @@ class UnitStore:
                 break
 
     def unit_intact(self, part: str, unit: int) -> bool:
-        """Every array of `part` has the unit's chunks on disk, decodable: safe to read back (Zarr would
-        give fill values for a missing chunk, and a job would write them back as labels)."""
-        return all(not list(self._check_chunks(f"{part}/{array}", [unit], self.n)) for array in self.declared(part))
+        """Every array of `part` (or the top-level array `part`) has the unit's chunks on disk, decodable:
+        safe to read back (Zarr gives fill values for a missing chunk, and a job would write them back)."""
+        paths = [part] if part in self.TOP else [f"{part}/{array}" for array in self.declared(part)]
+        return all(not list(self._check_chunks(path, [unit], self.n)) for path in paths)
 
     def damaged_units(self, parts: list[str]) -> dict[str, set[int] | None]:
         """{part: units to redo}, from `verify`; None: the part's arrays themselves are damaged (missing,
