@@ -97,10 +97,10 @@ def label(
     if result.units_planned == 0 and not result.store_failed:
         console.print("nothing to do: every unit of these teachers is committed (use --force to relabel)")
     if result.store_failed:
-        final = f" ({result.store_final} will not be retried: the file does not decode)" if result.store_final else ""
+        retried = result.store_failed - result.store_final
         console.print(f"completed with errors: the store holds {result.store_failed} failed labels for these "
-                      f"teachers{final}: see "
-                      f"`omnimill status {store}`; the same command retries the others", highlight=False)
+                      f"teachers ({result.store_final} for good: the file does not decode; {retried} that the same "
+                      f"command retries); see `omnimill status {store}`", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -116,8 +116,8 @@ def main() -> int:
         print(f"demo failed: `omnimill label` exited with {code}")
         return 1
 
-    heading("d", "status")
-    if omnimill("status", str(STORE)) != 0:
+    heading("d", "status, and verify (reads every chunk of every committed unit)")
+    if omnimill("status", str(STORE)) != 0 or omnimill("verify", str(STORE)) != 0:
         return 1
 
     heading("e", "audit: every label of one sample, as a picture")
