@@ -110,7 +110,7 @@ def run_unit(task: UnitTask) -> dict:
     # Rows each teacher labels: all of them, or (a retry) only its recorded retryable failures; the rest of
     # its chunk is read back and written again unchanged.
     todo = {t.name: set(range(n)) for t in teachers}
-    boxes_intact = store.unit_intact("crop_box", task.unit)
+    boxes_intact = store.unit_intact("crop_box", task.unit, decode=True)  # small: decoding it costs nothing
     for name, indices in task.retry.items():
         if not (boxes_intact and store.unit_intact(name, task.unit)):
             continue  # a chunk to read back is damaged: label the whole unit instead

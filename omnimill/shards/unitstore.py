@@ -354,7 +354,7 @@ class UnitStore:
             if name not in self.group:
                 problem("", None, name, "array missing")
                 continue
-            for u, what in self._check_chunks(name, range(self.n_units), self.n):
+            for u, what in self._check_chunks(name, range(self.n_units)):
                 problem("", u, name, what)
         for part in parts if parts is not None else self.parts():
             if f"{RUNS}/{part}/units" not in self.group:
@@ -389,7 +389,7 @@ class UnitStore:
                 if tuple(got) != (self.n, *shape):
                     problem(part, None, f"{part}/{array}", f"shape {tuple(got)}, declared {(self.n, *shape)}")
                     continue
-                for u, what in self._check_chunks(f"{part}/{array}", committed, self.n):
+                for u, what in self._check_chunks(f"{part}/{array}", committed):
                     problem(part, u, f"{part}/{array}", what)
             if "ok" in self.group[part]:
                 for u in committed:
@@ -402,33 +402,32 @@ class UnitStore:
                         problem(part, u, f"{part}/ok", f"{count} samples ok, the marker says {markers[u]['ok']}")
         return problems
 
-    def _check_chunks(self, path: str, units, n: int):
-        """(unit, problem) for every unit whose chunks along N are missing or do not decode."""
+    def _check_chunks(self, path: str, units, decode: bool = True):
+        """(unit, problem) for every unit whose chunks along N are missing or (with `decode`) do not decode.
+        Presence is an existence check (no download); decoding reads the unit's rows once."""
         array = self.group[path]
         rows = array.chunks[0]
-        other = [range(-(-s // c)) for s, c in zip(array.shape[1:], array.chunks[1:])]
+        other = [-(-s // c) for s, c in zip(array.shape[1:], array.chunks[1:])]
         for u in units:
             span = self.unit(u)
-            first, last = span.start // rows, (span.stop - 1) // rows
-            for c in range(first, last + 1):
-                for rest in np.ndindex(*[len(r) for r in other]) if other else [()]:
-                    key = array.metadata.encode_chunk_key((c, *rest))
-                    if self._get(f"{array.path}/{key}") is None:
-                        yield u, f"chunk {key} is missing"
-                        break
-                else:
-                    try:
-                        array[span.start:span.stop]
-                    except Exception as e:
-                        yield u, f"does not decode: {type(e).__name__}: {e}"
-                    continue
-                break
+            keys = [array.metadata.encode_chunk_key((c, *rest))
+                    for c in range(span.start // rows, (span.stop - 1) // rows + 1) for rest in np.ndindex(*other)]
+            missing = next((k for k in keys if not self._exists(f"{array.path}/{k}")), None)
+            if missing is not None:
+                yield u, f"chunk {missing} is missing"
+                continue
+            if decode:
+                try:
+                    array[span.start:span.stop]
+                except Exception as e:
+                    yield u, f"does not decode: {type(e).__name__}: {e}"
 
-    def unit_intact(self, part: str, unit: int) -> bool:
-        """Every array of `part` (or the top-level array `part`) has the unit's chunks on disk, decodable:
-        safe to read back (Zarr gives fill values for a missing chunk, and a job would write them back)."""
+    def unit_intact(self, part: str, unit: int, decode: bool = False) -> bool:
+        """Every array of `part` (or the top-level array `part`) has the unit's chunks on disk: safe to read
+        back (Zarr gives fill values for a missing chunk, and a job would write them back as labels).
+        Without `decode`, a chunk that is there but does not decode raises when the job reads it."""
         paths = [part] if part in self.TOP else [f"{part}/{array}" for array in self.declared(part)]
-        return all(not list(self._check_chunks(path, [unit], self.n)) for path in paths)
+        return all(not list(self._check_chunks(path, [unit], decode)) for path in paths)
 
     def damaged_units(self, parts: list[str]) -> dict[str, set[int] | None]:
         """{part: units to redo}, from `verify`; None: the part's arrays themselves are damaged (missing,
@@ -460,6 +459,11 @@ class UnitStore:
 
         buf = sync(self.group.store.get(self._key(key), prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
+
+    def _exists(self, key: str) -> bool:
+        from zarr.core.sync import sync
+
+        return sync(self.group.store.exists(self._key(key)))
 
     def _put_if_absent(self, key: str, data: bytes) -> None:
         from zarr.core.buffer import default_buffer_prototype
