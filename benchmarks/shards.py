@@ -245,12 +245,12 @@ def load_streaming(path: Path, workers: int) -> int:
 # ---------------------------------------------------------------- 5. omnimill
 # The token store is written here directly in the `omnimill.tokens/1` layout (see
 # omnimill/shards/tokenstore.py), one unit = one chunk after another, with the project's own array
-# settings (labelstore._create: the codec `omnimill tokenize` writes with), so the files are what the
+# settings (unitstore.create_array: the codec `omnimill tokenize` writes with), so the files are what the
 # project would write. The export and the loader are omnimill's own functions.
 def omnimill_write_store(data: dict[str, np.ndarray], path: Path, unit_size: int) -> None:
     import zarr
 
-    from omnimill.shards.labelstore import RUNS, _create, _now
+    from omnimill.shards.unitstore import RUNS, create_array as _create, now as _now
 
     n = len(data[MODALITIES[0][0]])
     n_units = -(-n // unit_size)

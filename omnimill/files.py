@@ -13,9 +13,11 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
+def write_atomic(path: str | Path, data: bytes | str, temp: str | None = None) -> None:
+    """`temp`: a fixed temp name in the same folder (shards/wds.py: the same command reuses it and --force
+    knows it); by default a unique one, so two writers never share it."""
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # two writers never share one
+    temp = path.with_name(temp or f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(temp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

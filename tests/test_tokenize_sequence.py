@@ -236,7 +236,7 @@ def test_values_read_back_from_zarr(tmp_path):
     """Strings come out of the label store as numpy StringDType arrays, numbers as plain arrays."""
     import zarr
 
-    from omnimill.shards.labelstore import _create
+    from omnimill.shards.unitstore import create_array as _create
 
     values = metadata_values(3)
     group = zarr.open_group(tmp_path / "labels.zarr", mode="w")

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -360,8 +359,6 @@ def test_status_of_a_store_being_created_says_what_to_do(tmp_path):
     zarr.create_group(str(store), zarr_format=3, attributes={"creating": "omnimill.labels/1"})
     proc = CliRunner().invoke(app, ["status", str(store)])
     assert proc.exit_code == 2 and "interrupted" in proc.output
-    time.sleep(0)
-    shutil.rmtree(store)
 
 
 def test_a_tokenizer_is_never_trained_into_a_users_folder(token_data, tmp_path):

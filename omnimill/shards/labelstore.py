@@ -19,6 +19,8 @@ workers never share a chunk and need no locks. Everything is plain Zarr: `zarr.o
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import zarr
 
@@ -29,8 +31,6 @@ from omnimill.shards.unitstore import (RUNS, UnitPlan, UnitStore, compressor, cr
                                        short)
 
 __all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor", "open_group"]
-
-_create, _now = create_array, now  # older names, still imported by shards/wds.py and benchmarks/shards.py
 
 FORMAT = "omnimill.labels/1"
 TOP = ("keys", "source", "offset", "size", "caption", "crop_box")
@@ -113,8 +113,6 @@ class LabelStore(UnitStore):
         for f in fields:
             create_array(group, f.name, (self.n, *f.shape), chunks + tuple(f.shape), f.dtype)
         create_array(group, "ok", (self.n,), chunks, "bool")
-        import uuid
-
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
         self.commit_part(name)
 

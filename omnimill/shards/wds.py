@@ -44,7 +44,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from omnimill import __version__
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import _now
+from omnimill.files import write_atomic
+from omnimill.shards.corpus import url_to_fs
+from omnimill.shards.unitstore import now
 
 FORMAT = "omnimill.wds/1"
 MANIFEST = "manifest.json"
@@ -178,7 +180,7 @@ def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalit
 
     def manifest(shards: list[dict]) -> dict:
         counts = {m: sum(s["modalities"].get(m, 0) for s in shards) for m in chosen}
-        return {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
+        return {"format": FORMAT, "omnimill_version": __version__, "created": now(),
                 "source": {"tokens": tokens_uri, "created": source.created, "labels": source.labels},
                 "n": sum(s["samples"] for s in shards), "n_crops": source.n_crops,
                 "modalities": {m: {**source.modalities[m].info, "samples": counts[m]} for m in chosen},
@@ -209,18 +211,13 @@ def atomic_write(url: str, data: bytes, storage_options: dict | None = None) -> 
     """Write a whole file so that a kill leaves the old file or the new one, never a torn one. Locally: a
     temp name in the same folder (`.NAME.tmp`, which the same command overwrites and --force removes),
     fsync, os.replace. On object stores one PUT is already all or nothing."""
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = url_to_fs(url, storage_options)
     if not isinstance(fs, LocalFileSystem):
         fs.pipe_file(path, data)
         return
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f".{name}.tmp")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    write_atomic(path, data, temp=f".{name}.tmp")
 
 
 def written_by_export(name: str) -> bool:
@@ -342,7 +339,7 @@ def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out
                 yield keys[start + i], start + i, np.zeros((1, 5), np.int32), {name: row[None].astype(dtype)}
 
     def manifest(shards: list[dict]) -> dict:
-        return {"format": FORMAT, "omnimill_version": __version__, "created": _now(),
+        return {"format": FORMAT, "omnimill_version": __version__, "created": now(),
                 "source": {"text": len(texts)}, "n": len(texts), "n_crops": 1,
                 "modalities": {name: {**info, "dtype": np.dtype(dtype).name, "samples": len(texts)}},
                 "shards": shards}
