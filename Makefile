@@ -34,6 +34,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/audit.py --sizes 100000
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/shards.py --samples 50000
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/trust.py
 	$(PY) benchmarks/tables.py --write
 
 clean:

@@ -127,6 +127,18 @@ def trainer(d: dict) -> str:
             + "\n\nSynthetic / real step time: " + "; ".join(ratios) + "." + source("trainer", "trainer.py"))
 
 
+def trust(d: dict) -> str:
+    rows = [[f"{r['samples']:,}", r["units"], r["files"], num(r["mb"], ".1f"), num(r["verify_seconds"], ".2f"),
+             num(r["verify_mb_per_s"], ".0f"), num(r["verify_ms_per_unit"], ".1f"), num(r["status_seconds"], ".3f"),
+             num(r["lock_ms"], ".1f"), num(r["run_record_ms"], ".1f")] for r in d["rows"]]
+    e = d["empty_chunks"]
+    table = markdown(["samples", "units", "files", "MB", "verify s", "verify MB/s", "verify ms/unit", "status s",
+                      "lock + unlock ms", "run record ms"], "rrrrrrrrrr", rows)
+    return (table + f"\n\nAn all-zero field of {d['rows'][-1]['units']} units: {e['kept']['files']} files in "
+            f"{e['kept']['seconds']:.3f} s with empty chunks kept, {e['skipped']['files']} in "
+            f"{e['skipped']['seconds']:.3f} s without." + source("trust", "trust.py"))
+
+
 # NAME in the doc's markers -> (JSON file in benchmarks/results without .json, renderer)
 TABLES = {
     "engine-runs": ("engine", engine_runs),
@@ -136,6 +148,7 @@ TABLES = {
     "shards-formats": ("shards", shards_formats),
     "shards-loaders": ("shards", shards_loaders),
     "trainer": ("trainer", trainer),
+    "trust": ("trust", trust),
 }
 
 
