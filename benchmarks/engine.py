@@ -62,7 +62,7 @@ def hand_loop(corpus: Path, specs: list[str], view_size: int, batch_size: int, w
 
     from omnimill.labelers.base import Batch, TeacherSpec
     from omnimill.labelers.registry import build
-    from omnimill.labelers.view import decode_view
+    from omnimill.corpus.image import decode_view
 
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()

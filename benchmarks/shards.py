@@ -244,13 +244,13 @@ def load_streaming(path: Path, workers: int) -> int:
 
 # ---------------------------------------------------------------- 5. omnimill
 # The token store is written here directly in the `omnimill.tokens/1` layout (see
-# omnimill/shards/tokenstore.py), one unit = one chunk after another, with the project's own array
+# omnimill/store/tokens.py), one unit = one chunk after another, with the project's own array
 # settings (unitstore.create_array: the codec `omnimill tokenize` writes with), so the files are what the
 # project would write. The export and the loader are omnimill's own functions.
 def omnimill_write_store(data: dict[str, np.ndarray], path: Path, unit_size: int) -> None:
     import zarr
 
-    from omnimill.shards.unitstore import RUNS, create_array as _create, now as _now
+    from omnimill.store.base import RUNS, create_array as _create, now as _now
 
     n = len(data[MODALITIES[0][0]])
     n_units = -(-n // unit_size)
@@ -299,7 +299,7 @@ def omnimill_missing() -> str | None:
     try:
         import zarr  # noqa: F401
 
-        import omnimill.shards.labelstore  # noqa: F401
+        import omnimill.store.labels  # noqa: F401
         import omnimill.shards.loader  # noqa: F401
         import omnimill.shards.wds  # noqa: F401
     except ImportError as e:

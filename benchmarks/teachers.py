@@ -77,7 +77,7 @@ def matmul_gflops(device: str, seconds: float = 3.0) -> float:
 def measure(teacher, batch_size: int, view_size: int, upstream_fn, seconds: float) -> float:
     """images/s of teacher(batch) at this batch size (after one warm-up call)."""
     from omnimill.labelers.base import Batch
-    from omnimill.labelers.view import ImageInfo
+    from omnimill.corpus.image import ImageInfo
 
     rng = np.random.default_rng(0)
     views = rng.integers(0, 256, (batch_size, view_size, view_size, 3), dtype=np.uint8)

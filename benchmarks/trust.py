@@ -23,8 +23,8 @@ import numpy as np
 import zarr
 
 from omnimill.labelers.base import Field
-from omnimill.shards.corpus import CorpusIndex
-from omnimill.shards.labelstore import LabelStore
+from omnimill.corpus.listing import CorpusIndex
+from omnimill.store.labels import LabelStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "trust.json"
 UNIT = 128

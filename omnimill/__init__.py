@@ -16,6 +16,6 @@ def label(*args, **kwargs):
 
 def status(store, **kwargs):
     """Per-teacher progress, errors and provenance of a label store."""
-    from omnimill.shards.labelstore import LabelStore
+    from omnimill.store.labels import LabelStore
 
     return LabelStore.open(store, **kwargs).status()

@@ -131,8 +131,8 @@ def status(
     errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
 ):
     """Per teacher (or modality): units done, samples ok/failed (with the first errors), provenance."""
-    from omnimill.shards.labelstore import LabelStore
-    from omnimill.shards.tokenstore import TokenStore
+    from omnimill.store.labels import LabelStore
+    from omnimill.store.tokens import TokenStore
 
     cls = TokenStore if TokenStore.state(store) == "store" else LabelStore
     try:
@@ -188,8 +188,8 @@ def verify(
     """Read every chunk of every committed unit: present, decodable, `ok` agreeing with the markers,
     markers valid, every declared array there with its shape. Exit 1 on damage, naming unit, part and
     samples; `label`/`tokenize` with --repair then redo exactly the damaged units."""
-    from omnimill.shards.labelstore import LabelStore
-    from omnimill.shards.tokenstore import TokenStore
+    from omnimill.store.labels import LabelStore
+    from omnimill.store.tokens import TokenStore
 
     if max_problems < 1:
         fail(f"--max-problems must be at least 1, not {max_problems}")

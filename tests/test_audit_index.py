@@ -19,8 +19,8 @@ from omnimill.audit.index import (ExactTopK, build_index, choose_index, load_ind
 from omnimill.cli import app
 from omnimill.errors import UserError
 from omnimill.labelers.base import Field
-from omnimill.shards.corpus import CorpusIndex
-from omnimill.shards.labelstore import LabelStore
+from omnimill.corpus.listing import CorpusIndex
+from omnimill.store.labels import LabelStore
 
 GB = 10**9
 

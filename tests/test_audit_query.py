@@ -126,8 +126,8 @@ def test_image_that_does_not_decode(store, dino_index):
 def test_index_of_another_store_is_refused(store, dino_index, tmp_path):
     """Another store with the same keys and the same teacher (written as the engine writes one)."""
     from omnimill.labelers.base import Field
-    from omnimill.shards.corpus import CorpusIndex
-    from omnimill.shards.labelstore import LabelStore
+    from omnimill.corpus.listing import CorpusIndex
+    from omnimill.store.labels import LabelStore
 
     original = LabelStore.open(str(store))
     corpus = CorpusIndex("/elsewhere", "folder")

@@ -36,7 +36,7 @@ from omnimill.audit.render import (COCO_SKELETON, Tile, generic, render_sample, 
 from omnimill.audit.report import report_html, write_report
 from omnimill.cli import app
 from omnimill.labelers.base import Field
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

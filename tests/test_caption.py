@@ -16,7 +16,7 @@ from conftest import jpeg_bytes
 from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import decode_view
+from omnimill.corpus.image import decode_view
 
 CAPTION = "omnimill.labelers.caption:Captioner"
 EMBED = "omnimill.labelers.caption_embed:CaptionEmbed"

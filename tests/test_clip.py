@@ -14,7 +14,7 @@ from conftest import jpeg_bytes
 from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import decode_view
+from omnimill.corpus.image import decode_view
 from test_caption import tiny_bert_tokenizer
 
 CLIP = "omnimill.labelers.clip:CLIP"

@@ -14,7 +14,7 @@ from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.detection import postprocess
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import decode_view
+from omnimill.corpus.image import decode_view
 
 SPEC = "omnimill.labelers.detection:Detection"
 S = 64  # view size = the tiny detectors' input size, so no resize stands between teacher and reference

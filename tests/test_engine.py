@@ -13,9 +13,9 @@ from PIL import Image
 
 from omnimill.engine.label import EXIT_OK, EXIT_SAMPLE_ERRORS, label
 from omnimill.errors import UserError
-from omnimill.labelers.view import decode_view
-from omnimill.shards.corpus import index_corpus
-from omnimill.shards.labelstore import LabelStore
+from omnimill.corpus.image import decode_view
+from omnimill.corpus.listing import index_corpus
+from omnimill.store.labels import LabelStore
 
 FAST = dict(workers=1, unit_size=8, view_size=64, progress=False)
 

@@ -20,7 +20,7 @@ import zarr
 from conftest import TESTS, write_images
 
 from omnimill.engine.label import label
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",

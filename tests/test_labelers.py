@@ -17,7 +17,7 @@ from omnimill.errors import UserError
 from omnimill.labelers import checkpoints
 from omnimill.labelers.base import Batch, Field, Teacher, TeacherSpec
 from omnimill.labelers.registry import available, build, teacher_class
-from omnimill.labelers.view import ImageInfo, decode_view
+from omnimill.corpus.image import ImageInfo, decode_view
 
 S = 32  # view size for the weight-free teachers: small and fast
 

@@ -8,7 +8,7 @@ import torch
 
 from omnimill.errors import UserError
 from omnimill.shards.loader import TokenDataset, TokenLoader, buffered_shuffle
-from omnimill.shards.tokenstore import TokenStore
+from omnimill.store.tokens import TokenStore
 from omnimill.shards.wds import export_wds, write_text_shards
 
 

@@ -14,8 +14,8 @@ from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.pose import crop, decode, person_regions
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import decode_view
-from omnimill.shards.corpus import index_corpus
+from omnimill.corpus.image import decode_view
+from omnimill.corpus.listing import index_corpus
 from test_detection import tiny_detector
 
 SPEC = "omnimill.labelers.pose:Pose"

@@ -23,7 +23,7 @@ from omnimill.audit.render import FAILED_FACE, render_sample, sample_tiles
 from omnimill.cli import app
 from omnimill.errors import UserError
 from omnimill.labelers.base import Field
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 TEACHERS = ["rgb", "metadata", "palette", "canny"]  # + dinov2=<tiny checkpoint>
 OMNIMILL = Path(sys.executable).parent / "omnimill"

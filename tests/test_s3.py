@@ -67,7 +67,7 @@ def test_label_tokenize_export_and_load_through_s3(s3, token_data):
     from omnimill.engine.label import label
     from omnimill.engine.tokenize import tokenize
     from omnimill.shards.loader import TokenDataset, TokenLoader
-    from omnimill.shards.tokenstore import TokenStore
+    from omnimill.store.tokens import TokenStore
     from omnimill.shards.verify import verify
     from omnimill.shards.wds import export_wds
 

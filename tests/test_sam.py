@@ -386,8 +386,8 @@ def test_best_per_image_suppresses_duplicates_within_an_image_only():
 
 def test_engine_labels_a_corpus_with_sam(corpus, tmp_path, tiny_ckpt):
     from omnimill.engine.label import EXIT_OK, label
-    from omnimill.labelers.view import decode_view
-    from omnimill.shards.corpus import index_corpus
+    from omnimill.corpus.image import decode_view
+    from omnimill.corpus.listing import index_corpus
 
     spec = TeacherSpec(SAM, str(tiny_ckpt), dict(points_per_side=4, points_per_batch=32, max_instances=24, **RELAXED))
     store = tmp_path / "labels.zarr"

@@ -12,8 +12,8 @@ from omnimill.engine.label import EXIT_OK, label
 from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import decode_view
-from omnimill.shards.corpus import index_corpus
+from omnimill.corpus.image import decode_view
+from omnimill.corpus.listing import index_corpus
 
 SPEC = "omnimill.labelers.semseg:SemSeg"
 NAMES = ["wall", "sky", "floor", "tree", "person"]

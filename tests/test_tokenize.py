@@ -11,8 +11,8 @@ from conftest import write_images
 from omnimill.engine.label import label
 from omnimill.engine.tokenize import tokenize
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import LabelStore
-from omnimill.shards.tokenstore import TokenStore
+from omnimill.store.labels import LabelStore
+from omnimill.store.tokens import TokenStore
 from omnimill.tokenize.base import load_tokenizer
 from omnimill.tokenize.crops import make_crops
 from omnimill.tokenize.evaluate import evaluate_tokenizer

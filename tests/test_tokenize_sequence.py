@@ -22,7 +22,7 @@ from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.metadata import Metadata
 from omnimill.labelers.palette import Palette
-from omnimill.labelers.view import decode_view
+from omnimill.corpus.image import decode_view
 from omnimill.tokenize.base import TokenizerConfig, directory_hash, load_tokenizer
 from omnimill.tokenize.crops import make_crops
 from omnimill.tokenize.sequence import SequenceTokenizer
@@ -236,7 +236,7 @@ def test_values_read_back_from_zarr(tmp_path):
     """Strings come out of the label store as numpy StringDType arrays, numbers as plain arrays."""
     import zarr
 
-    from omnimill.shards.unitstore import create_array as _create
+    from omnimill.store.base import create_array as _create
 
     values = metadata_values(3)
     group = zarr.open_group(tmp_path / "labels.zarr", mode="w")

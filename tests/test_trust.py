@@ -24,8 +24,8 @@ from omnimill.cli import app
 from omnimill.engine.label import label
 from omnimill.engine.tokenize import tokenize
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import LabelStore
-from omnimill.shards.tokenstore import TokenStore
+from omnimill.store.labels import LabelStore
+from omnimill.store.tokens import TokenStore
 
 FAST = dict(workers=1, unit_size=8, view_size=64, progress=False)
 CLI = [sys.executable, "-m", "omnimill.cli"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from omnimill.errors import UserError
-from omnimill.shards.tokenstore import TokenStore
+from omnimill.store.tokens import TokenStore
 from omnimill.shards.wds import export_wds, read_manifest, write_text_shards
 from omnimill.tokenize.base import directory_hash, load_tokenizer
 

@@ -48,7 +48,7 @@ import numpy as np
 from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.files import write_atomic
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 FORMAT = "omnimill.audit-index/1"
 DEFAULT_BUDGET = "4GB"

@@ -25,7 +25,7 @@ import numpy as np
 
 from omnimill.audit.index import LoadedIndex, fingerprint, load_index, normalise
 from omnimill.errors import SampleError, UserError
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 DEFAULT_K = 10
 
@@ -214,7 +214,7 @@ def image_vector(labels: LabelStore, info: dict, path: Path, device: str,
                  plugin: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The field's vector for an image file: its canonical view through the field's teacher."""
     from omnimill.labelers.base import Batch
-    from omnimill.labelers.view import decode_view
+    from omnimill.corpus.image import decode_view
 
     if not path.is_file():
         raise UserError(f"--image {path}: no such file")

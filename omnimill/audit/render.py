@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 TILE_INCHES = 3.0  # each tile is 3 x 3 in at 100 dpi = 300 x 300 px
 DPI = 100

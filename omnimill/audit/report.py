@@ -21,7 +21,7 @@ import numpy as np
 
 from omnimill.audit.query import QueryResult
 from omnimill.audit.render import FAILED_FACE, Tile, _message_tile, sample_tiles, tile_png
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #263238; background: #fafafa; }

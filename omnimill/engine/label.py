@@ -23,10 +23,10 @@ from omnimill.engine.worker import UnitTask, run_unit
 from omnimill.errors import UserError
 from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import DEFAULT_MAX_PIXELS
-from omnimill.shards.corpus import index_corpus, normalise_uri
-from omnimill.shards.labelstore import LabelStore, retryable
-from omnimill.shards.unitstore import is_url, local_path, same_or_inside, same_store
+from omnimill.corpus.image import DEFAULT_MAX_PIXELS
+from omnimill.corpus.listing import index_corpus, normalise_uri
+from omnimill.store.labels import LabelStore, retryable
+from omnimill.store.base import is_url, local_path, same_or_inside, same_store
 
 DEFAULT_VIEW_SIZE = 384
 DEFAULT_UNIT_SIZE = 128  # samples per unit = per chunk; 128 x 384² x 3 B = 57 MB of rgb per chunk

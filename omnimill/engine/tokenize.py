@@ -28,8 +28,8 @@ import numpy as np
 from omnimill.engine import cluster
 from omnimill.engine.units import run_units
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import LabelStore
-from omnimill.shards.tokenstore import TokenStore, modality_name
+from omnimill.store.labels import LabelStore
+from omnimill.store.tokens import TokenStore, modality_name
 
 ENCODE_BATCH = 64  # samples per encode call inside a unit
 
@@ -196,25 +196,25 @@ def tokenize_unit(task: TokenizeTask) -> dict:
     """Worker side: encode every crop of the unit's samples with each tokenizer, write, then mark."""
     import sys
 
-    from omnimill.engine.worker import _cached, _torch_threads, _undo_dask_malloc_trim, _worker_address
+    from omnimill.engine.runtime import cached, torch_threads, undo_dask_malloc_trim, worker_address
     from omnimill.tokenize.base import load_tokenizer
     from omnimill.tokenize.data import open_field
 
     t0 = time.perf_counter()
-    _cached(("malloc",), _undo_dask_malloc_trim)
-    labels = _cached(("labels", task.labels), lambda: LabelStore.open(task.labels))
-    store = _cached(("tokens", task.tokens), lambda: TokenStore.open(task.tokens, "r+"))
+    cached(("malloc",), undo_dask_malloc_trim)
+    labels = cached(("labels", task.labels), lambda: LabelStore.open(task.labels))
+    store = cached(("tokens", task.tokens), lambda: TokenStore.open(task.tokens, "r+"))
     crops = store.group["crops"][task.start:task.stop]
     n = task.stop - task.start
     unit = store.unit(task.unit)
     failed = {}
     for directory in task.tokenizers:
-        tok = _cached(("tokenizer", directory, os.path.getmtime(Path(directory) / "config.json")),
+        tok = cached(("tokenizer", directory, os.path.getmtime(Path(directory) / "config.json")),
                       lambda d=directory: load_tokenizer(d).to("auto"))
         if "torch" in sys.modules:
             import torch
 
-            torch.set_num_threads(_torch_threads(task))
+            torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
         name = modality_name(tok.config.teacher, tok.config.fields)
         label_marker = marker_hash(labels.raw_markers(tok.config.teacher)[task.unit]) if tok.config.teacher else ""
         if label_marker != task.label_markers.get(directory, label_marker):
@@ -235,7 +235,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
                 tokens[rows[i:i + ENCODE_BATCH], c] = tok.encode(batch, crops[rows[i:i + ENCODE_BATCH], c])
         marker = {"unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(len(rows)),
                   "label_marker": label_marker,
-                  "skipped": int(n - len(rows)), "attempt": task.attempt, "worker": _worker_address(),
+                  "skipped": int(n - len(rows)), "attempt": task.attempt, "worker": worker_address(),
                   "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         store.write_unit(name, unit, tokens, ok, marker)
         failed[name] = 0  # samples without labels are skipped, not failures: the label store records why

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_malloc_trim, worker_address
 from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.view import DEFAULT_MAX_PIXELS, Decoded, decode_view
-from omnimill.shards.corpus import ByteReader
-from omnimill.shards.labelstore import LabelStore
+from omnimill.corpus.image import DEFAULT_MAX_PIXELS, Decoded, decode_view
+from omnimill.corpus.listing import ByteReader
+from omnimill.store.labels import LabelStore
 
 PREFETCH_BATCHES = 2  # batches decoded ahead while the teachers run on the current one
 
@@ -51,18 +52,6 @@ class UnitTask:
     #                                            a teacher not named here labels the whole unit
 
 
-_cache: dict = {}
-_cache_lock = threading.Lock()
-
-
-def _cached(key, make):
-    """Per-process cache: teachers, stores and the decode pool outlive a task, not the worker."""
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = make()
-        return _cache[key]
-
-
 def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> Teacher:
     def make():
         teacher = build(spec, view_size)
@@ -77,17 +66,17 @@ def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> T
                                    f" ({type(e).__name__}: {e}); check the checkpoint") from None
         return teacher
 
-    return _cached(("teacher", spec.cache_key, view_size, device, dtype), make)
+    return cached(("teacher", spec.cache_key, view_size, device, dtype), make)
 
 
 def loaded_teachers() -> int:
     """How many teachers this process has loaded (tests check "once per worker")."""
-    return sum(1 for k in _cache if k[0] == "teacher")
+    return loaded("teacher")
 
 
 def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
-    _cached(("malloc",), _undo_dask_malloc_trim)
+    cached(("malloc",), undo_dask_malloc_trim)
     try:
         teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
     except TeacherLoadError as e:  # returned, not raised: the client stops the job and says it in one line
@@ -95,9 +84,9 @@ def run_unit(task: UnitTask) -> dict:
     if "torch" in sys.modules:
         import torch
 
-        torch.set_num_threads(_torch_threads(task))
-    store = _cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
-    pool = _cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
+        torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
+    store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
+    pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
     meta = store.samples(task.start, task.stop)
     n = task.stop - task.start
 
@@ -190,7 +179,7 @@ def run_unit(task: UnitTask) -> dict:
                     ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
-    host, worker = socket.gethostname(), _worker_address()
+    host, worker = socket.gethostname(), worker_address()
     markers = {}
     for t in teachers:
         markers[t.name] = {
@@ -324,50 +313,6 @@ def _empty(n: int, f) -> np.ndarray:
     if f.dtype == "str":
         return np.full((n, *f.shape), "", dtype=object)
     return np.zeros((n, *f.shape), dtype=f.dtype)
-
-
-def _undo_dask_malloc_trim() -> bool:
-    """Let glibc keep big freed blocks on the heap again.
-
-    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS).
-    Setting it freezes glibc's mmap threshold at 128 KiB, so every activation tensor above that is
-    a fresh mmap + page faults + munmap: DINOv2-S on CPU ran 35% slower in a worker than in a plain
-    process (benchmarks/engine.py). Raise both thresholds to 32 MiB / 256 MiB, as glibc's dynamic
-    threshold would have. Linux + glibc only; elsewhere a no-op.
-    """
-    import ctypes
-    import ctypes.util
-
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
-    except (OSError, AttributeError):
-        return False
-
-
-def _torch_threads(task: UnitTask) -> int:
-    """Dask's nanny starts workers with OMP_NUM_THREADS=1: give torch this worker's share of the cores.
-
-    e.g. 16 cores, 4 workers on the host -> 4 threads each.
-    """
-    if task.torch_threads:
-        return task.torch_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    host = _worker_address().split("://")[-1].rsplit(":", 1)[0]
-    return max(1, cores // task.workers_per_host.get(host, 1))
-
-
-def _worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"local-{os.getpid()}"
 
 
 def _device_name(teacher: Teacher) -> str:

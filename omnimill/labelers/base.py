@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from omnimill.errors import UserError
-from omnimill.labelers.view import ImageInfo
+from omnimill.corpus.image import ImageInfo
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Storage formats: corpus readers, the label store, token stores and shards. No models here."""
+"""Shard formats (WebDataset), their verification, and the training loader. No models and no Zarr stores here."""

@@ -84,7 +84,7 @@ def text(
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ):
     """Tokenize a text-only corpus into shards (for MM1-style mixtures: text, every other modality absent)."""
-    from omnimill.shards.textcorpus import read_texts
+    from omnimill.corpus.text import read_texts
     from omnimill.shards.wds import positive, write_text_shards
 
     try:

@@ -24,7 +24,7 @@ import fsspec
 import numpy as np
 
 from omnimill.errors import UserError
-from omnimill.shards.corpus import url_to_fs
+from omnimill.corpus.listing import url_to_fs
 from omnimill.shards.wds import MANIFEST, join, read_manifest
 
 
@@ -93,7 +93,7 @@ class TokenStoreSource(Source):
     """Read units = the store's chunks (`unit_size` samples); a sample's modality is present where `ok`."""
 
     def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None):
-        from omnimill.shards.tokenstore import TokenStore
+        from omnimill.store.tokens import TokenStore
 
         self.store = TokenStore.open(uri, "r", storage_options)
         self.uri, self.n_crops = uri, self.store.n_crops

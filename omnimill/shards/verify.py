@@ -51,7 +51,7 @@ def _out_of_vocab(tokens: np.ndarray, m: Modality) -> bool:
 
 
 def _verify_store(uri: str, storage_options: dict | None) -> dict:
-    from omnimill.shards.labelstore import LabelStore
+    from omnimill.store.labels import LabelStore
     from omnimill.shards.sources import TokenStoreSource
 
     source = TokenStoreSource(uri, storage_options)

@@ -45,8 +45,8 @@ from fsspec.implementations.local import LocalFileSystem
 from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.files import write_atomic
-from omnimill.shards.corpus import url_to_fs
-from omnimill.shards.unitstore import now
+from omnimill.corpus.listing import url_to_fs
+from omnimill.store.base import now
 
 FORMAT = "omnimill.wds/1"
 MANIFEST = "manifest.json"
@@ -310,7 +310,7 @@ def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out
 
     For MM1-style mixtures: these samples have text and nothing else, and the loader marks every other
     modality absent. Resumes like an export: the plan names the texts by a hash of keys and texts."""
-    from omnimill.shards.tokenstore import modality_name
+    from omnimill.store.tokens import modality_name
     from omnimill.tokenize.base import directory_hash, load_tokenizer
 
     positive("--samples-per-shard", samples_per_shard)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import LabelStore
+from omnimill.store.labels import LabelStore
 
 TOP_LEVEL = ("caption",)
 

@@ -134,7 +134,7 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
 
 def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
     from omnimill.audit.render import DPI, RENDERERS, Sample, _figure, _message_tile, _text_tile, generic
-    from omnimill.shards.labelstore import LabelStore
+    from omnimill.store.labels import LabelStore
     from omnimill.tokenize.base import load_tokenizer
 
     def tiles_of(name: str, tokens: np.ndarray | None, label: str, values: dict | None = None):

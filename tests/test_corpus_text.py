@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from omnimill.errors import UserError
-from omnimill.shards.textcorpus import read_texts
+from omnimill.corpus.text import read_texts
 
 
 def test_txt_and_jsonl_in_a_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""omnimill/labelers/view.py: raw bytes -> the canonical view (centre square, EXIF-upright, 8-bit RGB)."""
+"""omnimill/corpus/image.py: raw bytes -> the canonical view (centre square, EXIF-upright, 8-bit RGB)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 
 from conftest import bad_files, jpeg_bytes, photo
 from omnimill.errors import SampleError
-from omnimill.labelers.view import BACKGROUND, _draft_for_view, centre_square, decode_view
+from omnimill.corpus.image import BACKGROUND, _draft_for_view, centre_square, decode_view
 
 BAD = {name: data for name, data in bad_files().items() if name.startswith("bad_")}
 ODD = {name: data for name, data in bad_files().items() if name.startswith("odd_")}

@@ -26,8 +26,8 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
-from omnimill.shards.corpus import CorpusIndex
-from omnimill.shards.unitstore import (RUNS, UnitPlan, UnitStore, compressor, create_array, now, open_group,
+from omnimill.corpus.listing import CorpusIndex
+from omnimill.store.base import (RUNS, UnitPlan, UnitStore, compressor, create_array, now, open_group,
                                        short)
 
 __all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor", "open_group"]

@@ -1,4 +1,4 @@
-"""omnimill/shards/corpus.py: folders, WebDataset tars and manifests -> stable keys, byte pointers, captions."""
+"""omnimill/corpus/listing.py: folders, WebDataset tars and manifests -> stable keys, byte pointers, captions."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import jpeg_bytes, photo, write_images
 from omnimill.errors import UserError
-from omnimill.shards.corpus import MEMBER_SEP, ByteReader, detect_kind, index_corpus
+from omnimill.corpus.listing import MEMBER_SEP, ByteReader, detect_kind, index_corpus
 
 
 def png_bytes(seed: int) -> bytes:

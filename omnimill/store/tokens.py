@@ -24,8 +24,8 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
-from omnimill.shards.labelstore import LabelStore
-from omnimill.shards.unitstore import RUNS, UnitPlan, UnitStore, create_array, same_or_inside
+from omnimill.store.labels import LabelStore
+from omnimill.store.base import RUNS, UnitPlan, UnitStore, create_array, same_or_inside
 
 FORMAT = "omnimill.tokens/1"
 

@@ -8,7 +8,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from omnimill.errors import UserError
-from omnimill.shards.corpus import make_key
+from omnimill.corpus.listing import make_key
 from omnimill.shards.wds import location, positive, refuse_overlap
 
 
