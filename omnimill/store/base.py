@@ -209,6 +209,31 @@ class UnitStore:
     def keys(self) -> np.ndarray:
         return self.group["keys"][:]
 
+    # ---------------------------------------------------------------- reading (the only way in from outside)
+    def read(self, path: str, rows=slice(None)) -> np.ndarray:
+        """Rows of an array, by path ("keys", "dinov2/cls", "rgb/tokens"); `rows` is an index, slice or list."""
+        return np.asarray(self.group[path][rows])
+
+    def has(self, path: str) -> bool:
+        return path in self.group
+
+    def array_info(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of an array, without reading it."""
+        array = self.group[path]
+        return tuple(array.shape), array.dtype
+
+    def reader(self, path: str):
+        """A read-only handle that slices lazily (for loops that read many small pieces of one array)."""
+        return self.group[path]
+
+    def attrs(self, part: str | None = None) -> dict:
+        """The store's attributes, or a part's (a teacher's provenance, a modality's tokenizer)."""
+        return dict((self.group[part] if part else self.group).attrs)
+
+    @property
+    def created(self) -> str | None:
+        return self.group.attrs.get("created")
+
     def writable(self, path: str):
         return self.group[path].with_config(WRITE)
 
