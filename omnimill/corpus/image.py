@@ -1,4 +1,4 @@
-"""Decode raw bytes into the canonical view every teacher sees.
+"""The image sample kind: raw bytes -> the canonical view every teacher sees.
 
 The canonical view is the centre square crop of the (EXIF-upright) original, resized to
 `view_size`. Dense labels live on a grid over exactly this region, so they line up across
@@ -8,6 +8,9 @@ keypoints back to the original.
 Odd inputs are normalised, not refused: CMYK, 16-bit, float, palette (+alpha), grayscale and
 alpha images all become 8-bit RGB. Broken inputs raise `SampleError` with a reason a person
 can act on (empty file, not an image, truncated, decompression bomb).
+
+`ImageKind` is this rule as a sample kind (registered in corpus/kinds.py): a teacher's batch holds
+the views (B, S, S, 3) and their `ImageInfo`s; the label store holds each sample's `crop_box`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from omnimill.corpus.sample import DecodeSettings, SampleArray, SampleKind
 from omnimill.errors import SampleError
 
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"})
 # PIL's own limit (~89.5 Mpx, a 9459² image). Above it we refuse before decoding any pixel.
 DEFAULT_MAX_PIXELS = 89_478_485
 # Alpha is composited over this grey, so transparent regions look neither black nor white.
@@ -130,3 +135,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, image).convert("RGB")
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+class ImageKind(SampleKind):
+    """A still image; what teachers see is its canonical view."""
+
+    name = "image"
+    noun = "image"
+    extensions = IMAGE_EXTS
+    sample_arrays = (SampleArray("crop_box", (4,), "int32", "canonical view (x0, y0, x1, y1) in original pixels"),)
+
+    def decode(self, data: bytes, sample: dict, settings: DecodeSettings) -> Decoded:
+        decoded = decode_view(data, settings.view_size, settings.max_pixels)
+        decoded.info.caption = str(sample.get("caption", ""))
+        return decoded
+
+    def batch_fields(self, decoded: list[Decoded]) -> dict:
+        return {"views": np.stack([d.view for d in decoded]), "infos": [d.info for d in decoded]}
+
+    def sample_values(self, decoded: Decoded) -> dict:
+        return {"crop_box": decoded.info.crop_box}

@@ -1,16 +1,20 @@
 """Corpus readers: list a corpus once into stable keys, byte pointers and captions; read bytes back.
 
-Three kinds, given as one URI (a local path or any fsspec URL):
-  folder    a folder of images, recursive; optional sidecar caption `name.txt` or `name.json`
+Three forms, given as one URI (a local path or any fsspec URL):
+  folder    a folder of samples, recursive; optional sidecar caption `name.txt` or `name.json`
   wds       WebDataset tars, brace ranges and globs allowed: `data/shard-{000000..000099}.tar`
   manifest  `.jsonl`, `.csv` or `.parquet` with a `path` (or `url`) column, optional `key`, `caption`
+
+Which files are samples is the sample kind's say (its extensions; `image` unless told otherwise, see
+corpus/kinds.py); a manifest lists its samples itself. `CorpusIndex.kind` is the form above,
+`CorpusIndex.sample_kind` the kind of sample.
 
 A local path is taken literally: `[`, `*`, `?`, `{` and `::` in a folder or file name are characters,
 not globs or fsspec chains. Only a tar shard list expands (brace ranges, globs), and only when no file
 of that literal name exists.
 
 Keys are the sample's path without extension, relative to the corpus root (the member key for
-tars), with dots replaced by `_` because WebDataset splits keys at dots. Listing is sorted, so
+tars), made stable by the kind (`SampleKind.key`: dots become `_` because WebDataset splits keys at dots). Listing is sorted, so
 indexing the same corpus again gives the same keys in the same order.
 """
 
@@ -27,9 +31,11 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from omnimill.corpus.image import IMAGE_EXTS  # noqa: F401  (the image kind's; kept importable from here)
+from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
+from omnimill.corpus.sample import SampleKind, make_key  # noqa: F401  (make_key: kept importable from here)
 from omnimill.errors import UserError
 
-IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"}
 CAPTION_EXTS = ("txt", "json")
 MANIFEST_EXTS = (".jsonl", ".csv", ".parquet")
 CAPTION_JSON_KEYS = ("caption", "text", "txt", "alt", "alt_text")
@@ -41,12 +47,13 @@ GLOB_CHARS = "*?["
 @dataclass
 class CorpusIndex:
     uri: str
-    kind: str
+    kind: str  # the listing's form: folder | wds | manifest
     keys: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # byte offset inside a tar, -1 for a whole file
     sizes: list[int] = field(default_factory=list)  # bytes, -1 when unknown
     captions: list[str] = field(default_factory=list)
+    sample_kind: str = DEFAULT_KIND  # what each sample is (corpus/kinds.py)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -77,21 +84,19 @@ def normalise_uri(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-def index_corpus(uri: str, storage_options: dict | None = None) -> CorpusIndex:
-    """List every sample of the corpus. Raises UserError for a missing or empty corpus."""
+def index_corpus(uri: str, storage_options: dict | None = None, sample_kind: str = DEFAULT_KIND) -> CorpusIndex:
+    """List every sample of the corpus, of the registered kind `sample_kind`. Raises UserError for an
+    unknown kind or a missing or empty corpus."""
+    sample = kind_of(sample_kind)
     uri = normalise_uri(uri)
     kind = detect_kind(uri)
     reader = {"folder": _index_folder, "wds": _index_tars, "manifest": _index_manifest}[kind]
-    index = reader(uri, storage_options or {})
+    index = reader(uri, storage_options or {}, sample)
     if not len(index):
-        raise UserError(f"no images found in {uri} (kind: {kind}); expected image files "
-                        f"({', '.join(sorted(IMAGE_EXTS))}), WebDataset tars or a manifest")
+        raise UserError(f"no {sample.noun}s found in {uri} (kind: {kind}); expected {sample.noun} files "
+                        f"({', '.join(sorted(sample.extensions))}), WebDataset tars or a manifest")
     _make_unique(index)
     return index
-
-
-def make_key(path_without_ext: str) -> str:
-    return path_without_ext.strip("/").replace(".", "_") or "_"
 
 
 def _make_unique(index: CorpusIndex) -> None:
@@ -131,28 +136,28 @@ def _read_all(fs, paths: list[str]) -> list[bytes]:
     return fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="raise") if paths else []
 
 
-def _index_folder(uri: str, storage_options: dict) -> CorpusIndex:
+def _index_folder(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
     fs, root = url_to_fs(uri, storage_options)
     if not fs.isdir(root):
-        raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of images, "
+        raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of {sample.noun}s, "
                         "WebDataset tars (shard-{000..009}.tar) or a manifest (.jsonl/.csv/.parquet)")
     files = sorted(fs.find(root))
     present = set(files)
-    index = CorpusIndex(uri, "folder")
-    images = [p for p in files if _split_ext(p)[1] in IMAGE_EXTS]
+    index = CorpusIndex(uri, "folder", sample_kind=sample.name)
+    samples = [p for p in files if _split_ext(p)[1] in sample.extensions]
     sidecars = {}
-    for path in images:
+    for path in samples:
         stem = _split_ext(path)[0]
         for ext in CAPTION_EXTS:
             if f"{stem}.{ext}" in present:
                 sidecars[path] = f"{stem}.{ext}"
                 break
     texts = dict(zip(sidecars.values(), _read_all(fs, list(sidecars.values()))))
-    for path in images:
+    for path in samples:
         rel = posixpath.relpath(path, root)
         sidecar = sidecars.get(path)
         caption = _caption_from(texts[sidecar], sidecar) if sidecar else ""
-        index.add(make_key(_split_ext(rel)[0]), _url(fs, path), caption=caption)
+        index.add(sample.key(_split_ext(rel)[0]), _url(fs, path), caption=caption)
     return index
 
 
@@ -180,7 +185,7 @@ def _caption_from(data: bytes, name: str) -> str:
     return ""
 
 
-def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
+def _index_tars(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
     from braceexpand import braceexpand
 
     fs, literal = url_to_fs(uri, storage_options)
@@ -199,7 +204,7 @@ def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
     if missing:  # a half-copied shard set must not silently become a smaller corpus
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{len(missing)} shard(s) of {uri} do not exist: {shown}; copy them or narrow the range")
-    index = CorpusIndex(uri, "wds")
+    index = CorpusIndex(uri, "wds", sample_kind=sample.name)
     for path in paths:
         url = _url(fs, path)
         with fs.open(path, "rb") as f:
@@ -214,32 +219,32 @@ def _index_tars(uri: str, storage_options: dict) -> CorpusIndex:
                     key = posixpath.join(directory, stem)
                     last_ext = ext.rsplit(".", 1)[-1].lower()
                     entry = samples.setdefault(key, {})
-                    if last_ext in IMAGE_EXTS and "image" not in entry:
-                        entry["image"] = m
+                    if last_ext in sample.extensions and "sample" not in entry:
+                        entry["sample"] = m
                     elif last_ext in CAPTION_EXTS and "caption" not in entry:
                         entry["caption"] = (m, last_ext)
             except tarfile.TarError as e:
                 raise UserError(f"{url} is not a readable tar ({e}); remove it from the shard range") from None
             for key, entry in samples.items():
-                if "image" not in entry:
+                if "sample" not in entry:
                     continue
                 caption = ""
                 if "caption" in entry:
                     m, ext = entry["caption"]
                     f.seek(m.offset_data)
                     caption = _caption_from(f.read(m.size), "x." + ext)
-                image = entry["image"]
-                index.add(make_key(key), f"{url}{MEMBER_SEP}{image.name}", image.offset_data, image.size, caption)
+                member = entry["sample"]
+                index.add(sample.key(key), f"{url}{MEMBER_SEP}{member.name}", member.offset_data, member.size, caption)
     return index
 
 
-def _index_manifest(uri: str, storage_options: dict) -> CorpusIndex:
+def _index_manifest(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
     fs, path = url_to_fs(uri, storage_options)
     if not fs.exists(path):
         raise UserError(f"manifest {uri} does not exist")
     rows = _read_manifest_rows(fs, path)
     base = posixpath.dirname(path)
-    index = CorpusIndex(uri, "manifest")
+    index = CorpusIndex(uri, "manifest", sample_kind=sample.name)
     for n, row in enumerate(rows):
         target = row.get("path") or row.get("url")
         if not target:
@@ -249,9 +254,9 @@ def _index_manifest(uri: str, storage_options: dict) -> CorpusIndex:
             target = posixpath.join(base, target)
         given = row.get("key")
         if given not in (None, ""):
-            key = make_key(str(given))
+            key = sample.key(str(given))
         else:  # like a folder corpus: the path relative to the manifest's folder, without extension
-            key = make_key(_split_ext(posixpath.relpath(target, base) if "://" not in target
+            key = sample.key(_split_ext(posixpath.relpath(target, base) if "://" not in target
                                       else posixpath.basename(target))[0])
         if "://" not in target and not _is_local(fs):
             target = fs.unstrip_protocol(target)

@@ -3,6 +3,10 @@
 Runs inside a Dask worker process but knows nothing of Dask: `run_unit` is a plain function, so the
 same code runs in a test, a benchmark, or any other executor. Teachers load once per process and stay
 cached; each batch is decoded once and every requested teacher runs on it.
+
+What a sample is belongs to the store's sample kind (corpus/kinds.py): the kind fetches and decodes
+each sample, turns decoded samples into the teachers' Batch, and gives the per-sample arrays written at
+the top of the store (an image's crop_box). Nothing here names images.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_mal
 from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.corpus.image import DEFAULT_MAX_PIXELS, Decoded, decode_view
+from omnimill.corpus.image import DEFAULT_MAX_PIXELS
 from omnimill.corpus.listing import ByteReader
+from omnimill.corpus.sample import DecodeSettings
 from omnimill.store.labels import LabelStore
 
 PREFETCH_BATCHES = 2  # batches decoded ahead while the teachers run on the current one
@@ -37,7 +42,7 @@ class UnitTask:
     start: int
     stop: int
     teachers: list[TeacherSpec]
-    view_size: int
+    view_size: int  # the store's; the kind decodes at it and teachers are built for it
     batch_size: int = 32
     device: str = "auto"
     dtype: str = "auto"
@@ -87,6 +92,8 @@ def run_unit(task: UnitTask) -> dict:
         torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
     store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
     pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
+    kind = store.kind
+    settings = DecodeSettings(task.view_size, task.max_pixels)
     meta = store.samples(task.start, task.stop)
     n = task.stop - task.start
 
@@ -94,25 +101,28 @@ def run_unit(task: UnitTask) -> dict:
     ok = {t.name: np.zeros(n, bool) for t in teachers}
     errors: dict[str, list] = {t.name: [] for t in teachers}
     seconds = {t.name: 0.0 for t in teachers}
-    crop_boxes = np.zeros((n, 4), np.int32)
+    # The kind's per-sample arrays (an image's crop_box); zeros for a sample that does not decode
+    sample_values = {a.name: np.zeros((n, *a.shape), a.dtype) for a in kind.sample_arrays}
     decode_wait = 0.0
     # Rows each teacher labels: all of them, or (a retry) only its recorded retryable failures; the rest of
     # its chunk is read back and written again unchanged.
     todo = {t.name: set(range(n)) for t in teachers}
-    boxes_intact = store.unit_intact("crop_box", task.unit, decode=True)  # small: decoding it costs nothing
+    span = slice(task.start, task.stop)
+    values_intact = all(store.unit_intact(name, task.unit, decode=True)  # small: decoding costs nothing
+                        for name in sample_values)
     for name, indices in task.retry.items():
-        if not (boxes_intact and store.unit_intact(name, task.unit)):
+        if not (values_intact and store.unit_intact(name, task.unit)):
             continue  # a chunk to read back is damaged: label the whole unit instead
         todo[name] = {i - task.start for i in indices}
-        group = store.group[name]
-        outputs[name] = {f: group[f][task.start:task.stop] for f in outputs[name]}
-        ok[name] = group["ok"][task.start:task.stop]
+        outputs[name] = store.outputs(name, span, list(outputs[name]))
+        ok[name] = store.ok(name, span)
         ok[name][sorted(todo[name])] = False
         old = json.loads(store.raw_markers(name)[task.unit] or "{}")
         errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
     rows_needed = sorted(set().union(*todo.values()))
-    if boxes_intact:
-        crop_boxes[:] = store.group["crop_box"][task.start:task.stop]  # rows not decoded now keep theirs
+    if values_intact:
+        for name, values in store.sample_values(span).items():
+            sample_values[name][:] = values  # rows not decoded now keep theirs
     # Outputs of required teachers: this run's (filled batch by batch) or, if not in this run, the store's.
     have = {name: (outputs[name], ok[name]) for name in outputs}
     for t in teachers:
@@ -121,9 +131,7 @@ def run_unit(task: UnitTask) -> dict:
                 if not store.unit_intact(dep, task.unit):
                     raise RuntimeError(f"unit {task.unit} of {dep}, which {t.name} needs, is damaged: run "
                                        f"`omnimill verify`, then label {dep} with --repair")
-                group = store.group[dep]
-                fields = {f: group[f][task.start:task.stop] for f in group.array_keys() if f != "ok"}
-                have[dep] = (fields, group["ok"][task.start:task.stop])
+                have[dep] = (store.outputs(dep, span), store.ok(dep, span))
 
     def record(name: str, row: int, err: SampleError):
         # A file that does not decode fails the same way next time; anything else may be transient.
@@ -132,16 +140,15 @@ def run_unit(task: UnitTask) -> dict:
 
     with ByteReader(task.storage_options) as reader:
         def load(row: int):
+            sample = {name: column[row] for name, column in meta.items()}
             try:
-                data = reader.read(str(meta["source"][row]), int(meta["offset"][row]), int(meta["size"][row]))
+                data = kind.fetch(reader, sample)
             except Exception as e:  # missing file, network, permissions: the sample fails, the unit goes on
                 return SampleError("read", f"{type(e).__name__}: {e}")
             try:
-                decoded = decode_view(data, task.view_size, task.max_pixels)
+                return kind.decode(data, sample, settings)
             except SampleError as e:
                 return e
-            decoded.info.caption = str(meta["caption"][row])
-            return decoded
 
         batches = [rows_needed[i:i + task.batch_size] for i in range(0, len(rows_needed), task.batch_size)]
         pending: deque = deque()
@@ -154,7 +161,7 @@ def run_unit(task: UnitTask) -> dict:
             if b + PREFETCH_BATCHES < len(batches):
                 pending.append([pool.submit(load, r) for r in batches[b + PREFETCH_BATCHES]])
 
-            good = [r for r, d in zip(rows, results) if isinstance(d, Decoded)]
+            good = [r for r, d in zip(rows, results) if not isinstance(d, SampleError)]
             for r, d in zip(rows, results):
                 if isinstance(d, SampleError):
                     for t in teachers:
@@ -162,10 +169,11 @@ def run_unit(task: UnitTask) -> dict:
                             record(t.name, r, d)
             if not good:
                 continue
-            decoded = [d for d in results if isinstance(d, Decoded)]
-            crop_boxes[good] = [d.info.crop_box for d in decoded]
-            batch = Batch(np.stack([d.view for d in decoded]), [d.info for d in decoded],
-                          [str(meta["keys"][r]) for r in good])
+            decoded = [d for d in results if not isinstance(d, SampleError)]
+            for r, d in zip(good, decoded):
+                for name, value in kind.sample_values(d).items():
+                    sample_values[name][r] = value
+            batch = Batch(keys=[str(meta["keys"][r]) for r in good], **kind.batch_fields(decoded))
             for t in teachers:  # in dependency order (the client sorted them)
                 ts = time.perf_counter()
                 rows_t, batch_t = good, batch
@@ -190,7 +198,7 @@ def run_unit(task: UnitTask) -> dict:
             "errors": sorted(errors[t.name], key=lambda e: e["index"])}
 
     tw = time.perf_counter()
-    write_wait = _writer.submit(store, task, crop_boxes, outputs, ok, markers)
+    write_wait = _writer.submit(store, task, sample_values, outputs, ok, markers)
     return {"unit": task.unit, "n": len(rows_needed), "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
             "write_wait": write_wait, "queue_wait": time.perf_counter() - tw - write_wait,
             "teacher_seconds": seconds,
@@ -200,9 +208,9 @@ def run_unit(task: UnitTask) -> dict:
             "started": started, "ended": time.time()}
 
 
-def commit(store: LabelStore, task: UnitTask, crop_boxes, outputs, ok, markers) -> None:
+def commit(store: LabelStore, task: UnitTask, sample_values, outputs, ok, markers) -> None:
     """Write every chunk of the unit, then each teacher's marker: the marker means "all chunks in"."""
-    store.write_crop_boxes(task.start, crop_boxes)
+    store.write_sample_values(task.start, sample_values)
     unit = store.unit(task.unit)
     for name, marker in markers.items():
         marker["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

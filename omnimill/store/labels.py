@@ -1,10 +1,12 @@
 """The label store: one Zarr v3 group holding every teacher's labels for one indexed corpus.
 
-    labels.zarr/             attrs: format, omnimill version, corpus {uri, kind}, n, view_size, unit_size
+    labels.zarr/             attrs: format, omnimill version, corpus {uri, kind}, sample_kind, n, view_size,
+                                    unit_size
       keys      (N,) str     stable sample keys          source  (N,) str   file URL or "tar::member"
       offset    (N,) int64   byte offset in a tar (-1)   size    (N,) int64 bytes (-1 unknown)
       caption   (N,) str     the corpus's own caption / alt-text ("" if none)
-      crop_box  (N, 4) int32 canonical view (x0, y0, x1, y1) in original pixels, written by the engine
+      <the sample kind's per-sample arrays>, written by the engine; for `image` (corpus/image.py):
+      crop_box  (N, 4) int32 canonical view (x0, y0, x1, y1) in original pixels
       <teacher>/             attrs: provenance
         <field> (N, ...)     chunk = one work unit along N
         ok      (N,) bool
@@ -12,6 +14,10 @@
         <teacher>/units (n_units,) str   commit marker per unit (JSON with stats and error records);
                                          "" = not done. Written last, so a marker means "all chunks in".
         _lock/, _history/<run>/          the run holding the store; one record per run (unitstore.py)
+
+`sample_kind` names the registered kind of sample (corpus/kinds.py) that the engine decodes through
+and whose per-sample arrays the store holds; a store made before kinds has no such attribute and holds
+images.
 
 A work unit is `unit_size` consecutive samples: exactly one chunk of every array it writes, so
 workers never share a chunk and need no locks. Everything is plain Zarr: `zarr.open_group` reads it.
@@ -26,14 +32,19 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
+from omnimill.corpus.kinds import DEFAULT_KIND, all_sample_arrays, kind_of
 from omnimill.corpus.listing import CorpusIndex
+from omnimill.corpus.sample import SampleKind
 from omnimill.store.base import (RUNS, UnitPlan, UnitStore, compressor, create_array, now, open_group,
                                        short)
 
 __all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor", "open_group"]
 
 FORMAT = "omnimill.labels/1"
-TOP = ("keys", "source", "offset", "size", "caption", "crop_box")
+SAMPLES = ("keys", "source", "offset", "size", "caption")  # the corpus index, written at creation
+# Top-level arrays any label store may hold: the index and every registered kind's per-sample arrays. An
+# open store narrows TOP and REDO_TOP to its own kind's (see LabelStore.__init__).
+TOP = (*SAMPLES, *all_sample_arrays())
 RESERVED = (*TOP, RUNS)  # top-level names of the store
 
 
@@ -42,17 +53,23 @@ class LabelStore(UnitStore):
     WHAT = "label store"
     TOP = TOP
     MAKE = "create one with `omnimill label CORPUS {uri} --teacher ...`"
-    REDO_TOP = ("crop_box",)  # the worker writes each unit's crop boxes again
+    REDO_TOP = tuple(name for name in TOP if name not in SAMPLES)  # the worker writes each unit's again
 
     def __init__(self, group: zarr.Group, uri: str, storage_options: dict | None = None):
         super().__init__(group, uri, storage_options)
         attrs = group.attrs
         self.view_size = int(attrs["view_size"])
         self.corpus = dict(attrs["corpus"])
+        self.sample_kind = str(attrs.get("sample_kind", DEFAULT_KIND))
+        self.kind: SampleKind = kind_of(self.sample_kind)
+        self.REDO_TOP = tuple(a.name for a in self.kind.sample_arrays)
+        self.TOP = (*SAMPLES, *self.REDO_TOP)
 
     @classmethod
     def create(cls, uri: str, index: CorpusIndex, view_size: int, unit_size: int,
                storage_options: dict | None = None) -> "LabelStore":
+        """A new store for the index's samples, with the per-sample arrays of its kind (all zeros)."""
+        kind = kind_of(index.sample_kind)
         n = len(index)
         group = cls.new_group(uri, storage_options)
         chunks = (unit_size,)
@@ -61,18 +78,27 @@ class LabelStore(UnitStore):
         create_array(group, "offset", (n,), chunks, "int64")[:] = np.array(index.offsets, np.int64)
         create_array(group, "size", (n,), chunks, "int64")[:] = np.array(index.sizes, np.int64)
         create_array(group, "caption", (n,), chunks, "str")[:] = np.array(index.captions, dtype=object)
-        create_array(group, "crop_box", (n, 4), (unit_size, 4), "int32")[:] = 0  # every chunk on disk
+        for a in kind.sample_arrays:  # every chunk on disk
+            create_array(group, a.name, (n, *a.shape), (unit_size, *a.shape), a.dtype)[:] = 0
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"],
-            "corpus": {"uri": index.uri, "kind": index.kind}, "n": n,
+            "corpus": {"uri": index.uri, "kind": index.kind}, "sample_kind": kind.name, "n": n,
             "view_size": view_size, "unit_size": unit_size,
         })
         return cls(group, uri, storage_options)
 
     # ---------------------------------------------------------------- samples
     def samples(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        g = self.group
-        return {name: g[name][start:stop] for name in ("keys", "source", "offset", "size", "caption")}
+        """The corpus index's rows start..stop: keys, source, offset, size, caption."""
+        return {name: self.read(name, slice(start, stop)) for name in SAMPLES}
+
+    def sample_values(self, rows=slice(None)) -> dict[str, np.ndarray]:
+        """The kind's per-sample arrays (image: crop_box) at `rows`."""
+        return {a.name: self.read(a.name, rows) for a in self.kind.sample_arrays}
+
+    def crop_boxes(self, rows=slice(None)) -> np.ndarray:
+        """(x0, y0, x1, y1) of each canonical view in original pixels (image stores)."""
+        return self.read("crop_box", rows)
 
     def index_of(self, key: str) -> int:
         hits = np.flatnonzero(self.keys() == key)
@@ -85,7 +111,16 @@ class LabelStore(UnitStore):
         return self.parts()
 
     def provenance(self, teacher: str) -> dict:
-        return dict(self.group[teacher].attrs)
+        return self.attrs(teacher)
+
+    def ok(self, teacher: str, rows=slice(None)) -> np.ndarray:
+        """Which samples at `rows` the teacher labelled (bool)."""
+        return self.read(f"{teacher}/ok", rows)
+
+    def outputs(self, teacher: str, rows=slice(None), fields=None) -> dict[str, np.ndarray]:
+        """The teacher's fields at `rows`: those named, or every array it holds but `ok`."""
+        names = fields if fields is not None else [f for f in self.group[teacher].array_keys() if f != "ok"]
+        return {f: self.read(f"{teacher}/{f}", rows) for f in names}
 
     def teacher_id(self, teacher: str) -> str:
         """Changes whenever the teacher's labels are started over (--force): later stages compare it."""
@@ -121,8 +156,13 @@ class LabelStore(UnitStore):
         return {**{name: tuple(f["shape"]) for name, f in fields.items()}, "ok": ()}
 
     # ---------------------------------------------------------------- worker side
+    def write_sample_values(self, start: int, values: dict[str, np.ndarray]) -> None:
+        """The kind's per-sample arrays for rows start.. (the engine writes each unit's again)."""
+        for name, array in values.items():
+            self.writable(name)[start:start + len(array)] = array
+
     def write_crop_boxes(self, start: int, boxes: np.ndarray) -> None:
-        self.writable("crop_box")[start:start + len(boxes)] = boxes
+        self.write_sample_values(start, {"crop_box": boxes})
 
     def write_unit(self, teacher: str, unit: UnitPlan, outputs: dict[str, np.ndarray], ok: np.ndarray,
                    marker: dict) -> None:
@@ -146,7 +186,8 @@ class LabelStore(UnitStore):
                 "first_errors": sorted(errors, key=lambda e: e["index"])[:max_errors],
                 "provenance": self.provenance(name),
             }
-        return {"store": self.uri, "uuid": self.uuid, "corpus": self.corpus, "n": self.n,
+        return {"store": self.uri, "uuid": self.uuid, "corpus": self.corpus, "sample_kind": self.sample_kind,
+                "n": self.n,
                 "view_size": self.view_size, "unit_size": self.unit_size, "n_units": self.n_units,
                 "teachers": teachers, "lock": self.lock(), "runs": self.history()}
 
