@@ -11,7 +11,8 @@ is still a dependency) and each rule below fails with the full list of its prese
     leaves     errors.py, files.py, faults.py and the root's `__version__`: import no package
 
 Rules: no cycle between packages; no private name (`_x`) imported from another package; labelers/
-never imports Dask or Zarr (and importing it loads neither); every import follows ALLOWED.
+never imports Dask or Zarr (and importing it loads neither); every import follows ALLOWED; nothing
+outside store/ imports zarr or touches a store's Zarr group.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Import:
     target: str  # imported module, dotted (a name imported from a module counts as that module)
     names: tuple[str, ...]  # names taken from `target` (from-imports), else ()
     line: int
+    bound: str = ""  # the name the module `target` is bound to in the file (`import a.b as c`, `from a import b`)
 
     @property
     def where(self) -> str:
@@ -75,14 +77,14 @@ def imports_of(path: Path, source: str | None = None) -> list[Import]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found += [Import(source, alias.name, (), node.lineno) for alias in node.names]
+            found += [Import(source, alias.name, (), node.lineno, alias.asname or "") for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: resolve against the importing package
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
             names = tuple(a.name for a in node.names if not is_module(f"{base}.{a.name}"))
-            found += [Import(source, f"{base}.{a.name}", (), node.lineno) for a in node.names
+            found += [Import(source, f"{base}.{a.name}", (), node.lineno, a.asname or a.name) for a in node.names
                       if is_module(f"{base}.{a.name}")]
             found += [Import(source, base, names, node.lineno)] if names else []
     return found
@@ -105,6 +107,20 @@ def package_of(module: str, names: tuple[str, ...] = ()) -> str | None:
     if parts[1] in ("cli", "__main__"):
         return "cli"
     return LEAF  # errors, files, faults
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_attributes(path: Path, source: str | None = None) -> list[str]:
+    """`render._figure` where `render` is a module of another omnimill package: a private name all the same."""
+    source = source or module_name(path)
+    modules = {i.bound: i.target for i in imports_of(path, source) if i.bound and package_of(i.target) not in
+               (None, package_of(source))}
+    return [f"{source.replace('.', '/')}.py:{node.lineno}: {source} takes {node.attr} from {modules[node.value.id]}"
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id in modules and private(node.attr)]
 
 
 def internal(imports: list[Import]) -> list[tuple[Import, str, str]]:
@@ -165,9 +181,10 @@ def test_no_cycle_between_packages():
 
 def test_no_private_name_from_another_package():
     offenders = [f"{i.where}: {i.source} takes {name} from {i.target}" for i, _, _ in internal(all_imports())
-                 for name in i.names if name.startswith("_") and not name.startswith("__")]
+                 for name in i.names if private(name)]
     offenders += [f"{i.where}: {i.source} imports the private module {i.target}" for i, _, _ in internal(all_imports())
-                  if any(p.startswith("_") and not p.startswith("__") for p in i.target.split("."))]
+                  if any(private(part) for part in i.target.split("."))]
+    offenders += [use for path in sorted(ROOT.rglob("*.py")) for use in private_attributes(path)]
     assert not offenders, listing("private names imported from another package", offenders)
 
 
@@ -183,6 +200,24 @@ def test_imports_point_one_way():
     offenders += [f"{i.where}: a leaf imports {to} ({i.target})" for i, frm, to in internal(all_imports())
                   if frm == LEAF]
     assert not offenders, listing("imports pointing the wrong way (see ALLOWED)", offenders)
+
+
+def test_only_store_touches_zarr():
+    """Stores are read through their API (read, has, arrays, array_info, reader, attrs, created): outside
+    store/ nothing imports zarr or reaches into a store's `.group` (`m.group(1)` of a regex is a call, not this)."""
+    offenders = [f"{i.where}: import {i.target}" for i in all_imports()
+                 if i.target.split(".")[0] == "zarr" and not i.source.startswith("omnimill.store")]
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.is_relative_to(ROOT / "store"):
+            continue
+        text = path.read_text()
+        tree = ast.parse(text)
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        lines = sorted({node.lineno for node in ast.walk(tree)
+                        if isinstance(node, ast.Attribute) and node.attr == "group" and id(node) not in called})
+        offenders += [f"{module_name(path).replace('.', '/')}.py:{line}: {text.splitlines()[line - 1].strip()}"
+                      for line in lines]
+    assert not offenders, listing("Zarr groups touched outside store/", offenders)
 
 
 def test_importing_labelers_loads_no_dask_or_zarr():
@@ -205,6 +240,10 @@ def test_the_walk_sees_lazy_relative_and_from_imports(tmp_path):
     got = {(i.target, i.names) for i in imports_of(source, "omnimill.shards.m")}
     assert got == {("omnimill.faults", ()), ("omnimill.store.base", ("_norm", "now")),
                    ("omnimill.engine.units", ()), ("omnimill", ("__version__",))}
+    source.write_text("from omnimill.audit import render\nimport omnimill.store.base as base\n"
+                      "render._figure()\nbase._norm('x')\nrender.tile_png\n")
+    assert [use.split(": ", 1)[1] for use in private_attributes(source, "omnimill.train.m")] == [
+        "omnimill.train.m takes _figure from omnimill.audit.render", "omnimill.train.m takes _norm from omnimill.store.base"]
     assert package_of("omnimill", ("__version__",)) == LEAF and package_of("omnimill", ("label",)) == "cli"
     assert package_of("omnimill.errors") == LEAF and package_of("omnimill.cli") == "cli"
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

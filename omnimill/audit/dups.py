@@ -65,11 +65,10 @@ def find_duplicates(index_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
     info = loaded.info
     labels = open_store(info, store)
     teacher, name = info["teacher"], info["field"].split("/", 1)[1]
-    group = labels.group[teacher]
-    ok = np.asarray(group["ok"][:], bool)
+    ok = labels.read(f"{teacher}/ok").astype(bool)
     links = UnionFind(len(loaded.ids))
     weakest = np.full(len(loaded.ids), np.inf)
-    for rows, x in iter_vectors(group[name], ok, labels.unit_size):
+    for rows, x in iter_vectors(labels.reader(f"{teacher}/{name}"), ok, labels.unit_size):
         me = np.searchsorted(loaded.ids, rows)
         scores, found = loaded.search(x, min(k + 1, len(loaded.ids)))
         close = (found >= 0) & (found != me[:, None]) & (scores >= threshold)

@@ -197,15 +197,14 @@ def embedding_fields(labels: LabelStore) -> list[str]:
     """TEACHER/FIELD of every field that can be indexed: a float vector per sample."""
     found = []
     for teacher in labels.teachers():
-        group = labels.group[teacher]
-        for name, array in sorted(group.arrays()):
-            if name != "ok" and _is_embedding(array):
+        for name in labels.arrays(teacher):
+            if name != "ok" and _is_embedding(*labels.array_info(f"{teacher}/{name}")):
                 found.append(f"{teacher}/{name}")
     return found
 
 
-def _is_embedding(array) -> bool:
-    return len(array.shape) == 2 and array.shape[1] >= 2 and np.dtype(array.dtype).kind == "f"
+def _is_embedding(shape: tuple[int, ...], dtype) -> bool:
+    return len(shape) == 2 and shape[1] >= 2 and np.dtype(dtype).kind == "f"
 
 
 def resolve_field(labels: LabelStore, spec: str) -> tuple[str, str]:
@@ -216,13 +215,12 @@ def resolve_field(labels: LabelStore, spec: str) -> tuple[str, str]:
         raise UserError(f"--field {spec!r}: give TEACHER/FIELD; embedding fields in {labels.uri}: {choices}")
     if teacher not in labels.teachers():
         raise UserError(f"--field {spec}: {labels.uri} has no teacher {teacher!r}; embedding fields: {choices}")
-    group = labels.group[teacher]
-    if name not in group.array_keys() or name == "ok":
+    if name not in labels.arrays(teacher) or name == "ok":
         raise UserError(f"--field {spec}: teacher {teacher} has no field {name!r}; embedding fields: {choices}")
-    array = group[name]
-    if not _is_embedding(array):
-        shape = "×".join(map(str, array.shape[1:])) or "scalar"
-        kind = "string" if np.dtype(array.dtype).kind in "OTUS" else str(array.dtype)
+    shape, dtype = labels.array_info(f"{teacher}/{name}")
+    if not _is_embedding(shape, dtype):
+        shape = "×".join(map(str, shape[1:])) or "scalar"
+        kind = "string" if np.dtype(dtype).kind in "OTUS" else str(dtype)
         raise UserError(f"--field {spec} is a {shape} {kind} field per sample, not an embedding (a float "
                         f"vector); embedding fields in {labels.uri}: {choices}")
     return teacher, name
@@ -231,7 +229,7 @@ def resolve_field(labels: LabelStore, spec: str) -> tuple[str, str]:
 def fingerprint(labels: LabelStore, teacher: str) -> dict:
     """What must not change between building an index and using it: the store and the teacher's labels."""
     provenance = labels.provenance(teacher)
-    return {"store_created": labels.group.attrs.get("created"), "n": labels.n,
+    return {"store_created": labels.created, "n": labels.n,
             "teacher_created": provenance.get("created"),
             "checkpoint_sha256": provenance.get("checkpoint_sha256")}
 
@@ -315,8 +313,8 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     budget = parse_size(memory_budget)
     labels = LabelStore.open(str(store))
     teacher, name = resolve_field(labels, field)
-    array = labels.group[teacher][name]
-    ok = np.asarray(labels.group[teacher]["ok"][:], bool)
+    array = labels.reader(f"{teacher}/{name}")  # read block by block below
+    ok = labels.read(f"{teacher}/ok").astype(bool)
     n_ok, dim = int(ok.sum()), int(array.shape[1])
     if not n_ok:
         raise UserError(f"no sample of {labels.uri} has {teacher} labels yet (ok = false everywhere); "

@@ -137,19 +137,19 @@ def search(loaded: LoadedIndex, labels: LabelStore, vector: np.ndarray, k: int,
 
 def caption_of(labels: LabelStore, i: int) -> str:
     """The corpus's own caption, else the captioner teacher's best one marked "(generated)", else ""."""
-    caption = str(labels.group["caption"][i])
-    if not caption and "captioner" in labels.teachers() and bool(labels.group["captioner/ok"][i]):
-        captions = np.asarray(labels.group["captioner/captions"][i]).ravel()
+    caption = str(labels.read("caption", i))
+    if not caption and "captioner" in labels.teachers() and bool(labels.read("captioner/ok", i)):
+        captions = labels.read("captioner/captions", i).ravel()
         caption = f"{captions[0]} (generated)" if len(captions) and str(captions[0]) else ""
     return caption
 
 
 # ---------------------------------------------------------------------------- the query vector
 def stored_vector(labels: LabelStore, teacher: str, name: str, i: int, key: str) -> np.ndarray:
-    if not bool(labels.group[teacher]["ok"][i]):
+    if not bool(labels.read(f"{teacher}/ok", i)):
         raise UserError(f"sample {key!r} has no {teacher} labels (it failed or is not labelled yet; "
                         f"see `omnimill status {labels.uri}`)")
-    vector = np.asarray(labels.group[teacher][name][i], np.float32)
+    vector = labels.read(f"{teacher}/{name}", i).astype(np.float32)
     if not np.isfinite(vector).all() or not np.any(vector):
         raise UserError(f"sample {key!r} has a zero {teacher}/{name} vector (e.g. no caption to embed): "
                         "nothing to compare")

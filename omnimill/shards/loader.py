@@ -47,7 +47,7 @@ MIX_BLOCK = 1024  # mixture draws are made in seeded blocks of this many
 class TokenDataset:
     """One token store or shard set (path or fsspec URL), optionally limited to some modalities and to one
     side of a held-out split: `split="train"` or `"heldout"` keeps the samples whose key hashes (with
-    `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.tokenize.data)."""
+    `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.store.base.held_out)."""
 
     def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None,
                  name: str | None = None, split: str | None = None, holdout: float = 0.0, holdout_seed: int = 0):
@@ -71,7 +71,7 @@ class TokenDataset:
         """Which of these keys belong to the dataset's split (all when there is no split)."""
         if not self.split:
             return np.ones(len(keys), bool)
-        from omnimill.tokenize.data import held_out
+        from omnimill.store.base import held_out
 
         return held_out(keys, self.holdout, self.holdout_seed) == (self.split == "heldout")
 

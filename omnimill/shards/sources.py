@@ -99,14 +99,14 @@ class TokenStoreSource(Source):
         self.uri, self.n_crops = uri, self.store.n_crops
         self.modalities = {m: Modality.from_info(m, self.store.tokenizer_info(m)) for m in self.store.modalities()}
         for m in self.modalities.values():
-            m.info["dtype"] = str(self.store.group[f"{m.name}/tokens"].dtype)
+            m.info["dtype"] = str(self.store.array_info(f"{m.name}/tokens")[1])
         # Read several chunks at a time: each Zarr read costs about a millisecond before any data moves,
         # so 1024-sample reads; but keep at least 16 read units so ranks x workers all get some.
         chunks = self.store.n_units
         self.read_size = self.store.unit_size * max(1, min(-(-READ_SAMPLES // self.store.unit_size), chunks // 16))
         self.units = [min(self.store.n, start + self.read_size) - start
                       for start in range(0, self.store.n, self.read_size)]
-        self.created = self.store.group.attrs.get("created")
+        self.created = self.store.created
         self.labels = self.store.source.get("store")
         self._choose(modalities)
 
@@ -126,7 +126,7 @@ class TokenStoreSource(Source):
         """Array handles opened once (opening a Zarr array reads its metadata: one request each)."""
         if getattr(self, "_handles", None) is None:
             names = ["keys", "crops"] + [f"{m}/{a}" for m in self.modalities for a in ("tokens", "ok")]
-            self._handles = {name: self.store.group[name] for name in names}
+            self._handles = {name: self.store.reader(name) for name in names}
         return self._handles
 
 

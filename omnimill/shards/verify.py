@@ -55,8 +55,8 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
     from omnimill.shards.sources import TokenStoreSource
 
     source = TokenStoreSource(uri, storage_options)
-    store, group, problems = source.store, source.store.group, []
-    keys = group["keys"][:]
+    store, problems = source.store, []
+    keys = store.keys()
     if len(keys) != store.n:
         problems.append(Problem("keys", "-", f"{len(keys)} keys, the store says n = {store.n}"))
     if (keys == "").any():
@@ -71,7 +71,7 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
             problems.append(Problem("keys", str(keys[i]) if i >= 0 else "-",
                                     f"not aligned with the label store {labels_uri}"))
     for name, m in source.modalities.items():
-        tokens = group[f"{name}/tokens"]
+        tokens = store.reader(f"{name}/tokens")  # read unit by unit below
         if tokens.shape != (store.n, store.n_crops, m.length):
             problems.append(Problem(name, "-", f"tokens have shape {tokens.shape}, expected "
                                                f"{(store.n, store.n_crops, m.length)}"))
@@ -82,7 +82,7 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
             if marker is None:
                 problems.append(Problem(name, "-", f"unit {u} (samples {plan.start}-{plan.stop - 1}) not tokenized"))
                 continue
-            ok = group[f"{name}/ok"][plan.start:plan.stop]
+            ok = store.read(f"{name}/ok", slice(plan.start, plan.stop))
             if int(ok.sum()) != marker["ok"]:
                 problems.append(Problem(name, "-", f"unit {u}: {int(ok.sum())} samples marked ok, the commit "
                                                    f"marker says {marker['ok']}"))

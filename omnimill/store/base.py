@@ -1,5 +1,7 @@
-"""What every omnimill Zarr store shares: identity, safe creation, the lock, run history, unit markers,
-verification and repair. The label store and the token store are this plus their own arrays.
+"""What every omnimill Zarr store shares: identity, safe creation, reading (the only way in from outside
+store/), the lock, run history, unit markers, verification and repair; and the held-out split by key,
+which every store and shard set of one corpus shares. The label store and the token store are this plus
+their own arrays.
 
     STORE/                   attrs: format, uuid (the store's identity), created, n, unit_size, ...
       <part>/<array>         a part is a teacher (label store) or a modality (token store); chunk = one unit
@@ -21,6 +23,7 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -216,6 +219,10 @@ class UnitStore:
 
     def has(self, path: str) -> bool:
         return path in self.group
+
+    def arrays(self, part: str) -> list[str]:
+        """Names of the arrays in a part (a teacher's fields and `ok`; a modality's `tokens` and `ok`)."""
+        return sorted(self.group[part].array_keys())
 
     def array_info(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
         """(shape, dtype) of an array, without reading it."""
@@ -556,6 +563,15 @@ def _alive(lock: dict) -> bool:
     except PermissionError:
         return True
     return int(lock["pid"]) > 0
+
+
+def held_out(keys, holdout: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask of held-out samples, decided per key: sha256(seed:key) in the first `holdout` fraction of
+    the hash space. Stable across runs, machines and corpus growth, and the same for every store and shard
+    set made from one corpus (tokenizer training and the trainer's loader split the same way)."""
+    limit = int(holdout * 2 ** 32)
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:4], "little") < limit
+                     for k in keys], bool)
 
 
 def short(value) -> str:

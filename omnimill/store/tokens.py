@@ -10,7 +10,7 @@
         ok      (N,) bool     tokenized (the teacher labelled the sample and the tokenizer accepted it)
       _runs/<modality>/units (n_units,) str   commit marker per unit, as in the label store; it names the
                                      label unit's marker it was made from (`label_marker`, a sha256)
-      _runs/_lock, _runs/_history   as in the label store (unitstore.py)
+      _runs/_lock, _runs/_history   as in the label store (base.py)
 
 Units are the label store's units (same unit_size), one chunk per unit, written last-marker-first rule.
 Modality names are flat (`rgb_image`, `dinov2_patches`, `palette`, `caption`): no dots or slashes,
@@ -32,11 +32,15 @@ FORMAT = "omnimill.tokens/1"
 __all__ = ["FORMAT", "RUNS", "TokenStore", "UnitPlan", "modality_name"]
 
 
-def modality_name(teacher: str, fields: list[str]) -> str:
-    """rgb + [image] -> rgb_image; palette + [colors, weights, count] -> palette; "" + [caption] -> caption."""
+def modality_name(teacher: str, fields: list[str], sep: str = "_") -> str:
+    """The one naming rule for what a tokenizer reads: rgb + [image] -> rgb_image; palette + [colors, weights,
+    count] -> palette (the whole teacher); "" + [caption] -> caption (a top-level array of the label store).
+
+    sep="/" gives the same name as a label-store field (`rgb/image`, what `--field` takes); the default "_"
+    the flat token-store modality, which becomes a WebDataset extension as it is."""
     if not teacher:
         return fields[0]
-    return f"{teacher}_{fields[0]}" if len(fields) == 1 else teacher
+    return f"{teacher}{sep}{fields[0]}" if len(fields) == 1 else teacher
 
 
 class TokenStore(UnitStore):
@@ -62,7 +66,7 @@ class TokenStore(UnitStore):
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"], "n": n,
             "n_crops": n_crops, "crop_seed": seed, "unit_size": labels.unit_size,
-            "source": {"store": labels.uri, "uuid": labels.uuid, "created": labels.group.attrs.get("created"),
+            "source": {"store": labels.uri, "uuid": labels.uuid, "created": labels.created,
                        "n": labels.n, "view_size": labels.view_size, "corpus": labels.corpus},
         })
         return cls(group, uri, storage_options)
@@ -71,10 +75,14 @@ class TokenStore(UnitStore):
         """By identity, not by path: `/abs/labels.zarr`, `./labels.zarr` and `labels.zarr/` are one store."""
         if "uuid" in self.source:
             return self.source["uuid"] == labels.uuid
-        return self.source.get("created") == labels.group.attrs.get("created")  # token stores before uuids
+        return self.source.get("created") == labels.created  # token stores before uuids
 
     def modalities(self) -> list[str]:
         return self.parts()
+
+    def crops(self, rows=slice(None)) -> np.ndarray:
+        """(n, n_crops, 5) crop boxes of `rows` (an index, slice or list), shared by every modality."""
+        return self.read("crops", rows)
 
     def tokenizer_info(self, modality: str) -> dict:
         return dict(self.group[modality].attrs["tokenizer"])

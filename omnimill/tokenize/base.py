@@ -29,6 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from omnimill.errors import UserError
+from omnimill.store.tokens import modality_name
 
 FORMAT = "omnimill.tokenizer/1"
 
@@ -47,10 +48,9 @@ class TokenizerConfig:
 
     @property
     def modality(self) -> str:
-        """Name of the token array in the token store: teacher/field, or teacher for whole groups."""
-        if self.teacher and len(self.fields) == 1:
-            return f"{self.teacher}/{self.fields[0]}"
-        return self.teacher or self.fields[0]
+        """The label-store field it reads, as `--field` names it: teacher/field, or teacher for whole groups,
+        or a top-level array (its token-store modality is `modality_name(teacher, fields)`: rgb_image)."""
+        return modality_name(self.teacher, self.fields, "/")
 
 
 class Tokenizer:

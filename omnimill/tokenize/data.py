@@ -5,18 +5,20 @@ sequence tokenizers of structures such as detection or palette) or a top-level a
 the corpus's own alt-text). Only samples the teacher labelled (`ok`) are used.
 
 Train / held-out split: a sample is held out when sha256(seed:key) falls in the first `holdout`
-fraction of the hash space, so the split is stable across runs, machines and corpus growth.
+fraction of the hash space (store.base.held_out, the trainer's loader splits the same way), so the
+split is stable across runs, machines and corpus growth.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from omnimill.errors import UserError
+from omnimill.store.base import held_out
 from omnimill.store.labels import LabelStore
+from omnimill.store.tokens import modality_name
 
 TOP_LEVEL = ("caption",)
 
@@ -31,19 +33,18 @@ class FieldSource:
 
     @property
     def name(self) -> str:
-        return f"{self.teacher}/{self.fields[0]}" if self.teacher and len(self.fields) == 1 else (
-            self.teacher or self.fields[0])
+        return modality_name(self.teacher, self.fields, "/")
 
     def ok(self) -> np.ndarray:
         if not self.teacher:
             return np.ones(self.store.n, bool)
-        return self.store.group[f"{self.teacher}/ok"][:]
+        return self.store.read(f"{self.teacher}/ok")
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Values of `indices` (sorted), one array per field."""
         indices = np.asarray(indices, np.int64)
-        group = self.store.group[self.teacher] if self.teacher else self.store.group
-        return {f: group[f].oindex[indices] if len(indices) else group[f][:0] for f in self.fields}
+        rows = indices if len(indices) else slice(0, 0)
+        return {f: self.store.read(f"{self.teacher}/{f}" if self.teacher else f, rows) for f in self.fields}
 
 
 def open_field(store: str | LabelStore, field: str) -> FieldSource:
@@ -61,13 +62,6 @@ def open_field(store: str | LabelStore, field: str) -> FieldSource:
                         f"its fields are {', '.join(specs)}")
     fields = [name] if name else list(specs)
     return FieldSource(labels, teacher, fields, {f: specs[f] for f in fields}, provenance)
-
-
-def held_out(keys, holdout: float, seed: int = 0) -> np.ndarray:
-    """Boolean mask of held-out samples, decided per key."""
-    limit = int(holdout * 2 ** 32)
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:4], "little") < limit
-                     for k in keys], bool)
 
 
 def split(source: FieldSource, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
     directory = Path(directory)
     tokenizer = load_tokenizer(directory)
     config = tokenizer.config
-    source = open_field(store, config.modality if config.teacher else config.fields[0])
+    source = open_field(store, config.modality)
     check_source(config, source)
     train_idx, heldout_idx = split(source, config.options.get("holdout", 0.1), config.options.get("seed", 0))
     if len(heldout_idx) == 0:

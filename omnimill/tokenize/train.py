@@ -65,7 +65,7 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
         train_idx = np.sort(rng.choice(train_idx, opts.max_samples, replace=False))
     values = source.read(train_idx)
     config = TokenizerConfig(kind=kind, teacher=source.teacher, fields=source.fields, source={
-        "store": source.store.uri, "store_created": source.store.group.attrs.get("created"),
+        "store": source.store.uri, "store_created": source.store.created,
         "teacher_checkpoint_sha256": source.provenance.get("checkpoint_sha256"),
         "fields": source.specs, "id2label": source.provenance.get("config", {}).get("id2label"),
         "keypoints": source.provenance.get("config", {}).get("keypoints"),

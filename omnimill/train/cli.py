@@ -24,7 +24,7 @@ def train_command(
 ):
     """Masked multimodal pretraining (4M) on token shards. Settings: --section.key=value (e.g. --optim.lr=3e-4,
     --model.dim=384, --steps=5000) or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
-    from omnimill.train.config import RESUMABLE, _leaves, from_dict, load_config
+    from omnimill.train.config import RESUMABLE, changed_settings, from_dict, load_config
     from omnimill.train.loop import read_commit, train
 
     try:
@@ -33,9 +33,7 @@ def train_command(
         commit = read_commit(out)  # the checkpoint's own config: config.json is for people, never read back
         if commit is not None:
             old = from_dict(commit["config"])
-            new_leaves, old_leaves = _leaves(cfg), _leaves(old)
-            changed = [k for k in new_leaves if getattr(*new_leaves[k]) != getattr(*old_leaves[k])
-                       and k not in RESUMABLE]
+            changed = [k for k in changed_settings(cfg, old) if k not in RESUMABLE]
             if changed:
                 raise UserError(f"{out} holds a run with other settings ({', '.join(changed)}); resume it with the "
                                 f"same ones (only {', '.join(sorted(RESUMABLE))} may change) or use a new --out")

@@ -106,6 +106,12 @@ def _leaves(config, prefix: str = "") -> dict[str, tuple[object, str]]:
     return out
 
 
+def changed_settings(new: TrainConfig, old: TrainConfig) -> list[str]:
+    """Dotted names of the settings whose values differ (a resumed run compares them with its checkpoint's)."""
+    before = _leaves(old)
+    return [k for k, leaf in _leaves(new).items() if getattr(*leaf) != getattr(*before[k])]
+
+
 def _parse(text: str, like):
     if isinstance(like, bool):
         if text.lower() in ("1", "true", "yes", "on"):
