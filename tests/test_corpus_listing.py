@@ -37,7 +37,7 @@ def read_all(index) -> list[bytes]:
 
 def test_folder_keys_sources_and_sidecar_captions(corpus):
     index = index_corpus(str(corpus))
-    assert index.kind == "folder"
+    assert index.kind == "folder" and index.sample_kind == "image"
     assert index.uri == str(corpus)
     assert index.keys == [f"a/img{i:04d}" for i in range(12)] + [f"b/img{i:04d}" for i in range(12, 20)]
     assert index.sources[0] == str(corpus / "a" / "img0000.jpg")

@@ -142,6 +142,7 @@ class ImageKind(SampleKind):
 
     name = "image"
     noun = "image"
+    plural = "images"
     extensions = IMAGE_EXTS
     sample_arrays = (SampleArray("crop_box", (4,), "int32", "canonical view (x0, y0, x1, y1) in original pixels"),)
 

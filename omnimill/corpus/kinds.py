@@ -5,7 +5,7 @@ corpus listing picks up the kind's file extensions, and the engine fetches, deco
 writes per-sample arrays through it (see `omnimill.corpus.sample.SampleKind` for what a kind says).
 
 Adding a kind (the clip and document issues do exactly this):
-  1. Write `omnimill/corpus/<kind>.py` with `class ClipKind(SampleKind)`: set `name = "clip"`, `noun`,
+  1. Write `omnimill/corpus/<kind>.py` with `class ClipKind(SampleKind)`: set `name = "clip"`, `noun`, `plural`,
      `extensions` (and `sample_arrays` if it writes per-sample arrays at the top of the label store,
      with `sample_values`); implement `decode` and `batch_fields`. Import heavy decoders (PyAV, ...)
      inside `decode`, so importing the registry stays cheap.

@@ -93,7 +93,7 @@ def index_corpus(uri: str, storage_options: dict | None = None, sample_kind: str
     reader = {"folder": _index_folder, "wds": _index_tars, "manifest": _index_manifest}[kind]
     index = reader(uri, storage_options or {}, sample)
     if not len(index):
-        raise UserError(f"no {sample.noun}s found in {uri} (kind: {kind}); expected {sample.noun} files "
+        raise UserError(f"no {sample.plural} found in {uri} (kind: {kind}); expected {sample.noun} files "
                         f"({', '.join(sorted(sample.extensions))}), WebDataset tars or a manifest")
     _make_unique(index)
     return index
@@ -139,7 +139,7 @@ def _read_all(fs, paths: list[str]) -> list[bytes]:
 def _index_folder(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
     fs, root = url_to_fs(uri, storage_options)
     if not fs.isdir(root):
-        raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of {sample.noun}s, "
+        raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of {sample.plural}, "
                         "WebDataset tars (shard-{000..009}.tar) or a manifest (.jsonl/.csv/.parquet)")
     files = sorted(fs.find(root))
     present = set(files)

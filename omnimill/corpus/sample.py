@@ -42,11 +42,12 @@ class DecodeSettings:
 
 
 class SampleKind:
-    """Base class of a sample kind. Subclasses set `name`, `noun`, `extensions` and implement `decode`,
+    """Base class of a sample kind. Subclasses set `name`, `noun`, `plural`, `extensions` and implement `decode`,
     `batch_fields`; a kind with per-sample arrays also sets `sample_arrays` and `sample_values`."""
 
     name: ClassVar[str]  # how stores and options name the kind: "image"
-    noun: ClassVar[str]  # for messages: "no images found"
+    noun: ClassVar[str]  # for messages: "expected image files"
+    plural: ClassVar[str]  # "no images found"
     extensions: ClassVar[frozenset[str]]  # lower case, without the dot
     sample_arrays: ClassVar[tuple[SampleArray, ...]] = ()
 
