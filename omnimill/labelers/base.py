@@ -3,25 +3,33 @@
 A teacher maps a batch of canonical views to a dict of per-sample arrays, one per declared
 field. It knows nothing of Dask or Zarr: the engine decodes, batches, and writes. Shapes are
 per sample; the store adds the leading N axis.
+
+A teacher declares what the rest of omnimill needs to know of its labels, so that nothing picks by
+its name: each field's kind (fields.py), the sequence structure of its labels (`serializer`) and
+its audit picture (`renderer`). A plug-in teacher may bring its own serializer class and renderer.
 """
 
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from omnimill.errors import UserError
 from omnimill.corpus.image import ImageInfo
+from omnimill.labelers.fields import check_kind
 
 
 @dataclass(frozen=True)
 class Field:
-    """One output of a teacher: per-sample shape and dtype.
+    """One output of a teacher: per-sample shape and dtype, and what kind of thing it is.
 
     dense: the array lies on the canonical-view grid (its first two axes span the view).
+    kind: one of fields.KINDS (a plug-in's own once defined); "" = not declared (guessed where needed).
+    relative: continuous values with no scale shared across samples (relative depth).
+    time: a leading time axis (T, ...) before the kind's shape, for clips; no teacher sets it yet.
     Variable-size outputs are padded to a declared maximum and come with a count field.
     """
 
@@ -30,6 +38,23 @@ class Field:
     dtype: str
     dense: bool = False
     doc: str = ""
+    kind: str = ""
+    relative: bool = False
+    time: bool = False
+
+    def __post_init__(self):
+        check_kind(self.kind)
+
+    def describe(self) -> dict:
+        """The field's entry in its teacher's provenance "fields"; relative and time only when set."""
+        out = {"shape": list(self.shape), "dtype": self.dtype, "dense": self.dense, "doc": self.doc}
+        if self.kind:
+            out["kind"] = self.kind
+        if self.relative:
+            out["relative"] = True
+        if self.time:
+            out["time"] = True
+        return out
 
 
 @dataclass
@@ -83,6 +108,12 @@ class Teacher:
     # by the checkpoint" (or off). registry.build refuses other keys and values of another type, so a
     # typo fails before any work instead of being recorded as a setting nothing read.
     options: ClassVar[dict[str, tuple[type, Any]]] = {}
+    # The sequence structure of the labels: a structure name of omnimill.tokenize.serialize (SERIALIZERS),
+    # or a Serializer subclass of a plug-in's own; None: no sequence tokenizer reads this teacher.
+    serializer: ClassVar[str | type | None] = None
+    # The audit picture: a picture name of omnimill.audit.render (RENDERERS, also the order teachers are
+    # shown in), or a plug-in's own function (teacher, fields, sample) -> tiles; None: tiles by field kind.
+    renderer: ClassVar[str | Callable | None] = None
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         self.spec = spec
@@ -130,8 +161,7 @@ class Teacher:
             "spec": str(self.spec),
             "checkpoint": self.spec.checkpoint,
             "config": self.config(),
-            "fields": {f.name: {"shape": list(f.shape), "dtype": f.dtype, "dense": f.dense, "doc": f.doc}
-                       for f in self.fields()},
+            "fields": {f.name: f.describe() for f in self.fields()},
             "libraries": {"python": platform.python_version(), "numpy": numpy.__version__},
         }
 

@@ -12,11 +12,12 @@ from omnimill.labelers.base import Batch, Field, Teacher
 
 class Canny(Teacher):
     name = "canny"
+    renderer = "canny"
     options = {"sigma": (float, 0.33)}  # thresholds at (1 -/+ sigma) x median
 
     def fields(self):
         s = self.view_size
-        return [Field("edges", (s, s), "bool", dense=True, doc="Canny edge map")]
+        return [Field("edges", (s, s), "bool", dense=True, doc="Canny edge map", kind="binary")]
 
     def __call__(self, batch: Batch):
         sigma = self.option("sigma")

@@ -40,6 +40,8 @@ CLASSES = {"blip": "BlipForConditionalGeneration", "git": "GitForCausalLM"}
 
 class Captioner(HFTeacher):
     name = "captioner"
+    serializer = "caption"
+    renderer = "captioner"
     default_checkpoint = "Salesforce/blip-image-captioning-base"
     model_types = (*CLASSES, "florence2")  # florence2 is accepted only to be refused with a clear message
     example = "captioner=/models/blip-image-captioning-base"
@@ -65,8 +67,9 @@ class Captioner(HFTeacher):
     def fields(self):
         k = self.num_captions
         return [
-            Field("captions", (k,), "str", doc="generated captions: [0] beam search, [1:] sampled; '' = padding"),
-            Field("count", (), "int32", doc="distinct non-empty captions"),
+            Field("captions", (k,), "str", doc="generated captions: [0] beam search, [1:] sampled; '' = padding",
+                  kind="text"),
+            Field("count", (), "int32", doc="distinct non-empty captions", kind="count"),
         ]
 
     def config(self):

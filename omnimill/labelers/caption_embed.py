@@ -36,6 +36,7 @@ MAX_TOKENS = 256  # when the checkpoint does not say (sentence_bert_config.json)
 
 class CaptionEmbed(HFTeacher):
     name = "caption_embed"
+    renderer = "caption_embed"
     default_checkpoint = "sentence-transformers/all-MiniLM-L6-v2"
     model_types = ("bert", "mpnet", "roberta", "xlm-roberta", "distilbert", "modernbert")
     example = "caption_embed=/models/all-MiniLM-L6-v2"
@@ -70,8 +71,10 @@ class CaptionEmbed(HFTeacher):
 
     def fields(self):
         return [
-            Field("embedding", (self.dim,), "float32", doc="L2-normalised sentence embedding of the corpus caption"),
-            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption; embedding is 0 if not"),
+            Field("embedding", (self.dim,), "float32", doc="L2-normalised sentence embedding of the corpus caption",
+                  kind="embedding"),
+            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption; embedding is 0 if not",
+                  kind="scalar"),
         ]
 
     def config(self):
@@ -112,14 +115,16 @@ class CaptionEmbed(HFTeacher):
 
 class CaptionerEmbed(CaptionEmbed):
     name = "captioner_embed"
+    renderer = "captioner_embed"
     requires = ("captioner",)
     example = "captioner_embed=/models/all-MiniLM-L6-v2"
 
     def fields(self):
         return [
             Field("embeddings", (MAX_CAPTIONS, self.dim), "float32",
-                  doc="L2-normalised sentence embedding of captioner/captions[j]; zero rows past count"),
-            Field("count", (), "int32", doc="captions embedded (= captioner/count)"),
+                  doc="L2-normalised sentence embedding of captioner/captions[j]; zero rows past count",
+                  kind="embedding"),
+            Field("count", (), "int32", doc="captions embedded (= captioner/count)", kind="count"),
         ]
 
     def __call__(self, batch: Batch):

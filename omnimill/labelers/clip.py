@@ -39,6 +39,7 @@ NORMALISATION = {
 
 class CLIP(HFTeacher):
     name = "clip"
+    renderer = "clip"
     default_checkpoint = "openai/clip-vit-base-patch16"
     model_types = ("clip", "siglip")
     example = "clip=/models/clip-vit-base-patch16"
@@ -59,11 +60,13 @@ class CLIP(HFTeacher):
     def fields(self):
         p, g, d = self.dim, self.grid, self.width
         return [
-            Field("embedding", (p,), "float32", doc="L2-normalised image embedding in the joint image-text space"),
+            Field("embedding", (p,), "float32", doc="L2-normalised image embedding in the joint image-text space",
+                  kind="embedding"),
             Field("patches", (g, g, d), "float16", dense=True,
-                  doc=f"vision tower's last-layer patch tokens on a {g}x{g} grid over the view (not projected)"),
-            Field("text_embedding", (p,), "float32", doc="L2-normalised embedding of the corpus caption; 0 if none"),
-            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption"),
+                  doc=f"vision tower's last-layer patch tokens on a {g}x{g} grid over the view (not projected)", kind="embedding_grid"),
+            Field("text_embedding", (p,), "float32", doc="L2-normalised embedding of the corpus caption; 0 if none",
+                  kind="embedding"),
+            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption", kind="scalar"),
         ]
 
     def config(self):

@@ -26,6 +26,7 @@ FLOAT16_MAX = 65504.0  # MiDaS-style disparities reach thousands; clamp rather t
 
 class Depth(HFTeacher):
     name = "depth"
+    renderer = "depth"
     default_checkpoint = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0; Base/Large are CC-BY-NC-4.0
     model_types = ("depth_anything", "dpt")
     example = "depth=/models/Depth-Anything-V2-Small-hf"
@@ -64,7 +65,9 @@ class Depth(HFTeacher):
                    "per image (affine-invariant), not metres")
         else:
             doc = "metric depth in metres over the view"
-        return [Field(self.output, (s, s), "float16", dense=True, doc=doc)]
+        # relative: tokenizers standardise each sample (disparity has no scale across images; metric depth
+        # has always been treated alike, and tokenizers keep doing so)
+        return [Field(self.output, (s, s), "float16", dense=True, doc=doc, kind="continuous", relative=True)]
 
     def config(self):
         return {**super().config(), "image_size": self.image_size, "output": self.output}

@@ -35,6 +35,8 @@ UNNORMALISED = ("rt_detr", "rt_detr_v2", "d_fine")  # trained on 0..1 pixels: th
 
 class Detection(HFTeacher):
     name = "detection"
+    serializer = "detection"
+    renderer = "detection"
     default_checkpoint = "PekingU/rtdetr_v2_r50vd"
     model_types = ("rt_detr", "rt_detr_v2", "d_fine", "detr", "conditional_detr", "deformable_detr", "yolos")
     example = "detection=/models/rtdetr_v2_r50vd"
@@ -64,11 +66,11 @@ class Detection(HFTeacher):
     def fields(self):
         k = self.max_detections
         return [
-            Field("boxes", (k, 4), "float32", doc="x0, y0, x1, y1 in view pixels, best score first; 0 = padding"),
-            Field("classes", (k,), "int32", doc="class id (provenance config id2label); -1 = padding"),
-            Field("scores", (k,), "float32", doc="detection confidence; 0 = padding"),
-            Field("count", (), "int32", doc="detections kept (score > threshold)"),
-            Field("person_class", (), "int32", doc="the class id of 'person', -1 if the detector has none"),
+            Field("boxes", (k, 4), "float32", doc="x0, y0, x1, y1 in view pixels, best score first; 0 = padding", kind="boxes"),
+            Field("classes", (k,), "int32", doc="class id (provenance config id2label); -1 = padding", kind="classes"),
+            Field("scores", (k,), "float32", doc="detection confidence; 0 = padding", kind="scores"),
+            Field("count", (), "int32", doc="detections kept (score > threshold)", kind="count"),
+            Field("person_class", (), "int32", doc="the class id of 'person', -1 if the detector has none", kind="scalar"),
         ]
 
     def config(self):

@@ -13,6 +13,7 @@ from omnimill.labelers.hf import HFTeacher
 
 class DINOv2(HFTeacher):
     name = "dinov2"
+    renderer = "dinov2"
     default_checkpoint = "facebook/dinov2-base"
     model_types = ("dinov2", "dinov2_with_registers")
     example = "dinov2=/models/dinov2-base"
@@ -30,8 +31,9 @@ class DINOv2(HFTeacher):
     def fields(self):
         d, g = self.hf_config.hidden_size, self.grid
         return [
-            Field("cls", (d,), "float32", doc="layer-normed CLS token (global embedding)"),
-            Field("patches", (g, g, d), "float16", dense=True, doc=f"patch tokens on a {g}x{g} grid over the view"),
+            Field("cls", (d,), "float32", doc="layer-normed CLS token (global embedding)", kind="embedding"),
+            Field("patches", (g, g, d), "float16", dense=True, doc=f"patch tokens on a {g}x{g} grid over the view",
+                  kind="embedding_grid"),
         ]
 
     def config(self):

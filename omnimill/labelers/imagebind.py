@@ -46,6 +46,7 @@ def require_imagebind():
 
 class ImageBind(Teacher):
     name = "imagebind"
+    renderer = "imagebind"
     needs_checkpoint = True
     default_checkpoint = ".checkpoints/imagebind_huge.pth"  # where ImageBind's own code downloads it
 
@@ -61,9 +62,11 @@ class ImageBind(Teacher):
     def fields(self):
         d = EMBED_DIM
         return [
-            Field("embedding", (d,), "float32", doc="L2-normalised ImageBind vision embedding"),
-            Field("text_embedding", (d,), "float32", doc="L2-normalised text embedding of the corpus caption"),
-            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption; text_embedding is 0 if not"),
+            Field("embedding", (d,), "float32", doc="L2-normalised ImageBind vision embedding", kind="embedding"),
+            Field("text_embedding", (d,), "float32", doc="L2-normalised text embedding of the corpus caption",
+                  kind="embedding"),
+            Field("has_text", (), "bool", doc="the sample has a non-empty corpus caption; text_embedding is 0 if not",
+                  kind="scalar"),
         ]
 
     def config(self):

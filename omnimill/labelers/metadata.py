@@ -21,17 +21,19 @@ PIXEL_STATS = ("brightness", "contrast", "saturation", "colorfulness", "entropy"
 
 class Metadata(Teacher):
     name = "metadata"
+    serializer = "metadata"
+    renderer = "metadata"
 
     def fields(self):
-        stats = [Field(n, (), "float32", doc=_doc(n)) for n in PIXEL_STATS]
+        stats = [Field(n, (), "float32", doc=_doc(n), kind="scalar") for n in PIXEL_STATS]
         return stats + [
-            Field("orig_width", (), "int32", doc="original width in pixels, EXIF-upright"),
-            Field("orig_height", (), "int32", doc="original height in pixels, EXIF-upright"),
-            Field("aspect_ratio", (), "float32", doc="original width / height"),
-            Field("file_bytes", (), "int64", doc="size of the encoded file"),
-            Field("exif_rotated", (), "bool", doc="EXIF orientation was applied"),
-            Field("format", (), "str", doc="file format as decoded (JPEG, PNG, ...)"),
-            Field("mode", (), "str", doc="PIL mode of the file before conversion to RGB"),
+            Field("orig_width", (), "int32", doc="original width in pixels, EXIF-upright", kind="scalar"),
+            Field("orig_height", (), "int32", doc="original height in pixels, EXIF-upright", kind="scalar"),
+            Field("aspect_ratio", (), "float32", doc="original width / height", kind="scalar"),
+            Field("file_bytes", (), "int64", doc="size of the encoded file", kind="scalar"),
+            Field("exif_rotated", (), "bool", doc="EXIF orientation was applied", kind="scalar"),
+            Field("format", (), "str", doc="file format as decoded (JPEG, PNG, ...)", kind="scalar"),
+            Field("mode", (), "str", doc="PIL mode of the file before conversion to RGB", kind="scalar"),
         ]
 
     def __call__(self, batch: Batch):

@@ -29,6 +29,7 @@ from omnimill.labelers.hf import HFTeacher, processor_size
 
 class Normals(HFTeacher):
     name = "normals"
+    renderer = "normals"
     default_checkpoint = "google/tipsv2-b14-dpt"
     model_types = ("tipsv2_dpt",)
     example = "normals=/models/tipsv2-b14-dpt"
@@ -47,7 +48,8 @@ class Normals(HFTeacher):
     def fields(self):
         s = self.view_size
         return [Field("normals", (s, s, 3), "float16", dense=True,
-                      doc="unit surface normal (x, y, z) per pixel of the view, in the checkpoint's camera frame")]
+                      doc="unit surface normal (x, y, z) per pixel of the view, in the checkpoint's camera frame",
+                      kind="unit_vectors")]
 
     def config(self):
         return {**super().config(), "image_size": self.image_size}

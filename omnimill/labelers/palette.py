@@ -14,6 +14,8 @@ THUMBNAIL = 64
 
 class Palette(Teacher):
     name = "palette"
+    serializer = "palette"
+    renderer = "palette"
     options = {"max_colors": (int, 7)}
 
     @property
@@ -23,9 +25,9 @@ class Palette(Teacher):
     def fields(self):
         k = self.max_colors
         return [
-            Field("colors", (k, 3), "uint8", doc="RGB colours, most frequent first, zero-padded"),
-            Field("weights", (k,), "float32", doc="share of pixels per colour; sums to 1 over count"),
-            Field("count", (), "int32", doc="number of real colours"),
+            Field("colors", (k, 3), "uint8", doc="RGB colours, most frequent first, zero-padded", kind="palette"),
+            Field("weights", (k,), "float32", doc="share of pixels per colour; sums to 1 over count", kind="scalar"),
+            Field("count", (), "int32", doc="number of real colours", kind="count"),
         ]
 
     def __call__(self, batch: Batch):

@@ -33,6 +33,8 @@ DARK_SIGMA, DARK_RADIUS = 0.8, 5  # the heatmap blur before DARK (transformers' 
 
 class Pose(HFTeacher):
     name = "pose"
+    serializer = "pose"
+    renderer = "pose"
     requires = ("detection",)
     default_checkpoint = "usyd-community/vitpose-base-simple"
     model_types = ("vitpose",)
@@ -53,10 +55,10 @@ class Pose(HFTeacher):
     def fields(self):
         p, j = self.max_people, len(self.keypoints)
         return [
-            Field("keypoints", (p, j, 2), "float32", doc="x, y in view pixels, one row per person; 0 = padding"),
-            Field("keypoint_scores", (p, j), "float32", doc="heatmap maximum per keypoint; 0 = padding"),
-            Field("boxes", (p, 4), "float32", doc="the person's detection box x0, y0, x1, y1 in view pixels"),
-            Field("count", (), "int32", doc="people labelled"),
+            Field("keypoints", (p, j, 2), "float32", doc="x, y in view pixels, one row per person; 0 = padding", kind="keypoints"),
+            Field("keypoint_scores", (p, j), "float32", doc="heatmap maximum per keypoint; 0 = padding", kind="scores"),
+            Field("boxes", (p, 4), "float32", doc="the person's detection box x0, y0, x1, y1 in view pixels", kind="boxes"),
+            Field("count", (), "int32", doc="people labelled", kind="count"),
         ]
 
     def config(self):

@@ -1,8 +1,16 @@
-"""Teachers by name. `module.path:ClassName` plugs in a teacher of your own (importable on workers)."""
+"""Teachers by name. `module.path:ClassName` plugs in a teacher of your own (importable on workers).
+
+A label store's provenance names the teacher that made each group, but a store is data: `stored_teacher`
+imports only what the user already trusts, never a module a store (or a tokenizer's config) names:
+omnimill's own teachers, plug-ins installed for omnimill (entry points in the group `omnimill.teachers`,
+`name = "module.path:ClassName"`), and classes whose module this process has already imported (the user's
+code, or the teacher named with `--teacher`): taking one of those runs no new code.
+"""
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 from omnimill.errors import UserError
 from omnimill.labelers.base import Teacher, TeacherSpec
@@ -53,3 +61,30 @@ def build(spec: TeacherSpec, view_size: int) -> Teacher:
         raise UserError(f"teacher {spec.name} takes no checkpoint; drop '={spec.checkpoint}'")
     cls.check_options(spec)  # before the checkpoint is read: a typo costs nothing
     return cls(spec, view_size)  # stored under cls.name; spec.name is how workers find the class
+
+
+PLUGIN_GROUP = "omnimill.teachers"  # entry points of installed plug-in teachers: name = "module.path:Class"
+
+
+def installed_plugins() -> dict[str, str]:
+    """name -> module.path:Class of every plug-in teacher installed for omnimill (entry points)."""
+    from importlib.metadata import entry_points
+
+    return {e.name: e.value for e in entry_points(group=PLUGIN_GROUP)}
+
+
+def stored_teacher(teacher: str, provenance: dict | None = None) -> type[Teacher] | None:
+    """The class of a store's teacher group, from its provenance's spec (else the group's name), if it may be
+    imported without trusting the store: a built-in, an installed plug-in, or one this process has already
+    imported. None otherwise, or when it cannot be imported: callers then fall back (an option, generic tiles)."""
+    name = str((provenance or {}).get("spec") or teacher).partition("=")[0].strip()
+    plugins = installed_plugins() if ":" in name or name not in BUILTIN else {}
+    target = BUILTIN.get(name) or plugins.get(name) or name
+    module = target.partition(":")[0]
+    trusted = target in BUILTIN.values() or target in plugins.values() or module in sys.modules
+    if ":" not in target or not trusted:
+        return None
+    try:
+        return teacher_class(target)
+    except UserError:
+        return None

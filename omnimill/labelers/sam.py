@@ -75,6 +75,8 @@ URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 
 class SAM(Teacher):
     name = "sam"
+    serializer = "sam"
+    renderer = "sam"
     needs_checkpoint = True
     default_checkpoint = "sam_vit_b_01ec64.pth"  # the official ViT-B file (URL above), looked for here
     options = {"points_per_side": (int, POINTS_PER_SIDE), "points_per_batch": (int, POINTS_PER_BATCH),
@@ -125,12 +127,14 @@ class SAM(Teacher):
     def fields(self):
         s, k = self.view_size, self.max_instances
         return [
-            Field("instances", (s, s), "uint16", dense=True, doc="instance id per pixel, 0 = none, 1 = best score"),
-            Field("boxes", (k, 4), "float32", doc="x0, y0, x1, y1 per instance in view pixels (x1 exclusive)"),
-            Field("scores", (k,), "float32", doc="predicted IoU per instance, best first"),
-            Field("areas", (k,), "int32", doc="mask area per instance in view pixels"),
-            Field("count", (), "int32", doc="instances kept; rows past it are zero"),
-            Field("edges", (s, s), "bool", dense=True, doc="SAM edges: boundaries of the instance map"),
+            Field("instances", (s, s), "uint16", dense=True, doc="instance id per pixel, 0 = none, 1 = best score",
+                  kind="instances"),
+            Field("boxes", (k, 4), "float32", doc="x0, y0, x1, y1 per instance in view pixels (x1 exclusive)",
+                  kind="boxes"),
+            Field("scores", (k,), "float32", doc="predicted IoU per instance, best first", kind="scores"),
+            Field("areas", (k,), "int32", doc="mask area per instance in view pixels", kind="scalar"),
+            Field("count", (), "int32", doc="instances kept; rows past it are zero", kind="count"),
+            Field("edges", (s, s), "bool", dense=True, doc="SAM edges: boundaries of the instance map", kind="binary"),
         ]
 
     def config(self):

@@ -27,6 +27,7 @@ MULTIPLE = {"segformer": 32, "mask2former": 32}  # both downsample 32x; Mask2For
 
 class SemSeg(HFTeacher):
     name = "semseg"
+    renderer = "semseg"
     default_checkpoint = "nvidia/segformer-b5-finetuned-ade-640-640"
     model_types = ("segformer", "mask2former")
     example = "semseg=/models/segformer-b5-finetuned-ade-640-640"
@@ -48,7 +49,8 @@ class SemSeg(HFTeacher):
     def fields(self):
         s, n = self.view_size, len(self.class_names)
         return [Field("classes", (s, s), "uint16", dense=True,
-                      doc=f"class id (0..{n - 1}) per pixel of the view; names in config.class_names")]
+                      doc=f"class id (0..{n - 1}) per pixel of the view; names in config.class_names",
+                      kind="classes")]
 
     def config(self):
         return {**super().config(), "image_size": self.image_size, "class_names": self.class_names}

@@ -4,7 +4,8 @@ As 4M (Mizrahi et al., 2023) and 4M-21 (Bachmann et al., 2024) do for captions, 
 palettes and metadata: one text tokenizer whose vocabulary also holds special tokens, each a single id:
 coordinates `<c0>..<c{coord_bins-1}>`, values `<v0>..`, structure tokens (`<box>`, `<person>`,
 `<kp_none>`, `<sep>`, metadata names, ...) and `<pad>`, `<eos>`, `<cut>`. The structure of a teacher's
-labels and its grammar are in serialize.py; this file turns pieces into ids and back, and fits them to L.
+labels and its grammar are in serialize.py (a teacher declares which, or brings its own serializer); this file
+turns pieces into ids and back, and fits them to L.
 
     ids = [item 1][item 2]...[item n] <eos> <pad> ... <pad>      (B, L) int32, L = tokens_per_sample
           [item 1]...[item k] <cut> <pad> ...                       items k+1..n did not fit in L - 1
@@ -33,7 +34,7 @@ import numpy as np
 
 from omnimill.errors import UserError
 from omnimill.tokenize.base import Tokenizer, TokenizerConfig
-from omnimill.tokenize.serialize import COMMON, SERIALIZERS, Text, make_serializer, structure_for
+from omnimill.tokenize.serialize import COMMON, SERIALIZERS, Serializer, Text, make_serializer, serializer_for
 
 TEXT_VOCAB_SIZE = 8192  # text part of the vocabulary: 256 bytes + BPE merges
 MIN_FREQUENCY = 2  # a merge must be seen at least twice: one-off strings add no tokens
@@ -44,13 +45,13 @@ UNK = "<unk>"  # WordPiece's token for characters it never saw (byte-level BPE n
 class SequenceTokenizer(Tokenizer):
     kind = "sequence"
 
-    def __init__(self, config: TokenizerConfig, text):
+    def __init__(self, config: TokenizerConfig, text, serializer: type[Serializer] | None = None):
         super().__init__(config)
         self.text = text  # tokenizers.Tokenizer
         text.no_padding()  # an existing tokenizer.json may pad or truncate on its own; L is ours to apply
         text.no_truncation()
         text.encode_special_tokens = True  # a caption that reads "<box>" is text, not the <box> token
-        self.serializer = make_serializer(config.fields, config.options, self._roundtrip)
+        self.serializer = make_serializer(config.fields, config.options, self._roundtrip, serializer)
         specials = [*COMMON, *self.serializer.specials()]
         self.id_of = {t: text.token_to_id(t) for t in specials}
         missing = [t for t, i in self.id_of.items() if i is None]
@@ -62,18 +63,20 @@ class SequenceTokenizer(Tokenizer):
         self._text_ids = lru_cache(maxsize=TEXT_CACHE)(self._encode_text)
 
     def __getstate__(self):  # Dask ships tokenizers to workers: the memo is rebuilt there, not pickled
-        return {"config": self.config, "text": self.text}
+        own = type(self.serializer)  # a plug-in's serializer travels by reference: the worker imports its module
+        return {"config": self.config, "text": self.text, "serializer": None if own in SERIALIZERS.values() else own}
 
     def __setstate__(self, state):
-        self.__init__(state["config"], state["text"])
+        self.__init__(state["config"], state["text"], state.get("serializer"))
 
     # ------------------------------------------------------------------ train / save / load
     @classmethod
     def train(cls, config: TokenizerConfig, values: dict, view_size: int = 384) -> "SequenceTokenizer":
         """Pick the structure, fill in its options from `values` (N, ...) and train the text tokenizer."""
-        options = {**config.options, "structure": structure_for(config.teacher, config.options),
-                   "view_size": int(view_size)}
-        kind = SERIALIZERS[options["structure"]]
+        kind = serializer_for(config.teacher, config.options, _provenance(config))
+        options = {**config.options, "structure": kind.name, "view_size": int(view_size)}
+        if kind not in SERIALIZERS.values():  # a plug-in teacher's own: loading finds it again through its teacher
+            options["serializer_teacher"] = options.get("serializer_teacher") or _provenance(config).get("spec")
         fields = list(config.fields) or (["caption"] if kind.name == "caption" and not config.teacher
                                          else list(kind.default_fields))
         serializer = kind(fields, options)
@@ -95,7 +98,7 @@ class SequenceTokenizer(Tokenizer):
         fields = list(serializer.needs())  # only what the sequence holds: not SAM's instance maps, say
         config = replace(config, kind="sequence", fields=fields, options=serializer.options, tokens_per_sample=tokens,
                          vocab_size=text.get_vocab_size(with_added_tokens=True), pad_id=text.token_to_id("<pad>"))
-        return cls(config, text)
+        return cls(config, text, kind)
 
     def save_weights(self, directory: Path) -> None:
         (directory / "tokenizer.json").write_text(self.text.to_str(pretty=True))
@@ -213,6 +216,24 @@ class SequenceTokenizer(Tokenizer):
     def _roundtrip(self, text: str) -> str:
         """What the text tokenizer gives back for `text` (itself, for the default byte-level BPE)."""
         return self._decode_text(self._text_ids(str(text)))
+
+
+def _provenance(config: TokenizerConfig) -> dict:
+    """The teacher's provenance, which names its class (spec): from the config's source when given, else read
+    from the label store the source names; {} when neither has it (the teacher's name is all there is)."""
+    source = config.source
+    if source.get("provenance"):
+        return source["provenance"]
+    if source.get("teacher_spec"):
+        return {"spec": source["teacher_spec"]}
+    if not (config.teacher and source.get("store")):
+        return {}
+    from omnimill.store.labels import LabelStore
+
+    try:
+        return LabelStore.open(str(source["store"])).provenance(config.teacher)
+    except (UserError, OSError, KeyError, ValueError):
+        return {}
 
 
 def _text_tokenizer(options: dict, specials: list[str], texts):

@@ -7,6 +7,9 @@ becomes pieces, and parsing pieces gives the items back. The tokenizer drops who
 L tokens (a caption that alone is too long is cut instead) and ends the row with `<eos>`, or `<cut>` when
 something was dropped, then `<pad>`s.
 
+A teacher declares its structure (`Teacher.serializer`: one of the names below, or a Serializer subclass of
+its own, which a plug-in teacher brings without editing omnimill); `serializer_for` finds it.
+
     structure  teacher          one item                                                 items in order of
     palette    palette          <color> <v r> <v g> <v b> <v w>                            pixel share (stored)
     metadata   metadata         <name> <v q>   (numbers, bools)   or   <name> text  (words) declared fields
@@ -14,7 +17,7 @@ something was dropped, then `<pad>`s.
     sam        sam              <box> <c x0> <c y0> <c x1> <c y1> [<v score>]             area (or score)
     pose       pose             <person> <c x0> <c y0> <c x1> <c y1>, then per keypoint   detection score
                                 <c x> <c y>, or <kp_none> (low score, or outside the crop)  (stored)
-    caption    caption, "" (alt-text)   text, then <sep> text for every further caption   stored
+    caption    captioner, "" (alt-text)   text, then <sep> text for every further caption  stored
 
 Quantization (q is the token's number):
 - coordinates: moved into the crop's frame by `crop_boxes` / `crop_points` (0..1 of the crop's side; a
@@ -38,6 +41,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from omnimill.errors import UserError
+from omnimill.labelers.schema import COCO_KEYPOINTS, KEYPOINT_THRESHOLD  # noqa: F401  (COCO_KEYPOINTS: re-exported)
 from omnimill.tokenize.crops import crop_boxes, crop_points
 
 COMMON = ("<pad>", "<eos>", "<cut>")  # every sequence tokenizer's first tokens: <pad> is id 0 when trained
@@ -47,7 +51,6 @@ COLOR_BINS = 32  # levels per RGB channel (8 values each); 256 keeps colours exa
 WEIGHT_BINS = 32  # levels of a palette colour's pixel share, 0..1
 SCORE_BINS = 10  # levels of a detection score, when scores are serialized
 NUMBER_BINS = 32  # levels of a metadata number
-KEYPOINT_THRESHOLD = 0.3  # keypoints scored below this are <kp_none> (ViTPose's usual visibility cut)
 
 # Metadata fields of the `metadata` teacher: scale and range. log for sizes and sharpness, which span
 # orders of magnitude; a spec in options["metadata"][name] overrides any key.
@@ -67,10 +70,6 @@ METADATA = {
     "mode": {"scale": "word"},
 }
 
-# COCO's 17 keypoints, the order of ViTPose's id2label; a flip swaps each left_* with its right_*.
-COCO_KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-                  "right_knee", "left_ankle", "right_ankle"]
 
 
 class Text(str):
@@ -711,14 +710,41 @@ class Captions(Serializer):
 SERIALIZERS = {s.name: s for s in (Palette, Metadata, Detection, SamBoxes, Pose, Captions)}
 
 
-def structure_for(teacher: str, options: dict) -> str:
-    """The structure of a teacher's labels: options["structure"] if given, else by the teacher's name."""
-    name = options.get("structure") or ("caption" if teacher == "" else teacher)
+def serializer_for(teacher: str, options: dict, provenance: dict | None = None) -> type[Serializer]:
+    """The serializer of a teacher's labels: the one `options["structure"]` names if given; for the store's
+    top-level alt-text (teacher ""), captions; else what the teacher's class declares (`Teacher.serializer`),
+    the class found from its store provenance (spec) or its name by registry.stored_teacher, which imports
+    nothing a store names unless the user trusts it. Without a class, a teacher named like a structure
+    ("caption") gets that structure."""
+    from omnimill.labelers.registry import stored_teacher
+
+    spec = options.get("serializer_teacher") or (provenance or {}).get("spec")
+    cls = stored_teacher(teacher, {"spec": spec} if spec else None) if teacher or spec else None
+    declared = getattr(cls, "serializer", None)
+    own = declared if isinstance(declared, type) and issubclass(declared, Serializer) else None
+    name = options.get("structure") or ("caption" if teacher == "" else declared if isinstance(declared, str) else
+                                        own.name if own else None)
+    if name is None and cls is None:
+        name = teacher  # no class to ask (a group made by hand): a structure's own name, as before declarations
+    if own is not None and name == own.name:
+        return own
     if name not in SERIALIZERS:
-        raise UserError(f"no sequence serializer for teacher {teacher!r}; pick one with the option "
+        found = f" (its teacher {spec} is a plug-in neither installed for omnimill, entry point " \
+            "omnimill.teachers, nor imported: a store or tokenizer cannot choose code to import)" \
+            if spec and cls is None and ":" in spec else ""
+        raise UserError(f"no sequence serializer for teacher {teacher!r}{found}; pick one with the option "
                         f"structure = {' | '.join(SERIALIZERS)}")
-    return name
+    return SERIALIZERS[name]
 
 
-def make_serializer(fields, options: dict, roundtrip=None) -> Serializer:
-    return SERIALIZERS[options["structure"]](fields, options, roundtrip)
+def structure_for(teacher: str, options: dict, provenance: dict | None = None) -> str:
+    """The name of the structure of a teacher's labels (see serializer_for)."""
+    return serializer_for(teacher, options, provenance).name
+
+
+def make_serializer(fields, options: dict, roundtrip=None, kind: type[Serializer] | None = None) -> Serializer:
+    """The serializer a trained tokenizer's options describe: a built-in structure, else a plug-in teacher's
+    own (`options["serializer_teacher"]` names the teacher), unless `kind` is given (as pickles carry it)."""
+    if kind is None:
+        kind = SERIALIZERS.get(options["structure"]) or serializer_for(options.get("serializer_teacher", ""), options)
+    return kind(fields, options, roundtrip)

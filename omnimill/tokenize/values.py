@@ -1,13 +1,18 @@
 """What a label's values mean, and how a tokenizer turns them into model inputs and back.
 
-Five modes, picked from the field's dtype, shape and name (override with `--mode`):
+Five modes, picked from the field's kind (labelers/fields.py; override with `--mode`):
 
   image       uint8 (H, W, 3)            /255, then per-channel mean/std         loss: MSE + L1
   continuous  float (H, W[, C]) or (D,)  per-channel mean/std over the train set  loss: MSE + L1
-              depth is standardised per image instead (relative depth has no global scale)
+              a `relative` field (relative depth: no scale shared across images) is standardised per image
   unit        float (H, W, 3) unit normals  as is; decoded vectors renormalised     loss: MSE + (1 - cos)
   binary      bool (H, W)                 0/1                                     loss: BCE, pos_weight = neg/pos
   classes     integer ids (H, W)          an embedding per class                  loss: cross-entropy
+
+Kinds map to modes by MODE_OF_KIND; a kind without a numeric mode (boxes, keypoints, ...) falls back to
+its dtype and shape. A field of a store written before kinds existed has none in its provenance: its mode
+is then inferred as it always was, from dtype, shape and name ("normal" in the name: unit vectors; depth
+and disparity standardised per image).
 
 The normalisation is part of the tokenizer's config, so encode/decode apply it themselves.
 """
@@ -18,31 +23,48 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnimill.labelers.fields import RELATIVE_NAMES, relative_of  # relative_of: fit's `relative` for a stored field
+
 MODES = ("image", "continuous", "unit", "binary", "classes")
-PER_IMAGE_FIELDS = ("depth", "disparity")  # relative depth: no scale shared across images
+MODE_OF_KIND = {"image": "image", "continuous": "continuous", "unit_vectors": "unit", "binary": "binary",
+                "classes": "classes", "instances": "classes", "embedding": "continuous",
+                "embedding_grid": "continuous"}
+PER_IMAGE_FIELDS = RELATIVE_NAMES  # stores without kinds: relative depth by name
 
 
-def infer_mode(field: str, dtype: str, shape: tuple) -> str:
-    kind = np.dtype(dtype).kind if dtype != "str" else "U"
-    if kind == "b":
+def infer_mode(field: str, dtype: str, shape: tuple, kind: str | None = None) -> str:
+    """The value mode of a field: from its kind when known, else from dtype, shape and (old stores) name."""
+    if kind in MODE_OF_KIND:
+        return MODE_OF_KIND[kind]
+    code = np.dtype(dtype).kind if dtype != "str" else "U"
+    if code == "b":
         return "binary"
     if dtype == "uint8" and len(shape) == 3 and shape[-1] == 3:
         return "image"
-    if kind in "iu":
+    if code in "iu":
         return "classes"
-    if kind == "f":
-        return "unit" if "normal" in field and shape[-1:] == (3,) else "continuous"
+    if code == "f":
+        by_name = not kind and "normal" in field  # only a field that declares no kind is judged by its name
+        return "unit" if by_name and shape[-1:] == (3,) else "continuous"
     raise ValueError(f"field {field} of dtype {dtype} has no numeric mode; use a sequence tokenizer")
 
 
-def fit(mode: str, samples: np.ndarray, field: str, n_classes: int | None = None) -> dict:
-    """Normalisation statistics from training samples (B, ...)."""
+def mode_of(field: str, spec: dict) -> str:
+    """The value mode of a stored field, from its provenance entry (shape, dtype, kind when recorded)."""
+    return infer_mode(field, spec["dtype"], tuple(spec["shape"]), spec.get("kind"))
+
+
+def fit(mode: str, samples: np.ndarray, field: str, n_classes: int | None = None,
+        relative: bool | None = None) -> dict:
+    """Normalisation statistics from training samples (B, ...). `relative`: standardise each image on its own
+    (relative_of gives it from the field's provenance); None: by the field's name, as stores without kinds."""
     norm: dict = {"mode": mode}
     if mode in ("image", "continuous"):
         x = samples.astype(np.float32) / (255.0 if mode == "image" else 1.0)
         channels = x.shape[-1] if x.ndim == 4 or mode == "image" else 1
         flat = x.reshape(-1, channels) if channels > 1 or x.ndim == 4 else x.reshape(-1, 1)
-        norm["per_image"] = mode == "continuous" and field in PER_IMAGE_FIELDS
+        per_image = field in PER_IMAGE_FIELDS if relative is None else relative
+        norm["per_image"] = mode == "continuous" and bool(per_image)
         norm["mean"] = flat.mean(0).tolist()
         norm["std"] = np.maximum(flat.std(0), 1e-6).tolist()
     elif mode == "binary":
