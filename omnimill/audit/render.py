@@ -1,11 +1,16 @@
 """One sample with every label it carries, as one PNG panel: `omnimill audit show STORE KEY`.
 
     store ──index_of(key)──▶ i ──▶ per teacher: fields[i], ok[i], marker of unit i // unit_size
-                                    └──▶ tiles (renderer by teacher name, else by field shape) ──▶ PNG
+                                    └──▶ tiles (the teacher's declared picture, else by field kind
+                                         and shape) ──▶ PNG
 
 A renderer maps one teacher's fields of one sample to a list of tiles; a tile is a title and a
-function that draws on one matplotlib Axes. Teachers without a renderer of their own get tiles
-chosen by each field's per-sample shape:
+function that draws on one matplotlib Axes. A teacher declares its picture (`Teacher.renderer`): the
+name of one in RENDERERS, whose order is the order teachers are shown in, or a function of its own (a
+plug-in's; shown after omnimill's). The teacher's class is found from the store's provenance by
+registry.stored_teacher, which never imports what a store names unless the user trusts it. Teachers
+without a picture get tiles by each field's kind where the kind says more than the shape (binary maps,
+unit vectors, class and instance maps: see KIND_TILES), else by its per-sample shape:
 
   ()                   scalars (numbers and strings)  -> one text table per teacher
   (n,)                 vector                         -> bar plot (n <= 32) or line plot
@@ -13,12 +18,13 @@ chosen by each field's per-sample shape:
   (H, W, 3) uint8      picture                        -> imshow
   (H, W, C) other      feature grid                   -> PCA to 3 components -> RGB
 
-Known teachers have their own renderers (rgb, canny, dinov2 as a PCA picture, palette swatches,
+omnimill's teachers have their own pictures (rgb, canny, dinov2 as a PCA picture, palette swatches,
 metadata table, SAM instances over the view, depth colour map, normals as RGB, segmentation classes
 over the view with a legend, detection boxes, pose skeletons, CLIP/ImageBind patches and embeddings,
-generated captions), and with both rgb and canny the edges are also drawn over the view: the quickest
-check that dense labels line up with the picture. Overlays use the rgb teacher's view when the store
-has one, else a grey canvas. A renderer whose fields are not all there (a teacher renamed a field)
+generated captions), and with a view canny's edges are also drawn over it: the quickest check that
+dense labels line up with the picture. Overlays use the canonical view when the store has one (a field
+of kind image at the view's size, the rgb teacher's; stores without kinds: rgb/image), else a grey
+canvas. A renderer whose fields are not all there (a teacher renamed a field)
 falls back to the generic tiles; fields a renderer does not draw get generic tiles after its own.
 A teacher that failed on the sample gets a tile with the reason from its unit marker; teachers that
 failed alike (a broken file) share one.
@@ -38,6 +44,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from omnimill.labelers.fields import kind_of
+from omnimill.labelers.schema import COCO_SKELETON, KEYPOINT_THRESHOLD
 from omnimill.store.labels import LabelStore
 
 TILE_INCHES = 3.0  # each tile is 3 x 3 in at 100 dpi = 300 x 300 px
@@ -49,10 +57,8 @@ FAILED_FACE = "#fbe9e7"  # light red behind "failed" tiles
 MISSING_FACE = "#eceff1"  # light grey behind "not labelled" / "no rgb teacher" tiles
 NOT_LABELLED = "not labelled yet:\nits unit has no commit marker\n(run `omnimill label` again)"
 EDGE_COLOR = (0, 255, 255)  # cyan edges on the dimmed view
-ORDER = ("rgb", "canny", "sam", "depth", "normals", "semseg", "detection", "pose", "dinov2", "clip", "imagebind",
-         "palette", "captioner", "caption_embed", "captioner_embed", "metadata")  # known teachers first
 OVERLAY_ALPHA = 0.65  # label colours over the view: the colours read clearly, the picture still shows
-MIN_KEYPOINT_SCORE = 0.3  # pose joints below this heatmap score are not drawn (ViTPose's usual cut)
+MIN_KEYPOINT_SCORE = KEYPOINT_THRESHOLD  # pose joints below this heatmap score are not drawn
 LEGEND_CLASSES = 6  # segmentation legend: the largest classes of the sample
 
 Draw = Callable  # (matplotlib Axes) -> None
@@ -84,7 +90,7 @@ def render_sample(store: str, key: str, out: Path | str) -> Path:
     """
     labels = LabelStore.open(str(store))
     i = labels.index_of(key)
-    figure = _figure(sample_tiles(labels, i), _suptitle(labels, i, key))
+    figure = panel(sample_tiles(labels, i), _suptitle(labels, i, key))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=DPI, facecolor="white")
@@ -92,35 +98,80 @@ def render_sample(store: str, key: str, out: Path | str) -> Path:
 
 
 def sample_tiles(labels: LabelStore, i: int) -> list[Tile]:
-    """The tiles of sample `i`: known teachers in ORDER, then others by name, then failures."""
-    teachers = sorted(labels.teachers(), key=lambda t: (ORDER.index(t) if t in ORDER else len(ORDER), t))
+    """The tiles of sample `i`: teachers in the order of their pictures (ORDER), then others by name, then
+    failures."""
+    teachers = sorted(labels.teachers(), key=lambda t: _rank(t, labels.provenance(t)))
     tiles: list[Tile] = []
     failures: dict[str, list[str]] = {}  # reason -> teachers that failed with it (a bad file fails them all)
-    loaded: dict[str, dict] = {}
+    view = None
+    key = str(labels.read("keys", i))
     for teacher in teachers:
-        group = labels.group[teacher]
-        if bool(group["ok"][i]):
+        if bool(labels.ok(teacher, i)):
             provenance = labels.provenance(teacher)
-            fields = loaded[teacher] = {name: _scalar_or_array(group[name][i])
-                                        for name in _field_names(group, provenance)}
-            view = loaded.get("rgb", {}).get("image")
-            sample = Sample(str(labels.group["keys"][i]), i, labels.view_size, provenance, view)
-            tiles += RENDERERS.get(teacher, generic)(teacher, fields, sample)
-            if teacher == "canny" and "rgb" in loaded:
-                tiles += _edges_over_view(loaded["rgb"]["image"], fields["edges"])
+            fields = {name: _scalar_or_array(labels.read(f"{teacher}/{name}", i))
+                      for name in _field_names(labels.arrays(teacher), provenance)}
+            sample = Sample(key, i, labels.view_size, provenance, view)
+            tiles += teacher_tiles(teacher, fields, sample)
+            if view is None:
+                view = _view(teacher, fields, provenance, labels.view_size)
         else:
             failures.setdefault(_failure_reason(labels, teacher, i), []).append(teacher)
-    if "rgb" not in teachers:
-        tiles.insert(0, _message_tile("canonical view", "this store has no rgb teacher:\nlabel it with "
-                                      "--teacher rgb\nto see what the teachers saw", MISSING_FACE))
+    if not any(_view_field(t, labels.provenance(t), labels.view_size) for t in teachers):
+        tiles.insert(0, message_tile("canonical view", "this store has no rgb teacher:\nlabel it with "
+                                     "--teacher rgb\nto see what the teachers saw", MISSING_FACE))
     for reason, names in failures.items():
         tiles.append(_failure_tile(names, reason))
     if not tiles:
-        tiles.append(_message_tile("no labels", "this store has no teachers yet", MISSING_FACE))
+        tiles.append(message_tile("no labels", "this store has no teachers yet", MISSING_FACE))
     return tiles
 
 
-def _figure(tiles: list[Tile], title: str) -> Figure:
+def teacher_tiles(teacher: str, fields: dict, sample: Sample) -> list[Tile]:
+    """One teacher's tiles: its declared picture (its class found from `sample.provenance`), else by kind."""
+    return renderer_for(teacher, sample.provenance)(teacher, fields, sample)
+
+
+def renderer_for(teacher: str, provenance: dict) -> Callable:
+    """What draws a teacher: its class's `renderer` (a RENDERERS name, or a plug-in's function), else
+    tiles by field kind and shape (also for a teacher whose class may not be imported)."""
+    declared = _declared(teacher, provenance)
+    if callable(declared):
+        return declared
+    return RENDERERS.get(declared, by_kind) if isinstance(declared, str) else by_kind
+
+
+def _declared(teacher: str, provenance: dict):
+    from omnimill.labelers.registry import stored_teacher
+
+    cls = stored_teacher(teacher, provenance)
+    return getattr(cls, "renderer", None)
+
+
+def _rank(teacher: str, provenance: dict) -> tuple:
+    declared = _declared(teacher, provenance)
+    return (ORDER.index(declared) if isinstance(declared, str) and declared in ORDER else len(ORDER), teacher)
+
+
+def _view_field(teacher: str, provenance: dict, view_size: int) -> str | None:
+    """The teacher's field holding the canonical view: of kind image at the view's size; for stores made
+    before kinds, the rgb teacher's image."""
+    for name, spec in (provenance.get("fields") or {}).items():
+        if spec.get("kind") == "image" and list(spec.get("shape", ())) == [view_size, view_size, 3]:
+            return name
+    if teacher == "rgb" and "image" in (provenance.get("fields") or {}) and not any(
+            spec.get("kind") for spec in provenance["fields"].values()):
+        return "image"
+    return None
+
+
+def _view(teacher: str, fields: dict, provenance: dict, view_size: int) -> np.ndarray | None:
+    name = _view_field(teacher, provenance, view_size)
+    value = fields.get(name) if name else None
+    return value if isinstance(value, np.ndarray) else None
+
+
+def panel(tiles: list[Tile], title: str) -> Figure:
+    """Tiles laid out in rows of at most MAX_COLUMNS under a title: one figure (Agg canvas, no pyplot)."""
     rows = -(-len(tiles) // MAX_COLUMNS)  # ceil: 5 tiles -> 2 rows
     columns = -(-len(tiles) // rows)  # as few empty places as that allows: 5 tiles -> 3 columns
     title_lines = title.count("\n") + 1
@@ -149,15 +200,15 @@ def tile_png(tile: Tile, inches: float = TILE_INCHES * 0.8, dpi: int = DPI) -> b
 
 
 def _suptitle(labels: LabelStore, i: int, key: str) -> str:
-    caption = str(labels.group["caption"][i])
-    box = [int(v) for v in labels.group["crop_box"][i]]
+    caption = str(labels.read("caption", i))
+    box = [int(v) for v in labels.crop_boxes(i)] if labels.has("crop_box") else [0]
     if any(box):
         x0, y0, x1, y1 = box
         crop = (f"view = crop ({x0}, {y0})–({x1}, {y1}) of the {_original_size(labels, i)}original, "
                 f"{x1 - x0}px square → {labels.view_size}px")
     else:
         crop = "no crop box (sample was never decoded)"
-    source = str(labels.group["source"][i])
+    source = str(labels.read("source", i))
     source = source if len(source) <= 70 else "…" + source[-69:]
     lines = [f"{key}   (index {i} of {labels.n})   {source}", crop]
     if caption:
@@ -167,10 +218,9 @@ def _suptitle(labels: LabelStore, i: int, key: str) -> str:
 
 def _original_size(labels: LabelStore, i: int) -> str:
     """"96×72 " when the metadata teacher measured the original, else ""."""
-    if "metadata" not in labels.teachers() or not bool(labels.group["metadata/ok"][i]):
+    if "metadata" not in labels.teachers() or not bool(labels.ok("metadata", i)):
         return ""
-    group = labels.group["metadata"]
-    return f"{int(group['orig_width'][i])}×{int(group['orig_height'][i])} "
+    return f"{int(labels.read('metadata/orig_width', i))}×{int(labels.read('metadata/orig_height', i))} "
 
 
 def _failure_reason(labels: LabelStore, teacher: str, i: int) -> str:
@@ -185,12 +235,13 @@ def _failure_reason(labels: LabelStore, teacher: str, i: int) -> str:
 
 def _failure_tile(teachers: list[str], reason: str) -> Tile:
     if reason == NOT_LABELLED:
-        return _message_tile(", ".join(teachers), reason, MISSING_FACE)
+        return message_tile(", ".join(teachers), reason, MISSING_FACE)
     wrapped = "\n".join(textwrap.fill(line, 38) for line in reason.splitlines())
-    return _message_tile(", ".join(teachers), "failed\n\n" + wrapped, FAILED_FACE, color="#b71c1c")
+    return message_tile(", ".join(teachers), "failed\n\n" + wrapped, FAILED_FACE, color="#b71c1c")
 
 
-def _message_tile(title: str, text: str, face: str, color: str = "#37474f") -> Tile:
+def message_tile(title: str, text: str, face: str = MISSING_FACE, color: str = "#37474f") -> Tile:
+    """A tile that says something instead of drawing a label (failed, not labelled, nothing to show)."""
     def draw(ax):
         ax.set_facecolor(face)
         ax.set_xticks([])
@@ -199,9 +250,12 @@ def _message_tile(title: str, text: str, face: str, color: str = "#37474f") -> T
     return Tile(title, draw, text)
 
 
-def _field_names(group, provenance: dict) -> list[str]:
+_message_tile = message_tile  # the old name, until audit/report.py imports message_tile
+
+
+def _field_names(arrays: list[str], provenance: dict) -> list[str]:
     """The teacher's fields in the order it declared them (provenance), then any others by name."""
-    stored = {name for name, _ in group.arrays()} - {"ok"}
+    stored = set(arrays) - {"ok"}
     declared = [name for name in provenance.get("fields", {}) if name in stored]
     return declared + sorted(stored - set(declared))
 
@@ -223,7 +277,8 @@ def _rgb(teacher, fields, sample):
 def _canny(teacher, fields, sample):
     edges = fields["edges"]
     share = 100.0 * float(np.mean(edges))
-    return [Tile(f"canny · edges ({share:.1f}% of pixels)", lambda ax: _show(ax, edges, cmap="gray"))]
+    tiles = [Tile(f"canny · edges ({share:.1f}% of pixels)", lambda ax: _show(ax, edges, cmap="gray"))]
+    return tiles + (_edges_over_view(sample.view, edges) if sample.view is not None else [])
 
 
 def _edges_over_view(view: np.ndarray, edges: np.ndarray) -> list[Tile]:
@@ -267,12 +322,6 @@ def _metadata(teacher, fields, sample):
 
 
 # ---------------------------------------------------------------------------- teachers of the zoo
-# COCO-17 keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles) and the limbs that
-# join them, as COCO's person category defines its skeleton (0-based here).
-COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-                 (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
-
-
 def _renders(needs: tuple[str, ...], uses: tuple[str, ...] = ()):
     """A renderer for fields `needs` (+ optional `uses`): generic tiles when one is missing, and for the rest."""
     def wrap(renderer):
@@ -471,10 +520,11 @@ def _joint_embedding(teacher, fields, sample):
 def _caption(teacher, fields, sample):
     captions = [str(c) for c in np.asarray(fields["captions"]).ravel() if str(c)]
     text = "\n\n".join(textwrap.fill(f"{n + 1}. {c}", 36) for n, c in enumerate(captions)) or "(no caption)"
-    return [_text_tile(f"{teacher} · {len(captions)} generated", text)]
+    return [text_tile(f"{teacher} · {len(captions)} generated", text)]
 
 
-def _text_tile(title: str, text: str) -> Tile:
+def text_tile(title: str, text: str) -> Tile:
+    """A tile of wrapped text, top left (captions)."""
     def draw(ax):
         ax.axis("off")
         ax.text(0.02, 0.98, text, ha="left", va="top", fontsize=8, wrap=True, transform=ax.transAxes)
@@ -486,16 +536,59 @@ def _caption_embed(teacher, fields, sample):
     if not isinstance(embedding, np.ndarray) or embedding.ndim != 1:
         return generic(teacher, fields, sample)
     if "has_text" in fields and not fields["has_text"]:
-        return [_message_tile(f"{teacher} · embedding", "no caption:\nnothing was embedded", MISSING_FACE)]
+        return [message_tile(f"{teacher} · embedding", "no caption:\nnothing was embedded", MISSING_FACE)]
     rest = {k: v for k, v in fields.items() if k not in ("embedding", "has_text")}
     return [Tile(f"{teacher} · caption embedding ({len(embedding)})", lambda ax: _vector(ax, embedding))] + \
         (generic(teacher, rest, sample) if rest else [])
 
 
-RENDERERS = {"rgb": _rgb, "canny": _canny, "dinov2": _dinov2, "palette": _palette, "metadata": _metadata,
-             "sam": _sam, "depth": _depth, "normals": _normals, "semseg": _semseg, "detection": _detection,
-             "pose": _pose, "clip": _joint_embedding, "imagebind": _joint_embedding, "captioner": _caption,
-             "caption_embed": _caption_embed}
+def _by_shape(teacher, fields, sample):
+    return generic(teacher, fields, sample)
+
+
+# Pictures by the name a teacher declares (Teacher.renderer); their order is the order teachers are shown in.
+RENDERERS = {"rgb": _rgb, "canny": _canny, "sam": _sam, "depth": _depth, "normals": _normals, "semseg": _semseg,
+             "detection": _detection, "pose": _pose, "dinov2": _dinov2, "clip": _joint_embedding,
+             "imagebind": _joint_embedding, "palette": _palette, "captioner": _caption,
+             "caption_embed": _caption_embed, "captioner_embed": _by_shape, "metadata": _metadata}
+ORDER = tuple(RENDERERS)
+
+
+# ---------------------------------------------------------------------------- by field kind
+def _binary_tile(teacher, name, value, sample):
+    share = 100.0 * float(np.mean(value))
+    return Tile(f"{teacher}/{name} · {share:.1f}% of pixels", lambda ax: _show(ax, value, cmap="gray"))
+
+
+def _unit_vectors_tile(teacher, name, value, sample):
+    picture = np.clip((value.astype(np.float32) + 1) / 2, 0, 1)
+    return Tile(f"{teacher}/{name} · RGB = (n + 1) / 2", lambda ax: _show(ax, picture))
+
+
+def _ids_tile(teacher, name, value, sample):
+    picture = colour_ids(value, sample, background=0 if value.min(initial=0) >= 0 else None)
+    return Tile(f"{teacher}/{name} · {len(np.unique(value))} ids", lambda ax: _show(ax, picture, interpolation="nearest"))
+
+
+# kind -> (per-sample dimensions it draws, tile maker); other kinds and shapes get generic's tiles
+KIND_TILES = {"binary": (2, _binary_tile), "unit_vectors": (3, _unit_vectors_tile), "classes": (2, _ids_tile),
+              "instances": (2, _ids_tile)}
+
+
+def by_kind(teacher: str, fields: dict, sample: Sample) -> list[Tile]:
+    """Tiles for a teacher without a picture: by each field's kind (provenance) where KIND_TILES has one,
+    the rest by shape (generic)."""
+    specs = sample.provenance.get("fields") or {}
+    tiles, scalars = [], {}
+    for name, value in fields.items():
+        ndim, make = KIND_TILES.get(specs.get(name, {}).get("kind"), (None, None))
+        if not isinstance(value, np.ndarray):
+            scalars[name] = value  # one table for all of them, last, as generic draws them
+        elif make is not None and value.ndim == ndim:
+            tiles.append(make(teacher, name, value, sample))
+        else:
+            tiles += generic(teacher, {name: value}, sample)
+    return tiles + (generic(teacher, scalars, sample) if scalars else [])
 
 
 # ---------------------------------------------------------------------------- any other teacher
@@ -524,7 +617,7 @@ def _generic_draw(value: np.ndarray) -> Draw:
         return lambda ax: _show(ax, value)
     if value.ndim == 3:
         return lambda ax: _show(ax, pca_rgb(value), interpolation="nearest")
-    return lambda ax: _message_tile("", f"shape {value.shape}:\nno picture for this shape", MISSING_FACE).draw(ax)
+    return lambda ax: message_tile("", f"shape {value.shape}:\nno picture for this shape", MISSING_FACE).draw(ax)
 
 
 # ---------------------------------------------------------------------------- drawing helpers

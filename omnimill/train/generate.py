@@ -57,7 +57,7 @@ def find_sample(datasets: list[str], key: str) -> tuple[dict, object]:
     for uri in datasets:
         source = open_source(uri)
         if isinstance(source, TokenStoreSource):
-            keys = source.store.group["keys"][:]
+            keys = source.store.keys()
             hits = np.flatnonzero(keys == key)
             units = [int(hits[0]) // source.read_size] if len(hits) else []
         else:
@@ -133,24 +133,32 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
 
 
 def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
-    from omnimill.audit.render import DPI, RENDERERS, Sample, _figure, _message_tile, _text_tile, generic
+    from omnimill.audit.render import DPI, Sample, message_tile, panel, teacher_tiles, text_tile
     from omnimill.store.labels import LabelStore
     from omnimill.tokenize.base import load_tokenizer
+
+    labels_uri = source.store.source.get("store") if isinstance(source, TokenStoreSource) else \
+        source.manifest["source"].get("labels")
+    labels = LabelStore.open(labels_uri) if labels_uri and LabelStore.exists(labels_uri) else None
 
     def tiles_of(name: str, tokens: np.ndarray | None, label: str, values: dict | None = None):
         info = state["datasets"][name]["tokenizer"]
         teacher = info.get("teacher") or "caption"
         if values is None:
             if not (Path(info["path"]) / "config.json").exists():  # moved away: draw what is known
-                return [_message_tile(f"{label} · {name}", f"tokenizer not found:\n{info['path']}", "#eceff1")]
+                return [message_tile(f"{label} · {name}", f"tokenizer not found:\n{info['path']}", "#eceff1")]
             tok = load_tokenizer(info["path"])  # a damaged one: one line, exit 2
             decoded = tok.decode(tokens[None].astype(np.int64))
             values = {k: (v[0] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in decoded.items()}
-        info_sample = Sample(key, int(sample["__index__"]), 0, {}, None)
+        # which teacher class (its declared picture) and its fields' kinds, when the store is here; not its config:
+        # predictions are drawn as they always were (class ids, no names)
+        stored = labels.provenance(teacher) if labels is not None and teacher in labels.teachers() else {}
+        known = {k: stored[k] for k in ("spec", "fields") if k in stored}
+        info_sample = Sample(key, int(sample["__index__"]), 0, known, None)
         if teacher == "caption":  # the corpus alt-text: the whole text, wrapped
-            tiles = [_text_tile("caption", str(values.get("caption", "")))]
+            tiles = [text_tile("caption", str(values.get("caption", "")))]
         else:
-            tiles = RENDERERS.get(teacher, generic)(teacher, values, info_sample)
+            tiles = teacher_tiles(teacher, values, info_sample)
         for t in tiles:
             t.title = f"{label} · {t.title}"
         return tiles
@@ -160,18 +168,15 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
         tiles += tiles_of(specs[i].name, sample[specs[i].name][0], "input")
     name = specs[target_id].name
     tiles += tiles_of(name, predicted, "predicted")
-    labels_uri = source.store.source.get("store") if isinstance(source, TokenStoreSource) else \
-        source.manifest["source"].get("labels")
     info = state["datasets"][name]["tokenizer"]
-    if labels_uri and LabelStore.exists(labels_uri):
-        labels = LabelStore.open(labels_uri)
+    if labels is not None:
         i = labels.index_of(key)
-        group = labels.group[info["teacher"]] if info.get("teacher") else labels.group
-        values = {f: group[f][i] for f in info["fields"]}
+        prefix = f"{info['teacher']}/" if info.get("teacher") else ""
+        values = {f: labels.read(prefix + f, i) for f in info["fields"]}
         values = {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in values.items()}
         tiles += tiles_of(name, None, "teacher", values)
     if truth is not None:
         tiles += tiles_of(name, truth[0], "teacher tokens")
-    figure = _figure(tiles, f"{key}: {', '.join(specs[i].name for i in source_ids)} → {name}")
+    figure = panel(tiles, f"{key}: {', '.join(specs[i].name for i in source_ids)} → {name}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=DPI, facecolor="white")
