@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omnimill.errors import UserError, fail
+from omnimill.shards.cli import FORCE_HELP
 
 app = typer.Typer(help="omnimill: a data engine for omni-modal pretraining.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -252,14 +253,14 @@ def tokenize_command(
 ):
     """Encode every modality of LABELS with trained tokenizers into the token store TOKENS. Reads only
     committed label units; refuses while LABELS is being labelled."""
-    from omnimill.engine.tokenize import tokenize
+    from omnimill.engine.tokenize import TokenizeOptions, tokenize
 
+    options = TokenizeOptions(n_crops=crops, seed=seed, force=force, workers=workers, scheduler=scheduler,
+                              retries=retries, repair=repair, break_lock=break_lock, progress=not no_progress)
     with job(tokens):
-        result = tokenize(labels, tokens, tokenizer, n_crops=crops, seed=seed, force=force, workers=workers,
-                          scheduler=scheduler, retries=retries, repair=repair, break_lock=break_lock,
-                          progress=not no_progress)
+        result = tokenize(labels, tokens, tokenizer, options)
     console.print(f"{result.units_planned - len(result.units_failed)}/{result.units_planned} units, "
-                  f"{result.samples} samples, modalities {', '.join(result.modalities)} in {result.seconds:.1f}s",
+                  f"{result.samples} samples, modalities {', '.join(result.parts)} in {result.seconds:.1f}s",
                   highlight=False)
     if result.units_repaired:
         console.print(f"repaired: {result.units_repaired} damaged units tokenized again", highlight=False)
@@ -269,12 +270,41 @@ def tokenize_command(
     raise typer.Exit(result.exit_code)
 
 
+def shards_text(
+    corpus: Annotated[str, typer.Argument(help="Text corpus: .txt (one document per line) or .jsonl files; "
+                                               "a path, glob or fsspec URL.")],
+    out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the shards and manifest.json.")],
+    tokenizer: Annotated[str, typer.Option(help="A caption sequence tokenizer directory.")],
+    field: Annotated[str, typer.Option(help="JSON field holding the text in .jsonl files.")] = "text",
+    samples_per_shard: Annotated[int, typer.Option(help="Samples per tar.")] = 1000,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most this many documents.")] = None,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+):
+    """Tokenize a text-only corpus into shards (for MM1-style mixtures: text, every other modality absent)."""
+    from omnimill.corpus.text import read_texts
+    from omnimill.engine.text import TextOptions, write_text_shards
+    from omnimill.paths import positive
+
+    options = TextOptions(samples_per_shard=samples_per_shard, force=force, progress=sys.stderr.isatty())
+    with job(out):
+        positive("--samples-per-shard", samples_per_shard)  # before reading the whole corpus
+        keys, texts = read_texts(corpus, field, limit, out)
+        result = write_text_shards(texts, keys, tokenizer, out, options)
+    if result.manifest is None:
+        fail(f"{len(result.units_failed) or result.store_missing} shards could not be written "
+             f"({result.units_failed[0]['error'] if result.units_failed else 'no note after the run'}); "
+             "run the same command again: finished shards are kept", result.exit_code)
+    console.print(f"{result.manifest['n']} documents, {len(result.manifest['shards'])} shards -> {out}",
+                  highlight=False)
+
+
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
     from omnimill.shards.cli import shards_app
     from omnimill.tokenize.cli import tokenizer_app
     from omnimill.train.cli import register
 
+    shards_app.command("text")(shards_text)  # here, not in shards/: it runs a tokenizer
     register(app)
     app.add_typer(audit_app, name="audit")
     app.add_typer(shards_app, name="shards")

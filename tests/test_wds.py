@@ -11,7 +11,8 @@ import pytest
 
 from omnimill.errors import UserError
 from omnimill.store.tokens import TokenStore
-from omnimill.shards.wds import export_wds, read_manifest, write_text_shards
+from omnimill.engine.text import write_text_shards
+from omnimill.shards.wds import export_wds, read_manifest
 from omnimill.tokenize.base import directory_hash, load_tokenizer
 
 
@@ -89,7 +90,7 @@ def test_export_chosen_modalities_and_wrong_names(token_data, tmp_path):
 def test_text_shards_hold_only_text(token_data, tmp_path):
     texts = ["a small red boat on the water", "tree", "green field under a large sky"]
     manifest = write_text_shards(texts, ["t0", "t1", "t2"], token_data["tokenizers"]["caption"], str(tmp_path / "t"),
-                                 samples_per_shard=2)
+                                 samples_per_shard=2).manifest
     assert manifest["n"] == 3 and list(manifest["modalities"]) == ["caption"] and len(manifest["shards"]) == 2
     tok = load_tokenizer(token_data["tokenizers"]["caption"])
     from omnimill.shards.sources import ShardSetSource
@@ -224,7 +225,7 @@ def test_out_in_an_input_store_is_refused_and_the_store_intact(stores, where):
 
 
 def test_overlap_of_urls_compares_normalised_paths(tmp_path):
-    from omnimill.shards.wds import refuse_overlap
+    from omnimill.paths import refuse_overlap
 
     with pytest.raises(UserError, match="inside the token store"):
         refuse_overlap("s3://bucket/tokens.zarr/shards", {"the token store": "s3://bucket//tokens.zarr/"})

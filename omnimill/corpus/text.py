@@ -9,7 +9,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from omnimill.errors import UserError
 from omnimill.corpus.listing import make_key
-from omnimill.shards.wds import location, positive, refuse_overlap
+from omnimill.paths import location, positive, refuse_overlap
 
 
 def read_texts(uri: str, field: str = "text", limit: int | None = None,

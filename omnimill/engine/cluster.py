@@ -1,5 +1,8 @@
 """Get a Dask client: an embedded LocalCluster by default, or an existing scheduler.
 
+The embedded cluster runs worker processes, one thread each; a light job (tokenizing text) may ask for
+threads in this process instead, which start in a moment and need no imports repeated per worker.
+
 GPU: with dask-cuda installed and CUDA visible, the embedded cluster is a LocalCUDACluster (one worker
 per GPU, CUDA_VISIBLE_DEVICES set per worker); on a real cluster start `dask cuda worker`.
 """
@@ -17,7 +20,7 @@ from omnimill.errors import UserError
 
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, workers: int | None = None, local_directory: str | None = None,
-            quiet: bool = True, timeout: str = "20s"):
+            quiet: bool = True, timeout: str = "20s", processes: bool = True):
     import dask
     from distributed import Client, LocalCluster
 
@@ -42,12 +45,12 @@ def connect(scheduler: str | None = None, workers: int | None = None, local_dire
     # scheduler up to 3 times: `--retries N` then means N extra attempts. A cluster of your own keeps its
     # own setting (distributed.scheduler.allowed-failures), which multiplies with omnimill's retries.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        if n_gpus and _has_dask_cuda():
+        if n_gpus and processes and _has_dask_cuda():
             from dask_cuda import LocalCUDACluster
 
             cluster = LocalCUDACluster(n_workers=workers or n_gpus, **kwargs)
         else:
-            cluster = LocalCluster(n_workers=workers or default_workers(), processes=True, **kwargs)
+            cluster = LocalCluster(n_workers=workers or default_workers(), processes=processes, **kwargs)
     with cluster, Client(cluster) as client:
         yield client
 

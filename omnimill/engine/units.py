@@ -1,9 +1,9 @@
 """Run work units on a Dask cluster: bounded in flight, retried, then swept against the commit markers.
 
-Shared by `label` and `tokenize`. A task is any object with `unit`, `start`, `stop`, `attempt` and
-`workers_per_host`; `fn(task)` runs on a worker and returns stats with `n` (samples) and `failed`
-({name: count}). `replan()` lists the tasks whose markers are still missing: after the tasks
-return (and `flush` ran on every worker), those run again.
+The runner of the one unit job (job.py): `label`, `tokenize` and `shards text`. A task is any object
+with `unit`, `start`, `stop`, `attempt` and `workers_per_host`; `fn(task)` runs on a worker and returns
+stats with `n` (samples) and `failed` ({name: count}). `replan()` lists the tasks whose markers are
+still missing: after the tasks return (and `flush` ran on every worker), those run again.
 
 `retries` counts extra attempts per unit, whatever made the attempt fail (the task raised, its worker
 died, or it returned but its commit did not land): at most 1 + retries attempts of any unit in one run.
@@ -24,9 +24,10 @@ from omnimill.errors import UserError
 
 def run_units(tasks: list, fn: Callable, replan: Callable[[], list], stats: dict, *, scheduler=None,
               workers=None, local_directory=None, max_in_flight=None, retries: int = 2, progress: bool = True,
-              flush: Callable | None = None, verb: str = "labelling") -> list[dict]:
-    """Run `tasks`; fill `stats` {unit: stats of its last completed run}; return the units that failed."""
-    with cluster.connect(scheduler, workers, local_directory) as client:
+              flush: Callable | None = None, verb: str = "labelling", processes: bool = True) -> list[dict]:
+    """Run `tasks`; fill `stats` {unit: stats of its last completed run}; return the units that failed.
+    `processes`: an embedded cluster's workers are processes (False: threads in this process)."""
+    with cluster.connect(scheduler, workers, local_directory, processes=processes) as client:
         per_host = cluster.workers_per_host(client)
         limit = max_in_flight or 2 * max(1, sum(per_host.values()))
         errors: dict[int, str] = {}

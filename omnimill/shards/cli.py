@@ -1,9 +1,12 @@
-"""`omnimill shards export|verify|text`: token shards for trainers, and checks that they are whole."""
+"""`omnimill shards export|verify`: token shards for trainers, and checks that they are whole.
+
+`omnimill shards text` is registered on this app by omnimill/cli.py: it runs a tokenizer (a unit job in
+engine/text.py), and shards/ knows no models."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -49,7 +52,7 @@ def verify(
     """Check alignment, counts, checksums and vocabularies; exit 1 and name shard and sample on damage."""
     from omnimill.shards.verify import check_exists
     from omnimill.shards.verify import verify as run_verify
-    from omnimill.shards.wds import positive
+    from omnimill.paths import positive
 
     try:
         positive("--max-problems", max_problems)  # 0 would print "ok" for a damaged set
@@ -70,27 +73,3 @@ def verify(
                 where = p["where"] if p["key"] == "-" else f"{p['where']}: sample {p['key']}"
                 console.print(f"  {where}: {p['reason']}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if report["problems"] else 0)
-
-
-@shards_app.command("text")
-def text(
-    corpus: Annotated[str, typer.Argument(help="Text corpus: .txt (one document per line) or .jsonl files; "
-                                               "a path, glob or fsspec URL.")],
-    out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the shards and manifest.json.")],
-    tokenizer: Annotated[str, typer.Option(help="A caption sequence tokenizer directory.")],
-    field: Annotated[str, typer.Option(help="JSON field holding the text in .jsonl files.")] = "text",
-    samples_per_shard: Annotated[int, typer.Option(help="Samples per tar.")] = 1000,
-    limit: Annotated[Optional[int], typer.Option(help="Use at most this many documents.")] = None,
-    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
-):
-    """Tokenize a text-only corpus into shards (for MM1-style mixtures: text, every other modality absent)."""
-    from omnimill.corpus.text import read_texts
-    from omnimill.shards.wds import positive, write_text_shards
-
-    try:
-        positive("--samples-per-shard", samples_per_shard)  # before reading the whole corpus
-        keys, texts = read_texts(corpus, field, limit, out)
-        manifest = write_text_shards(texts, keys, tokenizer, out, samples_per_shard, force)
-    except UserError as e:
-        fail(str(e))
-    console.print(f"{manifest['n']} documents, {len(manifest['shards'])} shards -> {out}", highlight=False)

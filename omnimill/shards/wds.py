@@ -18,8 +18,10 @@ Members are written with mtime 0, uid/gid 0, no user names and the GNU tar forma
 same token store exports to byte-identical shards. Keys never hold dots (the corpus index replaces them),
 so WebDataset's "split at the first dot" rule gives back the key and `<modality>.npy` as the extension;
 `webdataset.WebDataset(urls).decode()` then hands out numpy arrays. The manifest is written last:
-a folder without one is an unfinished export. An export notes each finished shard in OUT/_export/ and the
-same command resumes after the last one (the folder goes once the manifest is written).
+a folder without one is an unfinished export. A run notes each finished shard in OUT/_export/ (its
+manifest row: the shard's commit marker) and the same command does only the shards not noted (the
+folder goes once the manifest is written). An export streams samples and resumes after the last noted
+shard; a text job (engine/text.py) writes each shard as a unit of its own (`write_shard`).
 
 Trust: every file is written whole or not at all (`atomic_write`: temp name + rename locally, one PUT on
 object stores), so a kill never leaves a torn manifest, note or shard that a rerun would believe; --force
@@ -33,7 +35,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 import re
 import tarfile
 import zlib
@@ -46,6 +47,7 @@ from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.corpus.listing import url_to_fs
+from omnimill.paths import positive, refuse_overlap
 from omnimill.store.base import now
 
 FORMAT = "omnimill.wds/1"
@@ -73,79 +75,77 @@ def sample_members(key: str, index: int, crops: np.ndarray, tokens: dict[str, np
     return [(f"{key}.json", json.dumps(meta).encode())] + members
 
 
+def write_shard(out: str, number: int, samples: list[tuple], storage_options: dict | None = None) -> dict:
+    """Shard `number` of OUT: its tar and offset index, each written whole; returns its manifest row.
+    `samples`: (key, index, crops, {modality: tokens}) in order. The shard is built in memory and written
+    in one piece (one PUT on an object store); at 1000 samples that is a few MB."""
+    from omnimill.shards.sources import group_members, scan_tar
+
+    buffer, payload_crc, rows = io.BytesIO(), {}, []
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for key, index, crops, tokens in samples:
+            for name, data in sample_members(key, index, crops, tokens):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+            rows.append((key, index, np.asarray(crops, np.int32), {m: t.nbytes for m, t in tokens.items()}))
+            for m, t in tokens.items():  # crc32 of each modality's payloads in order: what the loader's gather reads
+                payload_crc[m] = zlib.crc32(np.ascontiguousarray(t).data, payload_crc.get(m, 0))
+    data = buffer.getvalue()
+    name = SHARD_NAME.format(number)
+    members = dict(group_members(scan_tar(data, name)))
+    keys = [k for k, _, _, _ in rows]
+    index = {"keys": np.array(keys), "index": np.array([i for _, i, _, _ in rows], np.int64),
+             "crops": np.stack([c for _, _, c, _ in rows])}
+    counts = {}
+    for m in sorted({m for *_, sizes in rows for m in sizes}):
+        offsets = np.full(len(keys), -1, np.int64)
+        for row, (key, _, _, sizes) in enumerate(rows):
+            if m in sizes:
+                offset, size = members[key][f"{m}.npy"]
+                offsets[row] = offset + size - sizes[m]  # skip the npy header: the payload ends the member
+        index[f"{m}.offset"] = offsets
+        counts[m] = int((offsets >= 0).sum())
+    side = io.BytesIO()
+    np.savez(side, **index)
+    index_name = name.replace(".tar", ".idx.npz")
+    for file_name, payload in ((name, data), (index_name, side.getvalue())):
+        atomic_write(join(out, file_name), payload, storage_options)
+    return {"name": name, "samples": len(keys), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data),
+            "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
+            "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest(),
+            "payload_crc32": dict(sorted(payload_crc.items()))}
+
+
 class ShardWriter:
-    """Writes numbered tar shards of at most `samples_per_shard` samples, each with its offset index, and
-    collects their manifest rows. A shard is built in memory and written in one piece (one PUT on an
-    object store); at 1000 samples that is a few MB."""
+    """Writes numbered shards of at most `samples_per_shard` samples (`write_shard`) as samples stream in,
+    and collects their manifest rows."""
 
     def __init__(self, out: str, samples_per_shard: int, storage_options: dict | None = None,
                  done: list[dict] | None = None, on_shard=None):
-        if samples_per_shard < 1:
-            raise UserError(f"--samples-per-shard must be at least 1, not {samples_per_shard}")
+        positive("--samples-per-shard", samples_per_shard)
         self.out, self.per_shard, self.options = out, samples_per_shard, storage_options or {}
         self.shards: list[dict] = list(done or [])  # shards a resumed export already wrote
         self.on_shard = on_shard  # called with each finished shard's manifest row
-        self._buffer = self._tar = None
+        self._samples: list[tuple] = []
 
     def add(self, key: str, index: int, crops: np.ndarray, tokens: dict[str, np.ndarray]) -> None:
-        if self._tar is None or len(self._index) == self.per_shard:
+        if len(self._samples) == self.per_shard:
             self._close_shard()
-            self._buffer = io.BytesIO()
-            self._tar = tarfile.open(fileobj=self._buffer, mode="w", format=tarfile.GNU_FORMAT)
-            self._index, self._payload_crc = [], {}
-        for name, data in sample_members(key, index, crops, tokens):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            self._tar.addfile(info, io.BytesIO(data))
-        self._index.append((key, index, np.asarray(crops, np.int32), {m: t.nbytes for m, t in tokens.items()}))
-        for m, t in tokens.items():  # crc32 of each modality's payloads in order: what the loader's gather reads
-            self._payload_crc[m] = zlib.crc32(np.ascontiguousarray(t).data, self._payload_crc.get(m, 0))
+        self._samples.append((key, index, crops, tokens))
 
     def _close_shard(self) -> None:
-        if self._tar is None:
+        if not self._samples:
             return
-        from omnimill.shards.sources import group_members, scan_tar
-
-        self._tar.close()
-        data = self._buffer.getvalue()
-        name = SHARD_NAME.format(len(self.shards))
-        members = dict(group_members(scan_tar(data, name)))
-        keys = [k for k, _, _, _ in self._index]
-        index = {"keys": np.array(keys), "index": np.array([i for _, i, _, _ in self._index], np.int64),
-                 "crops": np.stack([c for _, _, c, _ in self._index])}
-        counts = {}
-        for m in sorted({m for *_, sizes in self._index for m in sizes}):
-            offsets = np.full(len(keys), -1, np.int64)
-            for row, (key, _, _, sizes) in enumerate(self._index):
-                if m in sizes:
-                    offset, size = members[key][f"{m}.npy"]
-                    offsets[row] = offset + size - sizes[m]  # skip the npy header: the payload ends the member
-            index[f"{m}.offset"] = offsets
-            counts[m] = int((offsets >= 0).sum())
-        side = io.BytesIO()
-        np.savez(side, **index)
-        index_name = name.replace(".tar", ".idx.npz")
-        for file_name, payload in ((name, data), (index_name, side.getvalue())):
-            atomic_write(join(self.out, file_name), payload, self.options)
-        self.shards.append({"name": name, "samples": len(keys), "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest(), "crc32": zlib.crc32(data),
-                            "first_key": keys[0], "last_key": keys[-1], "modalities": counts,
-                            "index": index_name, "index_sha256": hashlib.sha256(side.getvalue()).hexdigest(),
-                            "payload_crc32": dict(sorted(self._payload_crc.items()))})
-        self._tar = None
+        self.shards.append(write_shard(self.out, len(self.shards), self._samples, self.options))
+        self._samples = []
         if self.on_shard:
             self.on_shard(self.shards[-1])
 
     def close(self) -> list[dict]:
         self._close_shard()
         return self.shards
-
-
-def positive(option: str, value: int) -> None:
-    """Refuse a count that makes no sense before anything is written (a plan written with it would block
-    the corrected command)."""
-    if value < 1:
-        raise UserError(f"{option} must be at least 1, not {value}")
 
 
 def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalities: list[str] | None = None,
@@ -191,20 +191,31 @@ def export_wds(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalit
 
 def _write_set(out: str, plan: dict, force: bool, options: dict, samples_per_shard: int, samples, manifest_of) -> dict:
     """Shards of `samples(skip)`, resumable: each finished shard is noted in OUT/_export/; the manifest is
-    written last (on an object store it is the commit marker), then _export/ goes."""
-    done = _resume_point(out, plan, force, options)
-
-    def record(row: dict) -> None:  # a shard is done once its tar and index are written: note it
-        atomic_write(join(out, f"{PROGRESS}/{row['name']}.json"), json.dumps(row).encode(), options)
-
-    writer = ShardWriter(out, samples_per_shard, options, done, record)
+    written last (on an object store it is the commit marker), then _export/ goes. A stream resumes after
+    the unbroken run of noted shards from the first."""
+    noted = open_set(out, plan, force, options)
+    done = []
+    while len(done) in noted:
+        done.append(noted[len(done)])
+    writer = ShardWriter(out, samples_per_shard, options, done, lambda row: note_shard(out, row, options))
     for sample in samples(sum(row["samples"] for row in done)):
         writer.add(*sample)
     manifest = manifest_of(writer.close())
+    finish_set(out, manifest, options)
+    return manifest
+
+
+def note_shard(out: str, row: dict, storage_options: dict | None = None) -> None:
+    """A shard is done once its tar and index are written: note it (its manifest row) in OUT/_export/."""
+    atomic_write(join(out, f"{PROGRESS}/{row['name']}.json"), json.dumps(row).encode(), storage_options)
+
+
+def finish_set(out: str, manifest: dict, storage_options: dict | None = None) -> None:
+    """Write the manifest (last: on an object store it is the commit marker of the set), then drop _export/."""
+    options = storage_options or {}
     atomic_write(join(out, MANIFEST), json.dumps(manifest, indent=1).encode(), options)
     fs, root = fsspec.core.url_to_fs(out, **options)
     fs.rm(join(root, PROGRESS), recursive=True)
-    return manifest
 
 
 def atomic_write(url: str, data: bytes, storage_options: dict | None = None) -> None:
@@ -226,26 +237,6 @@ def written_by_export(name: str) -> bool:
     return bool(OURS.fullmatch(temp.group(1) if temp else name))
 
 
-def location(url: str) -> tuple[str, str]:
-    """(protocol, normalised path) to compare where two URLs point: resolved local paths, else the URL's path
-    without redundant slashes (no filesystem is created: its package may not even be installed)."""
-    url = str(url)
-    if "://" not in url or url.startswith(("file://", "local://")):  # a local path, taken literally
-        return "file", os.path.realpath(os.path.expanduser(url.split("://", 1)[-1]))
-    protocol, path = url.split("://", 1)
-    return protocol, posixpath.normpath("/" + path.lstrip("/"))
-
-
-def refuse_overlap(out: str, inputs: dict[str, str]) -> None:
-    """OUT may not be an input or lie inside one: writing (or --force) there would change what is read."""
-    where, path = location(out)
-    for what, uri in inputs.items():
-        in_where, in_path = location(uri)
-        if where == in_where and (path == in_path or path.startswith(in_path.rstrip("/") + "/")):
-            raise UserError(f"{out} is {'' if path == in_path else 'inside '}{what} {uri}; choose an output "
-                            f"folder outside it")
-
-
 def _read_json(fs, path: str):
     """The JSON in a file, or None when it does not parse (a write cut short by an older omnimill)."""
     try:
@@ -255,14 +246,16 @@ def _read_json(fs, path: str):
         return None
 
 
-def _resume_point(out: str, plan: dict, force: bool, options: dict) -> list[dict]:
-    """Prepare OUT; return the manifest rows of shards an interrupted export of the same plan finished.
+def open_set(out: str, plan: dict, force: bool, storage_options: dict | None = None) -> dict[int, dict]:
+    """Prepare OUT for the shard set `plan` describes; return {shard number: manifest row} of the shards an
+    interrupted run of the same plan finished (`noted_shards`).
 
-    An export notes each finished shard in OUT/_export/ (one small file per shard: no rewriting a growing
+    A run notes each finished shard in OUT/_export/ (one small file per shard: no rewriting a growing
     list on an object store) and removes the folder once the manifest is written. --force removes only
     what an export writes (`written_by_export` names and _export/), and only when OUT shows an export
     (a manifest or _export/): `shard-000000.tar` is also webdataset's own naming, so a user's shards
     without either are refused, never deleted. Other files in OUT stay."""
+    options = storage_options or {}
     fs, root = fsspec.core.url_to_fs(out, **options)
     names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)} if fs.isdir(root) else {}
     manifest = _read_json(fs, names[MANIFEST]) if MANIFEST in names else None
@@ -284,67 +277,34 @@ def _resume_point(out: str, plan: dict, force: bool, options: dict) -> list[dict
         if _read_json(fs, join(root, f"{PROGRESS}/plan.json")) != plan:
             raise UserError(f"{out} holds an unfinished export of other settings; rerun it with those, or "
                             f"pass --force to start again")
-        return _finished(fs, root)
+        return noted_shards(out, options)
     fs.makedirs(join(root, PROGRESS), exist_ok=True)
     atomic_write(join(out, f"{PROGRESS}/plan.json"), json.dumps(plan).encode(), options)
-    return []
+    return {}
 
 
-def _finished(fs, root: str) -> list[dict]:
-    """The unbroken run of noted shards from the first whose tar has its recorded size and whose index
-    exists; anything after a gap, an unreadable note or a short tar is rewritten."""
+def noted_shards(out: str, storage_options: dict | None = None) -> dict[int, dict]:
+    """{shard number: manifest row} of the shards noted in OUT/_export/ whose tar has its recorded size and
+    whose index exists; an unreadable note or a short tar is not finished (it is written again)."""
+    fs, root = fsspec.core.url_to_fs(out, **(storage_options or {}))
     sizes = {p["name"].rstrip("/").rsplit("/", 1)[-1]: p["size"] for p in fs.ls(root, detail=True)}
-    done = []
-    for i, path in enumerate(sorted(fs.glob(join(root, f"{PROGRESS}/shard-*.tar.json")))):
+    done = {}
+    for path in fs.glob(join(root, f"{PROGRESS}/shard-*.tar.json")):
         row = _read_json(fs, path)
-        if (row is None or row["name"] != SHARD_NAME.format(i) or sizes.get(row["name"]) != row["bytes"]
-                or row["index"] not in sizes):
-            break
-        done.append(row)
+        name = path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+        number = re.fullmatch(r"shard-(\d+)\.tar", name)
+        if (number and isinstance(row, dict) and row.get("name") == name and sizes.get(name) == row.get("bytes")
+                and row.get("index") in sizes):
+            done[int(number.group(1))] = row
     return done
 
 
-def write_text_shards(texts: list[str], keys: list[str], tokenizer_dir: str, out: str, samples_per_shard: int = 1000,
-                      force: bool = False, storage_options: dict | None = None) -> dict:
-    """A text-only corpus -> shards with one modality (the sequence tokenizer's, e.g. `caption`).
+def write_text_shards(*args, **kwargs):
+    """Moved to `omnimill.engine.text.write_text_shards` (tokenizing text is a unit job; shards/ knows no
+    models). Kept only until tests/test_loader.py imports it from there."""
+    from omnimill.engine.text import write_text_shards as write
 
-    For MM1-style mixtures: these samples have text and nothing else, and the loader marks every other
-    modality absent. Resumes like an export: the plan names the texts by a hash of keys and texts."""
-    from omnimill.store.tokens import modality_name
-    from omnimill.tokenize.base import directory_hash, load_tokenizer
-
-    positive("--samples-per-shard", samples_per_shard)
-    if not texts:
-        raise UserError("the corpus holds no text (every line is blank); nothing to write")
-    refuse_overlap(out, {"the tokenizer": str(tokenizer_dir)})
-    tok = load_tokenizer(tokenizer_dir)
-    if tok.config.kind != "sequence" or tok.config.fields != ["caption"]:
-        raise UserError(f"{tokenizer_dir} is a {tok.config.kind} tokenizer of {tok.config.fields}; text corpora "
-                        f"need a caption sequence tokenizer (`omnimill tokenizer train LABELS caption ...`)")
-    name = modality_name(tok.config.teacher, tok.config.fields)
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    digest = hashlib.sha256()
-    for key, text in zip(keys, texts):
-        digest.update(f"{key}\0{text}\0".encode())
-    c = tok.config
-    info = {"path": str(tokenizer_dir), "sha256": directory_hash(tokenizer_dir), "kind": c.kind,
-            "vocab_size": c.vocab_size, "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id,
-            "teacher": c.teacher, "fields": c.fields}
-    plan = {"texts": digest.hexdigest(), "tokenizer": info["sha256"], "samples_per_shard": samples_per_shard}
-
-    def samples(skip: int):
-        for start in range(skip, len(texts), 256):
-            ids = tok.encode({"caption": np.array(texts[start:start + 256], dtype=object)})
-            for i, row in enumerate(ids):
-                yield keys[start + i], start + i, np.zeros((1, 5), np.int32), {name: row[None].astype(dtype)}
-
-    def manifest(shards: list[dict]) -> dict:
-        return {"format": FORMAT, "omnimill_version": __version__, "created": now(),
-                "source": {"text": len(texts)}, "n": len(texts), "n_crops": 1,
-                "modalities": {name: {**info, "dtype": np.dtype(dtype).name, "samples": len(texts)}},
-                "shards": shards}
-
-    return _write_set(out, plan, force, storage_options or {}, samples_per_shard, samples, manifest)
+    return write(*args, **kwargs)
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
