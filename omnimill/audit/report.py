@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimill.audit.query import QueryResult
-from omnimill.audit.render import FAILED_FACE, Tile, _message_tile, sample_tiles, tile_png
+from omnimill.audit.render import FAILED_FACE, Tile, message_tile, sample_tiles, tile_png
 from omnimill.store.labels import LabelStore
 
 STYLE = """
@@ -112,7 +112,7 @@ def _tile_png(tile: Tile) -> bytes:
         return tile_png(tile)
     except Exception as error:  # one odd label must not lose the whole report
         reason = f"could not draw:\n{type(error).__name__}: {str(error)[:80]}"
-        return tile_png(_message_tile(tile.title, reason, FAILED_FACE, color="#b71c1c"))
+        return tile_png(message_tile(tile.title, reason, FAILED_FACE, color="#b71c1c"))
 
 
 def _figure(png: bytes, title: str) -> str:
