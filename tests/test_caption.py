@@ -106,6 +106,7 @@ def test_captioner_is_the_models_own_beam_search(family, tiny_blip, tiny_git):
     teacher = captioner(path, max_new_tokens=12)  # short captions keep the test fast
     assert [(f.name, f.shape, f.dtype) for f in teacher.fields()] == [("captions", (1,), "str"),
                                                                       ("count", (), "int32")]
+    assert [f.kind for f in teacher.fields()] == ["text", "count"] and teacher.serializer == "caption"
     b = batch(3)
     out = teacher(b)
     assert out["captions"].shape == (3, 1) and out["captions"].dtype == object
@@ -182,6 +183,7 @@ def test_caption_embed_embeds_the_alt_text(embedder):
     out = embedder(batch(3, ["two cats", "", "a red ball"]))
     assert [(f.name, f.shape, f.dtype) for f in embedder.fields()] == [("embedding", (384,), "float32"),
                                                                        ("has_text", (), "bool")]
+    assert [f.kind for f in embedder.fields()] == ["embedding", "scalar"]
     assert out["has_text"].tolist() == [True, False, True]
     np.testing.assert_allclose(out["embedding"][[0, 2]], embedder.embed_text(["two cats", "a red ball"]), atol=1e-5)
     assert not out["embedding"][1].any()

@@ -98,6 +98,7 @@ def test_clip_fields_and_values_match_the_model_forward(tiny_clip):
     assert {f.name: (f.shape, f.dtype) for f in teacher.fields()} == {
         "embedding": ((24,), "float32"), "patches": ((4, 4, 32), "float16"),
         "text_embedding": ((24,), "float32"), "has_text": ((), "bool")}
+    assert [f.kind for f in teacher.fields()] == ["embedding", "embedding_grid", "embedding", "scalar"]
     for f in teacher.fields():
         assert out[f.name].shape == (3, *f.shape) and out[f.name].dtype == np.dtype(f.dtype)
 

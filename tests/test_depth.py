@@ -84,6 +84,8 @@ def test_depth_anything_fields_are_disparity_on_the_view(tiny_da):
     (field,) = teacher.fields()
     assert (field.name, field.shape, field.dtype, field.dense) == ("disparity", (64, 64), "float16", True)
     assert "inverse depth" in field.doc and "not metres" in field.doc
+    assert field.kind == "continuous" and field.relative  # tokenizers standardise each image on its own
+    assert teacher.provenance()["fields"]["disparity"]["relative"] is True
     assert teacher.config()["image_size"] == 56 and teacher.config()["output"] == "disparity"
     out = teacher(views(64))
     assert set(out) == {"disparity"}
@@ -119,6 +121,7 @@ def test_metric_depth_anything_is_stored_as_depth_in_metres(tmp_path):
     teacher = load(path, 32)
     (field,) = teacher.fields()
     assert field.name == "depth" and "metres" in field.doc and teacher.config()["output"] == "depth"
+    assert field.kind == "continuous" and field.relative  # standardised per image, as depth always was
     out = teacher(views(32, n=2))["depth"]
     assert out.shape == (2, 32, 32) and ((out >= 0) & (out <= 20)).all()  # sigmoid x max_depth = 20 m
 

@@ -139,6 +139,8 @@ def test_fields_config_and_provenance(rtdetr):
     fields = {f.name: (f.shape, f.dtype) for f in teacher.fields()}
     assert fields == {"boxes": ((100, 4), "float32"), "classes": ((100,), "int32"), "scores": ((100,), "float32"),
                       "count": ((), "int32"), "person_class": ((), "int32")}
+    assert [f.kind for f in teacher.fields()] == ["boxes", "classes", "scores", "count", "scalar"]
+    assert teacher.serializer == "detection" and teacher.provenance()["fields"]["boxes"]["kind"] == "boxes"
     assert teacher.name == "detection" and teacher.default_checkpoint == "PekingU/rtdetr_v2_r50vd"
     assert teacher.image_size == S  # from the checkpoint's preprocessor_config.json
     assert teacher.normalisation() == ((0, 0, 0), (1, 1, 1))  # RT-DETR sees plain 0..1 pixels

@@ -16,6 +16,7 @@ from conftest import bad_files, jpeg_bytes, photo
 from omnimill.errors import UserError
 from omnimill.labelers import checkpoints
 from omnimill.labelers.base import Batch, Field, Teacher, TeacherSpec
+from omnimill.labelers.fields import KINDS
 from omnimill.labelers.registry import available, build, teacher_class
 from omnimill.corpus.image import ImageInfo, decode_view
 
@@ -67,6 +68,7 @@ def test_weight_free_teacher_outputs_match_declared_fields(name):
     batch = decoded_batch([jpeg_bytes(i) for i in range(3)])
     check_fields(teacher, teacher(batch), 3)
     assert teacher.provenance()["teacher"] == name
+    assert all(entry["kind"] in KINDS for entry in teacher.provenance()["fields"].values())  # every field says what it is
 
 
 def test_rgb_is_the_view_itself():

@@ -75,6 +75,7 @@ def test_normals_are_unit_vectors_on_the_view(tiny_tips):
     teacher = load(tiny_tips, 64)
     (field,) = teacher.fields()
     assert (field.name, field.shape, field.dtype, field.dense) == ("normals", (64, 64, 3), "float16", True)
+    assert field.kind == "unit_vectors"
     assert teacher.config()["image_size"] == 56 and teacher.config()["model_type"] == "tipsv2_dpt"
     out = teacher(views(64))["normals"]
     assert out.shape == (3, 64, 64, 3) and out.dtype == np.float16

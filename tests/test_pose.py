@@ -170,6 +170,8 @@ def test_fields_config_and_wrong_checkpoint(vitpose, tmp_path):
     fields = {f.name: (f.shape, f.dtype) for f in teacher.fields()}
     assert fields == {"keypoints": ((20, 17, 2), "float32"), "keypoint_scores": ((20, 17), "float32"),
                       "boxes": ((20, 4), "float32"), "count": ((), "int32")}
+    assert [f.kind for f in teacher.fields()] == ["keypoints", "scores", "boxes", "count"]
+    assert teacher.serializer == "pose" and teacher.renderer == "pose"
     info = teacher.provenance()
     assert info["config"]["crop"] == [32, 24] and len(info["config"]["keypoints"]) == 17
     assert info["config"]["model_type"] == "vitpose" and len(info["checkpoint_sha256"]) == 64

@@ -144,6 +144,7 @@ def test_fields_and_shapes(tiny_ckpt):
     assert fields == {"instances": ((S, S), "uint16", True), "boxes": ((16, 4), "float32", False),
                       "scores": ((16,), "float32", False), "areas": ((16,), "int32", False),
                       "count": ((), "int32", False), "edges": ((S, S), "bool", True)}
+    assert [f.kind for f in teacher.fields()] == ["instances", "boxes", "scores", "scalar", "count", "binary"]
     out = teacher(photos(3))
     assert set(out) == set(fields)
     for name, (shape, dtype, _) in fields.items():

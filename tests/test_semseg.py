@@ -86,6 +86,7 @@ def test_segformer_fields_and_class_names(tiny_segformer):
     teacher = load(tiny_segformer, 64)
     (field,) = teacher.fields()
     assert (field.name, field.shape, field.dtype, field.dense) == ("classes", (64, 64), "uint16", True)
+    assert field.kind == "classes"
     assert "0..4" in field.doc
     config = teacher.provenance()["config"]
     assert config["class_names"] == NAMES and config["image_size"] == 64 and config["model_type"] == "segformer"

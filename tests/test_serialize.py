@@ -251,12 +251,16 @@ def test_captions_join_with_sep_and_skip_empty_ones():
 # ------------------------------------------------------------------------------------------ picking and checking
 
 
-def test_structure_is_picked_by_teacher_name_or_forced():
-    assert structure_for("palette", {}) == "palette"
+def test_structure_is_what_the_teacher_declares_or_forced():
+    assert structure_for("palette", {}) == "palette"  # the Palette teacher declares serializer = "palette"
+    assert structure_for("captioner", {}) == "caption"  # the captioner's captions: a name that is no structure
     assert structure_for("", {}) == "caption"
     assert structure_for("my_boxes", {"structure": "detection"}) == "detection"
+    assert structure_for("caption", {}) == "caption"  # a group no class made: a structure's own name, as before
     with pytest.raises(UserError, match="structure = palette"):
-        structure_for("depth", {})
+        structure_for("depth", {})  # a teacher that declares no structure
+    # the provenance's spec names the class, whatever the group is called
+    assert structure_for("boxes_of_mine", {}, {"spec": "detection=/models/rtdetr"}) == "detection"
 
 
 def test_wrong_fields_or_shapes_are_user_errors():
