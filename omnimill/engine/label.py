@@ -133,9 +133,10 @@ def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: L
                     retry[name] = rows
         if todo:
             unit = labels.unit(u)
-            tasks.append(UnitTask(labels.uri, u, unit.start, unit.stop, todo, labels.view_size, opts.batch_size,
-                                  opts.device, opts.dtype, opts.torch_threads, {}, opts.decode_threads,
-                                  opts.max_pixels, 0, opts.storage_options, retry=retry))
+            tasks.append(UnitTask(labels.uri, u, unit.start, unit.stop, todo, labels.view_size,
+                                  batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
+                                  torch_threads=opts.torch_threads, decode_threads=opts.decode_threads,
+                                  max_pixels=opts.max_pixels, storage_options=opts.storage_options, retry=retry))
     return tasks
 
 
