@@ -35,16 +35,20 @@ class FieldSource:
     def name(self) -> str:
         return modality_name(self.teacher, self.fields, "/")
 
+    def path(self, field: str) -> str:
+        """Where a field lies in the label store: teacher/field, or a top-level array."""
+        return f"{self.teacher}/{field}" if self.teacher else field
+
     def ok(self) -> np.ndarray:
         if not self.teacher:
             return np.ones(self.store.n, bool)
-        return self.store.read(f"{self.teacher}/ok")
+        return self.store.read(self.path("ok"))
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Values of `indices` (sorted), one array per field."""
         indices = np.asarray(indices, np.int64)
         rows = indices if len(indices) else slice(0, 0)
-        return {f: self.store.read(f"{self.teacher}/{f}" if self.teacher else f, rows) for f in self.fields}
+        return {f: self.store.read(self.path(f), rows) for f in self.fields}
 
 
 def open_field(store: str | LabelStore, field: str) -> FieldSource:
