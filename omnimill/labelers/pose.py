@@ -10,7 +10,8 @@ heatmap's maximum, refined to sub-pixel precision by DARK (Zhang et al., CVPR 20
 pixels; its score is the heatmap's value there. The decoding follows transformers' VitPoseImageProcessor
 (unbiased data processing: pixel centres at integer coordinates, a crop's first and last pixel on its edges).
 Per sample, P = max_people (20), J = 17 keypoints (nose, eyes, ears, shoulders, elbows, wrists, hips,
-knees, ankles; names in config["keypoints"]):
+knees, ankles; names in config["keypoints"]; COCO's names, skeleton and visibility threshold, which the
+pose serializer and picture use, are in schema.py):
 
     keypoints        (P, J, 2) float32  x, y in view pixels; 0 where padded
     keypoint_scores  (P, J)    float32  heatmap maximum (about 0..1); 0 where padded
