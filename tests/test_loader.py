@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from omnimill.engine.text import write_text_shards
 from omnimill.errors import UserError
 from omnimill.shards.loader import TokenDataset, TokenLoader, buffered_shuffle
+from omnimill.shards.wds import export_wds
 from omnimill.store.tokens import TokenStore
-from omnimill.shards.wds import export_wds, write_text_shards
 
 
 @pytest.fixture(scope="module")
