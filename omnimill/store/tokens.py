@@ -80,10 +80,6 @@ class TokenStore(UnitStore):
     def modalities(self) -> list[str]:
         return self.parts()
 
-    def crops(self, rows=slice(None)) -> np.ndarray:
-        """(n, n_crops, 5) crop boxes of `rows` (an index, slice or list), shared by every modality."""
-        return self.read("crops", rows)
-
     def tokenizer_info(self, modality: str) -> dict:
         return dict(self.group[modality].attrs["tokenizer"])
 
