@@ -110,3 +110,35 @@ def test_text_killed_while_writing_then_the_same_command_finishes_it(token_data,
     assert sorted(got) == sorted(want) and len(want) == 9  # 17 texts: 4 shards + indexes + manifest
     assert all(got[name] == want[name] for name in want if name != "manifest.json")
     assert invoke("shards", "verify", out).exit_code == 0
+
+
+KILLED_TEXT_RUN = """
+from omnimill.corpus.text import read_texts
+from omnimill.engine.text import write_text_shards
+keys, texts = read_texts(sys.argv[3])
+write_text_shards(texts, keys, sys.argv[4], sys.argv[5], samples_per_shard=5, workers=1, progress=False)
+"""
+
+
+def test_text_is_a_unit_job_a_killed_run_keeps_its_finished_shards(token_data, corpus, tmp_path):
+    """Each shard is a unit committed by its note in _export/: the rerun writes only the shards not noted."""
+    from test_wds import KILLER
+
+    from omnimill.engine.text import write_text_shards
+
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    tokenizer = token_data["tokenizers"]["caption"]
+    keys, texts = read_texts(str(corpus))
+    assert write_text_shards(texts, keys, tokenizer, str(clean), samples_per_shard=5, progress=False).exit_code == 0
+    script = KILLER.rsplit("from omnimill.cli", 1)[0] + KILLED_TEXT_RUN
+    run = subprocess.run([sys.executable, "-c", script, "shard-000002.tar", "0.5", str(corpus), tokenizer, str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == -9, run.stdout + run.stderr
+    noted = sorted(p.name.removesuffix(".json") for p in (out / "_export").glob("shard-*.tar.json"))
+    assert noted and "shard-000002.tar" not in noted and not (out / "manifest.json").exists()
+    before = {name: (out / name).stat().st_mtime_ns for name in noted}
+    result = write_text_shards(texts, keys, tokenizer, str(out), samples_per_shard=5, progress=False)
+    assert result.exit_code == 0 and result.units_planned == 4 - len(noted)
+    assert {name: (out / name).stat().st_mtime_ns for name in noted} == before  # not written again
+    got, want = listing(out), listing(clean)
+    assert sorted(got) == sorted(want) and all(got[name] == want[name] for name in want if name != "manifest.json")

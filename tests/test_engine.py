@@ -198,3 +198,39 @@ def test_a_teacher_runs_after_the_teacher_it_requires(tmp_path):
     label(str(root), str(store), [twice], force=True, **FAST)
     np.testing.assert_allclose(zarr.open_group(str(store), mode="r")["twice/value"][:][ok],
                                2 * group["failsondark/brightness"][:][ok])
+
+
+# ---------------------------------------------------------------- the one unit job (engine/job.py)
+def test_every_job_refuses_a_misspelt_setting_before_anything_is_written(tmp_path):
+    from omnimill.engine.text import write_text_shards
+    from omnimill.engine.tokenize import tokenize
+
+    for run, typo in [(lambda: label(str(tmp_path), str(tmp_path / "l.zarr"), ["rgb"], wokers=1), "wokers"),
+                      (lambda: tokenize(str(tmp_path), str(tmp_path / "t.zarr"), ["x"], n_crop=2), "n_crop"),
+                      (lambda: write_text_shards(["a"], ["k"], str(tmp_path), str(tmp_path / "s"), shard_size=2),
+                       "shard_size")]:
+        with pytest.raises(UserError, match=f"unknown setting {typo}; known: .*break_lock"):
+            run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("counts, code", [
+    ({}, 0),
+    ({"units_pending": 1}, 3),  # waits for an earlier stage
+    ({"store_failed": 2}, 3),  # samples failed (recorded)
+    ({"store_missing": 1, "store_failed": 2}, 4),  # a unit without its marker outweighs failed samples
+    ({"units_failed": [{"unit": 0, "error": "x"}], "units_pending": 1}, 4),
+])
+def test_one_exit_code_rule_for_every_job(counts, code):
+    from omnimill.engine.job import JobResult
+
+    assert JobResult("store", ["part"], **counts).exit_code == code
+
+
+def test_the_run_record_says_what_the_run_did_and_with_which_settings(corpus, tmp_path):
+    store = tmp_path / "labels.zarr"
+    label(str(corpus), str(store), ["rgb"], **FAST)
+    record = LabelStore.open(str(store)).history()[-1]
+    assert record["teachers"] == ["rgb"] and record["units_done"] == record["units_planned"] == 3
+    assert record["started"].endswith("Z") and record["scheduler"] == "embedded"
+    assert record["options"]["unit_size"] == 8 and "storage_options" not in record["options"]
