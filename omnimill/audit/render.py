@@ -250,9 +250,6 @@ def message_tile(title: str, text: str, face: str = MISSING_FACE, color: str = "
     return Tile(title, draw, text)
 
 
-_message_tile = message_tile  # the old name, until audit/report.py imports message_tile
-
-
 def _field_names(arrays: list[str], provenance: dict) -> list[str]:
     """The teacher's fields in the order it declared them (provenance), then any others by name."""
     stored = set(arrays) - {"ok"}
