@@ -138,7 +138,7 @@ class LabelStore(UnitStore):
         if complete and not force:
             old = self.provenance(name)
             for what in ("config", "checkpoint_sha256", "fields"):
-                if old.get(what) != provenance.get(what):
+                if _comparable(old, what) != _comparable(provenance, what, like=old):
                     raise UserError(
                         f"teacher {name} in {self.uri} was labelled with another {what.replace('_', ' ')} "
                         f"({short(old.get(what))} vs {short(provenance.get(what))}); pass --force to relabel it")
@@ -197,3 +197,17 @@ def retryable(error: dict) -> bool:
     time: it is recorded once and left. Anything else (a teacher that raised, a read that failed) may be
     transient (CUDA, network), so it is retried. Markers of older runs lack the flag: decided by stage."""
     return bool(error.get("retryable", error.get("stage") != "decode"))
+
+
+# What a field entry said before fields had kinds: stores labelled then resume unchanged.
+_SINCE_KINDS = ("kind", "relative", "time")
+
+
+def _comparable(provenance: dict, what: str, like: dict | None = None):
+    """The part of a provenance entry that must match on resume; `fields` written before kinds existed are
+    compared without what kinds added (a store labelled by an older omnimill resumes, it is not refused)."""
+    value = provenance.get(what)
+    old_fields = (like or provenance).get("fields") or {}
+    if what != "fields" or not value or any("kind" in f for f in old_fields.values()):
+        return value
+    return {name: {k: v for k, v in f.items() if k not in _SINCE_KINDS} for name, f in value.items()}

@@ -1,0 +1,48 @@
+"""The label store across omnimill versions: a store labelled before fields had kinds resumes unchanged."""
+
+from __future__ import annotations
+
+import zarr
+
+from conftest import write_images
+from omnimill.engine.label import label
+from omnimill.errors import UserError
+from omnimill.store.labels import LabelStore
+
+FAST = dict(workers=1, unit_size=4, view_size=32, progress=False)
+
+
+def _forget_kinds(store) -> None:
+    """Make the store look as an omnimill before field kinds wrote it: no kind in the fields entry."""
+    group = zarr.open_group(str(store), mode="r+")["palette"]
+    fields = {name: {k: v for k, v in f.items() if k not in ("kind", "relative", "time")}
+              for name, f in group.attrs["fields"].items()}
+    group.attrs["fields"] = fields
+
+
+def test_a_store_labelled_before_field_kinds_resumes(tmp_path):
+    write_images(tmp_path / "c", 6)
+    store = tmp_path / "labels.zarr"
+    label(str(tmp_path / "c"), str(store), ["palette"], **FAST)
+    _forget_kinds(store)
+    assert all("kind" not in f for f in LabelStore.open(str(store)).provenance("palette")["fields"].values())
+
+    again = label(str(tmp_path / "c"), str(store), ["palette"], **FAST)
+    assert again.exit_code == 0 and again.units_planned == 0  # resumed, not refused, nothing redone
+
+
+def test_other_fields_are_still_refused(tmp_path):
+    write_images(tmp_path / "c", 4)
+    store = tmp_path / "labels.zarr"
+    label(str(tmp_path / "c"), str(store), ["palette"], **FAST)
+    group = zarr.open_group(str(store), mode="r+")["palette"]
+    fields = dict(group.attrs["fields"])
+    name = next(iter(fields))
+    fields[name] = {**fields[name], "shape": [99]}
+    group.attrs["fields"] = fields
+    try:
+        label(str(tmp_path / "c"), str(store), ["palette"], **FAST)
+    except UserError as e:
+        assert "another fields" in str(e) and "--force" in str(e)
+    else:
+        raise AssertionError("a store whose fields differ was resumed")
