@@ -60,6 +60,8 @@ def label(
                                                           "default 128).")] = None,
     view_size: Annotated[Optional[int], typer.Option(help="Side of the canonical view in pixels (new stores; "
                                                           "default 384).")] = None,
+    sample_kind: Annotated[Optional[str], typer.Option(help="What a sample is: image (new stores; default "
+                                                            "image). `omnimill teachers` lists the kinds.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Relabel the given teachers from scratch.")] = False,
@@ -80,8 +82,8 @@ def label(
     from omnimill.engine.label import label as run_label
 
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
-                           view_size=view_size, device=device, dtype=dtype, force=force,
-                           max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
+                           view_size=view_size, sample_kind=sample_kind, device=device, dtype=dtype,
+                           force=force, max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
                            break_lock=break_lock, repair=repair, progress=not no_progress)
     with job(store):
         result = run_label(corpus, store, _with_options(teacher, option), options)
@@ -231,6 +233,10 @@ def teachers():
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         table.add_row(name, "required" if cls.needs_checkpoint else "-", cls.default_checkpoint or "-", doc)
     console.print(table)
+    from omnimill.corpus.kinds import kind_of, known
+
+    for name in known():  # what `label --sample-kind` takes
+        console.print(f"sample kind {name}: {', '.join(sorted(kind_of(name).extensions))}")
 
 
 @app.command("tokenize")

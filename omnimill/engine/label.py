@@ -22,6 +22,7 @@ from omnimill.errors import UserError
 from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.corpus.image import DEFAULT_MAX_PIXELS
+from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
 from omnimill.corpus.listing import index_corpus, normalise_uri
 from omnimill.store.labels import LabelStore, retryable
 from omnimill.store.base import is_url, local_path, same_or_inside, same_store
@@ -39,6 +40,7 @@ class LabelOptions(JobOptions):
     batch_size: int = 32
     unit_size: int | None = None  # fixed when the store is created
     view_size: int | None = None  # fixed when the store is created
+    sample_kind: str | None = None  # what a sample is (corpus.kinds: image, ...); fixed when created, default image
     device: str = "auto"
     dtype: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -73,7 +75,7 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         _check_fixed(labels, opts)
         index = None
     else:
-        index = index_corpus(corpus, opts.storage_options)
+        index = index_corpus(corpus, opts.storage_options, sample_kind=kind_of(opts.sample_kind or DEFAULT_KIND).name)
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
     built, specs = _dependency_order(built, specs, labels if exists else None)
@@ -191,7 +193,7 @@ def _check_same_corpus(labels: LabelStore, corpus: str) -> None:
 
 
 def _check_fixed(labels: LabelStore, opts: LabelOptions) -> None:
-    for name in ("view_size", "unit_size"):
+    for name in ("view_size", "unit_size", "sample_kind"):
         given, fixed = getattr(opts, name), getattr(labels, name)
         if given is not None and given != fixed:
             raise UserError(f"{labels.uri} has {name.replace('_', ' ')} {fixed}, fixed when it was created; "

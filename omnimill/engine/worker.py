@@ -30,6 +30,7 @@ from omnimill.labelers.registry import build
 from omnimill.corpus.image import DEFAULT_MAX_PIXELS
 from omnimill.corpus.listing import ByteReader
 from omnimill.corpus.sample import DecodeSettings
+from omnimill.store.base import now
 from omnimill.store.labels import LabelStore
 
 PREFETCH_BATCHES = 2  # batches decoded ahead while the teachers run on the current one
@@ -213,7 +214,7 @@ def commit(store: LabelStore, task: UnitTask, sample_values, outputs, ok, marker
     store.write_sample_values(task.start, sample_values)
     unit = store.unit(task.unit)
     for name, marker in markers.items():
-        marker["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        marker["finished"] = now()
         store.write_unit(name, unit, outputs[name], ok[name], marker)
 
 
