@@ -158,12 +158,14 @@ def stored_vector(labels: LabelStore, teacher: str, name: str, i: int, key: str)
 
 def trusted_teacher(labels: LabelStore, teacher: str, plugin: str | None = None) -> str:
     """The teacher class the store's provenance names (a built-in name or module:Class), if it may be imported:
-    a registered built-in, or the plug-in the user named on the command line. Checked before any import: a
-    store is data, and importing a module it names would run that module's code."""
-    from omnimill.labelers.registry import BUILTIN
+    a registered built-in, a plug-in installed for omnimill (entry point `omnimill.teachers`), or the plug-in
+    the user named on the command line. Checked before any import: a store is data, and importing a module it
+    names would run that module's code (the same rule as labelers.registry.stored_teacher)."""
+    from omnimill.labelers.registry import BUILTIN, installed_plugins
 
     name = str(labels.provenance(teacher).get("spec") or teacher).partition("=")[0]
-    if name in BUILTIN or name in BUILTIN.values():
+    plugins = installed_plugins()
+    if name in BUILTIN or name in BUILTIN.values() or name in plugins.values():
         return name
     if plugin is None:
         raise UserError(f"{teacher} in {labels.uri} was labelled by {name!r}, not a built-in teacher, and a store "

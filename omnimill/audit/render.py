@@ -44,7 +44,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from omnimill.labelers.fields import kind_of
 from omnimill.labelers.schema import COCO_SKELETON, KEYPOINT_THRESHOLD
 from omnimill.store.labels import LabelStore
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable, ClassVar
 
 from omnimill.engine.units import run_units
 from omnimill.errors import UserError
+from omnimill.settings import with_overrides
 from omnimill.store.base import UnitStore, now
 
 EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_UNIT_FAILURES, EXIT_USAGE = 0, 3, 4, 2
@@ -45,17 +46,6 @@ class JobOptions:
 
     def with_overrides(self, overrides: dict):
         return with_overrides(self, overrides)
-
-
-def with_overrides(options, overrides: dict):
-    """Set typed options by name; an unknown name is refused with the list (a typo never passes silently)."""
-    known = {f.name for f in fields(options)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"unknown setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for k, v in overrides.items():
-        setattr(options, k, v)
-    return options
 
 
 def at_least_one(options, names: dict[str, str]) -> None:

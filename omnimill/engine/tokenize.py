@@ -159,7 +159,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
         source = open_field(labels, tok.config.modality)
         ok = source.ok()[span]
         rows = np.flatnonzero(ok)
-        values = {f: labels.read(f"{source.teacher}/{f}" if source.teacher else f, span)[rows] for f in source.fields}
+        values = {f: labels.read(source.path(f), span)[rows] for f in source.fields}
         pad = tok.config.pad_id if tok.config.pad_id >= 0 else 0
         tokens = np.full((n, store.n_crops, tok.tokens_per_sample), pad, np.int64)
         for i in range(0, len(rows), ENCODE_BATCH):

@@ -299,14 +299,6 @@ def noted_shards(out: str, storage_options: dict | None = None) -> dict[int, dic
     return done
 
 
-def write_text_shards(*args, **kwargs):
-    """Moved to `omnimill.engine.text.write_text_shards` (tokenizing text is a unit job; shards/ knows no
-    models). Kept only until tests/test_loader.py imports it from there."""
-    from omnimill.engine.text import write_text_shards as write
-
-    return write(*args, **kwargs)
-
-
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
     path = uri if uri.endswith(MANIFEST) else join(uri, MANIFEST)
     try:

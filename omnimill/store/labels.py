@@ -13,7 +13,7 @@
       _runs/
         <teacher>/units (n_units,) str   commit marker per unit (JSON with stats and error records);
                                          "" = not done. Written last, so a marker means "all chunks in".
-        _lock/, _history/<run>/          the run holding the store; one record per run (unitstore.py)
+        _lock/, _history/<run>/          the run holding the store; one record per run (base.py)
 
 `sample_kind` names the registered kind of sample (corpus/kinds.py) that the engine decodes through
 and whose per-sample arrays the store holds; a store made before kinds has no such attribute and holds

@@ -22,6 +22,7 @@ import numpy as np
 
 from omnimill import __version__
 from omnimill.errors import UserError
+from omnimill.settings import with_overrides
 from omnimill.files import write_atomic
 from omnimill.tokenize import values as V
 from omnimill.tokenize.base import TokenizerConfig, check_directory
@@ -53,9 +54,7 @@ class TrainOptions:
 
 def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options: TrainOptions | None = None,
                     **overrides) -> Path:
-    opts = options or TrainOptions()
-    for k, v in overrides.items():
-        setattr(opts, k, v)
+    opts = with_overrides(options or TrainOptions(), overrides)
     source = open_field(store, field)
     train_idx, heldout_idx = split(source, opts.holdout, opts.seed)
     if len(train_idx) == 0:
@@ -67,7 +66,7 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
     config = TokenizerConfig(kind=kind, teacher=source.teacher, fields=source.fields, source={
         "store": source.store.uri, "store_created": source.store.created,
         "teacher_checkpoint_sha256": source.provenance.get("checkpoint_sha256"),
-        "fields": source.specs, "id2label": source.provenance.get("config", {}).get("id2label"),
+        "fields": source.specs, "teacher_spec": source.provenance.get("spec"), "id2label": source.provenance.get("config", {}).get("id2label"),
         "keypoints": source.provenance.get("config", {}).get("keypoints"),
         "omnimill_version": __version__})
     config.options.update(view_size=source.store.view_size, holdout=opts.holdout, seed=opts.seed,
@@ -116,9 +115,10 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
     if len(shape) not in (2, 3) or spec["dtype"] == "str":
         raise UserError(f"{source.name} has per-sample shape {shape} ({spec['dtype']}): a spatial tokenizer "
                         "needs a dense map (H, W) or (H, W, C); use --kind vector for embeddings")
-    mode = opts.mode or V.infer_mode(field, spec["dtype"], shape)
+    mode = opts.mode or V.mode_of(field, spec)  # by the field's kind (stores without kinds: as before)
     id2label = config.source.get("id2label")
-    config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None)
+    config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None,
+                                 relative=V.relative_of(field, spec))
     feature_grid = shape[0] <= opts.grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
     input_size = opts.input_size or (shape[0] if feature_grid else 256)
     grid = min(opts.grid, input_size)

@@ -135,6 +135,7 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
 def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
     from omnimill.audit.render import DPI, Sample, message_tile, panel, teacher_tiles, text_tile
     from omnimill.store.labels import LabelStore
+    from omnimill.store.tokens import modality_name
     from omnimill.tokenize.base import load_tokenizer
 
     labels_uri = source.store.source.get("store") if isinstance(source, TokenStoreSource) else \
@@ -171,8 +172,7 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
     info = state["datasets"][name]["tokenizer"]
     if labels is not None:
         i = labels.index_of(key)
-        prefix = f"{info['teacher']}/" if info.get("teacher") else ""
-        values = {f: labels.read(prefix + f, i) for f in info["fields"]}
+        values = {f: labels.read(modality_name(info.get("teacher") or "", [f], "/"), i) for f in info["fields"]}
         values = {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in values.items()}
         tiles += tiles_of(name, None, "teacher", values)
     if truth is not None:
