@@ -4,6 +4,7 @@ thresholds, and the worker's name. Used by the label and tokenize tasks alike.""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 
@@ -66,3 +67,10 @@ def worker_address() -> str:
 def loaded(kind: str) -> int:
     """How many cached objects of a kind this process holds (tests check \"teachers load once per worker\")."""
     return sum(1 for k in _cache if k[0] == kind)
+
+
+def unit_marker(task, **counts) -> dict:
+    """What every commit marker says of its unit and where it ran; a job adds its counts (ok, failed, ...).
+    `finished` is stamped when the marker is written, after the unit's chunks."""
+    return {"unit": task.unit, "start": task.start, "stop": task.stop, **counts, "attempt": task.attempt,
+            "worker": worker_address(), "host": socket.gethostname(), "pid": os.getpid()}

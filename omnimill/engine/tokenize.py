@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +128,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
     """Worker side: encode every crop of the unit's samples with each tokenizer, write, then mark."""
     import sys
 
-    from omnimill.engine.runtime import cached, torch_threads, undo_dask_malloc_trim, worker_address
+    from omnimill.engine.runtime import cached, torch_threads, undo_dask_malloc_trim, unit_marker
     from omnimill.tokenize.base import load_tokenizer
     from omnimill.tokenize.data import open_field
 
@@ -166,10 +165,8 @@ def tokenize_unit(task: TokenizeTask) -> dict:
             batch = {f: v[i:i + ENCODE_BATCH] for f, v in values.items()}
             for c in range(store.n_crops):
                 tokens[rows[i:i + ENCODE_BATCH], c] = tok.encode(batch, crops[rows[i:i + ENCODE_BATCH], c])
-        marker = {"unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(len(rows)),
-                  "label_marker": label_marker,
-                  "skipped": int(n - len(rows)), "attempt": task.attempt, "worker": worker_address(),
-                  "host": socket.gethostname(), "finished": now()}
+        marker = {**unit_marker(task, ok=int(len(rows)), skipped=int(n - len(rows)), label_marker=label_marker),
+                  "finished": now()}
         store.write_unit(name, unit, tokens, ok, marker)
         failed[name] = 0  # samples without labels are skipped, not failures: the label store records why
         done[name] = int(len(rows))

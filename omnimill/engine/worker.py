@@ -12,8 +12,6 @@ the top of the store (an image's crop_box). Nothing here names images.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import threading
 import time
@@ -23,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_malloc_trim, worker_address
+from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_malloc_trim, unit_marker, worker_address
 from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
@@ -188,15 +186,13 @@ def run_unit(task: UnitTask) -> dict:
                     ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
-    host, worker = socket.gethostname(), worker_address()
+    worker = worker_address()
     markers = {}
     for t in teachers:
-        markers[t.name] = {
-            "unit": task.unit, "start": task.start, "stop": task.stop, "ok": int(ok[t.name].sum()),
-            "failed": n - int(ok[t.name].sum()), "seconds": round(seconds[t.name], 4), "attempt": task.attempt,
-            "worker": worker, "host": host, "pid": os.getpid(), "device": _device_name(t),
-            "retried": len(todo[t.name]) if len(todo[t.name]) < n else 0,
-            "errors": sorted(errors[t.name], key=lambda e: e["index"])}
+        markers[t.name] = unit_marker(
+            task, ok=int(ok[t.name].sum()), failed=n - int(ok[t.name].sum()), seconds=round(seconds[t.name], 4),
+            device=_device_name(t), retried=len(todo[t.name]) if len(todo[t.name]) < n else 0,
+            errors=sorted(errors[t.name], key=lambda e: e["index"]))
 
     tw = time.perf_counter()
     write_wait = _writer.submit(store, task, sample_values, outputs, ok, markers)

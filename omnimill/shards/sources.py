@@ -25,7 +25,7 @@ import numpy as np
 
 from omnimill.errors import UserError
 from omnimill.corpus.listing import url_to_fs
-from omnimill.shards.wds import MANIFEST, join, read_manifest
+from omnimill.shards.manifest import MANIFEST, join, read_manifest
 
 
 READ_SAMPLES = 1024  # token-store samples per read, at most

@@ -22,7 +22,8 @@ import numpy as np
 from omnimill.errors import UserError
 from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, group_members, is_shard_set, scan_tar,
                                       unit_from_index, unit_from_tar)
-from omnimill.shards.wds import join, positive, read_manifest
+from omnimill.paths import positive
+from omnimill.shards.manifest import join, read_manifest
 
 
 @dataclass

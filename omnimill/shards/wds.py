@@ -48,17 +48,12 @@ from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.corpus.listing import url_to_fs
 from omnimill.paths import positive, refuse_overlap
+from omnimill.shards.manifest import FORMAT, MANIFEST, join, read_manifest  # noqa: F401 (also wds names)
 from omnimill.store.base import now
 
-FORMAT = "omnimill.wds/1"
-MANIFEST = "manifest.json"
 PROGRESS = "_export"  # finished shards of an export in progress
 SHARD_NAME = "shard-{:06d}.tar"
 OURS = re.compile(r"shard-\d{6,}\.(tar|idx\.npz)|manifest\.json")  # files an export writes in OUT
-
-
-def join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -297,17 +292,3 @@ def noted_shards(out: str, storage_options: dict | None = None) -> dict[int, dic
                 and row.get("index") in sizes):
             done[int(number.group(1))] = row
     return done
-
-
-def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
-    path = uri if uri.endswith(MANIFEST) else join(uri, MANIFEST)
-    try:
-        with fsspec.open(path, "r", **(storage_options or {})) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{uri} has no {MANIFEST}: not an omnimill shard set (or an unfinished export)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not an omnimill shard manifest (format {manifest.get('format')!r})")
-    return manifest
