@@ -46,3 +46,28 @@ def test_other_fields_are_still_refused(tmp_path):
         assert "another fields" in str(e) and "--force" in str(e)
     else:
         raise AssertionError("a store whose fields differ was resumed")
+
+
+def test_compare_stores_script_tells_identical_from_changed(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "compare_stores.py"
+    write_images(tmp_path / "c", 5)
+    label(str(tmp_path / "c"), str(tmp_path / "a.zarr"), ["palette"], **FAST)
+    shutil.copytree(tmp_path / "c", tmp_path / "moved")
+    label(str(tmp_path / "moved"), str(tmp_path / "b.zarr"), ["palette"], **FAST)
+
+    def compare(*extra):
+        return subprocess.run([sys.executable, str(script), str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"),
+                               *extra], capture_output=True, text=True)
+
+    assert compare().returncode == 1 and "source: values differ" in compare().stdout  # another folder
+    moved = compare("--moved", f"{tmp_path / 'c'}={tmp_path / 'moved'}")
+    assert moved.returncode == 0 and moved.stdout.startswith("identical"), moved.stdout
+    group = zarr.open_group(str(tmp_path / "b.zarr"), mode="r+")
+    group["palette/ok"][0] = not group["palette/ok"][0]
+    changed = compare("--moved", f"{tmp_path / 'c'}={tmp_path / 'moved'}")
+    assert changed.returncode == 1 and "palette/ok: values differ" in changed.stdout
