@@ -32,6 +32,7 @@ BUILTIN = {
     "captioner": "omnimill.labelers.caption:Captioner",
     "caption_embed": "omnimill.labelers.caption_embed:CaptionEmbed",
     "captioner_embed": "omnimill.labelers.caption_embed:CaptionerEmbed",
+    "t5_embed": "omnimill.labelers.t5_embed:T5Embed",
 }
 
 
