@@ -16,8 +16,8 @@ from conftest import photo
 from omnimill.errors import UserError
 from omnimill.labelers.base import Batch, TeacherSpec
 from omnimill.labelers.registry import build
-from omnimill.labelers.sam import (best_per_image, build_model, infer_architecture, instance_edges, mask_boxes,
-                                   paint_instances, select_masks)
+from omnimill.labelers.sam import (area_resample, best_per_image, build_model, infer_architecture, instance_edges,
+                                   mask_boxes, masks_in_boxes, paint_instances, paste_in_boxes, select_masks)
 
 SAM = "omnimill.labelers.sam:SAM"  # until the registry knows "sam", the import path names the teacher
 RELAXED = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}  # random weights pass SAM's own filters rarely
@@ -97,6 +97,9 @@ def check_consistent(out: dict, i: int, masks=None):
             assert (mask[ids == j]).all()
             if not len(ys):  # invisible only when smaller masks cover all of it
                 assert all(masks[ids[mask] - 1].sum((1, 2)) <= mask.sum())
+            expected = masks_in_boxes(torch.from_numpy(mask[None]), torch.from_numpy(out["boxes"][i, j - 1:j]))
+            np.testing.assert_array_equal(out["masks64"][i, j - 1], expected[0].numpy())
+    assert not out["masks64"][i, n:].any()
     # edges: exactly the pixels with a 4-neighbour of another id
     differs = np.zeros(ids.shape, bool)
     differs[1:] |= ids[1:] != ids[:-1]
@@ -143,8 +146,10 @@ def test_fields_and_shapes(tiny_ckpt):
     fields = {f.name: (f.shape, f.dtype, f.dense) for f in teacher.fields()}
     assert fields == {"instances": ((S, S), "uint16", True), "boxes": ((16, 4), "float32", False),
                       "scores": ((16,), "float32", False), "areas": ((16,), "int32", False),
-                      "count": ((), "int32", False), "edges": ((S, S), "bool", True)}
-    assert [f.kind for f in teacher.fields()] == ["instances", "boxes", "scores", "scalar", "count", "binary"]
+                      "count": ((), "int32", False), "edges": ((S, S), "bool", True),
+                      "masks64": ((16, 64, 64), "bool", False)}
+    assert [f.kind for f in teacher.fields()] == ["instances", "boxes", "scores", "scalar", "count", "binary",
+                                                  "instance_masks"]
     out = teacher(photos(3))
     assert set(out) == set(fields)
     for name, (shape, dtype, _) in fields.items():
@@ -348,6 +353,35 @@ def test_two_overlapping_squares_paint_box_and_edge():
     np.testing.assert_array_equal(edges, brute)
 
 
+def test_overlapping_instances_are_all_kept_in_masks64():
+    """The instance map shows a pixel once; masks64 + boxes give every instance back whole, overlaps included."""
+    big, small = square(32, 0, 0, 16, 16), square(32, 10, 10, 20, 20)  # the small one hides a corner of the big
+    yy, xx = np.mgrid[:32, :32]
+    disc = torch.from_numpy((yy - 14.5) ** 2 + (xx - 20.5) ** 2 <= 7.5 ** 2)  # overlaps both
+    masks = torch.stack([big, small, disc])
+    ids = paint_instances(masks).numpy()
+    assert (ids == 1).sum() < big.sum()  # the map has lost part of the big square
+    boxes = mask_boxes(masks)
+    masks64 = masks_in_boxes(masks, boxes)
+    assert masks64.shape == (3, 64, 64) and masks64[:2].all()  # squares fill their boxes
+    back = paste_in_boxes(masks64.numpy(), boxes.numpy(), 32, 32)
+    np.testing.assert_array_equal(back[:2], masks[:2].numpy())  # both squares, whole, overlap included
+    iou = (back[2] & disc.numpy()).sum() / (back[2] | disc.numpy()).sum()
+    assert iou > 0.95  # the disc up to its rim (a 15 px box resampled to 64 and back)
+    assert (back[0] & back[1]).sum() == 36 and (back[0] & back[2]).any() and (back[1] & back[2]).any()
+
+
+def test_area_resample_takes_exact_shares():
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :, :1] = 1  # the first column
+    shares = area_resample(mask, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), 2)  # 2 x 2 cells of 2 x 2 pixels
+    assert shares.tolist() == [[[0.5, 0.0], [0.5, 0.0]]]
+    up = area_resample(mask, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), 4)  # one pixel to 4 x 4 cells: all of it
+    assert up.tolist() == [[[1.0] * 4] * 4]
+    outside = area_resample(mask, torch.tensor([[-2.0, 0.0, 2.0, 4.0]]), (1, 2))  # half the window is off the grid
+    assert outside.tolist() == [[[0.0, 0.5]]]
+
+
 def test_equal_areas_put_the_better_score_on_top_and_no_masks_paint_nothing():
     a, b = square(16, 0, 0, 8, 8), square(16, 4, 4, 12, 12)
     assert paint_instances(torch.stack([a, b]))[6, 6] == 1
@@ -403,7 +437,8 @@ def test_engine_labels_a_corpus_with_sam(corpus, tmp_path, tiny_ckpt):
     assert group.attrs["checkpoint_sha256"] == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest()
     expected_shapes = {"instances": ((20, S, S), np.uint16), "boxes": ((20, 24, 4), np.float32),
                        "scores": ((20, 24), np.float32), "areas": ((20, 24), np.int32),
-                       "count": ((20,), np.int32), "edges": ((20, S, S), np.bool_)}
+                       "count": ((20,), np.int32), "edges": ((20, S, S), np.bool_),
+                       "masks64": ((20, 24, 64, 64), np.bool_)}
     stored = {name: group[name][:] for name in expected_shapes}
     for name, (shape, dtype) in expected_shapes.items():
         assert stored[name].shape == shape and stored[name].dtype == dtype, name

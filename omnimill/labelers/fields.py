@@ -12,6 +12,8 @@ adds the leading N axis; K items are padded to a declared maximum, their number 
                                         teacher's provenance config (id2label, class_names)
   binary          (H, W) bool           a dense yes/no map (edges)
   instances       (H, W) int            instance id per pixel, 0 = none
+  instance_masks  (K, m, m) bool        each item's own mask inside its box (the `boxes` field beside it),
+                                        resampled to m x m: instances that overlap all keep their pixels
   embedding       (D,) or (K, D) float  one vector per sample, or per item
   embedding_grid  (g, g, D) float       patch features on a g x g grid over the view
   boxes           (K, 4) float32        x0, y0, x1, y1 in view pixels per item
@@ -41,6 +43,7 @@ KINDS: dict[str, str] = {
     "classes": "(H, W) or (K,) int class ids, dense or per item",
     "binary": "(H, W) bool dense yes/no map",
     "instances": "(H, W) int instance id per pixel, 0 = none",
+    "instance_masks": "(K, m, m) bool each item's mask inside its box, resampled to m x m",
     "embedding": "(D,) or (K, D) float vector per sample or per item",
     "embedding_grid": "(g, g, D) float patch features over the view",
     "boxes": "(K, 4) float32 x0, y0, x1, y1 in view pixels",

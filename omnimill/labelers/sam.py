@@ -1,4 +1,4 @@
-"""sam: Segment Anything automatic masks (Kirillov et al., 2023) as an instance-id map, boxes, scores and SAM edges.
+"""sam: Segment Anything automatic masks (Kirillov et al., 2023): every instance (overlaps kept), an instance-id map, SAM edges.
 
 Paper: "Segment Anything", Kirillov et al., ICCV 2023 (arXiv:2304.02643). 4M-21 uses SAM instances and
 SAM edges (instance boundaries) as two of its modalities; this teacher makes both from one pass.
@@ -28,7 +28,10 @@ on the device and only the finished arrays come back:
      (IoU of the masks thresholded at +1 and -1) and empty ones; boxes; per-image box NMS at IoU 0.7
      (torchvision batched_nms); keep the max_instances best by predicted IoU.
   4. survivors only: paint the instance map as if largest masks first, so small ones stay visible on top;
-     SAM edges = pixels with a 4-neighbour of another id (both sides of a boundary, 2 px wide).
+     SAM edges = pixels with a 4-neighbour of another id (both sides of a boundary, 2 px wide); and every
+     survivor's own mask inside its box, resampled to 64 x 64 (masks64: 4M-21's instance representation;
+     on the device, a cell is on when the mask covers at least half of it), so instances hidden under
+     others in the map are all still there.
 Where the view is as large as the encoder input (S = 1024 for SAM), both resizes are identities and this
 gives SAM's own AMG masks and scores up to float rounding (tests/test_sam.py checks it on a small model).
 Boxes here end at pixel edges (x1 = last column + 1; SAM's end on the last column), so NMS may decide a
@@ -46,6 +49,10 @@ Stored per sample, S = view size (384), K = max_instances (128), ids 1..count or
     areas     (K,)   int32    mask area in view pixels (before painting; an instance may be partly covered)
     count     ()     int32    instances kept (rows past it are zero)
     edges     (S, S) bool     instance boundaries
+    masks64   (K, 64, 64) bool  each instance's whole mask inside its box, resampled to 64 x 64 (overlaps kept;
+                              `paste_in_boxes` puts them back on the view)
+The whole-view masks themselves are not stored: K x S x S bits per sample (18.9 MB at K = 128, S = 384) for
+what masks64 + boxes give back to within a cell of 1/64 of the box (1 view pixel for boxes up to 64 px).
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ STABILITY_SCORE_THRESH = 0.95  # ... and whose stability score is at least this
 STABILITY_SCORE_OFFSET = 1.0  # stability = IoU(logits > +offset, logits > -offset)
 BOX_NMS_THRESH = 0.7  # box IoU above which the lower-scored mask is a duplicate
 MAX_INSTANCES = 128  # instances kept per image, best predicted IoU first
+MASK_SIZE = 64  # side of each instance's mask resampled in its box (4M-21's 64 x 64)
 ENCODER_BATCH = 8  # images per encoder call: a global-attention block holds B x heads x 4096² scores
 
 DECODER_HEADS = 8  # not visible in the weights; every SAM mask decoder has 8
@@ -135,6 +143,8 @@ class SAM(Teacher):
             Field("areas", (k,), "int32", doc="mask area per instance in view pixels", kind="scalar"),
             Field("count", (), "int32", doc="instances kept; rows past it are zero", kind="count"),
             Field("edges", (s, s), "bool", dense=True, doc="SAM edges: boundaries of the instance map", kind="binary"),
+            Field("masks64", (k, MASK_SIZE, MASK_SIZE), "bool", kind="instance_masks",
+                  doc="each instance's mask inside its box, resampled to 64 x 64 (overlaps kept)"),
         ]
 
     def config(self):
@@ -193,7 +203,8 @@ class SAM(Teacher):
         s, k = self.view_size, self.max_instances
         out = {"instances": np.zeros((len(batch), s, s), np.uint16), "boxes": np.zeros((len(batch), k, 4), np.float32),
                "scores": np.zeros((len(batch), k), np.float32), "areas": np.zeros((len(batch), k), np.int32),
-               "count": np.zeros(len(batch), np.int32), "edges": np.zeros((len(batch), s, s), bool)}
+               "count": np.zeros(len(batch), np.int32), "edges": np.zeros((len(batch), s, s), bool),
+               "masks64": np.zeros((len(batch), k, MASK_SIZE, MASK_SIZE), bool)}
         with torch.inference_mode():
             embeddings = self.encode(batch.views)
             # images per round: a round's prompts fill whole decoder calls where the sizes allow
@@ -210,6 +221,7 @@ class SAM(Teacher):
                     out["scores"][i, :n] = scores[mine].cpu().numpy()
                     out["boxes"][i, :n] = boxes[mine].cpu().numpy()
                     out["areas"][i, :n] = areas[mine].cpu().numpy()
+                    out["masks64"][i, :n] = masks_in_boxes(masks[mine], boxes[mine]).cpu().numpy()
         return out
 
     def encode(self, views: np.ndarray):
@@ -407,6 +419,67 @@ def mask_boxes(masks):
     y0, x0 = rows.argmax(1), cols.argmax(1)  # argmax returns the first maximum: the first row/column in the mask
     y1, x1 = h - rows.flip(1).argmax(1), w - cols.flip(1).argmax(1)
     return torch.stack([x0, y0, x1, y1], 1).float()
+
+
+def masks_in_boxes(masks, boxes, size: int = MASK_SIZE):
+    """(m, H, W) bool masks and their (m, 4) pixel-edge boxes -> (m, size, size) bool: each mask inside its box.
+
+    A cell is on when the mask covers at least half of it (area_resample: exact shares, whatever the box's
+    size), so a mask that fills its box (a rectangle) comes out all on, and only its box's pixels count.
+    """
+    return area_resample(masks, boxes, size) >= HALF
+
+
+def paste_in_boxes(masks, boxes, height: int, width: int) -> np.ndarray:
+    """The inverse of masks_in_boxes: (m, s, s) masks and (m, 4) boxes in pixels -> (m, height, width) bool.
+
+    Each mask is resampled the same way (area shares, on at >= 1/2) to its box rounded to whole pixels and
+    put there; the part of a box outside the picture is dropped. Overlapping instances each keep their mask.
+    """
+    import torch
+
+    masks, boxes = np.asarray(masks, bool), np.asarray(boxes, np.float64)
+    out = np.zeros((len(masks), height, width), bool)
+    for j, (mask, box) in enumerate(zip(masks, boxes)):
+        x0, y0, x1, y1 = (int(v) for v in np.rint(box))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        whole = torch.tensor([[0.0, 0.0, mask.shape[1], mask.shape[0]]])
+        resized = (area_resample(torch.from_numpy(mask)[None], whole, (y1 - y0, x1 - x0))[0] >= HALF).numpy()
+        top, left = max(y0, 0), max(x0, 0)
+        bottom, right = min(y1, height), min(x1, width)
+        if bottom > top and right > left:
+            out[j, top:bottom, left:right] = resized[top - y0:bottom - y0, left - x0:right - x0]
+    return out
+
+
+HALF = 0.5 - 1e-4  # "at least half covered", with float sums of exact halves counted as half
+
+
+def area_resample(masks, windows, size):
+    """The share of each output cell that a mask covers: (n, H, W) masks (bool or float tensors), (n, 4) windows
+    x0, y0, x1, y1 in pixel edges of that grid -> (n, h, w) float; size = h = w, or (h, w).
+
+    Each window is cut into h x w cells; a cell's value is the mean of the mask over the cell, with every pixel
+    weighted by how much of it lies in the cell (separable: rows (h, H) @ mask @ columns (W, w)). Exact for
+    any ratio, up or down; what lies outside the grid counts as empty; an empty window gives zeros.
+    """
+    import torch
+
+    h, w = (size, size) if isinstance(size, int) else size
+    windows = torch.as_tensor(windows, dtype=torch.float32, device=masks.device).reshape(-1, 4)
+
+    def weights(lo, hi, cells: int, length: int):  # (n,) edges -> (n, cells, length) overlap shares
+        step = (hi - lo) / cells
+        start = lo[:, None] + step[:, None] * torch.arange(cells, device=lo.device)
+        pixel = torch.arange(length, device=lo.device, dtype=torch.float32)
+        overlap = torch.minimum(start[..., None] + step[:, None, None], pixel + 1) - torch.maximum(start[..., None],
+                                                                                                  pixel)
+        return overlap.clamp(min=0) / step.clamp(min=1e-12)[:, None, None]
+
+    rows = weights(windows[:, 1], windows[:, 3], h, masks.shape[-2])
+    columns = weights(windows[:, 0], windows[:, 2], w, masks.shape[-1])
+    return rows @ masks.float() @ columns.transpose(1, 2)
 
 
 def paint_instances(masks):
