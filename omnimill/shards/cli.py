@@ -23,17 +23,29 @@ FORCE_HELP = ("Redo an export in OUT: removes only what an earlier export wrote 
 def export(
     tokens: Annotated[str, typer.Argument(help="Token store (made by `omnimill tokenize`), path or fsspec URL.")],
     out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the shards and manifest.json.")],
-    format: Annotated[str, typer.Option("--format", help="Shard format; wds (WebDataset tars).")] = "wds",
+    format: Annotated[str, typer.Option("--format", help="wds (omnimill's WebDataset tars) or 4m (tars, "
+                                                         "data_config.yaml and manifest that apple/ml-4m's "
+                                                         "trainer reads; docs/SHARDS.md).")] = "wds",
     samples_per_shard: Annotated[int, typer.Option(help="Samples per tar; about 1000-10000 for training, "
                                                         "and at least ranks x workers shards.")] = 1000,
-    modality: Annotated[list[str], typer.Option("--modality", "-m", help="Export only these (repeatable).")] = [],
+    modality: Annotated[list[str], typer.Option("--modality", "-m", help="Export only these (repeatable); 4m: ml-4m "
+                                                                        "domains or token-store modalities.")] = [],
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+    allow_shapes: Annotated[bool, typer.Option(help="4m: write token domains whose length or vocabulary differ "
+                                                    "from ml-4m's (tiny test tokenizers); recorded as warnings "
+                                                    "in the manifest.")] = False,
 ):
-    """Write a token store as WebDataset tars plus a manifest (counts, vocabularies, tokenizer hashes, sha256)."""
+    """Write a token store as WebDataset tars plus a manifest (counts, vocabularies, tokenizer hashes, sha256);
+    with --format 4m, as shards and a data config for apple/ml-4m's trainer."""
     from omnimill.shards.wds import export_wds
 
-    if format != "wds":
-        fail(f"--format must be wds, not {format!r}")
+    if format not in ("wds", "4m"):
+        fail(f"--format must be wds or 4m, not {format!r}")
+    if format == "4m":
+        export_fourm(tokens, out, samples_per_shard, modality, force, allow_shapes)
+        return
+    if allow_shapes:
+        fail("--allow-shapes applies to --format 4m only")
     try:
         manifest = export_wds(tokens, out, samples_per_shard, modality or None, force)
     except UserError as e:
@@ -41,6 +53,24 @@ def export(
     size = sum(s["bytes"] for s in manifest["shards"]) / 1e6
     console.print(f"{manifest['n']} samples, {len(manifest['shards'])} shards ({size:.1f} MB), modalities "
                   f"{', '.join(manifest['modalities'])} -> {out}", highlight=False)
+
+
+def export_fourm(tokens: str, out: str, samples_per_shard: int, modality: list[str], force: bool,
+                 allow_shapes: bool) -> None:
+    from omnimill.shards.fourm import CONFIG, export_4m
+
+    try:
+        manifest = export_4m(tokens, out, samples_per_shard, modality or None, force, allow_shapes)
+    except UserError as e:
+        fail(str(e))
+    for warning in manifest["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    shards = [s for d in manifest["datasets"].values() for s in d["shards"]]
+    size = sum(s["bytes"] for s in shards) / 1e6
+    left = sum(manifest["left_out"].values())
+    console.print(f"{manifest['n']} samples ({left} left out) in {len(manifest['datasets'])} datasets, "
+                  f"{len(shards)} shards ({size:.1f} MB), domains {', '.join(manifest['domains'])} -> {out}; "
+                  f"ml-4m data config: {out.rstrip('/')}/{CONFIG}", highlight=False, soft_wrap=True)
 
 
 @shards_app.command("verify")
