@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned CPU-friendly torch pair; pyproject.toml keeps broad ranges for users.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo test bench imagebind clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ browser:
 
 test: setup browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# Meta's ImageBind code for the imagebind teacher (opt-in; tests/test_imagebind.py then runs its real path).
+# imagebind-unofficial's own dependencies do not import here: its pytorchvideo 0.1.5 needs a module torchvision
+# 0.17 removed (jj-pytorchvideo is pytorchvideo's fixed main) and its data.py needs setuptools<81's pkg_resources.
+imagebind: setup
+	$(PY) -m pip install -q --no-deps imagebind-unofficial==0.1.1 jj-pytorchvideo==0.1.5
+	$(PY) -m pip install -q 'setuptools>=77,<81' timm ftfy regex einops fvcore iopath av torchaudio $(TORCH)
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]' $(TORCH)
