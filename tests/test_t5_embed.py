@@ -1,6 +1,7 @@
 """omnimill/labelers/t5_embed.py: a tiny real T5 (random weights, saved as google/t5-v1_1-* are: a whole
-T5ForConditionalGeneration) with a real T5 tokenizer whose Unigram vocabulary is trained here, labelled
-through the registry and through the Dask engine, checked against a direct T5EncoderModel call."""
+T5ForConditionalGeneration) with a real T5 tokenizer whose Unigram vocabulary is trained here (with
+`tokenizers`; and a SentencePiece model alone, as the hub's T5 checkpoints ship it), labelled through the
+registry and through the Dask engine, checked against a direct T5EncoderModel call."""
 
 from __future__ import annotations
 
@@ -102,6 +103,39 @@ def test_per_token_embeddings_equal_the_encoders_own(teacher, tiny_t5):
         expected = direct(tiny_t5, captions[i])
         assert expected.shape == (n, D)  # the tokenizer's own count, </s> included
         np.testing.assert_allclose(embeddings[i, :n], expected, rtol=1e-4, atol=1e-5)  # padding changes nothing
+
+
+@pytest.fixture(scope="module")
+def spiece_t5(tmp_path_factory, tiny_t5):
+    """The same model with only a SentencePiece model for its tokenizer, as google/t5-v1_1-* ship it."""
+    import io
+    import shutil
+
+    import sentencepiece
+
+    path = tmp_path_factory.mktemp("ckpt") / "spiece-t5"
+    path.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_t5 / name, path / name)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(TEXT * 20), model_writer=model, vocab_size=40,
+                                             model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                             minloglevel=2)
+    (path / "spiece.model").write_bytes(model.getvalue())
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 4}))
+    return path
+
+
+def test_a_sentencepiece_only_checkpoint_tokenizes_as_sentencepiece(spiece_t5):
+    import sentencepiece
+
+    teacher = build(TeacherSpec("t5_embed", str(spiece_t5)), S)
+    teacher.load("cpu", "float32")
+    caption = "a red ball on grass"
+    out = teacher(batch([caption]))
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(spiece_t5 / "spiece.model")).encode(caption)
+    assert out["count"][0] == len(pieces) + 1  # SentencePiece's own pieces, then </s>
+    np.testing.assert_allclose(out["embeddings"][0, :len(pieces) + 1], direct(spiece_t5, caption), rtol=1e-4, atol=1e-5)
 
 
 def test_refuses_other_models_and_checkpoints_without_tokenizer(tiny_t5, tiny_dinov2, tmp_path):
