@@ -31,7 +31,7 @@ test: setup browser
 # 0.17 removed (jj-pytorchvideo is pytorchvideo's fixed main) and its data.py needs setuptools<81's pkg_resources.
 imagebind: setup
 	$(PY) -m pip install -q --no-deps imagebind-unofficial==0.1.1 jj-pytorchvideo==0.1.5
-	$(PY) -m pip install -q 'setuptools>=77,<81' timm ftfy regex einops fvcore iopath av torchaudio $(TORCH)
+	$(PY) -m pip install -q 'setuptools>=77,<81' timm ftfy regex einops fvcore iopath av decord pandas parameterized torchaudio $(TORCH)
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]' $(TORCH)
