@@ -30,6 +30,7 @@ MAX_TOKENS = 77  # 4M-21's t5_caption length (ml-4m modality_info max_tokens)
 
 class T5Embed(HFTeacher):
     name = "t5_embed"
+    renderer = "t5_embed"  # audit/render.py's RENDERERS entry; until it has one, tiles by field kind
     default_checkpoint = "google/t5-v1_1-xxl"  # 4M-21's T5-XXL (D = 4096, ml-4m's orig_emb_dim)
     model_types = ("t5",)
     example = "t5_embed=/models/t5-v1_1-xxl"
