@@ -193,6 +193,10 @@ def test_force_rules_as_wds_exports_have(fourm_data, tmp_path):
     out = tmp_path / "4m"
     args = ["shards", "export", fourm_data["tokens"], out, "--format", "4m", "--allow-shapes"]
     assert invoke(*args).exit_code == 0
+    assert invoke("shards", "export", fourm_data["tokens"], tmp_path / "again", "--format", "4m",
+                  "--allow-shapes").exit_code == 0
+    shards = {k: v for k, v in listing(out).items() if k.startswith("ds")}
+    assert shards == {k: v for k, v in listing(tmp_path / "again").items() if k.startswith("ds")}  # byte-identical
     (out / "notes.txt").write_text("mine")
     one_line_error(invoke(*args), "already holds an export")
     before = listing(out)
