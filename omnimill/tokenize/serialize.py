@@ -15,6 +15,9 @@ its own, which a plug-in teacher brings without editing omnimill); `serializer_f
     metadata   metadata         <name> <v q>   (numbers, bools)   or   <name> text  (words) declared fields
     detection  detection        <box> <c x0> <c y0> <c x1> <c y1> class [<v score>]       score (or area)
     sam        sam              <box> <c x0> <c y0> <c x1> <c y1> [<v score>]             area (or score)
+    sam_instances  sam          <box> <c x0> <c y0> <c x1> <c y1> <m t1> ... <m t16>       area
+                                (the instance's mask in its box, 64 x 64, as the 16 tokens of a trained
+                                mask tokenizer: option mask_tokenizer = DIR; 4M-21's SAM instances)
     pose       pose             <person> <c x0> <c y0> <c x1> <c y1>, then per keypoint   detection score
                                 <c x> <c y>, or <kp_none> (low score, or outside the crop)  (stored)
     caption    captioner, "" (alt-text)   text, then <sep> text for every further caption  stored
@@ -26,6 +29,8 @@ Quantization (q is the token's number):
 - colour channels: q = c * color_bins // 256, decoded to the bin's middle; color_bins = 256 is exact.
 - shares and scores (0..1): q = round(x * (bins - 1)).
 - metadata numbers: the same over a declared [min, max], linearly or in log space; ints come back rounded.
+- instance masks: cut to what is left of their box in the crop (mask.crop_instances) and encoded by the
+  mask tokenizer; they come back as that tokenizer decodes them, so decode(encode(x)) == quantize(x) still holds.
 - text: NFC, whitespace runs collapsed to one space, ends stripped; no lower-casing. The default byte-level
   BPE gives back exactly that; another text tokenizer gives back what its decoder makes of it.
 """
@@ -36,6 +41,7 @@ import math
 import re
 import unicodedata
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -141,6 +147,7 @@ class Serializer:
     default_tokens: ClassVar[int] = 64  # L when neither the config nor the options give one
     cuttable: ClassVar[bool] = False
     uses_text: ClassVar[bool] = False  # whether the text tokenizer is needed at all
+    training_samples: ClassVar[int | None] = None  # samples `configure` needs: None = the whole training split
 
     def __init__(self, fields, options: dict, roundtrip: Callable[[str], str] | None = None):
         self.fields = list(fields)
@@ -546,6 +553,103 @@ class SamBoxes(Detection):
     default_order = "area"
 
 
+class SamInstances(Serializer):
+    """SAM instances with their masks, as 4M-21: per instance its box, then its mask's tokens; largest first.
+
+    The masks (the `masks64` field: each instance's mask in its box, m x m) are tokenized by a trained mask
+    tokenizer (tokenize/mask.py), named by the option mask_tokenizer (its directory; its sha256 is recorded,
+    and a changed tokenizer is refused, since these tokens mean what its codebook means).
+    """
+
+    name = "sam_instances"
+    default_fields = ("boxes", "masks64", "count")
+    default_tokens = 256  # 4 + 16 + 1 = 21 tokens an instance: 12 instances
+    training_samples = 64  # configure reads shapes only: no need to hold K masks of every training sample
+
+    def needs(self):
+        return {"boxes": ("K", 4), "masks64": ("K", "M", "M"), "count": ()}
+
+    def configure(self, values, source):
+        from omnimill.tokenize.base import directory_hash
+
+        o = self.options
+        if not o.get("mask_tokenizer"):
+            raise UserError("sam_instances tokenizer: give the option mask_tokenizer = DIR, a mask tokenizer trained "
+                            "with `omnimill tokenizer train STORE --field sam/masks64 --kind mask`")
+        o["mask_tokenizer"] = str(Path(o["mask_tokenizer"]).resolve())
+        o["mask_tokenizer_sha256"] = directory_hash(o["mask_tokenizer"])
+        tok = self.mask_tokenizer
+        side = np.shape(values["masks64"])[-1]
+        if tok.mask_size != side:
+            raise UserError(f"sam_instances tokenizer: the masks are {side} x {side} but the mask tokenizer in "
+                            f"{o['mask_tokenizer']} takes {tok.mask_size} x {tok.mask_size}")
+        o.update(coord_bins=int(o.get("coord_bins", COORD_BINS)), mask_size=side, mask_vocab=tok.vocab_size,
+                 mask_tokens=tok.tokens_per_instance)
+        o["max_items"] = int(o.get("max_items", np.shape(values["boxes"])[1]))
+
+    @cached_property
+    def mask_tokenizer(self):
+        from omnimill.tokenize.base import directory_hash
+        from omnimill.tokenize.mask import load_mask_tokenizer
+
+        o = self.options
+        tok = load_mask_tokenizer(o["mask_tokenizer"])
+        if o.get("mask_tokenizer_sha256") and directory_hash(o["mask_tokenizer"]) != o["mask_tokenizer_sha256"]:
+            raise UserError(f"the mask tokenizer in {o['mask_tokenizer']} changed since this sam_instances tokenizer "
+                            "was trained; its tokens would mean other masks: retrain this one")
+        return tok
+
+    def specials(self):
+        o = self.options
+        return ["<box>"] + [coord(q) for q in range(o["coord_bins"])] + [f"<m{q}>" for q in range(o["mask_vocab"])]
+
+    def items(self, sample, crop):
+        from omnimill.tokenize.mask import crop_instances
+
+        n = min(int(sample["count"]), len(sample["boxes"]))
+        boxes, masks, keep = crop_instances(sample["boxes"][:n], sample["masks64"][:n], crop)
+        idx = np.flatnonzero(keep)
+        area = (boxes[idx, 2] - boxes[idx, 0]) * (boxes[idx, 3] - boxes[idx, 1])  # what is left in the crop
+        idx = idx[np.argsort(-area, kind="stable")][:self.max_items]
+        q = to_bins(boxes[idx], self.options["coord_bins"])
+        tokens = self.mask_tokenizer.encode_masks(masks[idx])
+        return [(*map(int, q[j]), tuple(map(int, tokens[j]))) for j in range(len(idx))]
+
+    def tokens(self, item, first):
+        *box, mask = item
+        return ["<box>", *map(coord, box), *(f"<m{t}>" for t in mask)]
+
+    def parse(self, pieces):
+        o = self.options
+
+        def one(chunk):
+            if len(chunk) != 5 + o["mask_tokens"]:
+                raise ValueError(chunk)
+            box = [number(p, "<c", o["coord_bins"]) for p in chunk[1:5]]
+            return (*box, tuple(number(p, "<m", o["mask_vocab"]) for p in chunk[5:]))
+
+        return parse_chunks(pieces, {"<box>"}, one)
+
+    def arrays(self, rows):
+        b, k, o = len(rows), self.max_items, self.options
+        m = o["mask_size"]
+        out = {"boxes": np.zeros((b, k, 4), np.float32), "masks64": np.zeros((b, k, m, m), bool),
+               "count": np.zeros(b, np.int32)}
+        where, tokens = [], []
+        for i, row in enumerate(rows):
+            row = row[:k]
+            out["count"][i] = len(row)
+            for j, (*box, mask) in enumerate(row):
+                out["boxes"][i, j] = from_bins(box, o["coord_bins"])
+                where.append((i, j))
+                tokens.append(mask)
+        if tokens:  # every instance of the batch through the decoder at once
+            decoded = self.mask_tokenizer.decode_masks(np.array(tokens, np.int64))
+            rows_, cols = zip(*where)
+            out["masks64"][list(rows_), list(cols)] = decoded
+        return out
+
+
 def find_id2label(options: dict, source: dict) -> dict[int, str]:
     """Class names: options["id2label"], else source["id2label"], else the teacher provenance's config."""
     for where in (options, source, source.get("config", {}), source.get("provenance", {}).get("config", {})):
@@ -707,7 +811,7 @@ class Captions(Serializer):
         return {self.text_field: out, "count": np.array([len(t) for t in texts], np.int32)}
 
 
-SERIALIZERS = {s.name: s for s in (Palette, Metadata, Detection, SamBoxes, Pose, Captions)}
+SERIALIZERS = {s.name: s for s in (Palette, Metadata, Detection, SamBoxes, SamInstances, Pose, Captions)}
 
 
 def serializer_for(teacher: str, options: dict, provenance: dict | None = None) -> type[Serializer]:

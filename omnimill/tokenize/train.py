@@ -2,8 +2,11 @@
 
 Spatial and vector tokenizers train with AdamW (warm-up, cosine decay) on random batches of the
 training split, each sample seen through a fresh random crop and flip (the same kind of crops
-`omnimill tokenize --crops N` will use), so tokens stay good on every crop. Sequence tokenizers
-train their text vocabulary on the serialized training split (see sequence.py).
+`omnimill tokenize --crops N` will use), so tokens stay good on every crop. Mask tokenizers (mask.py)
+train the same way on the instances of the training split's samples (rows past each sample's count are
+padding, never data), each batch a random draw of instances, half of them mirrored. Sequence tokenizers
+train their text vocabulary on the serialized training split (see sequence.py); `serializer` options
+(e.g. structure = sam_instances, mask_tokenizer = DIR) go to their serializer.
 
 Everything the tokenizer needs at use time is written to its directory; the loss curve goes to
 train_log.json and curve.png.
@@ -41,14 +44,18 @@ class TrainOptions:
     input_size: int | None = None  # spatial: side fed to the encoder (default: 256 for maps, the grid for feature grids)
     grid: int = 16  # spatial: tokens per side (16 x 16 = 256 tokens)
     width: int = 64  # spatial: channels of the first stage
+    mask_grid: int = 4  # mask: tokens per side of one instance's mask (4 x 4 = 16, as 4M-21)
+    max_instances: int = 200_000  # mask: training instances held in memory (4 KB each at 64 x 64)
     n_tokens: int = 8  # vector: tokens per vector
     hidden: int = 512  # vector: MLP width
     mode: str | None = None  # override the value mode (values.py)
     tokens_per_sample: int | None = None  # sequence: L (default per structure: 64, pose 128)
+    serializer: dict | None = None  # sequence: serializer options (structure, mask_tokenizer, order, ...)
     holdout: float = 0.1  # share of samples kept out of training for `tokenizer eval`
     max_samples: int = 20000  # training samples held in memory
     seed: int = 0
     device: str = "auto"  # cuda when present
+    threads: int | None = None  # CPU threads for training (None: every core)
     progress: bool = True
 
 
@@ -60,9 +67,19 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
     if len(train_idx) == 0:
         raise UserError(f"{field} has no labelled samples outside the held-out split in {store}")
     rng = np.random.default_rng(opts.seed)
+    if kind == "sequence":
+        source, train_idx = _structure_needs(source, train_idx, opts)
     if len(train_idx) > opts.max_samples:
         train_idx = np.sort(rng.choice(train_idx, opts.max_samples, replace=False))
-    values = source.read(train_idx)
+    if kind == "mask":  # the instances, not the padded samples: K x 4 KB per sample would not fit
+        from omnimill.tokenize.mask import instance_pool
+
+        _one_field(kind, source)
+        values = {source.fields[0]: instance_pool(source, train_idx, opts.max_instances, opts.seed)}
+        if not len(values[source.fields[0]]):
+            raise UserError(f"{field} holds no instances in the training split of {store}")
+    else:
+        values = source.read(train_idx)
     config = TokenizerConfig(kind=kind, teacher=source.teacher, fields=source.fields, source={
         "store": source.store.uri, "store_created": source.store.created,
         "teacher_checkpoint_sha256": source.provenance.get("checkpoint_sha256"),
@@ -78,6 +95,7 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
 
         if opts.tokens_per_sample:
             config.options["tokens_per_sample"] = opts.tokens_per_sample
+        config.options.update(opts.serializer or {})
         tokenizer = SequenceTokenizer.train(config, values, view_size=source.store.view_size)
         tokenizer.save(out)
         return out
@@ -90,10 +108,30 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
     return out
 
 
-def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: TrainOptions):
+def _structure_needs(source, train_idx: np.ndarray, opts: TrainOptions):
+    """A structure that needs only some samples to configure (no text to learn: sam_instances) reads only those,
+    and only the fields it serializes: SAM's K instance masks of 20,000 samples would take 10 GB."""
+    from dataclasses import replace
+
+    from omnimill.tokenize.serialize import serializer_for
+
+    structure = serializer_for(source.teacher, opts.serializer or {}, source.provenance)
+    if not structure.training_samples:
+        return source, train_idx
+    needed = structure(source.fields, dict(opts.serializer or {})).needs()
+    fields = [f for f in source.fields if f in needed] or source.fields
+    return replace(source, fields=fields, specs={f: source.specs[f] for f in fields}), \
+        train_idx[:structure.training_samples]
+
+
+def _one_field(kind: str, source) -> None:
     if len(source.fields) != 1:
         raise UserError(f"a {kind} tokenizer reads one field: give --field TEACHER/FIELD "
                         f"(one of {', '.join(f'{source.teacher}/{f}' for f in source.fields)})")
+
+
+def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: TrainOptions):
+    _one_field(kind, source)
     field = source.fields[0]
     spec = source.specs[field]
     shape = tuple(spec["shape"])
@@ -110,8 +148,12 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
         from omnimill.tokenize.vector import VectorTokenizer
 
         return VectorTokenizer(config)
+    if kind == "mask":
+        from omnimill.tokenize.mask import new_mask_tokenizer
+
+        return new_mask_tokenizer(config, spec, opts.width, opts.vocab, opts.quantizer, opts.mask_grid)
     if kind != "spatial":
-        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector or sequence")
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector, mask or sequence")
     if len(shape) not in (2, 3) or spec["dtype"] == "str":
         raise UserError(f"{source.name} has per-sample shape {shape} ({spec['dtype']}): a spatial tokenizer "
                         "needs a dense map (H, W) or (H, W, C); use --kind vector for embeddings")
@@ -133,7 +175,7 @@ def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
     import torch
 
     torch.manual_seed(opts.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
     model = tokenizer.model
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-4, betas=(0.9, 0.99))
