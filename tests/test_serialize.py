@@ -274,3 +274,63 @@ def test_wrong_fields_or_shapes_are_user_errors():
     with pytest.raises(UserError, match=r"boxes has shape \(2, 5, 5\)"):
         SERIALIZERS["detection"](("boxes", "classes", "scores", "count"), {}).check(
             {**detection, "boxes": np.zeros((2, 5, 5))})
+
+
+# ------------------------------------------------------------------------------------------ sam instances
+
+
+def test_sam_instances_box_then_mask_tokens_largest_first_and_cut_by_crops(tmp_path):
+    """Real arrays as the SAM teacher stores them (masks_in_boxes of drawn masks) through an untrained mask
+    tokenizer: the grammar, the order, crops and the round trip pieces -> items -> arrays do not need it trained."""
+    import torch
+
+    from omnimill.labelers.sam import mask_boxes, masks_in_boxes
+    from omnimill.tokenize.base import TokenizerConfig
+    from omnimill.tokenize.mask import new_mask_tokenizer
+
+    config = TokenizerConfig(kind="mask", teacher="sam", fields=["masks64"])
+    torch.manual_seed(0)
+    new_mask_tokenizer(config, {"shape": [4, 64, 64], "dtype": "bool"}, width=8, vocab=1024,
+                       quantizer="fsq").save(tmp_path / "mask")
+    yy, xx = np.mgrid[:S, :S]
+    drawn = np.zeros((3, S, S), bool)
+    drawn[0] = (yy - 100) ** 2 + (xx - 120) ** 2 <= 60 ** 2  # a disc
+    drawn[1, 150:350, 50:300] = True  # a large rectangle over part of the disc
+    drawn[2, 140:170, 300:330] = True  # a small one
+    masks = torch.from_numpy(drawn)
+    boxes = mask_boxes(masks)
+    values = {"boxes": np.zeros((1, 4, 4), np.float32), "masks64": np.zeros((1, 4, 64, 64), bool),
+              "count": np.array([3], np.int32)}
+    values["boxes"][0, :3] = boxes.numpy()
+    values["masks64"][0, :3] = masks_in_boxes(masks, boxes).numpy()
+    with pytest.raises(UserError, match="mask_tokenizer"):
+        serializer("sam_instances", values)
+    ser = serializer("sam_instances", values, mask_tokenizer=str(tmp_path / "mask"))
+    assert ser.options["mask_tokens"] == 16 and ser.options["mask_vocab"] == 1000 and ser.max_items == 4
+    assert len(ser.options["mask_tokenizer_sha256"]) == 64
+
+    items = ser.items(sample(values, 0), WHOLE)
+    assert [it[:4] for it in items] == [tuple(round(v / S * 999) for v in values["boxes"][0, j]) for j in (1, 0, 2)]
+    tokens = ser.mask_tokenizer.encode_masks(values["masks64"][0, [1, 0, 2]])
+    assert [it[4] for it in items] == [tuple(t) for t in tokens.tolist()]
+    pieces = pieces_of(ser, items)
+    assert len(pieces) == 3 * 21 and pieces[:5] == ["<box>", *(f"<c{q}>" for q in items[0][:4])]
+    assert pieces[5:21] == [f"<m{t}>" for t in items[0][4]]
+    assert ser.parse(pieces) == items
+    assert ser.parse([Text("junk"), *pieces[:20], *pieces[21:]]) == items[1:]  # a mask token short: skipped
+    decoded = ser.arrays([items])
+    assert decoded["count"].tolist() == [3] and decoded["masks64"].shape == (1, 4, 64, 64)
+    np.testing.assert_array_equal(decoded["masks64"][0, :3], ser.mask_tokenizer.decode_masks(tokens))
+    assert not decoded["masks64"][0, 3].any() and not decoded["boxes"][0, 3].any()
+
+    crop = np.array([100, 200, 200, 200, 1])  # x 200..400, y 100..300, mirrored: the disc is outside
+    items = ser.items(sample(values, 0), crop)
+    assert len(items) == 2
+    for item, j in zip(items, (1, 2)):
+        box = expected_box(values["boxes"][0, j], crop)
+        assert item[:4] == tuple(int(round(v * 999)) for v in box)
+    from omnimill.tokenize.mask import crop_instances
+
+    _, cut, _ = crop_instances(values["boxes"][0, :3], values["masks64"][0, :3], crop)
+    assert cut[1].all()  # the rectangle still fills what is left of its box
+    assert items[0][4] == tuple(ser.mask_tokenizer.encode_masks(cut[1:2])[0].tolist())
