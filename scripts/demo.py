@@ -8,7 +8,7 @@
     (f) tokenizers  train and evaluate a small tokenizer per modality
     (g) tokenize    every modality, 2 aligned crops per sample
     (h) audit       a FAISS index, an HTML report of the astronaut's neighbours, near-duplicates
-    (i) shards      `omnimill shards export` + `verify`
+    (i) shards      `omnimill shards export` + `verify`, and the ml-4m flavour (`--format 4m`)
     (j) train       `omnimill train`: 4M-style pretraining on the shards for a few minutes
     (k) generate    `omnimill generate`: the astronaut's caption predicted from its image tokens
 
@@ -41,6 +41,7 @@ TOKENIZERS = OUT / "tokenizers"
 TOKENS = OUT / "tokens.zarr"
 REPORT = OUT / "report.html"
 SHARDS = OUT / "shards"
+SHARDS_4M = OUT / "shards-4m"
 RUN = OUT / "run"
 GENERATED = OUT / "generated.png"
 # A few minutes on 2 CPU cores: a 1.9 M-parameter 4M model, 600 steps of 24 samples.
@@ -158,6 +159,13 @@ def main() -> int:
         return 1
     if omnimill("shards", "verify", str(SHARDS)) != 0:
         return 1
+    # The same tokens as apple/ml-4m's trainer reads them. The demo's tokenizers are tiny (8 x 8 tokens, 256
+    # codes), not 4M-21's (14 x 14, 8192): --allow-shapes writes them anyway and records each mismatch in the
+    # manifest; tokenizers trained with `--preset 4m` export without it.
+    if not (SHARDS_4M / "manifest.json").exists() and omnimill(
+            "shards", "export", str(TOKENS), str(SHARDS_4M), "--format", "4m", "--allow-shapes",
+            "--samples-per-shard", "64") != 0:
+        return 1
 
     heading("j", "train: 4M-style masked multimodal pretraining on the shards (a few minutes on CPU)")
     if omnimill("train", str(SHARDS), "--out", str(RUN), *TRAIN_SETTINGS) != 0:
@@ -178,6 +186,7 @@ def main() -> int:
                        (TOKENS, "the token store: 2 crops per sample, one group per modality"),
                        (REPORT, "the astronaut's nearest neighbours with every label (open in a browser)"),
                        (SHARDS, "token shards (WebDataset tars, offset indexes, manifest.json)"),
+                       (SHARDS_4M, "the same for apple/ml-4m: ds*/shard-*.tar + data_config.yaml (demo shapes)"),
                        (RUN, "the trained model: checkpoint.json + safetensors, log.jsonl, curve.png"),
                        (GENERATED, "rgb -> caption for the astronaut, beside the real caption"),
                        (FAILED_PANEL, "a broken file: what a failed sample looks like")]:

@@ -229,3 +229,31 @@ def test_sequence_values_in_ml4m_structures_and_scales():
                     "saturation": 255.0, "colorfulness": 30.0, "entropy": 7.0, **caption_stats("One. Two!"),
                     "n_coco_instances": 3, "coco_instance_diversity": 2, "n_humans": 2, "n_sam_instances": 5}
     assert caption_stats("One. Two!") == {"caption_n_chars": 9, "caption_n_words": 2, "caption_n_sentences": 2}
+
+
+def test_a_moved_label_store_is_given_with_labels_and_checked_by_identity(fourm_data, tmp_path):
+    import shutil
+
+    import zarr
+
+    from omnimill.store.tokens import TokenStore
+
+    recorded = TokenStore.open(fourm_data["tokens"]).source["store"]
+    assert recorded == fourm_data["labels"] and recorded.startswith("/")  # absolute: opens from any folder
+    tokens = tmp_path / "tokens.zarr"
+    shutil.copytree(fourm_data["tokens"], tokens)
+    group = zarr.open_group(str(tokens), mode="r+")
+    group.attrs["source"] = {**group.attrs["source"], "store": "elsewhere/labels.zarr"}  # as an older omnimill
+    out = tmp_path / "4m"
+    result = invoke("shards", "export", tokens, out, "--format", "4m", "--allow-shapes")
+    one_line_error(result, "--labels PATH")
+    assert not out.exists()
+    moved = tmp_path / "moved-labels.zarr"
+    shutil.copytree(fourm_data["labels"], moved)
+    assert invoke("shards", "export", tokens, out, "--format", "4m", "--allow-shapes", "--labels", moved).exit_code == 0
+    other = tmp_path / "other.zarr"  # another store at the given path: refused by identity
+    shutil.copytree(fourm_data["labels"], other)
+    zarr.open_group(str(other), mode="r+").attrs["uuid"] = "0" * 32
+    refused = invoke("shards", "export", tokens, tmp_path / "4m-other", "--format", "4m", "--allow-shapes",
+                     "--labels", other)
+    one_line_error(refused, "not the one")

@@ -6,7 +6,7 @@ engine/text.py), and shards/ knows no models."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -34,6 +34,8 @@ def export(
     allow_shapes: Annotated[bool, typer.Option(help="4m: write token domains whose length or vocabulary differ "
                                                     "from ml-4m's (tiny test tokenizers); recorded as warnings "
                                                     "in the manifest.")] = False,
+    labels: Annotated[Optional[str], typer.Option(help="4m: the label store, when it is no longer where the token "
+                                                       "store records it (checked by identity).")] = None,
 ):
     """Write a token store as WebDataset tars plus a manifest (counts, vocabularies, tokenizer hashes, sha256);
     with --format 4m, as shards and a data config for apple/ml-4m's trainer."""
@@ -42,10 +44,10 @@ def export(
     if format not in ("wds", "4m"):
         fail(f"--format must be wds or 4m, not {format!r}")
     if format == "4m":
-        export_fourm(tokens, out, samples_per_shard, modality, force, allow_shapes)
+        export_fourm(tokens, out, samples_per_shard, modality, force, allow_shapes, labels)
         return
-    if allow_shapes:
-        fail("--allow-shapes applies to --format 4m only")
+    if allow_shapes or labels:
+        fail("--allow-shapes and --labels apply to --format 4m only")
     try:
         manifest = export_wds(tokens, out, samples_per_shard, modality or None, force)
     except UserError as e:
@@ -56,11 +58,12 @@ def export(
 
 
 def export_fourm(tokens: str, out: str, samples_per_shard: int, modality: list[str], force: bool,
-                 allow_shapes: bool) -> None:
+                 allow_shapes: bool, labels: str | None = None) -> None:
     from omnimill.shards.fourm import CONFIG, export_4m
 
     try:
-        manifest = export_4m(tokens, out, samples_per_shard, modality or None, force, allow_shapes)
+        manifest = export_4m(tokens, out, samples_per_shard, modality or None, force, allow_shapes,
+                             labels_uri=labels)
     except UserError as e:
         fail(str(e))
     for warning in manifest["warnings"]:

@@ -92,7 +92,8 @@ class Dataset:
 
 
 def export_4m(tokens_uri: str, out: str, samples_per_shard: int = 1000, modalities: list[str] | None = None,
-              force: bool = False, allow_shapes: bool = False, storage_options: dict | None = None) -> dict:
+              force: bool = False, allow_shapes: bool = False, storage_options: dict | None = None,
+              labels_uri: str | None = None) -> dict:
     """Token store -> ml-4m shards + data_config.yaml + manifest.json. Returns the manifest."""
     positive("--samples-per-shard", samples_per_shard)
     if re.search(r"[\[\]{}]", out):
@@ -100,7 +101,7 @@ def export_4m(tokens_uri: str, out: str, samples_per_shard: int = 1000, modaliti
     refuse_overlap(out, {"the token store": tokens_uri})
     options = storage_options or {}
     store = TokenStore.open(tokens_uri, "r", options)
-    labels = open_labels(store, options)
+    labels = open_labels(store, options, labels_uri)
     refuse_overlap(out, {"the label store": labels.uri})
     tokens, raw = choose_domains(store, LabelReader.available(labels), modalities)
     incomplete = {m: int((~store.done_units(m)).sum()) for m in tokens.values()}

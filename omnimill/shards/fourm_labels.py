@@ -21,15 +21,17 @@ from omnimill.store.tokens import TokenStore
 TEACHER_OF = {"det": "detection", "metadata": "metadata", "color_palette": "palette"}  # raw domain -> teacher
 
 
-def open_labels(tokens: TokenStore, storage_options: dict | None = None) -> LabelStore:
-    """The label store the token store was made from, checked by identity."""
-    uri = tokens.source.get("store")
+def open_labels(tokens: TokenStore, storage_options: dict | None = None, given: str | None = None) -> LabelStore:
+    """The label store the token store was made from (or `given`: it moved, or was recorded relative to
+    another folder by an older omnimill), checked by identity."""
+    uri = given or tokens.source.get("store")
     if not uri:
-        raise UserError(f"{tokens.uri} does not record its label store; tokenize it again with this omnimill")
+        raise UserError(f"{tokens.uri} does not record its label store; give it with --labels PATH")
     try:
         labels = LabelStore.open(uri, "r", storage_options)
     except UserError as e:
-        raise UserError(f"{tokens.uri} was made from the label store {uri}, which does not open ({e})") from None
+        raise UserError(f"{tokens.uri} was made from the label store {uri}, which does not open ({e}); "
+                        "give where it is now with --labels PATH") from None
     if not tokens.made_from(labels):
         raise UserError(f"the label store at {uri} is not the one {tokens.uri} was made from (uuid "
                         f"{labels.uuid} vs {tokens.source.get('uuid')}); put that store back or tokenize again")

@@ -19,13 +19,15 @@ so they can become WebDataset extensions as they are.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.store.labels import LabelStore
-from omnimill.store.base import RUNS, UnitPlan, UnitStore, create_array, same_or_inside
+from omnimill.store.base import RUNS, UnitPlan, UnitStore, create_array, is_url, local_path, same_or_inside
 
 FORMAT = "omnimill.tokens/1"
 
@@ -66,7 +68,8 @@ class TokenStore(UnitStore):
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"], "n": n,
             "n_crops": n_crops, "crop_seed": seed, "unit_size": labels.unit_size,
-            "source": {"store": labels.uri, "uuid": labels.uuid, "created": labels.created,
+            "source": {"store": labels.uri if is_url(labels.uri) else os.path.abspath(local_path(labels.uri)),
+                       "uuid": labels.uuid, "created": labels.created,
                        "n": labels.n, "view_size": labels.view_size, "corpus": labels.corpus},
         })
         return cls(group, uri, storage_options)
