@@ -146,3 +146,33 @@ def test_unknown_teacher_unlabelled_unit_and_no_rgb(store, tmp_path):
     tiles = sample_tiles(labels, labels.index_of(unlabelled))
     assert tiles[-1].title == "toy" and tiles[-1].text.startswith("not labelled yet")
     render_sample(copy, unlabelled, tmp_path / "unlabelled.png")
+
+
+def test_sam_picture_draws_every_instance_outline_overlaps_included():
+    """SAM's picture: the instance map (a pixel shows one instance), and masks64 as outlines (every instance)."""
+    import torch
+    from matplotlib.figure import Figure
+
+    from omnimill.audit.render import RENDERERS, Sample, colors_for, instance_outlines
+    from omnimill.labelers.sam import mask_boxes, masks_in_boxes, paint_instances
+
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 0:16, 0:16] = True
+    masks[1, 8:24, 8:24] = True  # covers a corner of the first: that corner is gone from the map
+    boxes = mask_boxes(masks)
+    view = np.full((32, 32, 3), 128, np.uint8)
+    fields = {"instances": paint_instances(masks).numpy().astype(np.uint16), "boxes": boxes.numpy(),
+              "scores": np.array([0.9, 0.8], np.float32), "count": np.int32(2),
+              "masks64": masks_in_boxes(masks, boxes).numpy(), "edges": np.zeros((32, 32), bool)}
+    sample = Sample("k", 0, 32, {}, view)
+    tiles = RENDERERS["sam"]("sam", fields, sample)
+    assert [t.title.split(" (")[0] for t in tiles] == ["sam · 2 instances, best IoU 0.90", "sam · edges",
+                                                      "sam · every instance's outline"]
+    outlines = instance_outlines(fields["masks64"], fields["boxes"], (32, 32), sample)
+    first, second = colors_for(np.array([1, 2]))
+    np.testing.assert_allclose(outlines[15, 12], first)  # the first square's edge, under the second square
+    np.testing.assert_allclose(outlines[12, 8], second)
+    np.testing.assert_allclose(outlines[4, 4], 0.5 * 128 / 255)  # inside: the dimmed view
+    figure = Figure()
+    for tile in tiles:
+        tile.draw(figure.add_subplot(1, 1, 1))

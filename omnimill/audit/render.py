@@ -359,7 +359,7 @@ def colour_ids(ids: np.ndarray, sample: Sample, background: int | None = 0) -> n
     return np.clip(out, 0, 1)
 
 
-@_renders(needs=("instances",), uses=("boxes", "scores", "areas", "count", "edges"))
+@_renders(needs=("instances",), uses=("boxes", "scores", "areas", "count", "edges", "masks64"))
 def _sam(teacher, fields, sample):
     instances = fields["instances"]
     count = int(fields.get("count", len(np.unique(instances)) - 1))
@@ -373,7 +373,30 @@ def _sam(teacher, fields, sample):
     if isinstance(edges, np.ndarray):
         tiles.append(Tile(f"sam · edges ({100.0 * float(np.mean(edges)):.1f}% of pixels)",
                           lambda ax: _show(ax, edges, cmap="gray")))
+    masks, boxes = fields.get("masks64"), fields.get("boxes")
+    if isinstance(masks, np.ndarray) and isinstance(boxes, np.ndarray) and masks.ndim == 3:
+        outlines = instance_outlines(masks[:count], boxes[:count], instances.shape, sample)
+        tiles.append(Tile(f"sam · every instance's outline ({count}, overlaps kept)",
+                          lambda ax: _show(ax, outlines, interpolation="nearest")))
     return tiles
+
+
+def instance_outlines(masks: np.ndarray, boxes: np.ndarray, shape: tuple[int, int], sample: Sample) -> np.ndarray:
+    """Each instance's own mask (masks64 pasted into its box) drawn as an outline in its colour over the
+    dimmed view, largest first: where instances overlap, every outline still shows."""
+    from omnimill.labelers.sam import paste_in_boxes
+
+    picture = 0.5 * _canvas(sample, shape)
+    pasted = paste_in_boxes(masks, boxes, *shape)
+    colours = colors_for(np.arange(1, len(pasted) + 1))
+    for j in np.argsort(-pasted.sum((1, 2)), kind="stable"):
+        inner = pasted[j].copy()  # a pixel is inside when it and its 4 neighbours are in the mask
+        inner[1:] &= pasted[j][:-1]
+        inner[:-1] &= pasted[j][1:]
+        inner[:, 1:] &= pasted[j][:, :-1]
+        inner[:, :-1] &= pasted[j][:, 1:]
+        picture[pasted[j] & ~inner] = colours[j]
+    return picture
 
 
 def _depth(teacher, fields, sample):
