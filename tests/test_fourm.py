@@ -257,3 +257,49 @@ def test_a_moved_label_store_is_given_with_labels_and_checked_by_identity(fourm_
     refused = invoke("shards", "export", tokens, tmp_path / "4m-other", "--format", "4m", "--allow-shapes",
                      "--labels", other)
     one_line_error(refused, "not the one")
+
+
+def test_verify_checks_a_4m_set_file_by_file_and_sample_by_sample(fourm_data, tmp_path):
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+
+    from omnimill.shards.verify import verify
+
+    out = tmp_path / "4m"
+    assert invoke("shards", "export", fourm_data["tokens"], out, "--format", "4m", "--allow-shapes",
+                  "--samples-per-shard", "4").exit_code == 0
+    clean = verify(str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert clean["problems"] == [] and clean["samples"] == manifest["n"] > 0
+    assert invoke("verify", out).exit_code == 0
+
+    first = next(iter(manifest["datasets"].values()))["shards"][0]
+    shard = out / first["name"]
+    original = shard.read_bytes()
+    shard.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])  # one flipped bit
+    assert any("sha256" in p["reason"] for p in verify(str(out))["problems"])
+    assert invoke("shards", "verify", out).exit_code == 1
+
+    # A token array of another length, in a shard the manifest vouches for: found sample by sample.
+    with tarfile.open(fileobj=io.BytesIO(original)) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    victim = next(m.name for m, _ in members if ".tok_rgb@224" in m.name)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in members:
+            if info.name == victim:
+                array = np.load(io.BytesIO(data))
+                data_io = io.BytesIO()
+                np.save(data_io, array[:, :-1])
+                data = data_io.getvalue()
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    shard.write_bytes(buffer.getvalue())
+    first["bytes"], first["sha256"] = len(buffer.getvalue()), hashlib.sha256(buffer.getvalue()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify(str(out))["problems"]
+    assert [p["key"] for p in problems] == [victim.split(".", 1)[0]] and "shape" in problems[0]["reason"]

@@ -23,7 +23,7 @@ from omnimill.errors import UserError
 from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, group_members, is_shard_set, scan_tar,
                                       unit_from_index, unit_from_tar)
 from omnimill.paths import positive
-from omnimill.shards.manifest import join, read_manifest
+from omnimill.shards.manifest import MANIFEST, join, read_manifest
 
 
 @dataclass
@@ -39,7 +39,9 @@ class Problem:
 def verify(uri: str, storage_options: dict | None = None, max_problems: int = 100) -> dict:
     """-> {kind, uri, samples, units, modalities, problems: [Problem as dict]}; ok when problems is empty."""
     positive("max_problems", max_problems)  # 0 (or less) would report a damaged set as whole
-    if is_shard_set(uri, storage_options):
+    if is_shard_set(uri, storage_options) and _manifest_format(uri, storage_options) == FOURM_FORMAT:
+        report = _verify_4m(uri, storage_options or {})
+    elif is_shard_set(uri, storage_options):
         report = _verify_shards(uri, storage_options or {})
     else:
         report = _verify_store(uri, storage_options)
@@ -184,3 +186,89 @@ def check_exists(uri: str, storage_options: dict | None = None) -> None:
     if not fs.exists(path):
         raise UserError(f"{uri} does not exist; give a token store (tokens.zarr) or a shard set (a folder with "
                         f"manifest.json)")
+
+
+# ---------------------------------------------------------------- ml-4m shard sets (`export --format 4m`)
+FOURM_FORMAT = "omnimill.4m/1"
+
+
+def _manifest_format(uri: str, options: dict | None) -> str | None:
+    path = uri if uri.endswith(MANIFEST) else join(uri, MANIFEST)
+    try:
+        with fsspec.open(path, "r", **(options or {})) as f:
+            return json.load(f).get("format")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None  # read_manifest says what is wrong with it
+
+
+def _verify_4m(uri: str, options: dict) -> dict:
+    """Every file the manifest lists, whole (bytes, sha256); in every shard each sample holds exactly its
+    dataset's domains, crop settings (n_crops, 5) and token arrays (n_crops, L) within the vocabulary; sample
+    counts match. Problems name the shard and the sample."""
+    from omnimill.shards.fourm_domains import member
+
+    root = uri[: -len(MANIFEST)].rstrip("/") if uri.endswith(MANIFEST) else uri.rstrip("/")
+    with fsspec.open(join(root, MANIFEST), "r", **options) as f:
+        manifest = json.load(f)
+    n_crops, problems, samples = int(manifest["n_crops"]), [], 0
+    config = manifest["config"]
+    data = _read(join(root, config["name"]), options)
+    if data is None or len(data) != config["bytes"] or hashlib.sha256(data).hexdigest() != config["sha256"]:
+        problems.append(Problem(config["name"], "-", "missing or not as the manifest records it"))
+    lengths = {d: (int(info["tokenizer"]["tokens_per_sample"]), int(info["tokenizer"]["vocab_size"]))
+               for d, info in manifest["domains"].items() if "tokenizer" in info}
+    for name, dataset in manifest["datasets"].items():
+        wanted = {member(d) for d in dataset["domains"]} | {member("crop_settings")}
+        counted = 0
+        for shard in dataset["shards"]:
+            where = shard["name"]
+            data = _read(join(root, where), options)
+            if data is None:
+                problems.append(Problem(where, "-", "missing"))
+                continue
+            if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+                problems.append(Problem(where, "-", "bytes or sha256 differ from the manifest (damaged)"))
+                continue
+            for key, spans in group_members(scan_tar(data, where)):
+                counted += 1
+                have = set(spans)
+                if have != wanted:
+                    problems.append(Problem(where, key, f"members {sorted(have ^ wanted)} differ from the dataset's"))
+                    continue
+                problems += _check_4m_arrays(where, key, data, spans, n_crops, lengths)
+        samples += counted
+        if counted != dataset["samples"]:
+            problems.append(Problem(name, "-", f"{counted} samples, the manifest says {dataset['samples']}"))
+    return {"kind": "4m shard set", "uri": uri, "samples": samples, "units": sum(len(d["shards"]) for d in
+            manifest["datasets"].values()), "modalities": sorted(manifest["domains"]), "problems": problems}
+
+
+def _check_4m_arrays(where: str, key: str, data: bytes, spans: dict, n_crops: int, lengths: dict) -> list:
+    problems = []
+    for ext, (offset, size) in spans.items():
+        if not ext.endswith(".npy"):
+            continue
+        try:
+            array = np.load(io.BytesIO(data[offset:offset + size]), allow_pickle=False)
+        except ValueError as e:
+            problems.append(Problem(where, key, f"{ext} does not load ({e})"))
+            continue
+        domain = ext[:-len(".npy")]
+        if domain == "crop_settings":
+            if array.shape != (n_crops, 5):
+                problems.append(Problem(where, key, f"crop_settings has shape {array.shape}, not ({n_crops}, 5)"))
+        elif domain in lengths:
+            length, vocab = lengths[domain]
+            if array.shape != (n_crops, length):
+                problems.append(Problem(where, key, f"{domain} has shape {array.shape}, not ({n_crops}, {length})"))
+            elif array.size and (int(array.min()) < 0 or int(array.max()) >= vocab):
+                problems.append(Problem(where, key, f"{domain} holds tokens outside [0, {vocab})"))
+    return problems
+
+
+def _read(path: str, options: dict) -> bytes | None:
+    try:
+        with fsspec.open(path, "rb", **options) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
