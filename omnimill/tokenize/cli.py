@@ -20,39 +20,73 @@ def train(
     store: Annotated[str, typer.Argument(help="Label store.")],
     field: Annotated[str, typer.Option(help="TEACHER/FIELD (e.g. canny/edges, dinov2/cls), a whole TEACHER "
                                             "for sequences (palette, detection), or caption.")],
-    kind: Annotated[str, typer.Option(help="spatial | vector | sequence")],
+    kind: Annotated[str, typer.Option(help="spatial | vector | mask | sequence")],
     out: Annotated[Path, typer.Option(help="Tokenizer directory to write.")],
-    vocab: Annotated[int, typer.Option(help="Codebook size (FSQ picks the nearest recommended levels).")] = 1024,
-    quantizer: Annotated[str, typer.Option(help="fsq or vq.")] = "fsq",
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    preset: Annotated[Optional[str], typer.Option(help="Shapes by the field's kind: 4m (4M-21's). `--preset list` "
+                                                       "shows them; options given beside it win.",
+                                                  callback=lambda value: _list_presets() if value == "list" else value,
+                                                  is_eager=True)] = None,
+    vocab: Annotated[Optional[int], typer.Option(help="Codebook size (fsq: the nearest recommended levels). "
+                                                      "(default 1024)")] = None,
+    quantizer: Annotated[Optional[str], typer.Option(help="fsq, fsq-exact (exactly --vocab codes, a power of 2) "
+                                                          "or vq. (default fsq)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps. (default 2000)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per step. (default 32)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. (default 0.002)")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Spatial: side fed to the encoder (256).")] = None,
-    grid: Annotated[int, typer.Option(help="Spatial: tokens per side.")] = 16,
-    width: Annotated[int, typer.Option(help="Spatial: channels of the first stage.")] = 64,
-    n_tokens: Annotated[int, typer.Option(help="Vector: tokens per vector.")] = 8,
+    grid: Annotated[Optional[int], typer.Option(help="Spatial: tokens per side. (default 16)")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Spatial: channels of the first stage. (default 64)")] = None,
+    n_tokens: Annotated[Optional[int], typer.Option(help="Vector: tokens per vector. (default 8)")] = None,
     tokens_per_sample: Annotated[Optional[int], typer.Option(help="Sequence: tokens per sample.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Override the value mode: image, continuous, unit, "
                                                      "binary, classes.")] = None,
-    holdout: Annotated[float, typer.Option(help="Share of samples held out for eval.")] = 0.1,
-    seed: Annotated[int, typer.Option()] = 0,
+    holdout: Annotated[Optional[float], typer.Option(help="Share of samples held out for eval. (default 0.1)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="(default 0)")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ):
     """Train a tokenizer on one modality of STORE."""
+    from omnimill.tokenize.quantizer import KINDS as QUANTIZERS
     from omnimill.tokenize.train import train_tokenizer
 
-    if kind not in ("spatial", "vector", "sequence"):
-        fail(f"--kind must be spatial, vector or sequence, not {kind!r}")
-    if quantizer not in ("fsq", "vq"):
-        fail(f"--quantizer must be fsq or vq, not {quantizer!r}")
+    if kind not in ("spatial", "vector", "mask", "sequence"):
+        fail(f"--kind must be spatial, vector, mask or sequence, not {kind!r}")
+    if quantizer is not None and quantizer not in QUANTIZERS:
+        fail(f"--quantizer must be {', '.join(QUANTIZERS)}, not {quantizer!r}")
+    given = dict(vocab=vocab, quantizer=quantizer, steps=steps, batch_size=batch_size, lr=lr, input_size=input_size,
+                 grid=grid, width=width, n_tokens=n_tokens, tokens_per_sample=tokens_per_sample, mode=mode,
+                 holdout=holdout, seed=seed)
+    settings = {k: v for k, v in given.items() if v is not None}  # what the user typed; the rest: defaults
     try:
-        path = train_tokenizer(store, field, kind, out, vocab=vocab, quantizer=quantizer, steps=steps,
-                               batch_size=batch_size, lr=lr, input_size=input_size, grid=grid, width=width,
-                               n_tokens=n_tokens, tokens_per_sample=tokens_per_sample, mode=mode, holdout=holdout,
-                               seed=seed, progress=not no_progress)
+        record = None
+        if preset:
+            from omnimill.tokenize.presets import preset_overrides
+
+            settings, record = preset_overrides(preset, store, field, kind, settings)
+        path = train_tokenizer(store, field, kind, out, progress=not no_progress, **settings)
+        if record:
+            from omnimill.tokenize.presets import record_preset
+
+            record_preset(path, record)
     except UserError as e:
         fail(str(e))
+    if record:
+        console.print(f"preset {preset} ({record['row']}): set {record['set']}"
+                      + (f"; yours kept: {record['overridden']}" if record["overridden"] else ""))
     console.print(f"wrote {path}")
+
+
+@tokenizer_app.command("presets")
+def presets():
+    """The tokenizer presets: for each, the shapes it gives by the field's kind."""
+    from omnimill.tokenize.presets import table
+
+    typer.echo(table())
+
+
+def _list_presets():
+    """`--preset list`: the table, before the options a training run requires are asked for."""
+    presets()
+    raise typer.Exit()
 
 
 @tokenizer_app.command("eval")

@@ -2,8 +2,11 @@
 
     (b, D) --standardise--> MLP --> (b, n, d) --FSQ--> tokens (b, n) --> codes --> MLP --> (b, D)
 
-Loss: MSE on standardised values + (1 - cosine), since embeddings are compared by cosine.
-With the default 1000-code FSQ and 8 tokens a vector carries 8 · log2(1000) ≈ 80 bits.
+Loss: MSE on standardised values + (1 - cosine), since embeddings are compared by cosine, + usage_weight ×
+the quantizer's usage term (quantizer.py: 1 - the entropy of the batch's soft code distribution, normalised),
+which spreads the encoder's outputs over the codebook: without it a vector tokenizer used 30-40% of its
+codes on the demo (benchmarks/tokenizer_bench.py measures both). With the default 1000-code FSQ and 8
+tokens a vector carries 8 · log2(1000) ≈ 80 bits.
 Crops do not apply: a global embedding describes the whole view, so every crop gets the same tokens.
 """
 
@@ -19,6 +22,7 @@ from omnimill.tokenize.base import ModelTokenizer, TokenizerConfig
 from omnimill.tokenize.quantizer import Quantizer
 
 CODE_DIM = 32
+USAGE_WEIGHT = 0.1  # training only, recorded in options.usage_weight (tokenizers trained before it: none, i.e. 0)
 
 
 def mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
@@ -34,16 +38,20 @@ class VectorAutoencoder(nn.Module):
         self.quantizer = Quantizer(CODE_DIM, vocab, quantizer)
         self.decoder = mlp(n_tokens * CODE_DIM, hidden, dim)
 
+    def latents(self, x):
+        """(b, n_tokens, CODE_DIM): what the quantizer rounds."""
+        return self.encoder(x).view(len(x), self.n_tokens, CODE_DIM)
+
     def encode(self, x):
-        z = self.encoder(x).view(len(x), self.n_tokens, CODE_DIM)
-        return self.quantizer(z)
+        return self.quantizer(self.latents(x))
 
     def decode_codes(self, codes):
         return self.decoder(codes.reshape(len(codes), -1))
 
     def forward(self, x):
-        codes, indices, aux = self.encode(x)
-        return self.decode_codes(codes), indices, aux
+        z = self.latents(x)
+        codes, indices, aux = self.quantizer(z)
+        return self.decode_codes(codes), indices, aux, z
 
 
 class VectorTokenizer(ModelTokenizer):
@@ -57,6 +65,7 @@ class VectorTokenizer(ModelTokenizer):
         self.std = torch.tensor(config.normalization["std"])
         self.model = model or VectorAutoencoder(self.dim, o.get("n_tokens", 8), o.get("hidden", 512),
                                                 o.get("vocab", 1024), o.get("quantizer", "fsq"))
+        self.usage_weight = float(o.setdefault("usage_weight", USAGE_WEIGHT))
         config.vocab_size = self.model.quantizer.vocab_size
         config.tokens_per_sample = self.model.n_tokens
 
@@ -73,10 +82,11 @@ class VectorTokenizer(ModelTokenizer):
 
     def loss(self, values, crops=None):
         target = self.target(values)
-        pred, indices, aux = self.model(target)
+        pred, indices, aux, z = self.model(target)
         mean, std = self.mean.to(self.device), self.std.to(self.device)
         cosine = F.cosine_similarity(pred * std + mean, target * std + mean, dim=1)
-        return F.mse_loss(pred, target) + (1 - cosine).mean() + aux, indices
+        usage = self.model.quantizer.usage_loss(z) if self.usage_weight else 0.0
+        return F.mse_loss(pred, target) + (1 - cosine).mean() + aux + self.usage_weight * usage, indices
 
     @torch.inference_mode()
     def encode(self, values, crops=None) -> np.ndarray:
