@@ -51,6 +51,7 @@ def test_4m_preset_gives_4m_shapes_by_field_kind(labels, tmp_path, field, kind, 
     preset = config["options"]["preset"]
     assert (preset["name"], preset["row"], preset["overridden"]) == ("4m", row, {})
     assert config["options"]["quantizer"] == "fsq-exact" and preset["set"]["quantizer"] == "fsq-exact"
+    assert math.prod(preset["levels"]) == vocab
     if kind == "spatial":
         side = 224 if row != "feature grids" else 16
         assert (config["options"]["input_size"], config["options"]["grid"]) == (side, math.isqrt(tokens))

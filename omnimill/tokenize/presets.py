@@ -112,9 +112,11 @@ def preset_overrides(preset: str, store, field: str, tokenizer: str, explicit: d
     row = row_for(preset, tokenizer, field_kind)
     wanted = settings_for(row, tuple(spec["shape"]))
     applied = {k: v for k, v in wanted.items() if k not in explicit}
+    settings = {**applied, **explicit}
     record = {"name": preset, "row": row.name, "field_kind": field_kind, "set": applied,
-              "overridden": {k: explicit[k] for k in wanted if k in explicit}}
-    return {**applied, **explicit}, record
+              "overridden": {k: explicit[k] for k in wanted if k in explicit},
+              "levels": levels_for(settings["quantizer"], settings["vocab"])}  # None for vq
+    return settings, record
 
 
 def record_preset(directory: str | Path, record: dict) -> None:
