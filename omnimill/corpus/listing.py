@@ -9,6 +9,10 @@ Which files are samples is the sample kind's say (its extensions; `image` unless
 corpus/kinds.py); a manifest lists its samples itself. `CorpusIndex.kind` is the form above,
 `CorpusIndex.sample_kind` the kind of sample.
 
+`CorpusIndex.extras` holds, per sample, what else the corpus says about it: a manifest row's other columns
+(a clip listing's `start`, `end`, `subtitles`), and the text of the sidecars asked for with `sidecars=`
+(`("srt", "vtt")`: `name.srt` beside `name.mp4`, or the member `name.srt` in the same tar), by extension.
+
 A local path is taken literally: `[`, `*`, `?`, `{` and `::` in a folder or file name are characters,
 not globs or fsspec chains. Only a tar shard list expands (brace ranges, globs), and only when no file
 of that literal name exists.
@@ -39,6 +43,7 @@ from omnimill.errors import UserError
 CAPTION_EXTS = ("txt", "json")
 MANIFEST_EXTS = (".jsonl", ".csv", ".parquet")
 CAPTION_JSON_KEYS = ("caption", "text", "txt", "alt", "alt_text")
+MANIFEST_COLUMNS = ("path", "url", "key", "caption", "text")  # a row's other columns go to CorpusIndex.extras
 MEMBER_SEP = "::"  # source of a tar member: "<tar url>::<member name>"
 TAR_OF_SOURCE = re.compile(r"(.*?\.tar)::", re.IGNORECASE)  # the tar of "<tar url>::<member>"; the url may hold "::"
 GLOB_CHARS = "*?["
@@ -54,16 +59,19 @@ class CorpusIndex:
     sizes: list[int] = field(default_factory=list)  # bytes, -1 when unknown
     captions: list[str] = field(default_factory=list)
     sample_kind: str = DEFAULT_KIND  # what each sample is (corpus/kinds.py)
+    extras: list[dict] = field(default_factory=list)  # manifest columns and sidecar texts (module docstring)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def add(self, key: str, source: str, offset: int = -1, size: int = -1, caption: str = "") -> None:
+    def add(self, key: str, source: str, offset: int = -1, size: int = -1, caption: str = "",
+            extras: dict | None = None) -> None:
         self.keys.append(key)
         self.sources.append(source)
         self.offsets.append(offset)
         self.sizes.append(size)
         self.captions.append(caption)
+        self.extras.append(extras or {})
 
 
 def detect_kind(uri: str) -> str:
@@ -84,14 +92,16 @@ def normalise_uri(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
-def index_corpus(uri: str, storage_options: dict | None = None, sample_kind: str = DEFAULT_KIND) -> CorpusIndex:
-    """List every sample of the corpus, of the registered kind `sample_kind`. Raises UserError for an
-    unknown kind or a missing or empty corpus."""
-    sample = kind_of(sample_kind)
+def index_corpus(uri: str, storage_options: dict | None = None, sample_kind: str | SampleKind = DEFAULT_KIND,
+                 sidecars: tuple[str, ...] = ()) -> CorpusIndex:
+    """List every sample of the corpus, of the registered kind `sample_kind` (or that kind object itself: a
+    listing made before a kind is registered, as the clip index's list of videos). `sidecars`: extensions of
+    text sidecars to read into `extras`. Raises UserError for an unknown kind or a missing or empty corpus."""
+    sample = kind_of(sample_kind) if isinstance(sample_kind, str) else sample_kind
     uri = normalise_uri(uri)
     kind = detect_kind(uri)
     reader = {"folder": _index_folder, "wds": _index_tars, "manifest": _index_manifest}[kind]
-    index = reader(uri, storage_options or {}, sample)
+    index = reader(uri, storage_options or {}, sample, tuple(sidecars))
     if not len(index):
         raise UserError(f"no {sample.plural} found in {uri} (kind: {kind}); expected {sample.noun} files "
                         f"({', '.join(sorted(sample.extensions))}), WebDataset tars or a manifest")
@@ -136,7 +146,7 @@ def _read_all(fs, paths: list[str]) -> list[bytes]:
     return fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="raise") if paths else []
 
 
-def _index_folder(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
+def _index_folder(uri: str, storage_options: dict, sample: SampleKind, sidecars: tuple[str, ...] = ()) -> CorpusIndex:
     fs, root = url_to_fs(uri, storage_options)
     if not fs.isdir(root):
         raise UserError(f"corpus {uri} does not exist or is not a folder; give a folder of {sample.plural}, "
@@ -145,20 +155,28 @@ def _index_folder(uri: str, storage_options: dict, sample: SampleKind) -> Corpus
     present = set(files)
     index = CorpusIndex(uri, "folder", sample_kind=sample.name)
     samples = [p for p in files if _split_ext(p)[1] in sample.extensions]
-    sidecars = {}
+    captions = {}
     for path in samples:
         stem = _split_ext(path)[0]
         for ext in CAPTION_EXTS:
             if f"{stem}.{ext}" in present:
-                sidecars[path] = f"{stem}.{ext}"
+                captions[path] = f"{stem}.{ext}"
                 break
-    texts = dict(zip(sidecars.values(), _read_all(fs, list(sidecars.values()))))
+    others = {path: {ext: f"{_split_ext(path)[0]}.{ext}" for ext in sidecars
+                     if f"{_split_ext(path)[0]}.{ext}" in present} for path in samples}
+    named = list(dict.fromkeys([*captions.values(), *(p for o in others.values() for p in o.values())]))
+    texts = dict(zip(named, _read_all(fs, named)))
     for path in samples:
         rel = posixpath.relpath(path, root)
-        sidecar = sidecars.get(path)
+        sidecar = captions.get(path)
         caption = _caption_from(texts[sidecar], sidecar) if sidecar else ""
-        index.add(sample.key(_split_ext(rel)[0]), _url(fs, path), caption=caption)
+        extras = {ext: _text(texts[p]) for ext, p in others[path].items()}
+        index.add(sample.key(_split_ext(rel)[0]), _url(fs, path), caption=caption, extras=extras)
     return index
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def _url(fs, path: str) -> str:
@@ -185,7 +203,7 @@ def _caption_from(data: bytes, name: str) -> str:
     return ""
 
 
-def _index_tars(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
+def _index_tars(uri: str, storage_options: dict, sample: SampleKind, sidecars: tuple[str, ...] = ()) -> CorpusIndex:
     from braceexpand import braceexpand
 
     fs, literal = url_to_fs(uri, storage_options)
@@ -223,6 +241,8 @@ def _index_tars(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIn
                         entry["sample"] = m
                     elif last_ext in CAPTION_EXTS and "caption" not in entry:
                         entry["caption"] = (m, last_ext)
+                    elif last_ext in sidecars:
+                        entry.setdefault("sidecars", {}).setdefault(last_ext, m)
             except tarfile.TarError as e:
                 raise UserError(f"{url} is not a readable tar ({e}); remove it from the shard range") from None
             for key, entry in samples.items():
@@ -233,12 +253,17 @@ def _index_tars(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIn
                     m, ext = entry["caption"]
                     f.seek(m.offset_data)
                     caption = _caption_from(f.read(m.size), "x." + ext)
+                extras = {}
+                for ext, m in entry.get("sidecars", {}).items():
+                    f.seek(m.offset_data)
+                    extras[ext] = _text(f.read(m.size))
                 member = entry["sample"]
-                index.add(sample.key(key), f"{url}{MEMBER_SEP}{member.name}", member.offset_data, member.size, caption)
+                index.add(sample.key(key), f"{url}{MEMBER_SEP}{member.name}", member.offset_data, member.size, caption,
+                          extras)
     return index
 
 
-def _index_manifest(uri: str, storage_options: dict, sample: SampleKind) -> CorpusIndex:
+def _index_manifest(uri: str, storage_options: dict, sample: SampleKind, sidecars: tuple[str, ...] = ()) -> CorpusIndex:
     fs, path = url_to_fs(uri, storage_options)
     if not fs.exists(path):
         raise UserError(f"manifest {uri} does not exist")
@@ -260,7 +285,8 @@ def _index_manifest(uri: str, storage_options: dict, sample: SampleKind) -> Corp
                                       else posixpath.basename(target))[0])
         if "://" not in target and not _is_local(fs):
             target = fs.unstrip_protocol(target)
-        index.add(key, target, caption=str(row.get("caption") or row.get("text") or ""))
+        extras = {k: v for k, v in row.items() if k not in MANIFEST_COLUMNS and v is not None and v != ""}
+        index.add(key, target, caption=str(row.get("caption") or row.get("text") or ""), extras=extras)
     return index
 
 
