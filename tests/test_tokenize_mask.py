@@ -142,7 +142,8 @@ def test_a_field_that_is_no_instance_mask_is_refused(labels, tmp_path):
         train_tokenizer(labels, "shapes/boxes", "mask", tmp_path / "t", **SMALL)
     with pytest.raises(UserError, match="not a mask tokenizer"):
         (tmp_path / "other").mkdir()
-        (tmp_path / "other" / "config.json").write_text(json.dumps({"format": "omnimill.tokenizer/1", "kind": "vector"}))
+        (tmp_path / "other" / "config.json").write_text(json.dumps({"format": "omnimill.tokenizer/1",
+                                                                    "kind": "vector"}))
         load_mask_tokenizer(tmp_path / "other")
 
 

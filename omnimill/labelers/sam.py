@@ -1,4 +1,4 @@
-"""sam: Segment Anything automatic masks (Kirillov et al., 2023): every instance (overlaps kept), an instance-id map, SAM edges.
+"""sam: Segment Anything automatic masks (Kirillov et al., 2023): every instance, overlaps kept; an id map; SAM edges.
 
 Paper: "Segment Anything", Kirillov et al., ICCV 2023 (arXiv:2304.02643). 4M-21 uses SAM instances and
 SAM edges (instance boundaries) as two of its modalities; this teacher makes both from one pass.

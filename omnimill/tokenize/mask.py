@@ -141,21 +141,22 @@ def load_mask_tokenizer(directory: str | Path) -> MaskTokenizer:
     except (OSError, ValueError):
         raise UserError(f"{directory} holds no tokenizer (no readable config.json); train a mask tokenizer with "
                         "`omnimill tokenizer train STORE --field sam/masks64 --kind mask`") from None
-    if not isinstance(data, dict) or data.pop("format", None) != FORMAT or data.get("kind") != "mask":
-        raise UserError(f"{directory} is not a mask tokenizer (kind {data.get('kind') if isinstance(data, dict) else None!r})")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind != "mask" or data.pop("format", None) != FORMAT:
+        raise UserError(f"{directory} is not a mask tokenizer (kind {kind!r})")
     try:
         return MaskTokenizer.from_directory(directory, TokenizerConfig(**data))
     except UserError:
         raise
     except Exception as e:  # safetensors and torch each raise their own kind
-        raise UserError(f"the mask tokenizer in {directory} is damaged ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
-                        "retrain it") from None
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"the mask tokenizer in {directory} is damaged ({reason}); retrain it") from None
 
 
 def new_mask_tokenizer(config: TokenizerConfig, spec: dict, width: int, vocab: int, quantizer: str,
                           grid: int = MASK_GRID) -> MaskTokenizer:
     """A new (untrained) mask tokenizer for a stored field of kind instance_masks, (K, m, m) bool."""
-    from omnimill.tokenize.quantizer import fsq_levels
+    from omnimill.tokenize.quantizer import levels_for
 
     shape = tuple(spec["shape"])
     if len(shape) != 3 or shape[1] != shape[2] or spec["dtype"] != "bool":
@@ -163,7 +164,7 @@ def new_mask_tokenizer(config: TokenizerConfig, spec: dict, width: int, vocab: i
                         f"{list(shape)} {spec['dtype']}")
     config.normalization = {"mode": "binary"}
     config.options.update(sample_shape=list(shape), mask_size=shape[1], grid=grid, width=width, vocab=vocab,
-                          quantizer=quantizer, levels=fsq_levels(vocab))
+                          quantizer=quantizer, levels=levels_for(quantizer, vocab))
     return MaskTokenizer(config)
 
 

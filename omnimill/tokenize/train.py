@@ -30,7 +30,10 @@ from omnimill.files import write_atomic
 from omnimill.tokenize import values as V
 from omnimill.tokenize.base import TokenizerConfig, check_directory
 from omnimill.tokenize.data import open_field, split
-from omnimill.tokenize.quantizer import fsq_levels
+from omnimill.tokenize.quantizer import levels_for
+
+
+SPATIAL_GRID = 16  # spatial tokens per side by default: 16 x 16 = 256 tokens
 
 
 @dataclass
@@ -42,9 +45,8 @@ class TrainOptions:
     lr: float = 2e-3
     warmup: int = 100
     input_size: int | None = None  # spatial: side fed to the encoder (default: 256 for maps, the grid for feature grids)
-    grid: int = 16  # spatial: tokens per side (16 x 16 = 256 tokens)
+    grid: int | None = None  # tokens per side: spatial 16 (16 x 16 = 256 tokens); mask 4 (16 an instance, 4M-21's)
     width: int = 64  # spatial: channels of the first stage
-    mask_grid: int = 4  # mask: tokens per side of one instance's mask (4 x 4 = 16, as 4M-21)
     max_instances: int = 200_000  # mask: training instances held in memory (4 KB each at 64 x 64)
     n_tokens: int = 8  # vector: tokens per vector
     hidden: int = 512  # vector: MLP width
@@ -149,9 +151,9 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
 
         return VectorTokenizer(config)
     if kind == "mask":
-        from omnimill.tokenize.mask import new_mask_tokenizer
+        from omnimill.tokenize.mask import MASK_GRID, new_mask_tokenizer
 
-        return new_mask_tokenizer(config, spec, opts.width, opts.vocab, opts.quantizer, opts.mask_grid)
+        return new_mask_tokenizer(config, spec, opts.width, opts.vocab, opts.quantizer, opts.grid or MASK_GRID)
     if kind != "spatial":
         raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector, mask or sequence")
     if len(shape) not in (2, 3) or spec["dtype"] == "str":
@@ -161,11 +163,12 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
     id2label = config.source.get("id2label")
     config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None,
                                  relative=V.relative_of(field, spec))
-    feature_grid = shape[0] <= opts.grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
+    grid = opts.grid or SPATIAL_GRID
+    feature_grid = shape[0] <= grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
     input_size = opts.input_size or (shape[0] if feature_grid else 256)
-    grid = min(opts.grid, input_size)
+    grid = min(grid, input_size)
     config.options.update(sample_shape=list(shape), input_size=input_size, grid=grid, width=opts.width,
-                          vocab=opts.vocab, quantizer=opts.quantizer, levels=fsq_levels(opts.vocab))
+                          vocab=opts.vocab, quantizer=opts.quantizer, levels=levels_for(opts.quantizer, opts.vocab))
     from omnimill.tokenize.spatial import SpatialTokenizer
 
     return SpatialTokenizer(config)
