@@ -290,3 +290,117 @@ def test_probe_reads_the_header():
     info = probe(write_video(seconds=3.0))
     assert info.has_video and info.has_audio and info.video_codec == "h264" and info.audio_codec == "aac"
     assert (info.width, info.height) == (64, 48) and abs(info.duration - 3.0) < 0.2 and info.fps == FPS
+
+
+# ------------------------------------------------------------------------------------------------ the clip index
+
+from omnimill.corpus.clip import index_clips, open_media_file, parse_clips, spans_from_cuts  # noqa: E402
+from omnimill.errors import UserError  # noqa: E402
+
+
+def test_spans_from_cuts_min_and_max():
+    assert spans_from_cuts(0.0, 10.0, [3.0, 3.2, 7.0], min_seconds=0.5, max_seconds=60) == [(0, 3), (3.2, 7), (7, 10)]
+    assert spans_from_cuts(0.0, 10.0, [], min_seconds=0.5, max_seconds=4.0) == [(0, 3.333333), (3.333333, 6.666667),
+                                                                               (6.666667, 10)]
+    assert parse_clips("fixed:2.5") == ("fixed", 2.5) and parse_clips("spans") == ("spans", 0.0)
+    for bad in ("fixed", "fixed:0", "fixed:x", "scenes:3", "spans:2"):
+        with pytest.raises(UserError):
+            parse_clips(bad)
+
+
+def make_corpus(root):
+    root.mkdir()
+    write_video(str(root / "a.mp4"), seconds=4.0)
+    (root / "a.srt").write_text(SRT)
+    (root / "sub").mkdir()
+    write_video(str(root / "sub" / "b.v1.mkv"), seconds=2.0, container="matroska", codec="mpeg4", audio=False)
+    (root / "c.wav").write_bytes(write_audio("wav", seconds=3.0, codec="pcm_s16le"))
+    (root / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "notes.txt").write_text("ignored")
+
+
+def test_folder_fixed_clips_with_sidecar_subtitles_and_a_broken_file(tmp_path):
+    make_corpus(tmp_path / "c")
+    index = index_clips(str(tmp_path / "c"), "fixed:1.5")
+    assert index.sample_kind == "clip" and index.kind == "folder"
+    assert index.keys == ["a/clip_0000", "a/clip_0001", "a/clip_0002", "broken/clip_0000",
+                          "c/clip_0000", "c/clip_0001", "sub/b_v1/clip_0000", "sub/b_v1/clip_0001"]
+    spans = [(e["start"], e["end"]) for e in index.extras]
+    assert spans[:3] == [(0.0, 1.5), (1.5, 3.0), (3.0, 4.0)] and spans[4:6] == [(0.0, 1.5), (1.5, 3.0)]
+    assert spans[6] == (0.0, 1.5) and abs(spans[7][1] - 2.0) < 0.1  # b's 0.5 s tail is the minimum: kept
+    assert index.extras[0]["cues"] == [[0.5, 1.5, "Hello there"]]
+    assert index.extras[1]["cues"] == [[0.5, 1.5, "second line\ntwo rows"]]
+    assert "not a readable media file" in index.extras[3]["error"]
+    assert index.sources[0] == str(tmp_path / "c" / "a.mp4") and index.extras[0]["video"] == "a"
+
+
+def test_fixed_clips_drop_a_tail_shorter_than_the_minimum(tmp_path):
+    make_corpus(tmp_path / "c")
+    index = index_clips(str(tmp_path / "c"), "fixed:1.5", min_seconds=1.0)
+    assert "a/clip_0002" in index.keys  # 1.0 s tail kept
+    index = index_clips(str(tmp_path / "c"), "fixed:1.8", min_seconds=0.5)  # 4 s: the 0.4 s tail goes
+    assert [k for k in index.keys if k.startswith("a/")] == ["a/clip_0000", "a/clip_0001"]
+    assert (index.extras[1]["start"], index.extras[1]["end"]) == (1.8, 3.6)
+
+
+def test_tar_corpus_clips_decode_in_place(tmp_path):
+    import tarfile
+
+    make_corpus(tmp_path / "c")
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
+        for name in ("a.mp4", "a.srt", "c.wav"):
+            tar.add(tmp_path / "c" / name, arcname=name)
+    index = index_clips(str(tmp_path / "shard-000.tar"), "spans")
+    assert index.keys == ["a/clip_0000", "c/clip_0000"] and index.offsets[0] > 0
+    assert len(index.extras[0]["cues"]) == 2
+    with open_media_file(index.sources[0], index.offsets[0], index.sizes[0]) as f:
+        clip = decode_clip(f, 2.0, 3.0, view_size=16, frames=2)
+    assert abs(int(clip.frames[0].mean()) - grey(22)) <= 4 and clip.has_audio
+
+
+def test_manifest_spans_with_subtitles_text_path_and_plain(tmp_path):
+    import json
+
+    make_corpus(tmp_path / "c")
+    (tmp_path / "c" / "b.vtt").write_text(VTT)
+    rows = [
+        {"path": "c/a.mp4", "start": 2.0, "end": 3.5, "caption": "second"},
+        {"path": "c/a.mp4", "start": 0.0, "end": 1.0, "subtitles": SRT},
+        {"path": "c/sub/b.v1.mkv", "subtitles": "c/b.vtt"},
+        {"path": "c/c.wav", "start": 1, "end": 2, "subtitles": "a man says hello"},
+        {"path": "c/a.mp4", "start": 1.0, "end": 2.0, "subtitles": "1\nbroken --> x\n"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    index = index_clips(str(tmp_path / "m.jsonl"), "spans")
+    assert index.kind == "manifest"
+    assert index.keys == ["c/a/clip_0000", "c/a/clip_0001", "c/a/clip_0002", "c/sub/b_v1/clip_0000", "c/c/clip_0000"]
+    spans = [(e["start"], e["end"]) for e in index.extras]
+    assert spans[:3] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.5)] and index.captions[2] == "second"
+    assert index.extras[0]["cues"] == [[0.5, 1.0, "Hello there"]]  # each row's own subtitles, cut to its clips
+    assert "not a subtitle timestamp" in index.extras[1]["subtitle_error"] and "cues" not in index.extras[2]
+    assert index.extras[3]["cues"][0][2] == "Hello there"
+    assert index.extras[4]["cues"] == [[0.0, 1.0, "a man says hello"]]
+
+
+def test_manifest_with_a_subtitle_that_does_not_parse_lists_it_as_an_error(tmp_path):
+    import json
+
+    make_corpus(tmp_path / "c")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "c/a.mp4", "end": 2, "subtitles": "x --> y\n"}))
+    index = index_clips(str(tmp_path / "m.jsonl"), "fixed:1")
+    assert index.keys == ["c/a/clip_0000", "c/a/clip_0001"]
+    assert all("not a subtitle timestamp" in e["subtitle_error"] for e in index.extras)
+
+
+def test_bad_spans_and_empty_corpora_are_user_errors(tmp_path):
+    import json
+
+    make_corpus(tmp_path / "c")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "c/a.mp4", "start": 3, "end": 2}))
+    with pytest.raises(UserError, match="empty or negative"):
+        index_clips(str(tmp_path / "m.jsonl"), "spans")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(UserError, match="no videos or audio files"):
+        index_clips(str(tmp_path / "e"), "spans")
+    with pytest.raises(UserError, match="min"):
+        index_clips(str(tmp_path / "c"), "spans", min_seconds=5, max_seconds=2)
