@@ -4,7 +4,6 @@ per-sample errors, and the clip index. Every media file is written here with PyA
 from __future__ import annotations
 
 import io
-import resource  # noqa: F401  (kept for the reader: the seek-vs-whole figures are measured in the report script)
 from fractions import Fraction
 
 import numpy as np
@@ -12,9 +11,12 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from omnimill.corpus.clip import ClipKind, index_clips, open_media_file, parse_clips, spans_from_cuts  # noqa: E402
+from omnimill.corpus.listing import ByteReader  # noqa: E402
 from omnimill.corpus.media import audio_segment_spans, decode_clip, frame_targets, probe  # noqa: E402
+from omnimill.corpus.sample import DecodeSettings  # noqa: E402
 from omnimill.corpus.subtitles import Cue, cut, parse_subtitles  # noqa: E402
-from omnimill.errors import SampleError  # noqa: E402
+from omnimill.errors import SampleError, UserError  # noqa: E402
 
 FPS = 10
 
@@ -294,9 +296,6 @@ def test_probe_reads_the_header():
 
 # ------------------------------------------------------------------------------------------------ the clip index
 
-from omnimill.corpus.clip import index_clips, open_media_file, parse_clips, spans_from_cuts  # noqa: E402
-from omnimill.errors import UserError  # noqa: E402
-
 
 def test_spans_from_cuts_min_and_max():
     assert spans_from_cuts(0.0, 10.0, [3.0, 3.2, 7.0], min_seconds=0.5, max_seconds=60) == [(0, 3), (3.2, 7), (7, 10)]
@@ -404,3 +403,38 @@ def test_bad_spans_and_empty_corpora_are_user_errors(tmp_path):
         index_clips(str(tmp_path / "e"), "spans")
     with pytest.raises(UserError, match="min"):
         index_clips(str(tmp_path / "c"), "spans", min_seconds=5, max_seconds=2)
+
+
+# ------------------------------------------------------------------------------------------------ the clip kind
+
+
+def test_clip_kind_decodes_index_rows_through_a_pointer(tmp_path):
+    make_corpus(tmp_path / "c")
+    index = index_clips(str(tmp_path / "c"), "fixed:1.5")
+    kind, settings = ClipKind(frames=4, audio_segments=2, audio_seconds=0.5), DecodeSettings(32, 10**8)
+    rows = [{"keys": k, "source": s, "offset": o, "size": z, "caption": c, **e}
+            for k, s, o, z, c, e in zip(index.keys, index.sources, index.offsets, index.sizes, index.captions,
+                                        index.extras)]
+    decoded, failed = [], {}
+    with ByteReader() as reader:
+        for row in rows:
+            try:
+                decoded.append(kind.decode(kind.fetch(reader, row), row, settings))
+            except SampleError as e:
+                failed[row["keys"]] = e.stage
+    assert failed == {"broken/clip_0000": "decode"}
+    a1 = decoded[1]  # a/clip_0001: 1.5..3.0
+    assert a1.subtitles == [Cue(0.5, 1.5, "second line\ntwo rows")] and a1.has_audio
+    assert abs(int(a1.frames[0].mean()) - grey(16)) <= 4  # 1.5 + 0.1875 s -> frame 16
+    wav = decoded[3]  # c/clip_0000: an audio file
+    assert not wav.has_video and wav.has_audio and not wav.frames.any()
+    fields = kind.batch_fields(decoded)
+    assert fields["frames"].shape == (len(decoded), 4, 32, 32, 3) and fields["audio"].shape == (len(decoded), 2, 8000)
+    values = kind.sample_values(a1)
+    assert {a.name for a in kind.sample_arrays} == set(values)
+    for array in kind.sample_arrays:
+        assert np.asarray(values[array.name]).shape == array.shape, array.name
+    row = dict(rows[0], subtitle_error="bad cue")
+    with pytest.raises(SampleError) as e:
+        kind.decode(kind.fetch(None, row), row, settings)
+    assert e.value.stage == "subtitles"

@@ -18,18 +18,28 @@ Each clip of the index is a row of a `CorpusIndex` (sample kind "clip"): `source
 the media file, `extras` hold `video` (the file's key), `start`, `end` (file seconds), `cues` (the
 subtitles cut to the clip, in clip time: [[start, end, text], ...]) or `subtitle_error` (a subtitle file
 that does not parse: listed, then failed per sample when decoded, never a listing failure).
+
+`ClipKind` is the clip as a sample kind: it lists media files by extension, fetches a pointer (never the
+file's bytes: a clip seeks in its file), decodes one clip (corpus/media.py) and gives its per-sample arrays.
+It is not registered in corpus/kinds.py yet: the engine must first run image teachers on the T frames of
+each clip and store (N, T, ...) (see `ClipKind.batch_fields`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import posixpath
 from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
 
 from omnimill.corpus.listing import MEMBER_SEP, TAR_OF_SOURCE, CorpusIndex, index_corpus, url_to_fs
-from omnimill.corpus.media import probe
-from omnimill.corpus.sample import SampleKind
+from omnimill.corpus.media import (DEFAULT_AUDIO_SECONDS, DEFAULT_AUDIO_SEGMENTS, DEFAULT_FRAMES, DecodedClip,
+                                   decode_clip, probe)
+from omnimill.corpus.sample import DecodeSettings, SampleArray, SampleKind
 from omnimill.corpus.subtitles import Cue, cut, parse_subtitles
 from omnimill.errors import SampleError, UserError
 
@@ -38,15 +48,6 @@ AUDIO_EXTS = frozenset({"wav", "flac", "mp3", "ogg", "m4a"})
 SUBTITLE_EXTS = ("srt", "vtt")
 DEFAULT_MIN_SECONDS = 0.5  # a shorter clip (the tail of a fixed cut) carries too little to label
 DEFAULT_MAX_SECONDS = 60.0  # a longer one is split in equal parts: frames stay dense enough to mean the clip
-
-
-class MediaFiles(SampleKind):
-    """The files a clip corpus lists (video and audio by extension); the clip index is made from them."""
-
-    name = "clip"
-    noun = "video or audio"
-    plural = "videos or audio files"
-    extensions = VIDEO_EXTS | AUDIO_EXTS
 
 
 def is_audio_file(source: str) -> bool:
@@ -98,9 +99,9 @@ def index_clips(uri: str, clips: str = "fixed:10", storage_options: dict | None 
     rule, seconds = parse_clips(clips)
     if min_seconds < 0 or max_seconds <= 0 or min_seconds > max_seconds:
         raise UserError(f"clip lengths: need 0 <= min ({min_seconds}) <= max ({max_seconds}) and max > 0")
-    files = index_corpus(uri, storage_options, MediaFiles(), sidecars=SUBTITLE_EXTS)
+    files = index_corpus(uri, storage_options, ClipKind(), sidecars=SUBTITLE_EXTS)
     base = posixpath.dirname(files.uri) if files.kind == "manifest" else ""
-    index = CorpusIndex(files.uri, files.kind, sample_kind=MediaFiles.name)
+    index = CorpusIndex(files.uri, files.kind, sample_kind=ClipKind.name)
     by_file: dict[tuple[str, int], list[int]] = {}  # a manifest may list many spans of one file
     for i, source in enumerate(files.sources):
         by_file.setdefault((source, files.offsets[i]), []).append(i)
@@ -233,3 +234,80 @@ class _Window(io.RawIOBase):
         buffer[:len(data)] = data
         self.pos += len(data)
         return len(data)
+
+
+@dataclass(frozen=True)
+class MediaPointer:
+    """Where one clip's media file is: what `ClipKind.fetch` returns instead of bytes."""
+
+    source: str
+    offset: int = -1
+    size: int = -1
+    storage_options: dict | None = None
+
+
+class ClipKind(SampleKind):
+    """A clip of a video or audio file: T frames on the canonical view, K audio segments, its subtitles."""
+
+    name = "clip"
+    noun = "video or audio"
+    plural = "videos or audio files"
+    extensions = VIDEO_EXTS | AUDIO_EXTS
+
+    def __init__(self, frames: int = DEFAULT_FRAMES, audio_segments: int = DEFAULT_AUDIO_SEGMENTS,
+                 audio_seconds: float = DEFAULT_AUDIO_SECONDS):
+        self.frames, self.audio_segments, self.audio_seconds = frames, audio_segments, audio_seconds
+        self.sample_arrays = (
+            SampleArray("span", (2,), "float64", "clip (start, end) in file seconds"),
+            SampleArray("frame_times", (frames,), "float64", "each frame's pts in clip seconds"),
+            SampleArray("audio_spans", (audio_segments, 2), "float64", "each audio segment in clip seconds"),
+            SampleArray("has_video", (), "bool", "frames came from a video stream (false: an audio file)"),
+            SampleArray("has_audio", (), "bool", "the file has an audio stream (false: audio is zeros)"),
+            SampleArray("rotation", (), "int16", "degrees counter-clockwise the picture was turned upright"),
+            SampleArray("crop_box", (4,), "int32", "the frames' square (x0, y0, x1, y1) in upright pixels"),
+        )
+
+    def fetch(self, reader, sample: dict) -> MediaPointer:
+        return MediaPointer(str(sample["source"]), int(sample.get("offset", -1)), int(sample.get("size", -1)),
+                            getattr(reader, "storage_options", None))
+
+    def decode(self, data, sample: dict, settings: DecodeSettings) -> DecodedClip:
+        """`data`: a MediaPointer (from fetch), bytes or a path; `sample`: the clip's row (start, end, and
+        optionally cues, error, subtitle_error as the clip index wrote them)."""
+        if sample.get("error"):
+            raise SampleError("decode", str(sample["error"]))
+        if sample.get("subtitle_error"):
+            raise SampleError("subtitles", str(sample["subtitle_error"]))
+        start, end = float(sample["start"]), float(sample["end"])
+        options = dict(view_size=settings.view_size, max_pixels=settings.max_pixels, frames=self.frames,
+                       audio_segments=self.audio_segments, audio_seconds=self.audio_seconds,
+                       need_video=not is_audio_file(str(sample.get("source", ""))))
+        if isinstance(data, MediaPointer):
+            try:
+                with open_media_file(data.source, data.offset, data.size, data.storage_options) as f:
+                    clip = decode_clip(f, start, end, **options)
+            except OSError as e:  # gone or unreadable between listing and labelling: may be transient
+                raise SampleError("read", f"{type(e).__name__}: {e}") from None
+        else:
+            clip = decode_clip(data, start, end, **options)
+        cues = sample.get("cues") or []
+        if isinstance(cues, str):  # a store keeps them as JSON text
+            cues = json.loads(cues)
+        clip.subtitles = [Cue(float(a), float(b), str(t)) for a, b, t in cues]
+        return clip
+
+    def batch_fields(self, decoded: list[DecodedClip]) -> dict:
+        """The clips' fields, stacked: frames (B, T, S, S, 3), frame_times (B, T), spans (B, 2), audio (B, K, L),
+        has_audio (B,), subtitles (B lists of cues). Not yet `Batch` arguments: the engine is to run image
+        teachers on the B*T frames (frames.reshape(-1, S, S, 3)) and store their outputs as (N, T, ...)."""
+        return {"frames": np.stack([d.frames for d in decoded]),
+                "frame_times": np.stack([d.frame_times for d in decoded]),
+                "spans": np.stack([d.span for d in decoded]),
+                "audio": np.stack([d.audio for d in decoded]),
+                "has_audio": np.array([d.has_audio for d in decoded]),
+                "subtitles": [d.subtitles for d in decoded]}
+
+    def sample_values(self, decoded: DecodedClip) -> dict:
+        return {"span": decoded.span, "frame_times": decoded.frame_times, "audio_spans": decoded.audio_spans,
+                "has_video": decoded.has_video, "has_audio": decoded.has_audio, "rotation": decoded.rotation,
+                "crop_box": decoded.crop_box}

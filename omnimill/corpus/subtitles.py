@@ -52,7 +52,8 @@ def parse_subtitles(data: bytes | str, name: str = "subtitles") -> list[Cue]:
         except ValueError as e:
             raise SampleError("subtitles", f"{name} line {i + 1}: {e}") from None
         if end < start:
-            raise SampleError("subtitles", f"{name} line {i + 1}: cue ends ({end:.3f}s) before it starts ({start:.3f}s)")
+            raise SampleError("subtitles",
+                              f"{name} line {i + 1}: cue ends ({end:.3f}s) before it starts ({start:.3f}s)")
         i += 1
         body = []
         while i < len(lines) and lines[i].strip():
