@@ -322,6 +322,8 @@ def test_sam_instances_box_then_mask_tokens_largest_first_and_cut_by_crops(tmp_p
     assert decoded["count"].tolist() == [3] and decoded["masks64"].shape == (1, 4, 64, 64)
     np.testing.assert_array_equal(decoded["masks64"][0, :3], ser.mask_tokenizer.decode_masks(tokens))
     assert not decoded["masks64"][0, 3].any() and not decoded["boxes"][0, 3].any()
+    empty = {"boxes": values["boxes"][0], "masks64": values["masks64"][0], "count": np.int32(0)}
+    assert ser.items(empty, WHOLE) == [] and ser.arrays([[]])["count"].tolist() == [0]
 
     crop = np.array([100, 200, 200, 200, 1])  # x 200..400, y 100..300, mirrored: the disc is outside
     items = ser.items(sample(values, 0), crop)
