@@ -11,7 +11,8 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from omnimill.corpus.clip import ClipKind, index_clips, open_media_file, parse_clips, spans_from_cuts  # noqa: E402
+from omnimill.corpus.clip import ClipKind, open_media_file  # noqa: E402
+from omnimill.corpus.clip_index import index_clips, parse_clips, spans_from_cuts  # noqa: E402
 from omnimill.corpus.listing import ByteReader  # noqa: E402
 from omnimill.corpus.media import audio_segment_spans, decode_clip, frame_targets, probe  # noqa: E402
 from omnimill.corpus.sample import DecodeSettings  # noqa: E402

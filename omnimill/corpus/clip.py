@@ -1,53 +1,32 @@
-"""Clips: list video and audio corpora into clips `VIDEO_KEY/clip_0003` (media pointer, start, end), and open
-one clip's media file for decoding (corpus/media.py decodes it).
+"""The clip sample kind: a span of a video or audio file, seen as T frames on the canonical view, K audio
+segments and its subtitles (corpus/media.py decodes it; corpus/clip_index.py lists a corpus into clips).
 
-Corpus: video files (mp4, mkv, webm, mov, avi) and audio files (wav, flac, mp3, ogg, m4a) in a folder, in
-WebDataset tars or in a manifest, listed by corpus/listing.py (same forms, keys and captions as images).
-Subtitles: a sidecar `name.srt` / `name.vtt` beside the file (or the tar member of that name), or a manifest
-row's column `subtitles`: SRT/VTT text, a path to a .srt/.vtt file, or plain text (one cue over each of the
-row's clips: an HD-VILA span's transcript).
-Manifest spans: optional columns `start` and `end` (seconds).
-
-Clips (`clips=`):
-  fixed:SECONDS   every listed span (the whole file unless the manifest gives one) cut into SECONDS pieces
-  spans           each listed span is one clip (HD-VILA style manifests); a file without a span is one clip
-Every rule is a cut list through `spans_from_cuts` (cut times -> clips, with minimum and maximum length), so
-a scene-cut detector feeds the index the same way: its stored cuts per video go to `spans_from_cuts`.
-
-Each clip of the index is a row of a `CorpusIndex` (sample kind "clip"): `sources/offsets/sizes` point at
-the media file, `extras` hold `video` (the file's key), `start`, `end` (file seconds), `cues` (the
-subtitles cut to the clip, in clip time: [[start, end, text], ...]) or `subtitle_error` (a subtitle file
-that does not parse: listed, then failed per sample when decoded, never a listing failure).
-
-`ClipKind` is the clip as a sample kind: it lists media files by extension, fetches a pointer (never the
-file's bytes: a clip seeks in its file), decodes one clip (corpus/media.py) and gives its per-sample arrays.
-It is not registered in corpus/kinds.py yet: the engine must first run image teachers on the T frames of
-each clip and store (N, T, ...) (see `ClipKind.batch_fields`).
+`ClipKind` lists media files by extension, fetches a pointer (never the file's bytes: a clip seeks in its
+file), decodes one clip row of the clip index and gives its per-sample arrays. It is not registered in
+corpus/kinds.py yet: the engine must first run image teachers on the T frames of each clip and store
+(N, T, ...) (see `ClipKind.batch_fields`). This module imports nothing from corpus/listing.py at import time:
+listing imports the kind registry, which is to import this module.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from omnimill.corpus.listing import MEMBER_SEP, TAR_OF_SOURCE, CorpusIndex, index_corpus, url_to_fs
 from omnimill.corpus.media import (DEFAULT_AUDIO_SECONDS, DEFAULT_AUDIO_SEGMENTS, DEFAULT_FRAMES, DecodedClip,
-                                   decode_clip, probe)
+                                   decode_clip)
 from omnimill.corpus.sample import DecodeSettings, SampleArray, SampleKind
-from omnimill.corpus.subtitles import Cue, cut, parse_subtitles
-from omnimill.errors import SampleError, UserError
+from omnimill.corpus.subtitles import Cue
+from omnimill.errors import SampleError
 
 VIDEO_EXTS = frozenset({"mp4", "mkv", "webm", "mov", "avi"})
 AUDIO_EXTS = frozenset({"wav", "flac", "mp3", "ogg", "m4a"})
-SUBTITLE_EXTS = ("srt", "vtt")
-DEFAULT_MIN_SECONDS = 0.5  # a shorter clip (the tail of a fixed cut) carries too little to label
-DEFAULT_MAX_SECONDS = 60.0  # a longer one is split in equal parts: frames stay dense enough to mean the clip
+MEMBER_SEP = "::"  # as corpus/listing.py writes a tar member's source: "<tar url>::<member name>"
 
 
 def is_audio_file(source: str) -> bool:
@@ -55,145 +34,12 @@ def is_audio_file(source: str) -> bool:
     return posixpath.splitext(source.rsplit(MEMBER_SEP, 1)[-1])[1].lower().lstrip(".") in AUDIO_EXTS
 
 
-def parse_clips(rule: str) -> tuple[str, float]:
-    """`fixed:SECONDS` -> ("fixed", SECONDS); `spans` -> ("spans", 0.0); UserError otherwise."""
-    name, _, arg = rule.partition(":")
-    if name == "spans" and not arg:
-        return "spans", 0.0
-    if name == "fixed":
-        try:
-            seconds = float(arg)
-        except ValueError:
-            seconds = 0.0
-        if seconds > 0 and math.isfinite(seconds):
-            return "fixed", seconds
-    raise UserError(f"--clips {rule!r}: give fixed:SECONDS (e.g. fixed:10) or spans")
-
-
-def spans_from_cuts(start: float, end: float, cuts, min_seconds: float = DEFAULT_MIN_SECONDS,
-                    max_seconds: float = DEFAULT_MAX_SECONDS) -> list[tuple[float, float]]:
-    """Cut times inside (start, end) -> clips between consecutive cuts; a clip longer than `max_seconds` is
-    split into equal parts, one shorter than `min_seconds` is dropped."""
-    bounds = [start, *sorted(c for c in set(cuts) if start < c < end), end]
-    spans = []
-    for a, b in zip(bounds, bounds[1:]):
-        parts = max(1, math.ceil((b - a) / max_seconds - 1e-9)) if max_seconds > 0 else 1
-        for k in range(parts):
-            s, e = a + (b - a) * k / parts, a + (b - a) * (k + 1) / parts
-            if e - s >= min_seconds:
-                spans.append((round(s, 6), round(e, 6)))
-    return spans
-
-
-def fixed_cuts(start: float, end: float, seconds: float) -> list[float]:
-    """Cut times every `seconds` from `start`."""
-    return [start + seconds * k for k in range(1, math.ceil((end - start) / seconds - 1e-9))]
-
-
-def index_clips(uri: str, clips: str = "fixed:10", storage_options: dict | None = None,
-                min_seconds: float = DEFAULT_MIN_SECONDS, max_seconds: float = DEFAULT_MAX_SECONDS) -> CorpusIndex:
-    """List the media of a corpus into clips (module docstring). Files whose length the rule needs are probed
-    (their header only, through a seekable file). A file that does not open becomes one clip row with
-    `extras["error"]`: it fails as a sample when decoded (recorded, the job goes on), it is not dropped.
-    Raises UserError for a bad rule, bad lengths, a bad manifest span or a corpus without clips."""
-    rule, seconds = parse_clips(clips)
-    if min_seconds < 0 or max_seconds <= 0 or min_seconds > max_seconds:
-        raise UserError(f"clip lengths: need 0 <= min ({min_seconds}) <= max ({max_seconds}) and max > 0")
-    files = index_corpus(uri, storage_options, ClipKind(), sidecars=SUBTITLE_EXTS)
-    base = posixpath.dirname(files.uri) if files.kind == "manifest" else ""
-    index = CorpusIndex(files.uri, files.kind, sample_kind=ClipKind.name)
-    by_file: dict[tuple[str, int], list[int]] = {}  # a manifest may list many spans of one file
-    for i, source in enumerate(files.sources):
-        by_file.setdefault((source, files.offsets[i]), []).append(i)
-    for rows in by_file.values():
-        first = rows[0]
-        video = files.keys[first]
-        pointer = (files.sources[first], files.offsets[first], files.sizes[first])
-        listed = [(_span(files.extras[i], uri, i), i) for i in rows]
-        if any(end is None for (_, end), _ in listed):  # a span to the file's end: its length is needed
-            duration = _duration(*pointer, storage_options)
-            if isinstance(duration, str):
-                index.add(f"{video}/clip_0000", *pointer, files.captions[first],
-                          {"video": video, "start": 0.0, "end": 0.0, "error": duration})
-                continue
-            listed = [((a, duration if b is None else b), i) for (a, b), i in listed]
-        n = 0
-        for (a, b), i in sorted(listed):
-            subtitles = _subtitles(files.extras[i], base, storage_options)  # a sidecar's, or the row's own
-            cuts, longest = (fixed_cuts(a, b, seconds), max_seconds) if rule == "fixed" else ([], math.inf)
-            for s, e in spans_from_cuts(a, b, cuts, min_seconds, longest):
-                extras = {"video": video, "start": s, "end": e, **_clip_subtitles(subtitles, s, e)}
-                index.add(f"{video}/clip_{n:04d}", *pointer, files.captions[i], extras)
-                n += 1
-    if not len(index):
-        raise UserError(f"no clips in {files.uri} with --clips {clips}: every span is shorter than {min_seconds}s")
-    return index
-
-
-def _span(extra: dict, uri: str, row: int) -> tuple[float, float | None]:
-    """A manifest row's (start, end) in seconds; end None: the file's end."""
-    try:
-        start = float(extra.get("start") or 0.0)
-        end = float(extra["end"]) if extra.get("end") not in (None, "") else None
-    except (TypeError, ValueError):
-        raise UserError(f"manifest {uri} row {row}: start/end must be seconds, got {extra.get('start')!r}, "
-                        f"{extra.get('end')!r}") from None
-    if start < 0 or (end is not None and end <= start):
-        raise UserError(f"manifest {uri} row {row}: span ({start}, {end}) is empty or negative")
-    return start, end
-
-
-def _duration(source: str, offset: int, size: int, storage_options: dict | None) -> float | str:
-    """The file's duration in seconds from its header, or why it is not known."""
-    try:
-        with open_media_file(source, offset, size, storage_options) as f:
-            info = probe(f)
-    except SampleError as e:
-        return e.reason
-    except OSError as e:
-        return f"does not read ({e})"
-    return info.duration or "its container states no duration"
-
-
-def _subtitles(extra: dict, base: str, storage_options: dict | None) -> list[Cue] | str | None:
-    """The file's subtitles as cues (file time), a reason string if they do not parse, or None."""
-    text = next((extra[ext] for ext in SUBTITLE_EXTS if ext in extra), None)
-    plain = False
-    if text is None:
-        given = extra.get("subtitles", extra.get("subtitle"))
-        if given in (None, ""):
-            return None
-        text = str(given)
-        if "\n" not in text and text.lower().endswith(tuple(f".{e}" for e in SUBTITLE_EXTS)):
-            path = text if "://" in text or posixpath.isabs(text) else posixpath.join(base, text)
-            try:
-                fs, p = url_to_fs(path, storage_options)
-                with fs.open(p, "rb") as f:
-                    text = f.read().decode("utf-8-sig", errors="replace")
-            except OSError as e:
-                return f"subtitle file {path} does not read ({e})"
-        else:
-            plain = "-->" not in text  # subtitle text without timings: one cue over each clip
-    if plain:
-        return [Cue(0.0, math.inf, text.strip())]
-    try:
-        return parse_subtitles(text)
-    except SampleError as e:
-        return e.reason
-
-
-def _clip_subtitles(subtitles, start: float, end: float) -> dict:
-    if subtitles is None:
-        return {}
-    if isinstance(subtitles, str):
-        return {"subtitle_error": subtitles}
-    return {"cues": [[c.start, c.end, c.text] for c in cut(subtitles, start, end)]}
-
-
 @contextmanager
 def open_media_file(source: str, offset: int = -1, size: int = -1, storage_options: dict | None = None):
     """A seekable binary file of one media file: a local or fsspec file, or a tar member's bytes in place
     (a window over the tar: a 2-hour video in a shard is never read whole)."""
+    from omnimill.corpus.listing import TAR_OF_SOURCE, url_to_fs  # not at import: listing imports the registry
+
     if offset >= 0:
         tar = TAR_OF_SOURCE.match(source)
         url = tar.group(1) if tar else source.split(MEMBER_SEP, 1)[0]
