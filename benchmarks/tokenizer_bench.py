@@ -69,6 +69,7 @@ DEMO_VECTOR_RECIPE = {"steps": 600, "vocab": 256}  # scripts/demo.py's TOKENIZER
 
 
 def vector_usage(store: str, seeds: list[int], out: Path) -> None:
+    import sys
     import tempfile
 
     from omnimill.tokenize import vector
@@ -102,7 +103,7 @@ def vector_usage(store: str, seeds: list[int], out: Path) -> None:
                           f"{seconds:7.0f}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"store": store, "rows": rows, "cores": os.cpu_count(),
-                               "command": "benchmarks/tokenizer_bench.py --vector-usage"}, indent=2))
+                               "command": " ".join(["benchmarks/tokenizer_bench.py", *sys.argv[1:]])}, indent=2))
     print(f"wrote {out}")
 
 
