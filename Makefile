@@ -42,6 +42,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/shards.py --samples 50000
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trust.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/clips.py
 	$(PY) benchmarks/tables.py --write
 
 clean:

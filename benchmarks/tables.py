@@ -139,6 +139,18 @@ def trust(d: dict) -> str:
             f"{e['skipped']['seconds']:.3f} s without." + source("trust", "trust.py"))
 
 
+def clips(d: dict) -> str:
+    v, what = d["video"], {"seek": "seek (omnimill)", "scan": "decode from the start, keep nothing",
+                           "whole": "decode the whole file to RGB, keep it"}
+    rows = [[what[way], num(r["seconds"], ".3f"), num(r["peak_rss_mb"] - r["rss_after_imports_mb"], ".0f"),
+             num(r["peak_rss_mb"], ".0f"), f"{r['seconds'] / d['rows']['seek']['seconds']:.1f}×"]
+            for way, r in d["rows"].items()]
+    return (markdown(["one 10 s clip (8 frames + audio)", "seconds", "MB above imports", "peak RSS MB",
+                      "vs seek"], "lrrrr", rows)
+            + f"\n\nOn a {v['minutes']:g}-minute {v['width']}x{v['height']} {v['fps']} fps h264 + AAC file "
+              f"({v['mb']:.1f} MB), the clip from second {d['args']['at']:g}." + source("clips", "clips.py"))
+
+
 # NAME in the doc's markers -> (JSON file in benchmarks/results without .json, renderer)
 TABLES = {
     "engine-runs": ("engine", engine_runs),
@@ -149,6 +161,7 @@ TABLES = {
     "shards-loaders": ("shards", shards_loaders),
     "trainer": ("trainer", trainer),
     "trust": ("trust", trust),
+    "clips": ("clips", clips),
 }
 
 
