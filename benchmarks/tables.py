@@ -139,6 +139,15 @@ def trust(d: dict) -> str:
             f"{e['skipped']['seconds']:.3f} s without." + source("trust", "trust.py"))
 
 
+def vector_usage(d: dict) -> str:
+    rows = [[r["field"], r["seed"], f"{r['usage_weight']:g}", f"{100 * r['codebook_usage']:.1f}%",
+             num(r["perplexity"], ".0f"), num(r["cosine"], ".4f"), num(r["baseline_cosine_mean_vector"], ".4f")]
+            for r in d["rows"]]
+    return markdown(["field", "seed", "usage weight", "codebook usage", "perplexity", "held-out cosine",
+                     "mean-vector cosine"], "lrrrrrr", rows) + source("vector_usage",
+                                                                     "tokenizer_bench.py --vector-usage")
+
+
 def clips(d: dict) -> str:
     v, what = d["video"], {"seek": "seek (omnimill)", "scan": "decode from the start, keep nothing",
                            "whole": "decode the whole file to RGB, keep it"}
@@ -162,6 +171,7 @@ TABLES = {
     "trainer": ("trainer", trainer),
     "trust": ("trust", trust),
     "clips": ("clips", clips),
+    "vector-usage": ("vector_usage", vector_usage),
 }
 
 
