@@ -140,6 +140,8 @@ def test_round_trip_beats_the_box_filled_mask(mask_tokenizer, labels):
 def test_a_field_that_is_no_instance_mask_is_refused(labels, tmp_path):
     with pytest.raises(UserError, match=r"\(K, m, m\) bool"):
         train_tokenizer(labels, "shapes/boxes", "mask", tmp_path / "t", **SMALL)
+    with pytest.raises(UserError, match="--kind mask"):
+        train_tokenizer(labels, "shapes/masks64", "spatial", tmp_path / "s", **SMALL)
     with pytest.raises(UserError, match="not a mask tokenizer"):
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "config.json").write_text(json.dumps({"format": "omnimill.tokenizer/1",

@@ -156,6 +156,8 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
         return new_mask_tokenizer(config, spec, opts.width, opts.vocab, opts.quantizer, opts.grid or MASK_GRID)
     if kind != "spatial":
         raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector, mask or sequence")
+    if spec.get("kind") == "instance_masks":  # (K, m, m) is K masks, not an image with m channels
+        raise UserError(f"{source.name} holds one mask per instance: train it with --kind mask")
     if len(shape) not in (2, 3) or spec["dtype"] == "str":
         raise UserError(f"{source.name} has per-sample shape {shape} ({spec['dtype']}): a spatial tokenizer "
                         "needs a dense map (H, W) or (H, W, C); use --kind vector for embeddings")
