@@ -127,7 +127,7 @@ def test_pictures_are_declared_and_keep_their_order():
     from omnimill.audit.render import ORDER, RENDERERS
 
     assert ORDER == ("rgb", "canny", "sam", "depth", "normals", "semseg", "detection", "pose", "dinov2", "clip",
-                     "imagebind", "palette", "captioner", "caption_embed", "captioner_embed", "metadata")
+                     "imagebind", "palette", "captioner", "caption_embed", "captioner_embed", "t5_embed", "metadata")
     assert {name: teacher_class(name).renderer for name in BUILTIN} == {name: name for name in BUILTIN}
     assert all(teacher_class(name).renderer in RENDERERS for name in BUILTIN)
 

@@ -230,3 +230,35 @@ def test_sam_instances_needs_its_mask_tokenizer(labels, mask_tokenizer, tmp_path
     values = LabelStore.open(labels).outputs("shapes", slice(0, 2), ["boxes", "masks64", "count"])
     with pytest.raises(UserError, match="changed"):
         load_tokenizer(out).encode(values)
+
+
+def test_the_cli_evaluates_tokenizes_and_serializes_with_a_mask_tokenizer(mask_tokenizer, labels, tmp_path):
+    """What a user types: eval gives mask IoU, tokenize writes the (N, crops, K x 16) modality, and a sequence
+    tokenizer of instances takes its serializer settings with --option."""
+    import json
+
+    from conftest import invoke
+    from omnimill.store.tokens import TokenStore
+
+    evaluated = invoke("tokenizer", "eval", str(mask_tokenizer), labels)
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads((mask_tokenizer / "metrics.json").read_text())
+    assert metrics["mask_iou"] > metrics["baseline_iou_box_filled"]
+
+    tokens = tmp_path / "tokens.zarr"
+    done = invoke("tokenize", labels, str(tokens), "--tokenizer", str(mask_tokenizer), "--crops", "2", "--workers", "1")
+    assert done.exit_code == 0, done.output
+    store = TokenStore.open(str(tokens))
+    (modality,) = store.parts()
+    shape, _ = store.array_info(f"{modality}/tokens")
+    assert shape[1] == 2 and shape[2] == load_mask_tokenizer(mask_tokenizer).tokens_per_sample
+
+    seq = tmp_path / "seq"
+    trained = invoke("tokenizer", "train", labels, "--field", "shapes", "--kind", "sequence", "--out", str(seq),
+                     "--option", "structure=sam_instances", "--option", f"mask_tokenizer={mask_tokenizer}",
+                     "--no-progress")
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((seq / "config.json").read_text())["options"]["structure"] == "sam_instances"
+    wrong = invoke("tokenizer", "train", labels, "--field", "shapes/masks64", "--kind", "mask", "--out",
+                   str(tmp_path / "x"), "--option", "structure=sam_instances")
+    assert wrong.exit_code == 2 and "sequence" in wrong.output and not (tmp_path / "x").exists()

@@ -569,7 +569,7 @@ def _by_shape(teacher, fields, sample):
 RENDERERS = {"rgb": _rgb, "canny": _canny, "sam": _sam, "depth": _depth, "normals": _normals, "semseg": _semseg,
              "detection": _detection, "pose": _pose, "dinov2": _dinov2, "clip": _joint_embedding,
              "imagebind": _joint_embedding, "palette": _palette, "captioner": _caption,
-             "caption_embed": _caption_embed, "captioner_embed": _by_shape, "metadata": _metadata}
+             "caption_embed": _caption_embed, "captioner_embed": _by_shape, "t5_embed": _by_shape, "metadata": _metadata}
 ORDER = tuple(RENDERERS)
 
 

@@ -163,6 +163,7 @@ KINDS = {
     "spatial": "omnimill.tokenize.spatial:SpatialTokenizer",
     "vector": "omnimill.tokenize.vector:VectorTokenizer",
     "sequence": "omnimill.tokenize.sequence:SequenceTokenizer",
+    "mask": "omnimill.tokenize.mask:MaskTokenizer",
 }
 
 
@@ -170,7 +171,7 @@ def tokenizer_class(kind: str) -> type[Tokenizer]:
     import importlib
 
     if kind not in KINDS:
-        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector or sequence")
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose {', '.join(KINDS)}")
     module, _, name = KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
 

@@ -34,7 +34,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Samples per step. (default 32)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. (default 0.002)")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="Spatial: side fed to the encoder (256).")] = None,
-    grid: Annotated[Optional[int], typer.Option(help="Spatial: tokens per side. (default 16)")] = None,
+    grid: Annotated[Optional[int], typer.Option(help="Spatial: tokens per side (default 16); mask: tokens per side "
+                                                     "of one instance's mask (default 4).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Spatial: channels of the first stage. (default 64)")] = None,
     n_tokens: Annotated[Optional[int], typer.Option(help="Vector: tokens per vector. (default 8)")] = None,
     tokens_per_sample: Annotated[Optional[int], typer.Option(help="Sequence: tokens per sample.")] = None,
@@ -42,6 +43,9 @@ def train(
                                                      "binary, classes.")] = None,
     holdout: Annotated[Optional[float], typer.Option(help="Share of samples held out for eval. (default 0.1)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="(default 0)")] = None,
+    option: Annotated[list[str], typer.Option("--option", "-o", help="Sequence: a serializer setting KEY=VALUE, "
+                                              "repeatable (e.g. structure=sam_instances, mask_tokenizer=DIR); "
+                                              "VALUE is JSON or text.")] = [],
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ):
     """Train a tokenizer on one modality of STORE."""
@@ -56,6 +60,10 @@ def train(
                  grid=grid, width=width, n_tokens=n_tokens, tokens_per_sample=tokens_per_sample, mode=mode,
                  holdout=holdout, seed=seed)
     settings = {k: v for k, v in given.items() if v is not None}  # what the user typed; the rest: defaults
+    if option:
+        if kind != "sequence":
+            fail("--option sets a sequence tokenizer's serializer; drop it for --kind " + kind)
+        settings["serializer"] = _serializer_options(option)
     try:
         record = None
         if preset:
@@ -73,6 +81,22 @@ def train(
         console.print(f"preset {preset} ({record['row']}): set {record['set']}"
                       + (f"; yours kept: {record['overridden']}" if record["overridden"] else ""))
     console.print(f"wrote {path}")
+
+
+def _serializer_options(items: list[str]) -> dict:
+    """KEY=VALUE pairs; VALUE parsed as JSON when it is JSON (numbers, lists), else kept as text (paths)."""
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option takes KEY=VALUE, not {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
 
 
 @tokenizer_app.command("presets")

@@ -34,6 +34,10 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
     directory = Path(directory)
     tokenizer = load_tokenizer(directory)
     config = tokenizer.config
+    if config.kind == "mask":  # instances, not samples: its own metrics (mask IoU against the filled box)
+        from omnimill.tokenize.mask import evaluate_mask_tokenizer
+
+        return evaluate_mask_tokenizer(directory, store, max_samples=max_samples, usage_samples=usage_samples)
     source = open_field(store, config.modality)
     check_source(config, source)
     train_idx, heldout_idx = split(source, config.options.get("holdout", 0.1), config.options.get("seed", 0))
