@@ -55,13 +55,21 @@ def label(
                                                         "else cores/2).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster: tcp://HOST:8786 "
                                                           "or a scheduler file.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per teacher call.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Samples per teacher call (a clip gives its T frames).")] = 32,
     unit_size: Annotated[Optional[int], typer.Option(help="Samples per work unit = per chunk (new stores; "
                                                           "default 128).")] = None,
     view_size: Annotated[Optional[int], typer.Option(help="Side of the canonical view in pixels (new stores; "
                                                           "default 384).")] = None,
-    sample_kind: Annotated[Optional[str], typer.Option(help="What a sample is: image (new stores; default "
-                                                            "image). `omnimill teachers` lists the kinds.")] = None,
+    sample_kind: Annotated[Optional[str], typer.Option(help="What a sample is: image or clip (new stores; "
+                                                            "default image). `omnimill teachers` lists the kinds.")]
+    = None,
+    clips: Annotated[Optional[str], typer.Option(help="Clip stores: fixed:SECONDS cuts each video into pieces, "
+                                                      "spans takes a manifest's start/end (new stores; default "
+                                                      "fixed:10).")] = None,
+    min_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: drop shorter clips (new stores; "
+                                                                   "default 0.5).")] = None,
+    max_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: split longer clips in equal "
+                                                                   "parts (new stores; default 60).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Relabel the given teachers from scratch.")] = False,
@@ -82,9 +90,10 @@ def label(
     from omnimill.engine.label import label as run_label
 
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
-                           view_size=view_size, sample_kind=sample_kind, device=device, dtype=dtype,
-                           force=force, max_in_flight=max_in_flight, retries=retries, max_pixels=max_pixels,
-                           break_lock=break_lock, repair=repair, progress=not no_progress)
+                           view_size=view_size, sample_kind=sample_kind, clips=clips,
+                           min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds,
+                           device=device, dtype=dtype, force=force, max_in_flight=max_in_flight, retries=retries,
+                           max_pixels=max_pixels, break_lock=break_lock, repair=repair, progress=not no_progress)
     with job(store):
         result = run_label(corpus, store, _with_options(teacher, option), options)
     samples = result.samples

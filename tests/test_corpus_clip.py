@@ -429,8 +429,11 @@ def test_clip_kind_decodes_index_rows_through_a_pointer(tmp_path):
     assert abs(int(a1.frames[0].mean()) - grey(16)) <= 4  # 1.5 + 0.1875 s -> frame 16
     wav = decoded[3]  # c/clip_0000: an audio file
     assert not wav.has_video and wav.has_audio and not wav.frames.any()
-    fields = kind.batch_fields(decoded)
+    fields = kind.clip_fields(decoded)
     assert fields["frames"].shape == (len(decoded), 4, 32, 32, 3) and fields["audio"].shape == (len(decoded), 2, 8000)
+    images = kind.batch_fields(decoded)  # what image teachers see: every frame, clip after clip
+    assert images["views"].shape == (len(decoded) * 4, 32, 32, 3) and len(images["infos"]) == len(decoded) * 4
+    assert (images["views"][4:8] == a1.frames).all() and images["infos"][4].crop_box == tuple(a1.crop_box)
     values = kind.sample_values(a1)
     assert {a.name for a in kind.sample_arrays} == set(values)
     for array in kind.sample_arrays:

@@ -2,10 +2,13 @@
 segments and its subtitles (corpus/media.py decodes it; corpus/clip_index.py lists a corpus into clips).
 
 `ClipKind` lists media files by extension, fetches a pointer (never the file's bytes: a clip seeks in its
-file), decodes one clip row of the clip index and gives its per-sample arrays. It is not registered in
-corpus/kinds.py yet: the engine must first run image teachers on the T frames of each clip and store
-(N, T, ...) (see `ClipKind.batch_fields`). This module imports nothing from corpus/listing.py at import time:
-listing imports the kind registry, which is to import this module.
+file), decodes one clip row of the clip index and gives its per-sample arrays. It is registered in corpus/kinds.py:
+its `batch_fields` are the B*T frames of B clips as images (one ImageInfo per frame), so every image teacher
+runs on frames unchanged, and the engine stores their outputs as (N, T, ...) (`frame_axes` = (T,)). The
+clip index's columns (video, start, end, cues, errors) are kept in the label store (`index_columns`), and
+the kind's settings (frames, audio segments) in its attributes, so workers decode the same clips. This
+module imports nothing from corpus/listing.py at import time: listing imports the kind registry, which
+imports this module.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from omnimill.corpus.media import (DEFAULT_AUDIO_SECONDS, DEFAULT_AUDIO_SEGMENTS, DEFAULT_FRAMES, DecodedClip,
                                    decode_clip)
+from omnimill.corpus.image import ImageInfo
 from omnimill.corpus.sample import DecodeSettings, SampleArray, SampleKind
 from omnimill.corpus.subtitles import Cue
 from omnimill.errors import SampleError
@@ -99,10 +103,21 @@ class ClipKind(SampleKind):
     noun = "video or audio"
     plural = "videos or audio files"
     extensions = VIDEO_EXTS | AUDIO_EXTS
+    # The clip index's columns, kept per sample in the label store (cues: JSON [[start, end, text], ...])
+    index_columns = (
+        SampleArray("video", (), "str", "key of the clip's media file"),
+        SampleArray("start", (), "float64", "clip start in file seconds"),
+        SampleArray("end", (), "float64", "clip end in file seconds"),
+        SampleArray("cues", (), "str", "subtitles cut to the clip, clip time, as JSON"),
+        SampleArray("error", (), "str", "why the file did not open when listed (the clip fails)"),
+        SampleArray("subtitle_error", (), "str", "why its subtitles did not parse (the clip fails)"),
+    )
+    index_options = ("clips", "min_seconds", "max_seconds")
 
     def __init__(self, frames: int = DEFAULT_FRAMES, audio_segments: int = DEFAULT_AUDIO_SEGMENTS,
                  audio_seconds: float = DEFAULT_AUDIO_SECONDS):
-        self.frames, self.audio_segments, self.audio_seconds = frames, audio_segments, audio_seconds
+        self.frames, self.audio_segments, self.audio_seconds = int(frames), int(audio_segments), float(audio_seconds)
+        self.frame_axes = (self.frames,)
         self.sample_arrays = (
             SampleArray("span", (2,), "float64", "clip (start, end) in file seconds"),
             SampleArray("frame_times", (frames,), "float64", "each frame's pts in clip seconds"),
@@ -112,6 +127,20 @@ class ClipKind(SampleKind):
             SampleArray("rotation", (), "int16", "degrees counter-clockwise the picture was turned upright"),
             SampleArray("crop_box", (4,), "int32", "the frames' square (x0, y0, x1, y1) in upright pixels"),
         )
+
+    def settings(self) -> dict:
+        return {"frames": self.frames, "audio_segments": self.audio_segments, "audio_seconds": self.audio_seconds}
+
+    def configured(self, settings: dict) -> "ClipKind":
+        return ClipKind(**settings) if settings and settings != self.settings() else self
+
+    def index(self, uri: str, storage_options: dict | None = None, **options):
+        """The corpus's clips (corpus/clip_index.py); options: clips ("fixed:10" or "spans"), min_seconds,
+        max_seconds."""
+        from omnimill.corpus.clip_index import index_clips  # imports listing, which imports the registry
+
+        return index_clips(uri, storage_options=storage_options,
+                           **{k: v for k, v in options.items() if v is not None})
 
     def fetch(self, reader, sample: dict) -> MediaPointer:
         return MediaPointer(str(sample["source"]), int(sample.get("offset", -1)), int(sample.get("size", -1)),
@@ -140,12 +169,24 @@ class ClipKind(SampleKind):
         if isinstance(cues, str):  # a store keeps them as JSON text
             cues = json.loads(cues)
         clip.subtitles = [Cue(float(a), float(b), str(t)) for a, b, t in cues]
+        clip.caption = str(sample.get("caption", ""))
         return clip
 
     def batch_fields(self, decoded: list[DecodedClip]) -> dict:
+        """The image teachers' Batch arguments: views (B*T, S, S, 3), clip after clip, one ImageInfo per frame
+        (the upright picture's size, the clip's caption)."""
+        views = np.concatenate([d.frames for d in decoded]) if decoded else np.zeros((0, 0, 0, 3), np.uint8)
+        return {"views": views, "infos": [info for d in decoded for info in self.frame_infos(d)]}
+
+    def frame_infos(self, clip: DecodedClip) -> list[ImageInfo]:
+        """One ImageInfo per frame of the clip: what an image teacher knows of the picture it sees."""
+        upright = (clip.info.height, clip.info.width) if clip.rotation % 180 else (clip.info.width, clip.info.height)
+        return [ImageInfo(upright[0], upright[1], "RGB", clip.info.video_codec or "none", 0, bool(clip.rotation),
+                          tuple(int(c) for c in clip.crop_box), clip.caption) for _ in clip.frames]
+
+    def clip_fields(self, decoded: list[DecodedClip]) -> dict:
         """The clips' fields, stacked: frames (B, T, S, S, 3), frame_times (B, T), spans (B, 2), audio (B, K, L),
-        has_audio (B,), subtitles (B lists of cues). Not yet `Batch` arguments: the engine is to run image
-        teachers on the B*T frames (frames.reshape(-1, S, S, 3)) and store their outputs as (N, T, ...)."""
+        has_audio (B,), subtitles (B lists of cues): what audio and clip teachers are to see."""
         return {"frames": np.stack([d.frames for d in decoded]),
                 "frame_times": np.stack([d.frame_times for d in decoded]),
                 "spans": np.stack([d.span for d in decoded]),

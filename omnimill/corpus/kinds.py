@@ -4,10 +4,13 @@ A label store records its kind (attribute `sample_kind`; "image" for stores made
 corpus listing picks up the kind's file extensions, and the engine fetches, decodes, batches and
 writes per-sample arrays through it (see `omnimill.corpus.sample.SampleKind` for what a kind says).
 
-Adding a kind (the clip and document issues do exactly this):
+Registered: image (corpus/image.py) and clip (corpus/clip.py: T frames per sample, frame_axes (T,)).
+
+Adding a kind (the clip issue did exactly this; the document issue is to):
   1. Write `omnimill/corpus/<kind>.py` with `class ClipKind(SampleKind)`: set `name = "clip"`, `noun`, `plural`,
      `extensions` (and `sample_arrays` if it writes per-sample arrays at the top of the label store,
-     with `sample_values`); implement `decode` and `batch_fields`. Import heavy decoders (PyAV, ...)
+     with `sample_values`; `index_columns`, `frame_axes`, `settings`/`configured` and `index` if it needs
+     them, see corpus/sample.py); implement `decode` and `batch_fields`. Import heavy decoders (PyAV, ...)
      inside `decode`, so importing the registry stays cheap.
   2. Add one registration line at the bottom of this module:
          from omnimill.corpus.clip import ClipKind; register(ClipKind())  # noqa: E702
@@ -50,6 +53,11 @@ def kind_of(name: str) -> SampleKind:
         raise UserError(f"unknown sample kind {name!r}; known kinds: {', '.join(known())}") from None
 
 
+def all_index_columns() -> tuple[str, ...]:
+    """Names of every registered kind's index columns (what an interrupted label store may hold)."""
+    return tuple(dict.fromkeys(c.name for k in _KINDS.values() for c in k.index_columns))
+
+
 def all_sample_arrays() -> tuple[str, ...]:
     """Names of every registered kind's per-sample arrays (what an interrupted label store may hold)."""
     return tuple(dict.fromkeys(a.name for k in _KINDS.values() for a in k.sample_arrays))
@@ -57,3 +65,4 @@ def all_sample_arrays() -> tuple[str, ...]:
 
 # ---------------------------------------------------------------- registrations: one line per kind
 register(ImageKind())
+from omnimill.corpus.clip import ClipKind; register(ClipKind())  # noqa: E402, E702

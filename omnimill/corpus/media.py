@@ -68,6 +68,7 @@ class DecodedClip:
     crop_box: tuple[int, int, int, int]  # the view's square in upright-picture pixels (0s without video)
     info: MediaInfo
     subtitles: list[Cue] = field(default_factory=list)  # cut to the span, clip time
+    caption: str = ""  # the corpus's caption of the clip (ClipKind.decode sets it from the index row)
 
 
 def open_media(source):

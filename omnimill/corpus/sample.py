@@ -8,6 +8,11 @@ A `SampleKind` says, for one kind of sample (a still image, a clip, a document):
   batch_fields    decoded samples -> the arguments of `omnimill.labelers.base.Batch` besides `keys`
   sample_arrays   the per-sample arrays it adds at the top of the label store (image: crop_box)
   sample_values   one decoded sample's values for those arrays
+  index_columns   per-sample columns of the corpus index it keeps beside keys/source/... (clip: start, end)
+  frame_axes      the axes a teacher's per-frame output gains per sample: () for an image, (T,) for a clip;
+                  `batch_fields` gives frames_per_sample frames per sample, and teachers see only frames
+  settings        what the kind was built with (clip: frames), kept in the store so workers rebuild it
+  index           list a corpus into the kind's samples (the rows of a CorpusIndex)
 
 The engine asks the kind and never names images. Kinds are registered in `omnimill.corpus.kinds`.
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 
 def make_key(path_without_ext: str) -> str:
@@ -50,6 +57,28 @@ class SampleKind:
     plural: ClassVar[str]  # "no images found"
     extensions: ClassVar[frozenset[str]]  # lower case, without the dot
     sample_arrays: ClassVar[tuple[SampleArray, ...]] = ()
+    index_columns: ClassVar[tuple[SampleArray, ...]] = ()  # from CorpusIndex.extras, shape (); "str" as text
+    index_options: ClassVar[tuple[str, ...]] = ()  # keyword options `index` takes (clip: clips, ...)
+    frame_axes: tuple[int, ...] = ()
+
+    @property
+    def frames_per_sample(self) -> int:
+        """How many frames (teacher batch rows) one sample gives: 1 for an image, T for a clip."""
+        return int(np.prod(self.frame_axes, dtype=np.int64))
+
+    def settings(self) -> dict:
+        """What this kind object was built with beyond its class (JSON); {} for a kind without settings."""
+        return {}
+
+    def configured(self, settings: dict) -> "SampleKind":
+        """The kind built with `settings` (as `settings()` gave them); this object when there are none."""
+        return self
+
+    def index(self, uri: str, storage_options: dict | None = None, **options):
+        """The corpus listed into this kind's samples (a CorpusIndex); `options` are `index_options`."""
+        from omnimill.corpus.listing import index_corpus  # not at import: listing imports the registry
+
+        return index_corpus(uri, storage_options, self)
 
     def key(self, path_without_ext: str) -> str:
         return make_key(path_without_ext)
@@ -62,8 +91,9 @@ class SampleKind:
         raise NotImplementedError
 
     def batch_fields(self, decoded: list) -> dict:
-        """The `Batch` constructor's arguments besides `keys`, for these decoded samples in order. (The
-        engine builds the Batch: corpus/ does not import labelers/, which imports corpus/.)"""
+        """The `Batch` constructor's arguments besides `keys`, for these decoded samples in order: views and
+        infos of `frames_per_sample` frames per sample, sample after sample. (The engine builds the Batch:
+        corpus/ does not import labelers/, which imports corpus/.)"""
         raise NotImplementedError
 
     def sample_values(self, decoded) -> dict[str, Any]:

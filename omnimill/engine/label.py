@@ -23,7 +23,7 @@ from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.corpus.image import DEFAULT_MAX_PIXELS
 from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
-from omnimill.corpus.listing import index_corpus, normalise_uri
+from omnimill.corpus.listing import normalise_uri
 from omnimill.store.labels import LabelStore, retryable
 from omnimill.store.base import is_url, local_path, same_or_inside, same_store
 
@@ -40,7 +40,10 @@ class LabelOptions(JobOptions):
     batch_size: int = 32
     unit_size: int | None = None  # fixed when the store is created
     view_size: int | None = None  # fixed when the store is created
-    sample_kind: str | None = None  # what a sample is (corpus.kinds: image, ...); fixed when created, default image
+    sample_kind: str | None = None  # what a sample is (corpus.kinds: image, clip); fixed when created, default image
+    clips: str | None = None  # clip stores: how videos are cut (fixed:SECONDS, spans); used when created
+    min_clip_seconds: float | None = None  # clip stores: shorter clips are dropped (corpus/clip_index.py)
+    max_clip_seconds: float | None = None  # clip stores: longer clips are split
     device: str = "auto"
     dtype: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -73,9 +76,11 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         labels = LabelStore.open(store, "r+", opts.storage_options)
         _check_same_corpus(labels, corpus)
         _check_fixed(labels, opts)
+        _listing_options(labels.kind, opts)
         index = None
     else:
-        index = index_corpus(corpus, opts.storage_options, sample_kind=kind_of(opts.sample_kind or DEFAULT_KIND).name)
+        kind = kind_of(opts.sample_kind or DEFAULT_KIND)
+        index = kind.index(corpus, opts.storage_options, **_listing_options(kind, opts))
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
     built, specs = _dependency_order(built, specs, labels if exists else None)
@@ -84,7 +89,7 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         cluster.check_reachable(opts.scheduler)  # before the store is created
     if not exists:
         labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
-                                   opts.storage_options)
+                                   opts.storage_options, kind)
     return run_job(LabelJob(labels, built, specs, provenance, opts))
 
 
@@ -184,6 +189,22 @@ def _check_options(opts: LabelOptions) -> None:
         raise UserError(f"--device must be auto, cpu or cuda[:N], not {opts.device!r}")
     if opts.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {opts.dtype!r}")
+
+
+# Listing options of `label` -> the kind's `index` keywords (SampleKind.index_options) and the flag that gives them
+_LISTING = {"clips": ("clips", "--clips"), "min_clip_seconds": ("min_seconds", "--min-clip-seconds"),
+            "max_clip_seconds": ("max_seconds", "--max-clip-seconds")}
+
+
+def _listing_options(kind, opts: LabelOptions) -> dict:
+    """The listing options given, as the kind's `index` takes them; one the kind does not take is refused
+    (--clips for an image store). On an existing store they are only checked: its index was taken once."""
+    given = {key: getattr(opts, name) for name, (key, _) in _LISTING.items() if getattr(opts, name) is not None}
+    for name, (key, flag) in _LISTING.items():
+        if key in given and key not in kind.index_options:
+            raise UserError(f"{flag} applies to clip stores, and this is a store of {kind.plural} "
+                            f"(sample kind {kind.name}); drop {flag} or give --sample-kind clip")
+    return given
 
 
 def _check_same_corpus(labels: LabelStore, corpus: str) -> None:

@@ -6,7 +6,9 @@ cached; each batch is decoded once and every requested teacher runs on it.
 
 What a sample is belongs to the store's sample kind (corpus/kinds.py): the kind fetches and decodes
 each sample, turns decoded samples into the teachers' Batch, and gives the per-sample arrays written at
-the top of the store (an image's crop_box). Nothing here names images.
+the top of the store (an image's crop_box). Nothing here names images or clips. A sample may be several
+frames (a clip: `kind.frames_per_sample` = T): the Batch then holds B*T frames, teachers label frames,
+and their outputs are stored per sample as (T, ...) (`kind.frame_axes`); a frame that fails fails its sample.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def run_unit(task: UnitTask) -> dict:
     meta = store.samples(task.start, task.stop)
     n = task.stop - task.start
 
-    outputs = {t.name: {f.name: _empty(n, f) for f in t.fields()} for t in teachers}
+    frames = kind.frames_per_sample  # teacher batch rows per sample (1 for an image)
+    outputs = {t.name: {f.name: _empty((n, *kind.frame_axes), f) for f in t.fields()} for t in teachers}
     ok = {t.name: np.zeros(n, bool) for t in teachers}
     errors: dict[str, list] = {t.name: [] for t in teachers}
     seconds = {t.name: 0.0 for t in teachers}
@@ -172,17 +175,19 @@ def run_unit(task: UnitTask) -> dict:
             for r, d in zip(good, decoded):
                 for name, value in kind.sample_values(d).items():
                     sample_values[name][r] = value
-            batch = Batch(keys=[str(meta["keys"][r]) for r in good], **kind.batch_fields(decoded))
+            batch = Batch(keys=_frame_keys([str(meta["keys"][r]) for r in good], frames), **kind.batch_fields(decoded))
             for t in teachers:  # in dependency order (the client sorted them)
                 ts = time.perf_counter()
                 rows_t, batch_t = good, batch
                 if len(todo[t.name]) < n:
                     mine = [i for i, r in enumerate(good) if r in todo[t.name]]
-                    rows_t, batch_t = [good[i] for i in mine], batch.subset(mine)
+                    rows_t, batch_t = [good[i] for i in mine], batch.subset(_frame_rows(mine, frames))
                 if rows_t and t.requires:
-                    rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e))
+                    rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e),
+                                                     frames)
                 if rows_t:
-                    done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e))
+                    done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e),
+                                        frames)
                     ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
@@ -266,8 +271,28 @@ def flush_commits() -> list[str]:
     return _writer.flush()
 
 
-def _with_upstream(teacher: Teacher, batch: Batch, rows: list[int], have: dict, record):
-    """Attach required teachers' outputs; a sample they failed on fails here too, saying which."""
+def _frame_keys(keys: list[str], frames: int) -> list[str]:
+    """A Batch's keys: the sample's key per frame, `key#t` when a sample has several frames."""
+    return keys if frames == 1 else [f"{key}#{t}" for key in keys for t in range(frames)]
+
+
+def _frame_rows(samples: list[int], frames: int) -> list[int]:
+    """Batch rows (frames) of the samples at these positions of the batch."""
+    return samples if frames == 1 else [i * frames + t for i in samples for t in range(frames)]
+
+
+def _per_frame(array: np.ndarray, frames: int) -> np.ndarray:
+    """(B, T, ...) stored per sample -> (B*T, ...) per frame, as teachers see it (an image: unchanged)."""
+    return array if frames == 1 else array.reshape(-1, *array.shape[2:])
+
+
+def _per_sample(array, frames: int):
+    """(B*T, ...) from a teacher -> (B, T, ...) as stored (an image: unchanged)."""
+    return array if frames == 1 else np.asarray(array).reshape(-1, frames, *np.shape(array)[1:])
+
+
+def _with_upstream(teacher: Teacher, batch: Batch, rows: list[int], have: dict, record, frames: int = 1):
+    """Attach required teachers' outputs (per frame); a sample they failed on fails here too, saying which."""
     usable = []
     for i, r in enumerate(rows):
         missing = [dep for dep in teacher.requires if not have[dep][1][r]]
@@ -275,25 +300,26 @@ def _with_upstream(teacher: Teacher, batch: Batch, rows: list[int], have: dict, 
             record(r, SampleError(missing[0], f"no {missing[0]} label for this sample, which {teacher.name} needs"))
         else:
             usable.append(i)
-    sub = batch.subset(usable) if len(usable) < len(rows) else batch
+    sub = batch.subset(_frame_rows(usable, frames)) if len(usable) < len(rows) else batch
     sub_rows = [rows[i] for i in usable]
-    sub.upstream = {dep: {f: a[sub_rows] for f, a in have[dep][0].items()} for dep in teacher.requires}
+    sub.upstream = {dep: {f: _per_frame(a[sub_rows], frames) for f, a in have[dep][0].items()}
+                    for dep in teacher.requires}
     return sub_rows, sub
 
 
-def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record) -> list[int]:
-    """Run on the whole batch; if that raises, sample by sample so one bad input fails alone."""
+def _run_teacher(teacher: Teacher, batch: Batch, rows: list[int], out: dict, record, frames: int = 1) -> list[int]:
+    """Run on the whole batch; if that raises, sample by sample (all its frames) so one bad input fails alone."""
     try:
-        _place(out, rows, _check(teacher, teacher(batch), len(batch)))
+        _place(out, rows, _check(teacher, teacher(batch), len(batch)), frames)
         return rows
     except Exception as e:
-        if len(batch) == 1:
+        if len(rows) == 1:
             record(rows[0], SampleError(teacher.name, f"{type(e).__name__}: {e}"))
             return []
     done = []
     for i, r in enumerate(rows):
         try:
-            _place(out, [r], _check(teacher, teacher(batch.subset([i])), 1))
+            _place(out, [r], _check(teacher, teacher(batch.subset(_frame_rows([i], frames))), frames), frames)
             done.append(r)
         except Exception as e:
             record(r, SampleError(teacher.name, f"{type(e).__name__}: {e}"))
@@ -309,15 +335,16 @@ def _check(teacher: Teacher, result: dict, n: int) -> dict:
     return result
 
 
-def _place(out: dict, rows: list[int], result: dict) -> None:
+def _place(out: dict, rows: list[int], result: dict, frames: int = 1) -> None:
     for name, array in out.items():
-        array[rows] = result[name]
+        array[rows] = _per_sample(result[name], frames)
 
 
-def _empty(n: int, f) -> np.ndarray:
+def _empty(lead: tuple[int, ...], f) -> np.ndarray:
+    """A field's outputs for the unit: `lead` = (n,) for images, (n, T) for samples of T frames."""
     if f.dtype == "str":
-        return np.full((n, *f.shape), "", dtype=object)
-    return np.zeros((n, *f.shape), dtype=f.dtype)
+        return np.full((*lead, *f.shape), "", dtype=object)
+    return np.zeros((*lead, *f.shape), dtype=f.dtype)
 
 
 def _device_name(teacher: Teacher) -> str:

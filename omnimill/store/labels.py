@@ -1,14 +1,16 @@
 """The label store: one Zarr v3 group holding every teacher's labels for one indexed corpus.
 
     labels.zarr/             attrs: format, omnimill version, corpus {uri, kind}, sample_kind, n, view_size,
-                                    unit_size
+                                    unit_size; sample_settings (a kind built with settings, as clip's frames)
       keys      (N,) str     stable sample keys          source  (N,) str   file URL or "tar::member"
       offset    (N,) int64   byte offset in a tar (-1)   size    (N,) int64 bytes (-1 unknown)
       caption   (N,) str     the corpus's own caption / alt-text ("" if none)
+      <the sample kind's index columns>, written at creation (clip: video, start, end, cues, error, ...)
       <the sample kind's per-sample arrays>, written by the engine; for `image` (corpus/image.py):
       crop_box  (N, 4) int32 canonical view (x0, y0, x1, y1) in original pixels
       <teacher>/             attrs: provenance
-        <field> (N, ...)     chunk = one work unit along N
+        <field> (N, ...)     chunk = one work unit along N; a kind with frames (clip) adds its frame axes:
+                             (N, T, ...), chunk (unit_size, T, ...)
         ok      (N,) bool
       _runs/
         <teacher>/units (n_units,) str   commit marker per unit (JSON with stats and error records);
@@ -17,7 +19,7 @@
 
 `sample_kind` names the registered kind of sample (corpus/kinds.py) that the engine decodes through
 and whose per-sample arrays the store holds; a store made before kinds has no such attribute and holds
-images.
+images. `sample_settings` is written only for a kind that has settings (an image store has none).
 
 A work unit is `unit_size` consecutive samples: exactly one chunk of every array it writes, so
 workers never share a chunk and need no locks. Everything is plain Zarr: `zarr.open_group` reads it.
@@ -25,6 +27,7 @@ workers never share a chunk and need no locks. Everything is plain Zarr: `zarr.o
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -32,7 +35,7 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
-from omnimill.corpus.kinds import DEFAULT_KIND, all_sample_arrays, kind_of
+from omnimill.corpus.kinds import DEFAULT_KIND, all_index_columns, all_sample_arrays, kind_of
 from omnimill.corpus.listing import CorpusIndex
 from omnimill.corpus.sample import SampleKind
 from omnimill.store.base import (RUNS, UnitPlan, UnitStore, compressor, create_array, now, open_group,
@@ -42,9 +45,9 @@ __all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor",
 
 FORMAT = "omnimill.labels/1"
 SAMPLES = ("keys", "source", "offset", "size", "caption")  # the corpus index, written at creation
-# Top-level arrays any label store may hold: the index and every registered kind's per-sample arrays. An
-# open store narrows TOP and REDO_TOP to its own kind's (see LabelStore.__init__).
-TOP = (*SAMPLES, *all_sample_arrays())
+# Top-level arrays any label store may hold: the index (with every registered kind's index columns) and every
+# registered kind's per-sample arrays. An open store narrows TOP and REDO_TOP to its own kind's (__init__).
+TOP = (*SAMPLES, *all_index_columns(), *all_sample_arrays())
 RESERVED = (*TOP, RUNS)  # top-level names of the store
 
 
@@ -61,15 +64,18 @@ class LabelStore(UnitStore):
         self.view_size = int(attrs["view_size"])
         self.corpus = dict(attrs["corpus"])
         self.sample_kind = str(attrs.get("sample_kind", DEFAULT_KIND))
-        self.kind: SampleKind = kind_of(self.sample_kind)
+        self.kind: SampleKind = kind_of(self.sample_kind).configured(dict(attrs.get("sample_settings") or {}))
+        self.SAMPLES = (*SAMPLES, *(c.name for c in self.kind.index_columns))
         self.REDO_TOP = tuple(a.name for a in self.kind.sample_arrays)
-        self.TOP = (*SAMPLES, *self.REDO_TOP)
+        self.TOP = (*self.SAMPLES, *self.REDO_TOP)
 
     @classmethod
     def create(cls, uri: str, index: CorpusIndex, view_size: int, unit_size: int,
-               storage_options: dict | None = None) -> "LabelStore":
-        """A new store for the index's samples, with the per-sample arrays of its kind (all zeros)."""
-        kind = kind_of(index.sample_kind)
+               storage_options: dict | None = None, kind: SampleKind | None = None) -> "LabelStore":
+        """A new store for the index's samples, with the index columns of its kind (from `index.extras`) and
+        its per-sample arrays (all zeros). `kind`: the kind object with its settings (default: the registered
+        kind the index names)."""
+        kind = kind or kind_of(index.sample_kind)
         n = len(index)
         group = cls.new_group(uri, storage_options)
         chunks = (unit_size,)
@@ -78,19 +84,23 @@ class LabelStore(UnitStore):
         create_array(group, "offset", (n,), chunks, "int64")[:] = np.array(index.offsets, np.int64)
         create_array(group, "size", (n,), chunks, "int64")[:] = np.array(index.sizes, np.int64)
         create_array(group, "caption", (n,), chunks, "str")[:] = np.array(index.captions, dtype=object)
+        for c in kind.index_columns:
+            create_array(group, c.name, (n,), chunks, c.dtype)[:] = _column(index.extras, c)
         for a in kind.sample_arrays:  # every chunk on disk
             create_array(group, a.name, (n, *a.shape), (unit_size, *a.shape), a.dtype)[:] = 0
+        settings = {"sample_settings": kind.settings()} if kind.settings() else {}
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"],
             "corpus": {"uri": index.uri, "kind": index.kind}, "sample_kind": kind.name, "n": n,
-            "view_size": view_size, "unit_size": unit_size,
+            "view_size": view_size, "unit_size": unit_size, **settings,
         })
         return cls(group, uri, storage_options)
 
     # ---------------------------------------------------------------- samples
     def samples(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """The corpus index's rows start..stop: keys, source, offset, size, caption."""
-        return {name: self.read(name, slice(start, stop)) for name in SAMPLES}
+        """The corpus index's rows start..stop: keys, source, offset, size, caption and the kind's index
+        columns (clip: video, start, end, cues, ...)."""
+        return {name: self.read(name, slice(start, stop)) for name in self.SAMPLES}
 
     def sample_values(self, rows=slice(None)) -> dict[str, np.ndarray]:
         """The kind's per-sample arrays (image: crop_box) at `rows`."""
@@ -145,15 +155,17 @@ class LabelStore(UnitStore):
             return
         group = self.new_part(name)
         chunks = (self.unit_size,)
-        for f in fields:
-            create_array(group, f.name, (self.n, *f.shape), chunks + tuple(f.shape), f.dtype)
+        for f in fields:  # per frame: a clip's fields gain its frame axes (N, T, ...)
+            shape = (*self.kind.frame_axes, *f.shape)
+            create_array(group, f.name, (self.n, *shape), chunks + shape, f.dtype)
         create_array(group, "ok", (self.n,), chunks, "bool")
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
         self.commit_part(name)
 
     def declared(self, part: str) -> dict[str, tuple]:
         fields = self.provenance(part).get("fields") or {}
-        return {**{name: tuple(f["shape"]) for name, f in fields.items()}, "ok": ()}
+        frames = self.kind.frame_axes
+        return {**{name: (*frames, *f["shape"]) for name, f in fields.items()}, "ok": ()}
 
     # ---------------------------------------------------------------- worker side
     def write_sample_values(self, start: int, values: dict[str, np.ndarray]) -> None:
@@ -190,6 +202,14 @@ class LabelStore(UnitStore):
                 "n": self.n,
                 "view_size": self.view_size, "unit_size": self.unit_size, "n_units": self.n_units,
                 "teachers": teachers, "lock": self.lock(), "runs": self.history()}
+
+
+def _column(extras: list[dict], column) -> np.ndarray:
+    """One index column from the listing's extras: text ("" when absent; lists as JSON) or numbers (0)."""
+    if column.dtype == "str":
+        values = (e.get(column.name, "") for e in extras)
+        return np.array([v if isinstance(v, str) else json.dumps(v) for v in values], dtype=object)
+    return np.array([e.get(column.name, 0) for e in extras], dtype=column.dtype)
 
 
 def retryable(error: dict) -> bool:
