@@ -312,6 +312,7 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     started = time.perf_counter()
     budget = parse_size(memory_budget)
     labels = LabelStore.open(str(store))
+    labels.require_images("audit index")
     teacher, name = resolve_field(labels, field)
     array = labels.reader(f"{teacher}/{name}")  # read block by block below
     ok = labels.read(f"{teacher}/ok").astype(bool)

@@ -88,6 +88,7 @@ def render_sample(store: str, key: str, out: Path | str) -> Path:
     An unknown key raises UserError (from `LabelStore.index_of`).
     """
     labels = LabelStore.open(str(store))
+    labels.require_images("audit show")
     i = labels.index_of(key)
     figure = panel(sample_tiles(labels, i), _suptitle(labels, i, key))
     out = Path(out)

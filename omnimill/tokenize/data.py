@@ -53,6 +53,7 @@ class FieldSource:
 
 def open_field(store: str | LabelStore, field: str) -> FieldSource:
     labels = store if isinstance(store, LabelStore) else LabelStore.open(store)
+    labels.require_images("tokenizing")
     if field in TOP_LEVEL:
         return FieldSource(labels, "", [field], {field: {"shape": [], "dtype": "str", "dense": False}}, {})
     teacher, _, name = field.partition("/")
