@@ -27,6 +27,7 @@ from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.tokenize.base import load_tokenizer
 from omnimill.tokenize.data import check_source, open_field, split
+from omnimill.tokenize.plots import plot_usage
 
 
 def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256, usage_samples: int = 2000,
@@ -62,7 +63,7 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
     metrics["usage_samples"] = int(len(usage_idx))
     p = counts / max(counts.sum(), 1)
     metrics["perplexity"] = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
-    _plot_usage(counts, directory / "usage.png", metrics)
+    plot_usage(counts, directory / "usage.png", metrics)
     write_atomic(directory / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
@@ -161,19 +162,6 @@ def code_counts(tokenizer, source, indices: np.ndarray, view_size: int, batch_si
             tokens = tokens[(tokens >= 0) & (tokens < tokenizer.vocab_size)]
             counts += np.bincount(tokens, minlength=tokenizer.vocab_size)
     return counts
-
-
-def _plot_usage(counts: np.ndarray, path: Path, metrics: dict) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0)
-    ax.set(xlabel="code (sorted by use)", ylabel="count", yscale="symlog",
-           title=f"codebook usage {100 * metrics['codebook_usage']:.1f}% of {len(counts)} codes, "
-                 f"perplexity {metrics['perplexity']:.0f}")
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def _plot_reconstructions(tokenizer, target: np.ndarray, recon: np.ndarray, path: Path, n: int = 6) -> None:

@@ -303,11 +303,6 @@ def _plot(masks, recon, iou, counts, metrics: dict, directory: Path, n: int = 8)
     fig.tight_layout()
     fig.savefig(directory / "reconstructions.png")
 
-    fig = Figure(figsize=(7, 3), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0)
-    ax.set(xlabel="code (sorted by use)", ylabel="count", yscale="symlog",
-           title=f"codebook usage {100 * metrics['codebook_usage']:.1f}% of {len(counts)} codes, "
-                 f"perplexity {metrics['perplexity']:.0f}")
-    fig.tight_layout()
-    fig.savefig(directory / "usage.png")
+    from omnimill.tokenize.plots import plot_usage
+
+    plot_usage(counts, directory / "usage.png", metrics)
