@@ -70,6 +70,12 @@ def label(
                                                                    "default 0.5).")] = None,
     max_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: split longer clips in equal "
                                                                    "parts (new stores; default 60).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Clip stores: frames per clip, at the middles of equal "
+                                                       "parts (new stores; default 8).")] = None,
+    audio_segments: Annotated[Optional[int], typer.Option(help="Clip stores: audio segments per clip (new stores; "
+                                                               "default 3).")] = None,
+    audio_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: seconds per audio segment, mono "
+                                                                "16 kHz (new stores; default 2).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Relabel the given teachers from scratch.")] = False,
@@ -91,7 +97,8 @@ def label(
 
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
                            view_size=view_size, sample_kind=sample_kind, clips=clips,
-                           min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds,
+                           min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds, frames=frames,
+                           audio_segments=audio_segments, audio_seconds=audio_seconds,
                            device=device, dtype=dtype, force=force, max_in_flight=max_in_flight, retries=retries,
                            max_pixels=max_pixels, break_lock=break_lock, repair=repair, progress=not no_progress)
     with job(store):

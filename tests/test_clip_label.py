@@ -154,3 +154,26 @@ def test_stages_that_read_image_fields_refuse_a_clip_store_in_one_line(videos, t
         one_line_error(result, "clip samples")
         assert what in result.output
     assert not any((tmp_path / name).exists() for name in ("p.png", "tok", "idx"))
+
+
+def test_clip_settings_are_fixed_when_the_store_is_made_and_checked_after(videos, tmp_path, corpus):
+    from conftest import one_line_error
+
+    store = tmp_path / "clips.zarr"
+    made = label_clips(videos, store, "--clips", "fixed:2", "--frames", "4", "--audio-segments", "2")
+    assert made.exit_code == 3, made.output  # the broken file
+    labels = LabelStore.open(str(store))
+    assert labels.outputs("rgb")["image"].shape[1] == 4 and labels.kind.settings()["audio_segments"] == 2
+    assert labels.corpus["listing"]["clips"] == "fixed:2"
+    assert all(len(t) == 4 for t in labels.sample_values()["frame_times"])
+
+    same = label_clips(videos, store, "--clips", "fixed:2", "--frames", "4")
+    assert same.exit_code == 3 and "0/0 units" in same.output  # the same settings: resumed, nothing to do
+    for flags, named in [(("--clips", "fixed:3"), "--clips fixed:2"), (("--frames", "8"), "--frames 4"),
+                         (("--max-clip-seconds", "5"), "--max-clip-seconds 60")]:
+        refused = label_clips(videos, store, *flags)
+        one_line_error(refused, named)
+    image_store = tmp_path / "images.zarr"
+    refused = invoke("label", corpus, image_store, "--teacher", "rgb", "--frames", "4", "--workers", "1")
+    one_line_error(refused, "--frames applies to clip stores")
+    assert not image_store.exists()

@@ -32,6 +32,10 @@ VIDEO_EXTS = frozenset({"mp4", "mkv", "webm", "mov", "avi"})
 AUDIO_EXTS = frozenset({"wav", "flac", "mp3", "ogg", "m4a"})
 MEMBER_SEP = "::"  # as corpus/listing.py writes a tar member's source: "<tar url>::<member name>"
 
+DEFAULT_CLIPS = "fixed:10"  # how videos are cut when --clips is not given
+DEFAULT_MIN_SECONDS = 0.5  # a shorter clip (the tail of a fixed cut) carries too little to label
+DEFAULT_MAX_SECONDS = 60.0  # a longer one is split in equal parts: frames stay dense enough to mean the clip
+
 
 def is_audio_file(source: str) -> bool:
     """An audio file by its extension (its clips have no frames); anything else is decoded as a video."""
@@ -112,7 +116,7 @@ class ClipKind(SampleKind):
         SampleArray("error", (), "str", "why the file did not open when listed (the clip fails)"),
         SampleArray("subtitle_error", (), "str", "why its subtitles did not parse (the clip fails)"),
     )
-    index_options = ("clips", "min_seconds", "max_seconds")
+    index_options = {"clips": DEFAULT_CLIPS, "min_seconds": DEFAULT_MIN_SECONDS, "max_seconds": DEFAULT_MAX_SECONDS}
 
     def __init__(self, frames: int = DEFAULT_FRAMES, audio_segments: int = DEFAULT_AUDIO_SEGMENTS,
                  audio_seconds: float = DEFAULT_AUDIO_SECONDS):

@@ -25,15 +25,13 @@ from __future__ import annotations
 import math
 import posixpath
 
-from omnimill.corpus.clip import ClipKind, open_media_file
+from omnimill.corpus.clip import DEFAULT_CLIPS, DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, ClipKind, open_media_file
 from omnimill.corpus.listing import CorpusIndex, index_corpus, url_to_fs
 from omnimill.corpus.media import probe
 from omnimill.corpus.subtitles import Cue, cut, parse_subtitles
 from omnimill.errors import SampleError, UserError
 
 SUBTITLE_EXTS = ("srt", "vtt")
-DEFAULT_MIN_SECONDS = 0.5  # a shorter clip (the tail of a fixed cut) carries too little to label
-DEFAULT_MAX_SECONDS = 60.0  # a longer one is split in equal parts: frames stay dense enough to mean the clip
 
 
 def parse_clips(rule: str) -> tuple[str, float]:
@@ -71,7 +69,7 @@ def fixed_cuts(start: float, end: float, seconds: float) -> list[float]:
     return [start + seconds * k for k in range(1, math.ceil((end - start) / seconds - 1e-9))]
 
 
-def index_clips(uri: str, clips: str = "fixed:10", storage_options: dict | None = None,
+def index_clips(uri: str, clips: str = DEFAULT_CLIPS, storage_options: dict | None = None,
                 min_seconds: float = DEFAULT_MIN_SECONDS, max_seconds: float = DEFAULT_MAX_SECONDS) -> CorpusIndex:
     """List the media of a corpus into clips (module docstring). Files whose length the rule needs are probed
     (their header only, through a seekable file). A file that does not open becomes one clip row with

@@ -60,6 +60,7 @@ class CorpusIndex:
     captions: list[str] = field(default_factory=list)
     sample_kind: str = DEFAULT_KIND  # what each sample is (corpus/kinds.py)
     extras: list[dict] = field(default_factory=list)  # manifest columns and sidecar texts (module docstring)
+    listing: dict = field(default_factory=dict)  # the kind's index options it was listed with (clips, ...)
 
     def __len__(self) -> int:
         return len(self.keys)

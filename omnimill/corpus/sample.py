@@ -58,7 +58,8 @@ class SampleKind:
     extensions: ClassVar[frozenset[str]]  # lower case, without the dot
     sample_arrays: ClassVar[tuple[SampleArray, ...]] = ()
     index_columns: ClassVar[tuple[SampleArray, ...]] = ()  # from CorpusIndex.extras, shape (); "str" as text
-    index_options: ClassVar[tuple[str, ...]] = ()  # keyword options `index` takes (clip: clips, ...)
+    index_options: ClassVar[dict] = {}  # keyword options `index` takes and their defaults (clip: clips, ...);
+    #                                     a store records the ones it was listed with (corpus.listing)
     frame_axes: tuple[int, ...] = ()
 
     @property

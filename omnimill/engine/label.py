@@ -44,6 +44,9 @@ class LabelOptions(JobOptions):
     clips: str | None = None  # clip stores: how videos are cut (fixed:SECONDS, spans); used when created
     min_clip_seconds: float | None = None  # clip stores: shorter clips are dropped (corpus/clip_index.py)
     max_clip_seconds: float | None = None  # clip stores: longer clips are split
+    frames: int | None = None  # clip stores: frames per clip (8); fixed when created
+    audio_segments: int | None = None  # clip stores: audio segments per clip (3); fixed when created
+    audio_seconds: float | None = None  # clip stores: seconds per audio segment (2.0); fixed when created
     device: str = "auto"
     dtype: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -76,11 +79,14 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         labels = LabelStore.open(store, "r+", opts.storage_options)
         _check_same_corpus(labels, corpus)
         _check_fixed(labels, opts)
-        _listing_options(labels.kind, opts)
-        index = None
+        _check_recorded(labels, _listing_options(labels.kind, opts), _kind_settings(labels.kind, opts))
+        index, kind = None, labels.kind
     else:
         kind = kind_of(opts.sample_kind or DEFAULT_KIND)
-        index = kind.index(corpus, opts.storage_options, **_listing_options(kind, opts))
+        kind = kind.configured({**kind.settings(), **_kind_settings(kind, opts)})
+        listing = {**kind.index_options, **_listing_options(kind, opts)}
+        index = kind.index(corpus, opts.storage_options, **listing)
+        index.listing = listing  # recorded in the store: a later run is checked against it
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
     built, specs = _dependency_order(built, specs, labels if exists else None)
@@ -198,13 +204,40 @@ _LISTING = {"clips": ("clips", "--clips"), "min_clip_seconds": ("min_seconds", "
 
 def _listing_options(kind, opts: LabelOptions) -> dict:
     """The listing options given, as the kind's `index` takes them; one the kind does not take is refused
-    (--clips for an image store). On an existing store they are only checked: its index was taken once."""
+    (--clips for an image store). On an existing store they are checked against the ones it recorded."""
     given = {key: getattr(opts, name) for name, (key, _) in _LISTING.items() if getattr(opts, name) is not None}
     for name, (key, flag) in _LISTING.items():
         if key in given and key not in kind.index_options:
             raise UserError(f"{flag} applies to clip stores, and this is a store of {kind.plural} "
                             f"(sample kind {kind.name}); drop {flag} or give --sample-kind clip")
     return given
+
+
+# Settings of `label` -> the kind's settings (SampleKind.settings) and the flag that gives them
+_SETTINGS = {"frames": "--frames", "audio_segments": "--audio-segments", "audio_seconds": "--audio-seconds"}
+
+
+def _kind_settings(kind, opts: LabelOptions) -> dict:
+    """The kind settings given; one the kind does not have is refused (--frames for an image store)."""
+    given = {name: getattr(opts, name) for name in _SETTINGS if getattr(opts, name) is not None}
+    for name, value in given.items():
+        if name not in kind.settings():
+            raise UserError(f"{_SETTINGS[name]} applies to clip stores, and this is a store of {kind.plural} "
+                            f"(sample kind {kind.name}); drop {_SETTINGS[name]} or give --sample-kind clip")
+        if value <= 0:
+            raise UserError(f"{_SETTINGS[name]} must be positive, not {value}")
+    return given
+
+
+def _check_recorded(labels: LabelStore, listing: dict, settings: dict) -> None:
+    """Listing options and kind settings are fixed when the store is created: the same values pass, others
+    are refused (the clips are already cut; the arrays already have T frames)."""
+    recorded = {**labels.kind.index_options, **(labels.corpus.get("listing") or {}), **labels.kind.settings()}
+    flags = {**{key: flag for key, flag in _LISTING.values()}, **_SETTINGS}
+    for name, value in {**listing, **settings}.items():
+        if recorded.get(name) != value:
+            raise UserError(f"{labels.uri} was made with {flags[name]} {recorded.get(name)}, fixed when it was "
+                            f"created; drop {flags[name]} or label into a new store")
 
 
 def _check_same_corpus(labels: LabelStore, corpus: str) -> None:

@@ -91,7 +91,8 @@ class LabelStore(UnitStore):
         settings = {"sample_settings": kind.settings()} if kind.settings() else {}
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"],
-            "corpus": {"uri": index.uri, "kind": index.kind}, "sample_kind": kind.name, "n": n,
+            "corpus": {"uri": index.uri, "kind": index.kind, **({"listing": index.listing} if index.listing else {})},
+            "sample_kind": kind.name, "n": n,
             "view_size": view_size, "unit_size": unit_size, **settings,
         })
         return cls(group, uri, storage_options)
