@@ -294,7 +294,7 @@ def test_a_wrong_store_path_is_refused_and_nothing_is_written(images, tmp_path, 
 
 
 def test_an_unknown_job_setting_is_refused_with_the_list(images, tmp_path):
-    with pytest.raises(UserError, match="unknown setting bacth_size; known: batch_size"):
+    with pytest.raises(UserError, match="unknown setting bacth_size; known: .*batch_size"):
         label(str(images), str(tmp_path / "labels.zarr"), ["rgb"], bacth_size=4)
     assert not (tmp_path / "labels.zarr").exists()
 
