@@ -12,7 +12,8 @@ import pytest
 from omnimill.errors import UserError
 from omnimill.store.tokens import TokenStore
 from omnimill.engine.text import write_text_shards
-from omnimill.shards.wds import export_wds, read_manifest
+from omnimill.shards.manifest import read_manifest
+from omnimill.shards.wds import export_wds
 from omnimill.tokenize.base import directory_hash, load_tokenizer
 
 

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from omnimill.corpus.image import IMAGE_EXTS  # noqa: F401  (the image kind's; kept importable from here)
 from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
-from omnimill.corpus.sample import SampleKind, make_key  # noqa: F401  (make_key: kept importable from here)
+from omnimill.corpus.sample import SampleKind
 from omnimill.errors import UserError
 
 CAPTION_EXTS = ("txt", "json")

@@ -8,7 +8,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from omnimill.errors import UserError
-from omnimill.corpus.listing import make_key
+from omnimill.corpus.sample import make_key
 from omnimill.paths import location, positive, refuse_overlap
 
 

@@ -48,7 +48,7 @@ from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.corpus.listing import url_to_fs
 from omnimill.paths import positive, refuse_overlap
-from omnimill.shards.manifest import FORMAT, MANIFEST, join, read_manifest  # noqa: F401 (also wds names)
+from omnimill.shards.manifest import FORMAT, MANIFEST, join  # noqa: F401 (also wds names)
 from omnimill.store.base import now
 
 PROGRESS = "_export"  # finished shards of an export in progress

@@ -27,6 +27,7 @@ from omnimill import __version__
 from omnimill.errors import UserError
 from omnimill.settings import with_overrides
 from omnimill.files import write_atomic
+from omnimill.labelers.fields import relative_of
 from omnimill.tokenize import values as V
 from omnimill.tokenize.base import TokenizerConfig, check_directory
 from omnimill.tokenize.data import open_field, split
@@ -164,7 +165,7 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
     mode = opts.mode or V.mode_of(field, spec)  # by the field's kind (stores without kinds: as before)
     id2label = config.source.get("id2label")
     config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None,
-                                 relative=V.relative_of(field, spec))
+                                 relative=relative_of(field, spec))
     grid = opts.grid or SPATIAL_GRID
     feature_grid = shape[0] <= grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
     input_size = opts.input_size or (shape[0] if feature_grid else 256)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnimill.labelers.fields import RELATIVE_NAMES, relative_of  # relative_of: fit's `relative` for a stored field
+from omnimill.labelers.fields import RELATIVE_NAMES
 
 MODES = ("image", "continuous", "unit", "binary", "classes")
 MODE_OF_KIND = {"image": "image", "continuous": "continuous", "unit_vectors": "unit", "binary": "binary",
@@ -57,7 +57,7 @@ def mode_of(field: str, spec: dict) -> str:
 def fit(mode: str, samples: np.ndarray, field: str, n_classes: int | None = None,
         relative: bool | None = None) -> dict:
     """Normalisation statistics from training samples (B, ...). `relative`: standardise each image on its own
-    (relative_of gives it from the field's provenance); None: by the field's name, as stores without kinds."""
+    (labelers.fields.relative_of gives it from the field's provenance); None: by the field's name, as stores without kinds."""
     norm: dict = {"mode": mode}
     if mode in ("image", "continuous"):
         x = samples.astype(np.float32) / (255.0 if mode == "image" else 1.0)
