@@ -126,3 +126,27 @@ class NoLoad(Teacher):
 
     def __call__(self, batch: Batch):
         return {"value": np.zeros(len(batch), np.float32)}
+
+
+class Loudness(Teacher):
+    """Sees whole clips: RMS of each audio segment, of the span's waveform, the brightness of each frame as
+    the rgb teacher stored it (upstream, per clip: (T, S, S, 3)) and how many subtitle cues the clip has."""
+
+    name = "loudness"
+    sees = "clips"
+    requires = ("rgb",)
+
+    def fields(self):
+        return [Field("segment_rms", (self.segments,), "float32", kind="scalar"),
+                Field("rms", (), "float32", kind="scalar"),
+                Field("frame_brightness", (self.frames,), "float32", kind="scalar"),
+                Field("cues", (), "int32", kind="count")]
+
+    frames, segments = 8, 3
+
+    def __call__(self, batch: Batch):
+        clips = batch.clips
+        return {"segment_rms": np.sqrt((clips["audio"] ** 2).mean(-1)).astype(np.float32),
+                "rms": np.array([np.sqrt((w ** 2).mean()) if w.size else 0.0 for w in clips["waveforms"]], np.float32),
+                "frame_brightness": batch.upstream["rgb"]["image"].mean(axis=(2, 3, 4)).astype(np.float32),
+                "cues": np.array([len(c) for c in clips["subtitles"]], np.int32)}

@@ -177,3 +177,34 @@ def test_clip_settings_are_fixed_when_the_store_is_made_and_checked_after(videos
     refused = invoke("label", corpus, image_store, "--teacher", "rgb", "--frames", "4", "--workers", "1")
     one_line_error(refused, "--frames applies to clip stores")
     assert not image_store.exists()
+
+
+def test_a_teacher_that_sees_clips_gets_audio_subtitles_and_frame_labels_per_clip(videos, tmp_path):
+    store = tmp_path / "clips.zarr"
+    result = label_clips(videos, store, "--clips", "fixed:2", "--teacher", "teachers_for_tests:Loudness")
+    assert result.exit_code == 3, result.output  # broken.mp4 fails alone, as before
+
+    labels = LabelStore.open(str(store))
+    out = labels.outputs("loudness")
+    assert out["segment_rms"].shape == (5, 3) and out["frame_brightness"].shape == (5, FRAMES)  # per clip, no T
+    assert labels.ok("loudness").tolist() == [True, True, True, True, False]
+    assert (out["segment_rms"][:2] > 0.05).all() and (out["rms"][:2] > 0.05).all()  # a.mp4's tone
+    assert (out["segment_rms"][2:4] == 0).all() and (out["rms"][2:4] == 0).all()  # b.mp4 has no audio
+    rgb = labels.outputs("rgb")["image"]
+    assert np.allclose(out["frame_brightness"][:4], rgb[:4].mean(axis=(2, 3, 4)), atol=1e-3)
+    assert out["cues"][:4].tolist() == [1, 1, 0, 0]  # a.srt: one cue in each of a.mp4's clips, none in b.mp4
+    assert labels.provenance("loudness")["sees"] == "clips"
+
+
+def test_a_teacher_that_sees_clips_is_refused_on_an_image_store_before_anything_is_written(tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 20)).save(photos / "one.jpg")
+    store = tmp_path / "images.zarr"
+    result = invoke("label", photos, store, "--teacher", "rgb", "--teacher", "teachers_for_tests:Loudness",
+                    "--workers", "1", "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert "teacher loudness labels clips" in result.output and "--sample-kind clip" in result.output
+    assert not store.exists()

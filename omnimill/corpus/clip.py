@@ -189,14 +189,21 @@ class ClipKind(SampleKind):
                           tuple(int(c) for c in clip.crop_box), clip.caption) for _ in clip.frames]
 
     def clip_fields(self, decoded: list[DecodedClip]) -> dict:
-        """The clips' fields, stacked: frames (B, T, S, S, 3), frame_times (B, T), spans (B, 2), audio (B, K, L),
-        has_audio (B,), subtitles (B lists of cues): what audio and clip teachers are to see."""
+        """What teachers that see whole clips get (`Batch.clips`), row per clip: frames (B, T, S, S, 3),
+        frame_times (B, T) and audio_spans (B, K, 2) in clip seconds, spans (B, 2) in file seconds, audio
+        (B, K, L) segments, waveforms (B arrays of the span's audio, lengths differ), has_video and has_audio
+        (B,), subtitles (B lists of Cue, clip time), captions (B,) the corpus's captions. Audio is mono
+        16 kHz float32 (`AUDIO_RATE`)."""
         return {"frames": np.stack([d.frames for d in decoded]),
                 "frame_times": np.stack([d.frame_times for d in decoded]),
                 "spans": np.stack([d.span for d in decoded]),
                 "audio": np.stack([d.audio for d in decoded]),
+                "audio_spans": np.stack([d.audio_spans for d in decoded]),
+                "waveforms": [d.waveform for d in decoded],
+                "has_video": np.array([d.has_video for d in decoded]),
                 "has_audio": np.array([d.has_audio for d in decoded]),
-                "subtitles": [d.subtitles for d in decoded]}
+                "subtitles": [d.subtitles for d in decoded],
+                "captions": np.array([d.caption for d in decoded], dtype=object)}
 
     def sample_values(self, decoded: DecodedClip) -> dict:
         return {"span": decoded.span, "frame_times": decoded.frame_times, "audio_spans": decoded.audio_spans,

@@ -12,9 +12,10 @@ like a still image (corpus/image.py): the centre square of the upright picture (
 honoured, as a phone records portrait video), resized to the view size; `crop_box` is that square in the
 upright picture's pixels.
 
-Audio: mono, 16 kHz float32 in [-1, 1]; K segments of `audio_seconds` each, centred on the middles of K
-equal parts of the span and kept inside it (a clip shorter than a segment is zero-padded at the end). A
-file without an audio stream gives zeros and `has_audio=False`: absent, not a failure.
+Audio: mono, 16 kHz float32 in [-1, 1]. The span's audio is decoded once (`waveform`, what speech teachers
+hear); the K segments of `audio_seconds` each are cut from it, centred on the middles of K equal parts of the
+span and kept inside it (a clip shorter than a segment is zero-padded at the end). A file without an audio
+stream gives zeros and `has_audio=False`: absent, not a failure.
 
 Bad input raises `SampleError("decode", reason)` (or "subtitles"): empty file, not a media file, truncated,
 no video stream in a video file, a codec this PyAV build cannot decode, frames above --max-pixels, a span
@@ -61,6 +62,7 @@ class DecodedClip:
     frame_times: np.ndarray  # (T,) float64, clip time of each frame's pts
     span: np.ndarray  # (2,) float64, file time
     audio: np.ndarray  # (K, audio_seconds * 16000) float32
+    waveform: np.ndarray  # (round((end - start) * 16000),) float32: the whole span's audio (ASR, VAD hear it all)
     audio_spans: np.ndarray  # (K, 2) float64, clip time
     has_video: bool
     has_audio: bool
@@ -179,14 +181,24 @@ def decode_clip(
             what = f"audio only ({info.audio_codec})" if info.has_audio else "no audio either"
             raise SampleError("decode", f"no video stream in a video file: {what}")
         seg_spans = audio_segment_spans(start, end, audio_segments, audio_seconds)
-        audio = np.zeros((audio_segments, int(round(audio_seconds * AUDIO_RATE))), np.float32)
+        waveform = np.zeros(int(round((end - start) * AUDIO_RATE)), np.float32)
         if info.has_audio:
             stream = container.streams.audio[0]
             _check_decodable(stream, "audio")
-            for k, (a, b) in enumerate(seg_spans):
-                audio[k] = _audio_segment(container, stream, a + origin, min(b, end) + origin, audio.shape[1])
-    return DecodedClip(views, times, span, audio, seg_spans - start, has_video, info.has_audio,
+            waveform = _audio_segment(container, stream, start + origin, end + origin, waveform.size)
+        audio = segments_of(waveform, seg_spans - start, int(round(audio_seconds * AUDIO_RATE)))
+    return DecodedClip(views, times, span, audio, waveform, seg_spans - start, has_video, info.has_audio,
                        rotation, box, info, cues)
+
+
+def segments_of(waveform: np.ndarray, spans: np.ndarray, length: int) -> np.ndarray:
+    """(K, length) pieces of a clip's waveform at `spans` (clip seconds), zero-padded past its end."""
+    out = np.zeros((len(spans), length), np.float32)
+    for k, (a, _) in enumerate(spans):
+        first = int(round(a * AUDIO_RATE))
+        piece = waveform[first:first + length]
+        out[k, :piece.size] = piece
+    return out
 
 
 def _check_decodable(stream, what: str) -> None:

@@ -89,6 +89,7 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         index.listing = listing  # recorded in the store: a later run is checked against it
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
+    _check_sees(built, kind)
     built, specs = _dependency_order(built, specs, labels if exists else None)
     provenance = {t.name: t.provenance() for t in built}
     if opts.scheduler:
@@ -151,6 +152,19 @@ def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: L
                                   torch_threads=opts.torch_threads, decode_threads=opts.decode_threads,
                                   max_pixels=opts.max_pixels, storage_options=opts.storage_options, retry=retry))
     return tasks
+
+
+def _check_sees(built: list, kind) -> None:
+    """A teacher that sees whole clips (audio, subtitles) labels clip stores only; a teacher that sees frames
+    cannot read per-clip outputs as its input (they have no frame to line up with)."""
+    sees = {t.name: t.sees for t in built}
+    for t in built:
+        if t.sees != "frames" and t.sees != kind.name + "s":
+            raise UserError(f"teacher {t.name} labels {t.sees} (their audio, subtitles, all frames), and this store "
+                            f"holds {kind.plural}; label videos or audio files with --sample-kind clip")
+        for dep in t.requires:
+            if t.sees == "frames" and sees.get(dep, "frames") != "frames":
+                raise UserError(f"teacher {t.name} labels frames and cannot read {dep}, which labels whole clips")
 
 
 def _dependency_order(built: list, specs: list[TeacherSpec], labels: LabelStore | None):

@@ -9,6 +9,8 @@ each sample, turns decoded samples into the teachers' Batch, and gives the per-s
 the top of the store (an image's crop_box). Nothing here names images or clips. A sample may be several
 frames (a clip: `kind.frames_per_sample` = T): the Batch then holds B*T frames, teachers label frames,
 and their outputs are stored per sample as (T, ...) (`kind.frame_axes`); a frame that fails fails its sample.
+A teacher that sees whole clips (`Teacher.sees = "clips"`: audio, speech, captions of the clip) gets a row
+per clip instead (`_clip_batch`), and its outputs are stored per clip as declared.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ def run_unit(task: UnitTask) -> dict:
     meta = store.samples(task.start, task.stop)
     n = task.stop - task.start
 
-    frames = kind.frames_per_sample  # teacher batch rows per sample (1 for an image)
-    outputs = {t.name: {f.name: _empty((n, *kind.frame_axes), f) for f in t.fields()} for t in teachers}
+    frames = kind.frames_per_sample  # frame-teacher batch rows per sample (1 for an image)
+    rows_per = {t.name: frames if t.sees == "frames" else 1 for t in teachers}  # a clip teacher: one per clip
+    outputs = {t.name: {f.name: _empty((n, *(kind.frame_axes if t.sees == "frames" else ())), f)
+                        for f in t.fields()} for t in teachers}
     ok = {t.name: np.zeros(n, bool) for t in teachers}
     errors: dict[str, list] = {t.name: [] for t in teachers}
     seconds = {t.name: 0.0 for t in teachers}
@@ -175,19 +179,25 @@ def run_unit(task: UnitTask) -> dict:
             for r, d in zip(good, decoded):
                 for name, value in kind.sample_values(d).items():
                     sample_values[name][r] = value
-            batch = Batch(keys=_frame_keys([str(meta["keys"][r]) for r in good], frames), **kind.batch_fields(decoded))
+            keys = [str(meta["keys"][r]) for r in good]
+            views = {}  # what teachers see: "frames" (pictures) or "clips" (whole clips), built once per batch
+            if any(t.sees == "frames" for t in teachers):
+                views["frames"] = Batch(keys=_frame_keys(keys, frames), **kind.batch_fields(decoded))
+            if any(t.sees == "clips" for t in teachers):
+                views["clips"] = _clip_batch(kind, decoded, keys)
             for t in teachers:  # in dependency order (the client sorted them)
                 ts = time.perf_counter()
-                rows_t, batch_t = good, batch
+                per = rows_per[t.name]
+                rows_t, batch_t = good, views[t.sees]
                 if len(todo[t.name]) < n:
                     mine = [i for i, r in enumerate(good) if r in todo[t.name]]
-                    rows_t, batch_t = [good[i] for i in mine], batch.subset(_frame_rows(mine, frames))
+                    rows_t, batch_t = [good[i] for i in mine], batch_t.subset(_frame_rows(mine, per))
                 if rows_t and t.requires:
                     rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e),
-                                                     frames)
+                                                     per)
                 if rows_t:
                     done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e),
-                                        frames)
+                                        per)
                     ok[t.name][done] = True
                 seconds[t.name] += time.perf_counter() - ts
 
@@ -269,6 +279,13 @@ _writer = Writer()
 def flush_commits() -> list[str]:
     """Wait until this process's queued commits are written; returns commit failures since last flush."""
     return _writer.flush()
+
+
+def _clip_batch(kind, decoded: list, keys: list[str]) -> Batch:
+    """A Batch of whole clips for teachers that see clips: a row per clip, its frames as `views` (B, T, S, S, 3),
+    its first frame's info, and the kind's clip fields (audio, waveform, times, subtitles) as `clips`."""
+    fields = kind.clip_fields(decoded)
+    return Batch(fields["frames"], [kind.frame_infos(d)[0] for d in decoded], list(keys), clips=fields)
 
 
 def _frame_keys(keys: list[str], frames: int) -> list[str]:

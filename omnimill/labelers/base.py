@@ -60,19 +60,31 @@ class Field:
 @dataclass
 class Batch:
     """What a teacher sees: B canonical views, what is known of their originals (size, caption, ...),
-    and the outputs of the teachers it `requires`, row-aligned: upstream["detection"]["boxes"][i]."""
+    and the outputs of the teachers it `requires`, row-aligned: upstream["detection"]["boxes"][i].
 
-    views: np.ndarray  # (B, S, S, 3) uint8
+    A teacher that sees frames (`Teacher.sees = "frames"`, every image teacher) gets one row per picture: an
+    image, or one frame of a clip (key `CLIP_KEY#t`). A teacher that sees clips (`sees = "clips"`) gets one
+    row per clip: `views` are its frames (B, T, S, S, 3), `infos` its first frame's, and `clips` holds the
+    rest of the clip (ClipKind.clip_fields: audio segments, the span's waveform, frame and segment times,
+    subtitles, has_audio, ...); upstream outputs of frame teachers then come per clip, (B, T, ...)."""
+
+    views: np.ndarray  # (B, S, S, 3) uint8; clips: (B, T, S, S, 3)
     infos: list[ImageInfo]
     keys: list[str]
     upstream: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    clips: dict[str, Any] | None = None  # teachers that see clips: the clips' fields, row per clip
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def subset(self, rows: list[int]) -> "Batch":
         upstream = {t: {f: a[rows] for f, a in fields.items()} for t, fields in self.upstream.items()}
-        return Batch(self.views[rows], [self.infos[i] for i in rows], [self.keys[i] for i in rows], upstream)
+        clips = None if self.clips is None else {name: _rows(value, rows) for name, value in self.clips.items()}
+        return Batch(self.views[rows], [self.infos[i] for i in rows], [self.keys[i] for i in rows], upstream, clips)
+
+
+def _rows(value, rows: list[int]):
+    return value[rows] if isinstance(value, np.ndarray) else [value[i] for i in rows]
 
 
 @dataclass
@@ -104,6 +116,10 @@ class Teacher:
     needs_checkpoint: ClassVar[bool] = False
     default_checkpoint: ClassVar[str | None] = None  # what a user with network would pick
     version: ClassVar[str] = "1"  # bump when the output of the same inputs changes
+    # What one batch row is: "frames" (a picture: an image, or each frame of a clip, whose outputs the store
+    # keeps as (T, ...) per clip) or "clips" (a whole clip with its audio and subtitles, Batch.clips; stores
+    # of other kinds refuse the teacher). Kept in provenance as "sees".
+    sees: ClassVar[str] = "frames"
     # What `--option NAME.KEY=VALUE` may set: key -> (type, default); a default of None means "decided
     # by the checkpoint" (or off). registry.build refuses other keys and values of another type, so a
     # typo fails before any work instead of being recorded as a setting nothing read.
@@ -162,6 +178,7 @@ class Teacher:
             "checkpoint": self.spec.checkpoint,
             "config": self.config(),
             "fields": {f.name: f.describe() for f in self.fields()},
+            **({"sees": self.sees} if self.sees != "frames" else {}),
             "libraries": {"python": platform.python_version(), "numpy": numpy.__version__},
         }
 

@@ -145,6 +145,10 @@ class LabelStore(UnitStore):
         """
         if name in RESERVED or name.startswith("_"):
             raise UserError(f"a teacher cannot be called {name!r}: the store uses that name itself")
+        if provenance.get("sees", "frames") != "frames" and provenance["sees"] != self.sample_kind + "s":
+            raise UserError(f"teacher {name} labels {provenance['sees']} (their audio, subtitles, all frames), and "
+                            f"{self.uri} holds {self.kind.plural}; label a corpus of videos or audio files with "
+                            f"--sample-kind clip")
         complete = name in self.teachers() and name in self.group and "fields" in self.group[name].attrs
         if complete and not force:
             old = self.provenance(name)
@@ -156,8 +160,9 @@ class LabelStore(UnitStore):
             return
         group = self.new_part(name)
         chunks = (self.unit_size,)
-        for f in fields:  # per frame: a clip's fields gain its frame axes (N, T, ...)
-            shape = (*self.kind.frame_axes, *f.shape)
+        frames = self.kind.frame_axes if provenance.get("sees", "frames") == "frames" else ()
+        for f in fields:  # per frame: a clip's fields gain its frame axes (N, T, ...); per clip: (N, ...)
+            shape = (*frames, *f.shape)
             create_array(group, f.name, (self.n, *shape), chunks + shape, f.dtype)
         create_array(group, "ok", (self.n,), chunks, "bool")
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
@@ -172,8 +177,9 @@ class LabelStore(UnitStore):
                             f"status` and `omnimill verify`)")
 
     def declared(self, part: str) -> dict[str, tuple]:
-        fields = self.provenance(part).get("fields") or {}
-        frames = self.kind.frame_axes
+        provenance = self.provenance(part)
+        fields = provenance.get("fields") or {}
+        frames = self.kind.frame_axes if provenance.get("sees", "frames") == "frames" else ()
         return {**{name: (*frames, *f["shape"]) for name, f in fields.items()}, "ok": ()}
 
     # ---------------------------------------------------------------- worker side
