@@ -29,7 +29,8 @@ class Field:
     dense: the array lies on the canonical-view grid (its first two axes span the view).
     kind: one of fields.KINDS (a plug-in's own once defined); "" = not declared (guessed where needed).
     relative: continuous values with no scale shared across samples (relative depth).
-    time: a leading time axis (T, ...) before the kind's shape, for clips; no teacher sets it yet.
+    time: a leading axis of the clip's T frames (T, ...), aligned with its frame_times: set by a teacher that
+          sees clips and gives a value per frame (a frame teacher never sets it: the store adds T itself).
     Variable-size outputs are padded to a declared maximum and come with a count field.
     """
 

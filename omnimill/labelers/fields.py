@@ -24,9 +24,11 @@ adds the leading N axis; K items are padded to a declared maximum, their number 
   count           () int                how many of the padded rows are real
   scalar          () or (K,) any        numbers, booleans or words: one per sample, or per item
 
-`Field.time` says the array has a leading time axis, (T, ...) before the shapes above: for clips, which
-no teacher labels yet. A plug-in teacher may bring a kind of its own: `define_kind(name, doc)` before its
-fields are declared; it then supplies the serializer and renderer that read it.
+`Field.time` says the array has a leading axis of the clip's T frames, (T, ...) before the shapes above,
+aligned with its frame_times: set by a teacher that sees whole clips (`Teacher.sees = "clips"`) and gives a
+value per frame. A frame teacher (every image teacher) never sets it: on a clip store the engine stores its
+fields as (N, T, ...) itself. A plug-in teacher may bring a kind of its own: `define_kind(name, doc)` before
+its fields are declared; it then supplies the serializer and renderer that read it.
 
 Stores written before kinds existed have none in their provenance: `guess_kind` gives what omnimill used
 to infer from the dtype, shape and name, so that they still tokenize and render as they did.
