@@ -1,4 +1,5 @@
-"""One sample with every label it carries, as one PNG panel: `omnimill audit show STORE KEY`.
+"""One sample with every label it carries, as one PNG panel: `omnimill audit show STORE KEY` (a clip store's
+clip: audit/clip_panel.py, which lays out these tiles frame by frame beside the clip's audio).
 
     store ──index_of(key)──▶ i ──▶ per teacher: fields[i], ok[i], marker of unit i // unit_size
                                     └──▶ tiles (the teacher's declared picture, else by field kind
@@ -85,10 +86,14 @@ class Sample:
 def render_sample(store: str, key: str, out: Path | str) -> Path:
     """Write one PNG panel of every label sample `key` carries; returns its path.
 
-    An unknown key raises UserError (from `LabelStore.index_of`).
+    A clip store's sample gets the clip panel (audit/clip_panel.py: frame strip, per-frame labels, waveform,
+    spectrogram, time segments, transcripts). An unknown key raises UserError (from `LabelStore.index_of`).
     """
     labels = LabelStore.open(str(store))
-    labels.require_images("audit show")
+    if labels.kind.frames_per_sample != 1:
+        from omnimill.audit.clip_panel import render_clip  # it draws with this module's tiles
+
+        return render_clip(labels, key, out)
     i = labels.index_of(key)
     figure = panel(sample_tiles(labels, i), _suptitle(labels, i, key))
     out = Path(out)
