@@ -9,7 +9,7 @@ span start), so every per-frame and per-segment field lines up with its clip wit
 Frames (MiCo's rule): target t_i = the middle of the i-th of T equal parts of the span; the frame taken is
 the one on screen then (the last with pts <= t_i), which is right for variable frame rates too. Each is cut
 like a still image (corpus/image.py): the centre square of the upright picture (display-matrix rotation
-honoured, as a phone records portrait video), resized to the view size; `crop_box` is that square in the
+honoured, as a phone records portrait video, or an old-style `rotate` stream tag), resized to the view size; `crop_box` is that square in the
 upright picture's pixels.
 
 Audio: mono, 16 kHz float32 in [-1, 1]. The span's audio is decoded once (`waveform`, what speech teachers
@@ -174,8 +174,9 @@ def decode_clip(
                                             f"pixels > limit {max_pixels:,} (raise --max-pixels to accept them)")
             stream.thread_type = "AUTO"
             picked = _pick_frames(container, stream, frame_targets(start, end, frames) + origin)
+            tagged = rotate_tag(stream.metadata)
             for i, frame in enumerate(picked):
-                views[i], rotation, box = _view(frame, view_size)
+                views[i], rotation, box = _view(frame, view_size, tagged)
                 times[i] = _time(frame) - origin - start
         elif need_video:
             what = f"audio only ({info.audio_codec})" if info.has_audio else "no audio either"
@@ -258,12 +259,25 @@ def _pick_frames(container, stream, targets: np.ndarray) -> list:
     return picked
 
 
-def _view(frame, view_size: int) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
+def rotate_tag(metadata: dict) -> int:
+    """Counter-clockwise degrees from an old-style `rotate` stream tag (0 when absent or not a number).
+    Before display matrices, FFmpeg and phones wrote `rotate=90` for "turn 90 degrees clockwise to show";
+    FFmpeg's demuxers no longer turn that tag into a display matrix (frame.rotation stays 0), so it is read
+    here. A display matrix, when there is one, wins."""
+    value = next((v for k, v in metadata.items() if k.lower() == "rotate"), None)
+    try:
+        return -int(round(float(value) / 90.0)) * 90 % 360 if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _view(frame, view_size: int, tagged: int = 0) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
     """A decoded frame -> (its canonical view, rotation in degrees, crop box in upright pixels). Scales the
     stored picture so its short side is the view size (so a 4K frame is never converted at full size), cuts
-    the centre square, then turns it upright: a rotation maps the centre square onto the centre square."""
+    the centre square, then turns it upright: a rotation maps the centre square onto the centre square.
+    `tagged`: the stream's `rotate` tag (see `rotate_tag`), used when the frame has no display matrix."""
     w, h = frame.width, frame.height
-    rotation = int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+    rotation = int(round((frame.rotation or tagged) / 90.0)) * 90 % 360
     scale = view_size / min(w, h)
     sw, sh = max(view_size, round(w * scale)), max(view_size, round(h * scale))
     rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation="BICUBIC").to_ndarray()
