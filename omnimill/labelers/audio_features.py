@@ -9,6 +9,7 @@ clip's label should hear all of it. A clip without audio (`has_audio` False, or 
 
 from __future__ import annotations
 
+import warnings
 from math import gcd
 
 import numpy as np
@@ -36,7 +37,11 @@ def load_feature_extractor(teacher: HFTeacher):
         raise teacher.bad_checkpoint(ValueError("no preprocessor_config.json in the checkpoint; save the "
                                                 "processor (or feature extractor) with save_pretrained"))
     try:
-        return AutoFeatureExtractor.from_pretrained(teacher.path)
+        with warnings.catch_warnings():
+            # AST's own setting (128 mel bins over a 400-point FFT) leaves a filter empty; transformers warns
+            # on every load, about the checkpoint as it was trained
+            warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+            return AutoFeatureExtractor.from_pretrained(teacher.path)
     except Exception as e:
         raise teacher.bad_checkpoint(e) from None
 
