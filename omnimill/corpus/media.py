@@ -1,6 +1,7 @@
 """Decode one clip of a video or audio file with PyAV: T frames on the canonical view, K audio segments,
 the subtitles of the span. It seeks: one clip never decodes the whole file, so memory stays flat however
-long the file is.
+long the file is; and it demuxes one stream at a time (the others discarded), so frames never make the
+demuxer read audio packets, nor audio video packets.
 
 Times. Span, frame times, audio segments and subtitles are in seconds. A span (start, end) is in file time,
 0 being the container's start; `frame_times`, `audio_spans` and the cut subtitles are in clip time (0 =
@@ -173,6 +174,7 @@ def decode_clip(
                 raise SampleError("decode", f"frames of {info.width}x{info.height} = {info.width * info.height:,} "
                                             f"pixels > limit {max_pixels:,} (raise --max-pixels to accept them)")
             stream.thread_type = "AUTO"
+            _demux_only(container, stream)
             picked = _pick_frames(container, stream, frame_targets(start, end, frames) + origin)
             tagged = rotate_tag(stream.metadata)
             for i, frame in enumerate(picked):
@@ -186,6 +188,7 @@ def decode_clip(
         if info.has_audio:
             stream = container.streams.audio[0]
             _check_decodable(stream, "audio")
+            _demux_only(container, stream)
             waveform = _audio_segment(container, stream, start + origin, end + origin, waveform.size)
         audio = segments_of(waveform, seg_spans - start, int(round(audio_seconds * AUDIO_RATE)))
     return DecodedClip(views, times, span, audio, waveform, seg_spans - start, has_video, info.has_audio,
@@ -208,6 +211,13 @@ def _check_decodable(stream, what: str) -> None:
         tag = getattr(ctx, "codec_tag", "") if ctx is not None else ""
         raise SampleError("decode", f"unsupported {what} codec{f' {tag!r}' if tag else ''}: this PyAV/FFmpeg "
                                     "build has no decoder for it")
+
+
+def _demux_only(container, stream) -> None:
+    """Read packets of `stream` alone: the demuxer then skips the other streams' packets instead of reading
+    them (mp4 picks packets by time across streams, jumping between regions of a file that interleaves badly)."""
+    for other in container.streams:
+        other.discard = type(other.discard).default if other is stream else type(other.discard).all
 
 
 def _reason(e: Exception) -> str:
@@ -275,7 +285,7 @@ def _view(frame, view_size: int, tagged: int = 0) -> tuple[np.ndarray, int, tupl
     """A decoded frame -> (its canonical view, rotation in degrees, crop box in upright pixels). Scales the
     stored picture so its short side is the view size (so a 4K frame is never converted at full size), cuts
     the centre square, then turns it upright: a rotation maps the centre square onto the centre square.
-    `tagged`: the stream's `rotate` tag (see `rotate_tag`), used when the frame has no display matrix."""
+    `tagged`: the stream's `rotate` tag (see `rotate_tag`), used when the frame's display matrix gives none."""
     w, h = frame.width, frame.height
     rotation = int(round((frame.rotation or tagged) / 90.0)) * 90 % 360
     scale = view_size / min(w, h)
