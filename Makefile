@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned CPU-friendly torch pair; pyproject.toml keeps broad ranges for users.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup browser demo test bench imagebind clean
+.PHONY: setup browser espeak demo test bench imagebind clean
 
 setup: $(VENV)/.installed
 
@@ -16,14 +16,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test,demo]' $(TORCH)
 	touch $@
 
-demo: setup
+demo: setup espeak
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
 # The HTML report tests drive Debian's Chromium headless; installed here when missing (CI runs as root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# Debian's espeak-ng speaks the demo's clip sentences and the speech tests' (VAD, ASR); installed like Chromium.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+
+test: setup browser espeak
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # Meta's ImageBind code for the imagebind teacher (opt-in; tests/test_imagebind.py then runs its real path).

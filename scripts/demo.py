@@ -11,6 +11,9 @@
     (i) shards      `omnimill shards export` + `verify`, and the ml-4m flavour (`--format 4m`)
     (j) train       `omnimill train`: 4M-style pretraining on the shards for a few minutes
     (k) generate    `omnimill generate`: the astronaut's caption predicted from its image tokens
+    (l) clips       videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) labelled
+                    per clip: frames with rgb/canny/dinov2, vad, asr, clap; status; a clip panel
+                    (scripts/demo_clips.py, which also runs alone)
 
 Everything goes to demo-out/. Running it again resumes: the corpus, the checkpoint, every committed
 unit, trained tokenizers and the training run are kept. About 15 minutes on 2 CPU cores.
@@ -176,6 +179,11 @@ def main() -> int:
                 "--out", str(GENERATED)) != 0:
         return 1
 
+    import demo_clips  # here, not at the top: it imports this module's helpers
+
+    if demo_clips.main(CHECKPOINT) != 0:
+        return 1
+
     print(f"\ndone in {time.time() - started:.0f}s. Outputs, under {ROOT}:")
     n_files = sum(1 for _ in CORPUS.glob("*.jpg"))
     for path, what in [(CORPUS, f"{n_files} JPEGs (3 of them broken on purpose), captions in .txt sidecars"),
@@ -189,7 +197,10 @@ def main() -> int:
                        (SHARDS_4M, "the same for apple/ml-4m: ds*/shard-*.tar + data_config.yaml (demo shapes)"),
                        (RUN, "the trained model: checkpoint.json + safetensors, log.jsonl, curve.png"),
                        (GENERATED, "rgb -> caption for the astronaut, beside the real caption"),
-                       (FAILED_PANEL, "a broken file: what a failed sample looks like")]:
+                       (FAILED_PANEL, "a broken file: what a failed sample looks like"),
+                       (demo_clips.VIDEOS, "2 videos made by the demo: 3 scenes each, hard cuts, spoken sentences"),
+                       (demo_clips.STORE, "their clip labels: (N, 8, ...) per frame, (N, ...) per clip"),
+                       (demo_clips.PANEL, "one clip: frames, canny per frame, waveform, spectrogram, speech")]:
         print(f"  {str(path):44} {what}")
     return 0
 
