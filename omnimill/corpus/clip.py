@@ -100,6 +100,29 @@ class MediaPointer:
     storage_options: dict | None = None
 
 
+def time_problems(span, frame_times, audio_spans, audio_seconds: float) -> list[str]:
+    """What is wrong with one clip's stored times (empty: nothing): the invariants corpus/media.py keeps, for
+    a store's verify. The span is non-empty in file time; frame times (clip seconds) are in time order (equal
+    ones are a still shown for several targets, as variable frame rate video does) and none is past the
+    clip's end; every audio segment lasts `audio_seconds` and lies inside the clip, or starts at 0 when the
+    clip is shorter than a segment. A frame time may be below 0: the frame on screen at the clip's first
+    target may have been shown since before the clip began."""
+    (start, end), tol = (float(v) for v in span), 1e-6
+    duration = end - start
+    if not (end > start >= 0):
+        return [f"span ({start:.3f}, {end:.3f}) is empty or negative"]
+    times, segments, problems = np.asarray(frame_times, np.float64), np.asarray(audio_spans, np.float64), []
+    if not np.isfinite(times).all() or (np.diff(times) < -tol).any():
+        problems.append(f"frame times not in time order: {np.round(times, 3).tolist()}")
+    if times.size and times.max() > duration + tol:
+        problems.append(f"a frame at {times.max():.3f}s, past the clip's end ({duration:.3f}s)")
+    for k, (a, b) in enumerate(segments):
+        if abs((b - a) - audio_seconds) > tol or a < -tol or b > max(duration, audio_seconds) + tol:
+            problems.append(f"audio segment {k} ({a:.3f}, {b:.3f})s is not {audio_seconds:g}s inside the clip "
+                            f"(0, {duration:.3f})s")
+    return problems
+
+
 class ClipKind(SampleKind):
     """A clip of a video or audio file: T frames on the canonical view, K audio segments, its subtitles."""
 
