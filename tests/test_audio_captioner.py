@@ -137,3 +137,46 @@ def test_other_checkpoints_are_refused_in_one_line(tiny_captioner, tmp_path):
     assert "\n" not in str(refused.value)
     with pytest.raises(UserError, match="max_new_tokens must be 1.."):
         build(TeacherSpec(CAPTIONER, str(tiny_captioner), {"max_new_tokens": 500}), S)
+
+
+def test_clap_audio_tags_and_audio_captioner_label_clips_through_the_cli(tiny_captioner, tmp_path):
+    pytest.importorskip("av")
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+    from omnimill.corpus.media import decode_clip
+    from omnimill.store.labels import LabelStore
+    from test_audio_tags import TAGS, save_tiny_ast
+    from test_clap import CLAP, reference_audio, save_tiny_clap
+    from test_corpus_clip import write_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_video(str(root / "a.mp4"), seconds=4.0)  # a 440 Hz tone
+    write_video(str(root / "b.mp4"), seconds=3.0, audio=False)
+    clap, ast = save_tiny_clap(tmp_path / "clap", fused=False), save_tiny_ast(tmp_path / "ast")
+    store = tmp_path / "clips.zarr"
+    args = ["label", root, store, "--sample-kind", "clip", "--clips", "fixed:2", "--teacher", f"{CLAP}={clap}",
+            "--teacher", f"{TAGS}={ast}", "--teacher", f"{CAPTIONER}={tiny_captioner}",
+            "--option", f"{TAGS}.top_k=3", "--option", f"{CAPTIONER}.max_new_tokens=6",
+            "--workers", "1", "--unit-size", "2", "--view-size", "32", "--no-progress"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+    labels = LabelStore.open(str(store))
+    assert list(labels.keys()) == ["a/clip_0000", "a/clip_0001", "b/clip_0000", "b/clip_0001"]
+    for name in ("clap", "audio_tags", "audio_captioner"):
+        assert labels.ok(name).all() and labels.provenance(name)["sees"] == "clips"
+        assert labels.provenance(name)["checkpoint_sha256"]
+    embedded = labels.outputs("clap")
+    assert embedded["has_audio"].tolist() == [True, True, False, False]
+    assert embedded["embedding"].shape == (4, 24) and not embedded["embedding"][2:].any()
+    waveform = decode_clip(str(root / "a.mp4"), 0.0, 2.0, view_size=32).waveform  # what the worker decoded
+    np.testing.assert_allclose(embedded["embedding"][0], reference_audio(clap, waveform), atol=1e-5)
+    tags = labels.outputs("audio_tags")
+    assert tags["ids"].shape == (4, 3) and tags["count"].tolist() == [3, 3, 0, 0]
+    assert labels.provenance("audio_tags")["config"]["class_names"][0] == "Speech"
+    captions = labels.outputs("audio_captioner")["caption"]
+    assert all(captions[:2]) and list(captions[2:]) == ["", ""]
+    assert captions[0] == reference_caption(tiny_captioner, waveform, "clotho > caption: ", 6)
+    assert CliRunner().invoke(app, ["verify", str(store)]).exit_code == 0

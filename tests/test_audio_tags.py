@@ -17,17 +17,20 @@ NAMES = ["Speech", "Music", "Dog", "Rain", "Engine", "Bird", "Silence"]
 FRAMES = 256  # the tiny model hears 2.56 s at once (AudioSet's AST: 1024 frames, 10.24 s)
 
 
-@pytest.fixture(scope="module")
-def tiny_ast(tmp_path_factory):
+def save_tiny_ast(path):
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-ast"
     config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                        max_length=FRAMES, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)})
     torch.manual_seed(0)
     ASTForAudioClassification(config).save_pretrained(path)
     ASTFeatureExtractor(max_length=FRAMES).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ast(tmp_path_factory):
+    return save_tiny_ast(tmp_path_factory.mktemp("ckpt") / "tiny-ast")
 
 
 def load(path, **options):
