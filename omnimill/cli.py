@@ -64,8 +64,11 @@ def label(
                                                             "default image). `omnimill teachers` lists the kinds.")]
     = None,
     clips: Annotated[Optional[str], typer.Option(help="Clip stores: fixed:SECONDS cuts each video into pieces, "
-                                                      "spans takes a manifest's start/end (new stores; default "
-                                                      "fixed:10).")] = None,
+                                                      "spans takes a manifest's start/end, scenes[:DETECTOR] cuts "
+                                                      "at shot boundaries (content or transnetv2; runs the cut "
+                                                      "job first) (new stores; default fixed:10).")] = None,
+    cuts: Annotated[Optional[str], typer.Option(help="--clips scenes: the cut store to use or fill (default: "
+                                                     "beside STORE, labels.zarr -> labels.cuts.zarr).")] = None,
     min_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: drop shorter clips (new stores; "
                                                                    "default 0.5).")] = None,
     max_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: split longer clips in equal "
@@ -96,7 +99,7 @@ def label(
     from omnimill.engine.label import label as run_label
 
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
-                           view_size=view_size, sample_kind=sample_kind, clips=clips,
+                           view_size=view_size, sample_kind=sample_kind, clips=clips, cuts=cuts,
                            min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds, frames=frames,
                            audio_segments=audio_segments, audio_seconds=audio_seconds,
                            device=device, dtype=dtype, force=force, max_in_flight=max_in_flight, retries=retries,
@@ -143,16 +146,63 @@ def _with_options(teachers: list[str], options: list[str]):
     return specs
 
 
+@app.command("cuts")
+def cuts_command(
+    corpus: Annotated[str, typer.Argument(help="Folder of videos, WebDataset tars or a manifest; local path or "
+                                               "fsspec URL.")],
+    out: Annotated[str, typer.Argument(help="Cut store to create or resume (Zarr v3), e.g. cuts.zarr")],
+    detector: Annotated[str, typer.Option(help="content (PySceneDetect's ContentDetector, weight-free) or "
+                                               "transnetv2 (TransNetV2's shipped weights).")] = "content",
+    threshold: Annotated[Optional[float], typer.Option(help="The detector's threshold (default: content 27, "
+                                                            "transnetv2 0.5).")] = None,
+    videos_per_unit: Annotated[Optional[int], typer.Option(help="Videos per work unit (new stores; default 4).")]
+    = None,
+    workers: Annotated[Optional[int], typer.Option(help="Workers of the embedded cluster.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Join an existing Dask cluster.")] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts for a unit whose worker died or task failed.")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="Cut again with this detector from scratch.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Verify the detector's committed units first and cut "
+                                                          "the damaged ones again.")] = False,
+    break_lock: Annotated[bool, typer.Option("--break-lock", help="Take over a cut store locked by a run on "
+                                                                  "another host that is known dead.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+):
+    """Find the scene cuts of every video of CORPUS (each decoded whole at low resolution) and store them in
+    OUT, for `label --clips scenes --cuts OUT`. Resumes where it stopped; a video that does not decode is
+    recorded."""
+    from omnimill.engine.cuts import CutOptions, detect_scene_cuts
+
+    options = CutOptions(detector=detector, threshold=threshold, videos_per_unit=videos_per_unit, workers=workers,
+                         scheduler=scheduler, retries=retries, force=force, repair=repair, break_lock=break_lock,
+                         progress=not no_progress)
+    with job(out):
+        result = detect_scene_cuts(corpus, out, options)
+    frames = sum(s.get("frames", 0) for s in result.unit_stats)
+    console.print(f"{result.units_done}/{result.units_planned} units, {result.samples} videos, {frames} frames in "
+                  f"{result.seconds:.1f}s; {result.samples_failed} videos did not decode; "
+                  f"{len(result.units_failed)} failed units", highlight=False)
+    if result.units_planned == 0 and not result.store_failed:
+        console.print(f"nothing to do: every unit of {detector} is committed (use --force to cut again)")
+    if result.store_failed:
+        console.print(f"the store holds {result.store_failed} videos that did not decode; their clips fail as "
+                      "samples when labelled", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command()
 def status(
-    store: Annotated[str, typer.Argument(help="Label store or token store.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store or cut store.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
 ):
-    """Per teacher (or modality): units done, samples ok/failed (with the first errors), provenance."""
+    """Per teacher (or modality, or detector of a cut store): units done, samples ok/failed (with the first
+    errors), provenance."""
+    from omnimill.store.cuts import CutStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
 
+    if CutStore.state(store) == "store":
+        return _cut_status(CutStore.open(store).status(), as_json)
     cls = TokenStore if TokenStore.state(store) == "store" else LabelStore
     try:
         info = cls.open(store).status(**({"max_errors": errors} if cls is LabelStore else {}))
@@ -198,21 +248,35 @@ def status(
         console.print(f"  #{index} {key}: {stage}: {error} [{who}]", highlight=False, soft_wrap=True, markup=False)
 
 
+def _cut_status(info: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    console.print(f"[bold]{info['store']}[/bold]  cuts of {info['corpus']['uri']}, {info['n']} videos, "
+                  f"{info['n_units']} units", highlight=False)
+    table = Table("detector", "units", "videos cut", "did not decode", "settings")
+    for name, d in info["detectors"].items():
+        table.add_row(name, f"{d['units_done']}/{d['units_total']}", str(d["ok"]), str(d["failed"]),
+                      json.dumps(d["settings"]))
+    console.print(table)
+
+
 @app.command()
 def verify(
-    store: Annotated[str, typer.Argument(help="Label store, token store or shard set.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store, cut store or shard set.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     max_problems: Annotated[int, typer.Option(help="List at most this many problems.")] = 100,
 ):
     """Read every chunk of every committed unit: present, decodable, `ok` agreeing with the markers,
     markers valid, every declared array there with its shape. Exit 1 on damage, naming unit, part and
     samples; `label`/`tokenize` with --repair then redo exactly the damaged units."""
+    from omnimill.store.cuts import CutStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
 
     if max_problems < 1:
         fail(f"--max-problems must be at least 1, not {max_problems}")
-    cls = next((c for c in (LabelStore, TokenStore) if c.state(store) == "store"), None)
+    cls = next((c for c in (LabelStore, TokenStore, CutStore) if c.state(store) == "store"), None)
     if cls is None:  # a shard set (or nothing): the shard verifier says which
         from omnimill.shards.cli import verify as verify_shards
 

@@ -11,8 +11,12 @@ Manifest spans: optional columns `start` and `end` (seconds).
 Clips (`clips=`):
   fixed:SECONDS   every listed span (the whole file unless the manifest gives one) cut into SECONDS pieces
   spans           each listed span is one clip (HD-VILA style manifests); a file without a span is one clip
-Every rule is a cut list through `spans_from_cuts` (cut times -> clips, with minimum and maximum length), so
-a scene-cut detector feeds the index the same way: its stored cuts per video go to `spans_from_cuts`.
+  scenes[:DETECTOR]  each video cut at its shot boundaries (corpus/scenes.py: content, the default, or
+                  transnetv2); the cuts are found beforehand by the cut job (engine/cuts.py, over the videos
+                  `videos_to_cut` lists) and given to `index_clips` as `cuts={video key: cut times}`. A row
+                  with a manifest span keeps its span as one clip; an audio file (no shots) is cut only by
+                  the maximum length; a video whose cut detection failed is one clip row with the error.
+Every rule is a cut list through `spans_from_cuts` (cut times -> clips, with minimum and maximum length).
 
 Each clip of the index is a row of a `CorpusIndex` (sample kind "clip"): `sources/offsets/sizes` point at
 the media file, `extras` hold `video` (the file's key), `start`, `end` (file seconds), `cues` (the
@@ -25,9 +29,11 @@ from __future__ import annotations
 import math
 import posixpath
 
-from omnimill.corpus.clip import DEFAULT_CLIPS, DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, ClipKind, open_media_file
+from omnimill.corpus.clip import (DEFAULT_CLIPS, DEFAULT_MAX_SECONDS, DEFAULT_MIN_SECONDS, ClipKind, is_audio_file,
+                                  open_media_file)
 from omnimill.corpus.listing import CorpusIndex, index_corpus, url_to_fs
 from omnimill.corpus.media import probe
+from omnimill.corpus.scenes import DEFAULT_DETECTOR, DETECTORS
 from omnimill.corpus.subtitles import Cue, cut, parse_subtitles
 from omnimill.errors import SampleError, UserError
 
@@ -35,10 +41,13 @@ SUBTITLE_EXTS = ("srt", "vtt")
 
 
 def parse_clips(rule: str) -> tuple[str, float]:
-    """`fixed:SECONDS` -> ("fixed", SECONDS); `spans` -> ("spans", 0.0); UserError otherwise."""
+    """`fixed:SECONDS` -> ("fixed", SECONDS); `spans` -> ("spans", 0.0); `scenes[:DETECTOR]` -> ("scenes",
+    0.0) (`scene_detector` names its detector); UserError otherwise."""
     name, _, arg = rule.partition(":")
     if name == "spans" and not arg:
         return "spans", 0.0
+    if name == "scenes" and (not arg or arg in DETECTORS):
+        return "scenes", 0.0
     if name == "fixed":
         try:
             seconds = float(arg)
@@ -46,7 +55,16 @@ def parse_clips(rule: str) -> tuple[str, float]:
             seconds = 0.0
         if seconds > 0 and math.isfinite(seconds):
             return "fixed", seconds
-    raise UserError(f"--clips {rule!r}: give fixed:SECONDS (e.g. fixed:10) or spans")
+    raise UserError(f"--clips {rule!r}: give fixed:SECONDS (e.g. fixed:10), spans, or scenes[:DETECTOR] "
+                    f"(detectors: {', '.join(DETECTORS)})")
+
+
+def scene_detector(rule: str) -> str | None:
+    """The scene detector a `--clips` rule asks for (`scenes` -> the default one), or None for other rules."""
+    name, _, arg = rule.partition(":")
+    if parse_clips(rule)[0] != "scenes":
+        return None
+    return arg or DEFAULT_DETECTOR
 
 
 def spans_from_cuts(start: float, end: float, cuts, min_seconds: float = DEFAULT_MIN_SECONDS,
@@ -70,20 +88,20 @@ def fixed_cuts(start: float, end: float, seconds: float) -> list[float]:
 
 
 def index_clips(uri: str, clips: str = DEFAULT_CLIPS, storage_options: dict | None = None,
-                min_seconds: float = DEFAULT_MIN_SECONDS, max_seconds: float = DEFAULT_MAX_SECONDS) -> CorpusIndex:
+                min_seconds: float = DEFAULT_MIN_SECONDS, max_seconds: float = DEFAULT_MAX_SECONDS,
+                cuts: dict[str, list[float] | str] | None = None) -> CorpusIndex:
     """List the media of a corpus into clips (module docstring). Files whose length the rule needs are probed
     (their header only, through a seekable file). A file that does not open becomes one clip row with
     `extras["error"]`: it fails as a sample when decoded (recorded, the job goes on), it is not dropped.
-    Raises UserError for a bad rule, bad lengths, a bad manifest span or a corpus without clips."""
+    `cuts` (for `scenes`): {video key: cut times in file seconds, or why its cut detection failed} for every
+    video `videos_to_cut` lists. Raises UserError for a bad rule, bad lengths, a bad manifest span, missing
+    cuts or a corpus without clips."""
     rule, seconds = parse_clips(clips)
     if min_seconds < 0 or max_seconds <= 0 or min_seconds > max_seconds:
         raise UserError(f"clip lengths: need 0 <= min ({min_seconds}) <= max ({max_seconds}) and max > 0")
-    files = index_corpus(uri, storage_options, ClipKind(), sidecars=SUBTITLE_EXTS)
+    files, by_file = _files(uri, storage_options)
     base = posixpath.dirname(files.uri) if files.kind == "manifest" else ""
     index = CorpusIndex(files.uri, files.kind, sample_kind=ClipKind.name)
-    by_file: dict[tuple[str, int], list[int]] = {}  # a manifest may list many spans of one file
-    for i, source in enumerate(files.sources):
-        by_file.setdefault((source, files.offsets[i]), []).append(i)
     for rows in by_file.values():
         first = rows[0]
         video = files.keys[first]
@@ -99,14 +117,60 @@ def index_clips(uri: str, clips: str = DEFAULT_CLIPS, storage_options: dict | No
         n = 0
         for (a, b), i in sorted(listed):
             subtitles = _subtitles(files.extras[i], base, storage_options)  # a sidecar's, or the row's own
-            cuts, longest = (fixed_cuts(a, b, seconds), max_seconds) if rule == "fixed" else ([], math.inf)
-            for s, e in spans_from_cuts(a, b, cuts, min_seconds, longest):
+            cut_times, longest = [], math.inf  # spans, and a manifest span under scenes: one clip
+            if rule == "fixed":
+                cut_times, longest = fixed_cuts(a, b, seconds), max_seconds
+            elif rule == "scenes" and not _has_span(files.extras[i]):
+                found = _scene_cuts(cuts, video, pointer[0], clips)
+                if isinstance(found, str):  # the video did not decode for cut detection: it fails as a sample
+                    index.add(f"{video}/clip_{n:04d}", *pointer, files.captions[i],
+                              {"video": video, "start": a, "end": b, "error": f"scene cut detection: {found}"})
+                    n += 1
+                    continue
+                cut_times, longest = found, max_seconds
+            for s, e in spans_from_cuts(a, b, cut_times, min_seconds, longest):
                 extras = {"video": video, "start": s, "end": e, **_clip_subtitles(subtitles, s, e)}
                 index.add(f"{video}/clip_{n:04d}", *pointer, files.captions[i], extras)
                 n += 1
     if not len(index):
         raise UserError(f"no clips in {files.uri} with --clips {clips}: every span is shorter than {min_seconds}s")
     return index
+
+
+def videos_to_cut(uri: str, storage_options: dict | None = None) -> tuple[str, str, list[tuple[str, str, int, int]]]:
+    """What `--clips scenes` needs cut: (corpus uri, corpus kind, [(video key, source, offset, size)]) of every
+    video file with a row that gives no span (audio files and manifest spans are not cut at shots)."""
+    files, by_file = _files(uri, storage_options)
+    videos = []
+    for rows in by_file.values():
+        first = rows[0]
+        if not is_audio_file(files.sources[first]) and not all(_has_span(files.extras[i]) for i in rows):
+            videos.append((files.keys[first], files.sources[first], files.offsets[first], files.sizes[first]))
+    return files.uri, files.kind, videos
+
+
+def _files(uri: str, storage_options: dict | None):
+    """The corpus's media files (a CorpusIndex of files) and {(source, offset): its rows}: a manifest may list
+    many spans of one file."""
+    files = index_corpus(uri, storage_options, ClipKind(), sidecars=SUBTITLE_EXTS)
+    by_file: dict[tuple[str, int], list[int]] = {}
+    for i, source in enumerate(files.sources):
+        by_file.setdefault((source, files.offsets[i]), []).append(i)
+    return files, by_file
+
+
+def _has_span(extra: dict) -> bool:
+    """Does a manifest row give a span (start or end)?"""
+    return any(extra.get(k) not in (None, "") for k in ("start", "end"))
+
+
+def _scene_cuts(cuts: dict | None, video: str, source: str, clips: str) -> list[float] | str:
+    if is_audio_file(source):
+        return []  # no shots in an audio file: the maximum length cuts it
+    if cuts is None or video not in cuts:
+        raise UserError(f"--clips {clips} needs the scene cuts of {video}, which were not given: list clips through "
+                        "`omnimill label --clips scenes` (it runs the cut job first) or `omnimill cuts`")
+    return cuts[video]
 
 
 def _span(extra: dict, uri: str, row: int) -> tuple[float, float | None]:

@@ -12,18 +12,21 @@ what the store holds for these teachers, not only what this run did.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from omnimill.engine import cluster
 from omnimill.engine.job import (EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_UNIT_FAILURES, EXIT_USAGE, JobOptions,  # noqa: F401
                                  JobResult, UnitJob, at_least_one, check_options, run_job, with_overrides)
+from omnimill.engine.cuts import CutOptions, cut_store_for, detect_scene_cuts
 from omnimill.engine.worker import UnitTask, flush_commits, run_unit
 from omnimill.errors import UserError
 from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.corpus.image import DEFAULT_MAX_PIXELS
 from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
+from omnimill.corpus.clip_index import scene_detector
 from omnimill.corpus.listing import normalise_uri
+from omnimill.store.cuts import CutStore
 from omnimill.store.labels import LabelStore, retryable
 from omnimill.store.base import is_url, local_path, same_or_inside, same_store
 
@@ -41,7 +44,9 @@ class LabelOptions(JobOptions):
     unit_size: int | None = None  # fixed when the store is created
     view_size: int | None = None  # fixed when the store is created
     sample_kind: str | None = None  # what a sample is (corpus.kinds: image, clip); fixed when created, default image
-    clips: str | None = None  # clip stores: how videos are cut (fixed:SECONDS, spans); used when created
+    clips: str | None = None  # clip stores: how videos are cut (fixed:SECONDS, spans, scenes[:DETECTOR]); used
+    #                             when created
+    cuts: str | None = None  # --clips scenes: the cut store to read or fill (default: beside STORE, cut_store_for)
     min_clip_seconds: float | None = None  # clip stores: shorter clips are dropped (corpus/clip_index.py)
     max_clip_seconds: float | None = None  # clip stores: longer clips are split
     frames: int | None = None  # clip stores: frames per clip (8); fixed when created
@@ -85,8 +90,11 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         kind = kind_of(opts.sample_kind or DEFAULT_KIND)
         kind = kind.configured({**kind.settings(), **_kind_settings(kind, opts)})
         listing = {**kind.index_options, **_listing_options(kind, opts)}
-        index = kind.index(corpus, opts.storage_options, **listing)
-        index.listing = listing  # recorded in the store: a later run is checked against it
+    if opts.cuts is not None:
+        if exists or scene_detector(listing.get("clips") or "") is None:
+            raise UserError("--cuts applies when a clip store is created with --clips scenes; drop --cuts")
+        if same_or_inside(opts.cuts, store) or same_or_inside(store, opts.cuts):
+            raise UserError(f"--cuts {opts.cuts} and the label store {store} overlap; give the cut store its own path")
     view_size = labels.view_size if exists else (opts.view_size or DEFAULT_VIEW_SIZE)
     built = [build(s, view_size) for s in specs]  # unknown names, bad checkpoints: fail before writing
     _check_sees(built, kind)
@@ -95,9 +103,42 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
     if opts.scheduler:
         cluster.check_reachable(opts.scheduler)  # before the store is created
     if not exists:
+        detector = scene_detector(listing["clips"]) if "clips" in listing else None
+        cuts, used = _scene_cuts(corpus, opts.cuts or cut_store_for(store), detector, opts) if detector else ({}, {})
+        index = kind.index(corpus, opts.storage_options, **listing, **({"cuts": cuts} if detector else {}))
+        index.listing = {**listing, **used}  # recorded in the store: a later run is checked against it
         labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
                                    opts.storage_options, kind)
     return run_job(LabelJob(labels, built, specs, provenance, opts))
+
+
+def _scene_cuts(corpus: str, where: str, detector: str, opts: LabelOptions) -> tuple[dict, dict]:
+    """The videos' scene cuts for `--clips scenes`, from the cut store `where`: used as they are when it
+    holds complete cuts of this detector (made by `omnimill cuts`, or by an earlier run whose label store
+    was not created), else detected there first (the cut job, on this run's Dask options; never --force:
+    cuts are redone only by `omnimill cuts --force`). Returns ({video key: cuts or error}, what the label
+    store records of them: {"cuts": {store, uuid, detector, settings}})."""
+    if not _has_cuts(where, detector, opts.storage_options):
+        shared = {f.name: getattr(opts, f.name) for f in fields(JobOptions)}
+        result = detect_scene_cuts(corpus, where, CutOptions(**{**shared, "force": False, "repair": False},
+                                                              detector=detector))
+        if result.exit_code == EXIT_UNIT_FAILURES:
+            units = len(result.units_failed) or result.store_missing
+            error = result.units_failed[0]["error"] if result.units_failed else "no commit marker after the run"
+            raise UserError(f"scene cut detection into {where} did not finish ({units} units: {error}); run the same "
+                            "command again: finished units are kept")
+    store = CutStore.open(where, "r", opts.storage_options)
+    uri = where if is_url(where) else os.path.abspath(local_path(where))
+    return store.cuts(detector), {"cuts": {"store": uri, "uuid": store.uuid, "detector": detector,
+                                           "settings": store.settings(detector)}}
+
+
+def _has_cuts(where: str, detector: str, storage_options: dict) -> bool:
+    """Does the cut store at `where` hold complete cuts of `detector`?"""
+    if CutStore.state(where, storage_options) != "store":
+        return False
+    store = CutStore.open(where, "r", storage_options)
+    return detector in store.parts() and store.complete(detector)
 
 
 class LabelJob(UnitJob):
