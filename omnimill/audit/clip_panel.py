@@ -17,7 +17,8 @@ the frame's rgb view as `Sample.view`), so a clip's frame looks like an image sa
 teachers (`sees: clips` in provenance) are drawn by field shape: a float (K, 2) field is time segments in
 clip seconds (rows of zeros are padding, as the count field beside it says) drawn as bars on the time
 axis; a (K,) text field beside segments of the same K is their text (an ASR segment's words), written on
-its bar; every other field goes to the teacher's tiles (render.py: its declared picture, else by kind).
+its bar; a text field of its own (a transcript, a caption) gets a tile of its whole text; every other field
+goes to the teacher's tiles (render.py: its declared picture, else by kind). The corpus caption is a tile too.
 Fields of teachers that are not in the store are simply not drawn. A clip a teacher failed on gets the
 reason from its unit marker.
 """
@@ -33,7 +34,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from omnimill.audit.render import (DPI, FAILED_FACE, MISSING_FACE, Sample, Tile, _failure_reason, _field_names,
-                                   _scalar_or_array, _view_field, message_tile, teacher_tiles)
+                                   _scalar_or_array, _view_field, message_tile, teacher_tiles,
+                                   text_tile)
 from omnimill.store.labels import LabelStore
 
 FRAME_INCHES = 1.45  # one frame of the strip; 8 frames = 11.6 in = 1160 px
@@ -103,8 +105,14 @@ class ClipLabels:
             else:
                 found, rest = time_segments(teacher, fields)
                 tracks += found
+                texts = {k: v for k, v in rest.items() if isinstance(v, str) and _kind(provenance, k) == "text"}
+                tiles += [text_tile(f"{teacher}/{name}", textwrap.fill(text, 44) or "(empty)")
+                          for name, text in texts.items()]
+                rest = {k: v for k, v in rest.items() if k not in texts}
                 if rest:
                     tiles += teacher_tiles(teacher, rest, Sample(row["keys"], i, labels.view_size, provenance))
+        if row["caption"]:
+            tiles.insert(0, text_tile("caption (the corpus's)", textwrap.fill(str(row["caption"]), 44)))
         for reason, names in failures.items():
             tiles.append(message_tile(", ".join(names), "failed\n\n" + textwrap.fill(reason, 40), FAILED_FACE,
                                       color="#b71c1c"))
@@ -115,6 +123,10 @@ class ClipLabels:
                    values["frame_times"].astype(np.float64), values["audio_spans"].astype(np.float64),
                    bool(values["has_video"]), bool(values["has_audio"]), cues, frames, waveform, note,
                    frame_rows, tracks, tiles)
+
+
+def _kind(provenance: dict, field: str) -> str:
+    return str(((provenance.get("fields") or {}).get(field) or {}).get("kind") or "")
 
 
 def per_frame_rows(teacher: str, fields: dict, provenance: dict, frames, view_size: int, key: str,
