@@ -7,7 +7,7 @@ caption" that fuses a clip's vision caption, audio caption and subtitles. This t
 
   part     from                                                       when left out
   vision   video_captioner's `caption`                                 empty (an audio file)
-  audio    audio_captioner's `captions[0]` (its best), if `count` > 0  no audio (has_audio False), empty
+  audio    audio_captioner's `caption`                                no audio (has_audio False), empty
   speech   the clip's subtitles (cue texts in order), else asr's `text`  no audio and no subtitles, empty
   caption  the corpus's own caption of the clip (manifest, sidecar)    empty
 
@@ -150,9 +150,7 @@ class OmniCaption(Teacher):
             if "video_captioner" in self.sources:
                 parts["vision"] = str(up["video_captioner"]["caption"][i])
             if "audio_captioner" in self.sources and has_audio[i]:
-                audio = up["audio_captioner"]
-                if int(audio["count"][i]) > 0:
-                    parts["audio"] = str(audio["captions"][i][0])
+                parts["audio"] = str(up["audio_captioner"]["caption"][i])
             if "subtitles" in self.sources:
                 parts["speech"] = " ".join(_clean(cue.text) for cue in clips["subtitles"][i] if _clean(cue.text))
             if not _clean(parts["speech"]) and "asr" in self.sources and has_audio[i]:
