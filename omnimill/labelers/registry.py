@@ -33,6 +33,10 @@ BUILTIN = {
     "caption_embed": "omnimill.labelers.caption_embed:CaptionEmbed",
     "captioner_embed": "omnimill.labelers.caption_embed:CaptionerEmbed",
     "t5_embed": "omnimill.labelers.t5_embed:T5Embed",
+    # clips: teachers that see whole clips (audio, speech, captions of the clip)
+    "clap": "omnimill.labelers.clap:CLAP",
+    "audio_tags": "omnimill.labelers.audio_tags:AudioTags",
+    "audio_captioner": "omnimill.labelers.audio_captioner:AudioCaptioner",
 }
 
 
