@@ -85,3 +85,10 @@ def test_log_mel_puts_a_tone_in_its_band():
     low, high = log_mel(np.sin(2 * np.pi * 300 * t), rate), log_mel(np.sin(2 * np.pi * 4000 * t), rate)
     assert low.shape == (64, 98)
     assert low.mean(1).argmax() < high.mean(1).argmax()
+
+
+def test_text_fields_of_clip_teachers_are_whole_texts():
+    from omnimill.audit.clip_panel import as_text
+
+    assert as_text("a transcript") == "a transcript"
+    assert as_text(np.array(["a cat", "", "a dog", ""], dtype=object)) == "1. a cat\n3. a dog"

@@ -17,8 +17,9 @@ the frame's rgb view as `Sample.view`), so a clip's frame looks like an image sa
 teachers (`sees: clips` in provenance) are drawn by field shape: a float (K, 2) field is time segments in
 clip seconds (rows of zeros are padding, as the count field beside it says) drawn as bars on the time
 axis; a (K,) text field beside segments of the same K is their text (an ASR segment's words), written on
-its bar; a text field of its own (a transcript, a caption) gets a tile of its whole text; every other field
-goes to the teacher's tiles (render.py: its declared picture, else by kind). The corpus caption is a tile too.
+its bar; a text field of its own (a transcript, a caption, K frame captions) gets a tile of its whole text;
+every other field goes to the teacher's tiles (render.py: its declared picture, else by kind). The corpus
+caption is a tile too.
 Fields of teachers that are not in the store are simply not drawn. A clip a teacher failed on gets the
 reason from its unit marker.
 """
@@ -105,9 +106,8 @@ class ClipLabels:
             else:
                 found, rest = time_segments(teacher, fields)
                 tracks += found
-                texts = {k: v for k, v in rest.items() if isinstance(v, str) and _kind(provenance, k) == "text"}
-                tiles += [text_tile(f"{teacher}/{name}", textwrap.fill(text, 44) or "(empty)")
-                          for name, text in texts.items()]
+                texts = {k: as_text(v) for k, v in rest.items() if _is_text(v)}
+                tiles += [text_tile(f"{teacher}/{name}", text or "(empty)") for name, text in texts.items()]
                 rest = {k: v for k, v in rest.items() if k not in texts}
                 if rest:
                     tiles += teacher_tiles(teacher, rest, Sample(row["keys"], i, labels.view_size, provenance))
@@ -125,8 +125,15 @@ class ClipLabels:
                    frame_rows, tracks, tiles)
 
 
-def _kind(provenance: dict, field: str) -> str:
-    return str(((provenance.get("fields") or {}).get(field) or {}).get("kind") or "")
+def _is_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OTUS")
+
+
+def as_text(value) -> str:
+    """A text field for a tile: one text wrapped, or K texts numbered (padding '' left out)."""
+    if isinstance(value, str):
+        return textwrap.fill(value, 44)
+    return "\n".join(textwrap.fill(f"{n + 1}. {t}", 44) for n, t in enumerate(map(str, value)) if t)
 
 
 def per_frame_rows(teacher: str, fields: dict, provenance: dict, frames, view_size: int, key: str,
