@@ -37,6 +37,8 @@ BUILTIN = {
     "clap": "omnimill.labelers.clap:CLAP",
     "audio_tags": "omnimill.labelers.audio_tags:AudioTags",
     "audio_captioner": "omnimill.labelers.audio_captioner:AudioCaptioner",
+    "video_captioner": "omnimill.labelers.video_caption:VideoCaptioner",
+    "omni_caption": "omnimill.labelers.omni_caption:OmniCaption",
 }
 
 
