@@ -190,3 +190,37 @@ def test_vad_and_asr_label_a_clip_store_through_the_cli(tmp_path):
     provenance = labels.provenance("asr")
     assert provenance["sees"] == "clips" and provenance["config"]["backend"] == "ctranslate2"
     assert set(provenance["checkpoint_files"]) >= {"model.bin", "config.json", "tokenizer.json"}
+
+
+@pytest.fixture(scope="module")
+def tiny_multilingual(tiny_whisper, tmp_path_factory):
+    """The tiny Whisper as a multilingual checkpoint: three languages it can detect, and Whisper's tasks."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-whisper-multilingual"
+    shutil.copytree(tiny_whisper, path)
+    config = GenerationConfig.from_pretrained(path)
+    config.is_multilingual = True
+    config.lang_to_id = {"<|en|>": 50258, "<|zh|>": 50259, "<|de|>": 50260}
+    config.task_to_id = {"translate": 50357, "transcribe": 50358}
+    config.save_pretrained(path)
+    return path
+
+
+def test_a_multilingual_checkpoint_detects_the_language_or_takes_the_one_given(tiny_multilingual, tmp_path):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    write_av(tmp_path / "tone.mp4", tone(5.0), 5.0)
+    b = clip_batch([tmp_path / "tone.mp4"], [(0, 5)])
+    processor = WhisperProcessor.from_pretrained(tiny_multilingual)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual).eval()
+    features = processor.feature_extractor(b.clips["waveforms"], sampling_rate=AUDIO_RATE,
+                                           return_tensors="pt").input_features
+    detected = {50258: "en", 50259: "zh", 50260: "de"}[model.detect_language(features).item()]
+    for language, options in ((None, {}), ("de", {"language": "de"})):
+        out = asr(tiny_multilingual, **({"language": language} if language else {}))(b)
+        assert out["language"][0] == (language or detected)
+        ids = model.generate(features, return_timestamps=True, num_beams=1, do_sample=False, **options)
+        assert out["text"][0] == processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
