@@ -67,7 +67,7 @@ def test_the_panel_reads_every_label_of_the_clip(clip_store):
     assert not silent.has_audio and silent.waveform is None and "no audio stream" in silent.audio_note
 
     broken = ClipLabels.read(labels, labels.index_of("broken/clip_0000"))
-    assert broken.frames is None and not broken.frame_rows
+    assert broken.frames is None and not broken.frame_rows and not broken.decoded and clip.decoded
     assert any("failed" in tile.text and "not a readable media file" in tile.text for tile in broken.tiles)
 
 

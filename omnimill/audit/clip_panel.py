@@ -68,12 +68,13 @@ class ClipLabels:
                  frame_times: np.ndarray, audio_spans: np.ndarray, has_video: bool, has_audio: bool,
                  cues: list, frames: np.ndarray | None, waveform: np.ndarray | None, audio_note: str,
                  frame_rows: list[tuple[str, list[Tile]]], tracks: list[tuple[str, list[tuple[float, float, str]]]],
-                 tiles: list[Tile]):
+                 tiles: list[Tile], decoded: bool = True):
         self.key, self.index, self.n, self.source, self.caption = key, index, n, source, caption
         self.span, self.frame_times, self.audio_spans = span, frame_times, audio_spans
         self.has_video, self.has_audio, self.cues = has_video, has_audio, cues
         self.frames, self.waveform, self.audio_note = frames, waveform, audio_note
         self.frame_rows, self.tracks, self.tiles = frame_rows, tracks, tiles
+        self.decoded = decoded  # False: the clip never decoded; times and has_* are unknown
 
     @property
     def seconds(self) -> float:
@@ -84,7 +85,8 @@ class ClipLabels:
         row = {name: _scalar_or_array(value[0]) for name, value in labels.samples(i, i + 1).items()}
         values = {name: np.asarray(v) for name, v in labels.sample_values(i).items()}
         span = values["span"].astype(np.float64)
-        if not span.any():  # never decoded (the clip failed): the index's span is all there is
+        decoded = bool(span.any())  # the engine writes span when it decodes the clip
+        if not decoded:  # the clip failed to decode: the index's span is all there is
             span = np.array([float(row["start"]), float(row["end"])])
         cues = json.loads(row["cues"]) if row.get("cues") else []
         frames, frame_rows, tracks, tiles, failures = None, [], [], [], {}
@@ -122,7 +124,7 @@ class ClipLabels:
         return cls(str(row["keys"]), i, labels.n, str(row["source"]), str(row["caption"]), span,
                    values["frame_times"].astype(np.float64), values["audio_spans"].astype(np.float64),
                    bool(values["has_video"]), bool(values["has_audio"]), cues, frames, waveform, note,
-                   frame_rows, tracks, tiles)
+                   frame_rows, tracks, tiles, decoded)
 
 
 def _is_text(value) -> bool:
@@ -211,7 +213,8 @@ def clip_figure(clip: ClipLabels) -> Figure:
     t_count = len(clip.frame_times)
     columns = max(t_count, 1)
     width = max(MIN_WIDTH_INCHES, FRAME_INCHES * columns)
-    tracks = [("frames", [(float(t), float(t), f"{n}") for n, t in enumerate(clip.frame_times)]),
+    frame_ticks = [(float(t), float(t), f"{n}") for n, t in enumerate(clip.frame_times)] if clip.decoded else []
+    tracks = [("frames", frame_ticks),
               ("subtitles", [(float(a), float(b), str(text)) for a, b, text in clip.cues]), *clip.tracks]
     tile_rows = -(-len(clip.tiles) // TILES_PER_ROW)
     sections = [("strip", FRAME_INCHES + 0.3)] + [("frame_row", FRAME_INCHES)] * len(clip.frame_rows) + \
@@ -248,9 +251,11 @@ def clip_figure(clip: ClipLabels) -> Figure:
 def clip_title(clip: ClipLabels) -> str:
     start, end = clip.span
     source = clip.source if len(clip.source) <= 70 else "…" + clip.source[-69:]
+    streams = (f"video: {'yes' if clip.has_video else 'no'}   audio: {'yes' if clip.has_audio else 'no'}"
+               if clip.decoded else "not decoded (see why below)")
     lines = [f"{clip.key}   (index {clip.index} of {clip.n})   {source}",
-             f"file seconds {start:.2f}–{end:.2f} ({end - start:.2f} s)   video: {'yes' if clip.has_video else 'no'}"
-             f"   audio: {'yes' if clip.has_audio else 'no'}   times below are clip seconds (0 = span start)"]
+             f"file seconds {start:.2f}–{end:.2f} ({end - start:.2f} s)   {streams}   times below are clip seconds "
+             "(0 = span start)"]
     if clip.caption:
         lines.append("caption: “" + textwrap.shorten(clip.caption, 110, placeholder=" …") + "”")
     return "\n".join(lines)
@@ -265,9 +270,9 @@ def _frame_strip(figure, cells, clip: ClipLabels) -> None:
             ax.imshow(clip.frames[t])
         else:
             ax.set_facecolor(MISSING_FACE)
-            ax.text(0.5, 0.5, "no video" if not clip.has_video else "no rgb\nteacher", ha="center", va="center",
-                    fontsize=7, transform=ax.transAxes)
-        ax.set_title(f"frame {t} · {time:.2f} s", fontsize=7)
+            note = "not decoded" if not clip.decoded else "no video" if not clip.has_video else "no rgb\nteacher"
+            ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        ax.set_title(f"frame {t} · {time:.2f} s" if clip.decoded else f"frame {t}", fontsize=7)
 
 
 def _tile_row(figure, cells, label: str, tiles: list[Tile]) -> None:
