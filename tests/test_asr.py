@@ -91,7 +91,8 @@ def test_asr_is_transformers_own_generate_with_timestamps(tiny_whisper, tmp_path
         assert out["count"][row] == len(segments) > 0
         times = [[min(float(s["start"]), seconds), min(float(s["end"]), seconds)] for s in segments]
         np.testing.assert_allclose(out["segments"][row, :len(segments)], times, atol=1e-5)
-        assert (out["segments"][row, :len(segments)] <= seconds).all() and not out["segments"][row, len(segments):].any()
+        assert (out["segments"][row, :len(segments)] <= seconds).all()
+        assert not out["segments"][row, len(segments):].any()
         words = [processor.tokenizer.decode(s["tokens"], skip_special_tokens=True).strip() for s in segments]
         assert out["segment_texts"][row, :len(segments)].tolist() == words
         assert out["language"][row] == "en"  # an English-only checkpoint

@@ -54,7 +54,8 @@ class ASR(Teacher):
             self.backend = backend_of(self.path)
         except Exception as e:
             raise UserError(f"teacher asr: {self.path} is not a loadable Whisper checkpoint ({e}); pass a folder "
-                            "written by save_pretrained or a CTranslate2 Whisper folder (model.bin, config.json)") from None
+                            "written by save_pretrained, or a CTranslate2 Whisper folder (model.bin, config.json)"
+                            ) from None
         if self.option("num_beams") < 1:
             raise UserError(f"teacher asr: num_beams must be >= 1, not {self.option('num_beams')}")
         runner = FasterWhisper if self.backend == "ctranslate2" else TransformersWhisper

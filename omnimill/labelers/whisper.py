@@ -98,11 +98,14 @@ class TransformersWhisper:
             options = {"language": self.language} if self.multilingual and self.language else {}
             out = self.model.generate(**inputs, return_timestamps=True, return_segments=True,
                                       num_beams=self.num_beams, do_sample=False, **options)
-        decode = self.processor.tokenizer
-        texts = decode.batch_decode(out["sequences"], skip_special_tokens=True)
-        return [Transcript(text.strip(),
-                           [(float(s["start"]), float(s["end"]), decode.decode(s["tokens"], skip_special_tokens=True).strip())
-                            for s in segments], language)
+        tokenizer = self.processor.tokenizer
+
+        def words(ids) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+        texts = tokenizer.batch_decode(out["sequences"], skip_special_tokens=True)
+        return [Transcript(text.strip(), [(float(s["start"]), float(s["end"]), words(s["tokens"])) for s in segments],
+                           language)
                 for text, segments, language in zip(texts, out["segments"], languages)]
 
 
