@@ -17,9 +17,12 @@ Stored per clip (times in clip seconds, like the clip's frame_times and audio_sp
   count          ()      int32    real rows of segments and segment_texts (the first K in time)
   language       ()      str      ISO code Whisper heard ("en" for an English-only checkpoint), "" = no audio
 A clip without audio (has_audio false, an empty waveform, or digital silence: nothing above SILENCE) is not
-a failure and not sent to Whisper, which makes words up from silence: empty text, count 0, language "".
+a failure and not sent to Whisper: empty text, count 0, language "". Whisper makes words up from sound that is
+not speech (the real tiny.en hears "A" in a 440 Hz tone), so by default (option speech_gate) a clip in which
+silero-vad (labelers/vad.py, its default settings) finds no speech is treated the same way.
 
-Options (`--option asr.KEY=VALUE`): language (None: detected by multilingual checkpoints), num_beams.
+Options (`--option asr.KEY=VALUE`): language (None: detected by multilingual checkpoints), num_beams,
+speech_gate (true).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from omnimill.corpus.media import AUDIO_RATE
 from omnimill.errors import UserError
-from omnimill.labelers import checkpoints
+from omnimill.labelers import checkpoints, vad
 from omnimill.labelers.base import Batch, Field, Teacher, TeacherSpec
 from omnimill.labelers.whisper import FasterWhisper, TransformersWhisper, backend_of, bundled_tiny_en
 
@@ -42,7 +45,7 @@ class ASR(Teacher):
     sees = "clips"
     needs_checkpoint = True
     default_checkpoint = "openai/whisper-tiny"
-    options = {"language": (str, None), "num_beams": (int, NUM_BEAMS)}
+    options = {"language": (str, None), "num_beams": (int, NUM_BEAMS), "speech_gate": (bool, True)}
 
     def __init__(self, spec: TeacherSpec, view_size: int):
         super().__init__(spec, view_size)
@@ -60,6 +63,7 @@ class ASR(Teacher):
             raise UserError(f"teacher asr: num_beams must be >= 1, not {self.option('num_beams')}")
         runner = FasterWhisper if self.backend == "ctranslate2" else TransformersWhisper
         self.whisper = runner(self.path, self.option("num_beams"), self.option("language"))
+        self.gate = None  # silero-vad's model, loaded with Whisper when speech_gate is on
         self.loaded = False
 
     def fields(self):
@@ -75,7 +79,8 @@ class ASR(Teacher):
 
     def config(self):
         return {**super().config(), "backend": self.backend, "num_beams": self.option("num_beams"),
-                "language": self.option("language"), "max_segments": MAX_SEGMENTS}
+                "language": self.option("language"), "speech_gate": self.option("speech_gate"),
+                "max_segments": MAX_SEGMENTS}
 
     def provenance(self):
         from importlib.metadata import version
@@ -83,6 +88,7 @@ class ASR(Teacher):
         info = super().provenance()
         info.update(checkpoints.fingerprint(self.path))
         packages = ("ctranslate2", "faster-whisper") if self.backend == "ctranslate2" else ("torch", "transformers")
+        packages += ("silero-vad",) if self.option("speech_gate") else ()
         info["libraries"].update({p.replace("-", "_"): version(p) for p in packages})
         return info
 
@@ -90,6 +96,7 @@ class ASR(Teacher):
         from omnimill.labelers.torch_device import pick_device, pick_dtype
 
         where = pick_device(device)
+        self.gate = vad.load_model() if self.option("speech_gate") else None
         try:
             self.whisper.load(where, pick_dtype(dtype, where))
         except Exception as e:
@@ -110,7 +117,12 @@ class ASR(Teacher):
             return out
         if not self.loaded:
             self.load()
+        if self.gate is not None:
+            heard = [i for i, speech in zip(heard, vad.speaks(self.gate, [clips["waveforms"][i] for i in heard]))
+                     if speech]
         waves = [np.asarray(clips["waveforms"][i], np.float32) for i in heard]
+        if not waves:
+            return out
         for i, wave, said in zip(heard, waves, self.whisper.transcribe(waves)):
             seconds = wave.size / AUDIO_RATE
             kept = said.segments[:k]

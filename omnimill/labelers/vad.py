@@ -111,14 +111,25 @@ class VAD(Teacher):
         return out
 
     def segments(self, probs: np.ndarray, samples: int) -> list[tuple[float, float]]:
-        """Speech (start, end) in clip seconds from one clip's window rates, by silero's own rule."""
-        from silero_vad import get_speech_timestamps_from_probs
+        return speech_segments(probs, samples, self.option("threshold"), self.option("min_speech_ms"),
+                               self.option("min_silence_ms"), self.option("speech_pad_ms"))
 
-        found = get_speech_timestamps_from_probs(
-            probs.tolist(), sampling_rate=AUDIO_RATE, threshold=self.option("threshold"),
-            min_speech_duration_ms=self.option("min_speech_ms"), min_silence_duration_ms=self.option("min_silence_ms"),
-            speech_pad_ms=self.option("speech_pad_ms"), audio_length_samples=samples)
-        return [(s["start"] / AUDIO_RATE, s["end"] / AUDIO_RATE) for s in found]
+
+def speech_segments(probs: np.ndarray, samples: int, threshold: float = THRESHOLD,
+                    min_speech_ms: int = MIN_SPEECH_MS, min_silence_ms: int = MIN_SILENCE_MS,
+                    speech_pad_ms: int = SPEECH_PAD_MS) -> list[tuple[float, float]]:
+    """Speech (start, end) in clip seconds from one clip's window rates, by silero's own rule."""
+    from silero_vad import get_speech_timestamps_from_probs
+
+    found = get_speech_timestamps_from_probs(
+        probs.tolist(), sampling_rate=AUDIO_RATE, threshold=threshold, min_speech_duration_ms=min_speech_ms,
+        min_silence_duration_ms=min_silence_ms, speech_pad_ms=speech_pad_ms, audio_length_samples=samples)
+    return [(s["start"] / AUDIO_RATE, s["end"] / AUDIO_RATE) for s in found]
+
+
+def speaks(model, waves: list[np.ndarray]) -> list[bool]:
+    """Whether silero finds any speech in each waveform, with its default settings (the asr teacher's gate)."""
+    return [bool(speech_segments(probs, w.size)) for w, probs in zip(waves, speech_probs(model, waves))]
 
 
 def weights_path():
