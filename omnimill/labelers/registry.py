@@ -34,6 +34,8 @@ BUILTIN = {
     "captioner_embed": "omnimill.labelers.caption_embed:CaptionerEmbed",
     "t5_embed": "omnimill.labelers.t5_embed:T5Embed",
     # clips: teachers that see whole clips (audio, speech, captions of the clip)
+    "vad": "omnimill.labelers.vad:VAD",
+    "asr": "omnimill.labelers.asr:ASR",
     "clap": "omnimill.labelers.clap:CLAP",
     "audio_tags": "omnimill.labelers.audio_tags:AudioTags",
     "audio_captioner": "omnimill.labelers.audio_captioner:AudioCaptioner",
