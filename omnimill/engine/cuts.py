@@ -45,6 +45,7 @@ class CutTask:
     stop: int
     settings: CutSettings
     storage_options: dict = field(default_factory=dict)
+    torch_threads: int | None = None
     attempt: int = 0
     workers_per_host: dict = field(default_factory=dict)
 
@@ -73,8 +74,7 @@ def detect_scene_cuts(corpus: str, out: str, options: CutOptions | None = None, 
         raise UserError(f"{out} is {state.removeprefix('other: ')}; give a new path for the cut store")
     if state == "store":
         store = CutStore.open(out, "r+", opts.storage_options)
-        listed = [v for u in range(store.n_units) for v in store.videos(*_rows(store, u))]
-        if store.corpus.get("uri") != uri or listed != videos:
+        if store.corpus.get("uri") != uri or store.videos(0, store.n) != videos:
             raise UserError(f"{out} holds the cuts of {store.corpus.get('uri')} ({store.n} videos), not of {uri} as "
                             f"it is now ({len(videos)} videos); give a new cut store path")
     else:  # without videos (audio files, manifest spans only) the store is empty, and so are its cuts
@@ -90,9 +90,13 @@ def _rows(store: CutStore, u: int) -> tuple[int, int]:
 
 def cut_unit(task: CutTask) -> dict:
     """Worker side: cut each video of the unit, write the unit's rows, then its marker (the commit)."""
-    from omnimill.engine.runtime import unit_marker
+    from omnimill.engine.runtime import torch_threads, unit_marker
 
     t0 = time.perf_counter()
+    if task.settings.detector == "transnetv2":  # Dask starts workers with one OpenMP thread: give torch its share
+        import torch
+
+        torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
     store = CutStore.open(task.store, "r+", task.storage_options)
     name = task.settings.detector
     cuts, frames, errors, failed = [], [], [], []
@@ -133,8 +137,8 @@ class CutJob(UnitJob):
     def plan(self, result: JobResult, sweep: bool) -> list[CutTask]:
         """A task for every unit without a marker (a failed video is recorded, not retried: it fails again)."""
         done = self.store.done_units(self.settings.detector)
-        return [CutTask(self.store.uri, u, *_rows(self.store, u), self.settings, self.options.storage_options)
-                for u in range(self.store.n_units) if not done[u]]
+        return [CutTask(self.store.uri, u, *_rows(self.store, u), self.settings, self.options.storage_options,
+                        self.options.torch_threads) for u in range(self.store.n_units) if not done[u]]
 
     def tally(self, result: JobResult) -> None:
         for marker in self.store.markers(self.settings.detector):

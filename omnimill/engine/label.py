@@ -128,6 +128,9 @@ def _scene_cuts(corpus: str, where: str, detector: str, opts: LabelOptions) -> t
             raise UserError(f"scene cut detection into {where} did not finish ({units} units: {error}); run the same "
                             "command again: finished units are kept")
     store = CutStore.open(where, "r", opts.storage_options)
+    if store.corpus.get("uri") != normalise_uri(corpus):
+        raise UserError(f"{where} holds the cuts of {store.corpus.get('uri')}, not of {normalise_uri(corpus)}; give "
+                        "that corpus's cut store, or a new --cuts path")
     uri = where if is_url(where) else os.path.abspath(local_path(where))
     return store.cuts(detector), {"cuts": {"store": uri, "uuid": store.uuid, "detector": detector,
                                            "settings": store.settings(detector)}}
