@@ -229,7 +229,7 @@ def _reason(e: Exception) -> str:
 
 def _time(frame) -> float:
     if frame.pts is not None:
-        return float(frame.pts * frame.time_base)
+        return frame.time  # pts * time_base as a float, computed in C (Fraction arithmetic costs per frame)
     return float(frame.dts * frame.time_base) if frame.dts is not None else 0.0
 
 
@@ -243,6 +243,7 @@ def _pick_frames(container, stream, targets: np.ndarray) -> list:
     import av
 
     picked: list = [None] * len(targets)
+    targets = [float(t) for t in targets]  # Python floats: compared against every decoded frame
     i = 0
     try:
         while i < len(targets):
