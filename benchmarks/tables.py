@@ -160,6 +160,22 @@ def clips(d: dict) -> str:
               f"({v['mb']:.1f} MB), the clip from second {d['args']['at']:g}." + source("clips", "clips.py"))
 
 
+def clips_label(d: dict) -> str:
+    lab = d["label"]
+    what = {"hand": "hand-written PyAV loop, 1 process", "engine": "`omnimill label`, 1 worker"}
+    rows = [[what[way], r["clips"], num(r["seconds"], ".2f"), num(r["clips_per_s"], ".1f"),
+             num(r["steady_clips_per_s"], ".1f")] for way, r in lab["rows"].items()]
+    ratios = lab["ratios"]
+    rows.append(["engine / hand loop", "", "", f"{ratios['end_to_end']:.2f}×", f"{ratios['steady']:.2f}×"])
+    return (markdown(["clips labelled (rgb + canny)", "clips", "seconds", "clips/s end to end", "clips/s steady"],
+                     "lrrrr", rows)
+            + f"\n\n{lab['videos']} videos of {lab['video_seconds']:g} s, {lab['width']}x{lab['height']} "
+              f"{lab['fps']} fps h264 + AAC, cut fixed:{lab['clip_seconds']:g}; {lab['frames']} frames at a "
+              f"{lab['view']} px view and "
+              f"{lab['audio_segments']} audio segments of {lab['audio_seconds']:g} s per clip; engine units of "
+              f"{lab['unit_size']} clips; {d['machine'].get('cores', '?')} cores." + source("clips", "clips.py"))
+
+
 # NAME in the doc's markers -> (JSON file in benchmarks/results without .json, renderer)
 TABLES = {
     "engine-runs": ("engine", engine_runs),
@@ -171,6 +187,7 @@ TABLES = {
     "trainer": ("trainer", trainer),
     "trust": ("trust", trust),
     "clips": ("clips", clips),
+    "clips-label": ("clips", clips_label),
     "vector-usage": ("vector_usage", vector_usage),
 }
 

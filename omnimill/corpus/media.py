@@ -10,8 +10,8 @@ span start), so every per-frame and per-segment field lines up with its clip wit
 Frames (MiCo's rule): target t_i = the middle of the i-th of T equal parts of the span; the frame taken is
 the one on screen then (the last with pts <= t_i), which is right for variable frame rates too. Each is cut
 like a still image (corpus/image.py): the centre square of the upright picture (display-matrix rotation
-honoured, as a phone records portrait video, or an old-style `rotate` stream tag), resized to the view size; `crop_box` is that square in the
-upright picture's pixels.
+honoured, as a phone records portrait video, or an old-style `rotate` stream tag), resized to the view size
+(one scaler per clip); `crop_box` is that square in the upright picture's pixels.
 
 Audio: mono, 16 kHz float32 in [-1, 1]. The span's audio is decoded once (`waveform`, what speech teachers
 hear); the K segments of `audio_seconds` each are cut from it, centred on the middles of K equal parts of the
