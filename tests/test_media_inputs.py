@@ -15,7 +15,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from test_corpus_clip import SRT, grey, write_audio, write_video  # noqa: E402
+from test_corpus_clip import SRT, grey, write_audio, write_tone, write_video  # noqa: E402
 
 from omnimill.corpus.clip import ClipKind  # noqa: E402
 from omnimill.corpus.clip_index import index_clips  # noqa: E402
@@ -302,3 +302,26 @@ def test_each_bad_file_of_a_folder_fails_its_own_clips_and_the_good_one_decodes(
     assert failed["voice/clip_0000"][0] == "decode" and "no video stream" in failed["voice/clip_0000"][1]
     assert failed["alien/clip_0000"][0] == "decode" and "unsupported video codec" in failed["alien/clip_0000"][1]
     assert failed["subbed/clip_0000"][0] == "subtitles" and "not SRT or WebVTT" in failed["subbed/clip_0000"][1]
+
+
+def test_a_span_past_the_end_of_the_picture_is_told_apart_from_a_truncated_file():
+    """Audio that runs 3 s past the picture: the container says 5 s, the video stream 2 s. A clip whose
+    frames lie past 2 s fails with that reason (not "truncated"); one inside the picture decodes."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        v = out.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = out.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for i in range(20):
+            for p in v.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), grey(i), np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+        write_tone(out, a, 5.0, 440.0)
+    data = buf.getvalue()
+    assert abs(probe(data).duration - 5.0) < 0.1
+    assert decode_clip(data, 0.0, 2.0, view_size=16, frames=4).has_audio
+    with pytest.raises(SampleError) as e:
+        decode_clip(data, 3.0, 5.0, view_size=16, frames=4)
+    assert "span past the end of the video stream (2.000s" in e.value.reason, e.value.reason

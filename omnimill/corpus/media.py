@@ -20,7 +20,9 @@ stream gives zeros and `has_audio=False`: absent, not a failure.
 
 Bad input raises `SampleError("decode", reason)` (or "subtitles"): empty file, not a media file, truncated,
 no video stream in a video file, a codec this PyAV build cannot decode, frames above --max-pixels, a span
-outside the file. PyAV is imported inside functions: importing the kind registry stays cheap.
+outside the file, frames wanted past the end of the video stream (its audio running on: told apart from a
+truncated file by the stream's header). PyAV is imported inside functions: importing the kind registry
+stays cheap.
 """
 
 from __future__ import annotations
@@ -262,15 +264,26 @@ def _pick_frames(container, stream, targets: np.ndarray) -> list:
                     break  # far to the next target: seek there rather than decode the gap
             else:  # the stream ended before target i
                 if previous is None or targets[-1] - _time(previous) > TRUNCATED_SLACK:
-                    last = f"{_time(previous):.3f}s" if previous is not None else "no frame at all"
-                    raise SampleError("decode", f"video ends early (last frame {last}, frame wanted at "
-                                                f"{targets[-1]:.3f}s): truncated file or span past the end")
+                    raise SampleError("decode", _ended_early(stream, previous, targets[-1]))
                 while i < len(targets):
                     picked[i] = previous
                     i += 1
     except av.error.FFmpegError as e:
         raise SampleError("decode", f"video decode failed ({_reason(e)}): corrupt or truncated file") from None
     return picked
+
+
+def _ended_early(stream, last, wanted: float) -> str:
+    """Why frames stopped before `wanted`: the video stream ends there by its own header (a file whose audio
+    runs on past its picture; the span is past the video's end), or the file is cut short."""
+    if last is None:
+        return f"video ends early (no frame at all, frame wanted at {wanted:.3f}s): truncated file or span past the end"
+    end = float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base) \
+        if stream.duration and stream.time_base else 0.0
+    if end and _time(last) >= end - TRUNCATED_SLACK:
+        return (f"span past the end of the video stream ({end:.3f}s by its header; frame wanted at {wanted:.3f}s):"
+                " the file's audio runs on without picture")
+    return f"video ends early (last frame {_time(last):.3f}s, frame wanted at {wanted:.3f}s): truncated file"
 
 
 def rotate_tag(metadata: dict) -> int:
