@@ -66,7 +66,7 @@ def label(
     clips: Annotated[Optional[str], typer.Option(help="Clip stores: fixed:SECONDS cuts each video into pieces, "
                                                       "spans takes a manifest's start/end, scenes[:DETECTOR] cuts "
                                                       "at shot boundaries (content or transnetv2; runs the cut "
-                                                      "job first) (new stores; default fixed:10).")] = None,
+                                                      "job first) (new stores; default scenes).")] = None,
     cuts: Annotated[Optional[str], typer.Option(help="--clips scenes: the cut store to use or fill (default: "
                                                      "beside STORE, labels.zarr -> labels.cuts.zarr).")] = None,
     min_clip_seconds: Annotated[Optional[float], typer.Option(help="Clip stores: drop shorter clips (new stores; "
@@ -85,7 +85,7 @@ def label(
     max_in_flight: Annotated[Optional[int], typer.Option(help="Units queued on the cluster at once "
                                                               "(default 2 per worker).")] = None,
     retries: Annotated[int, typer.Option(help="Extra attempts for a unit whose worker died or task failed.")] = 2,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images larger than this (decompression bombs).")]
+    max_pixels: Annotated[int, typer.Option(help="Refuse images or video frames larger than this (decompression bombs).")]
     = 89_478_485,
     break_lock: Annotated[bool, typer.Option("--break-lock", help="Take over a store locked by a run on "
                                                                   "another host that is known dead.")] = False,

@@ -32,7 +32,7 @@ VIDEO_EXTS = frozenset({"mp4", "mkv", "webm", "mov", "avi"})
 AUDIO_EXTS = frozenset({"wav", "flac", "mp3", "ogg", "m4a"})
 MEMBER_SEP = "::"  # as corpus/listing.py writes a tar member's source: "<tar url>::<member name>"
 
-DEFAULT_CLIPS = "fixed:10"  # how videos are cut when --clips is not given
+DEFAULT_CLIPS = "scenes"  # how videos are cut when --clips is not given: at shot boundaries (content detector)
 DEFAULT_MIN_SECONDS = 0.5  # a shorter clip (the tail of a fixed cut) carries too little to label
 DEFAULT_MAX_SECONDS = 60.0  # a longer one is split in equal parts: frames stay dense enough to mean the clip
 
@@ -162,7 +162,8 @@ class ClipKind(SampleKind):
         return ClipKind(**settings) if settings and settings != self.settings() else self
 
     def index(self, uri: str, storage_options: dict | None = None, **options):
-        """The corpus's clips (corpus/clip_index.py); options: clips ("fixed:10" or "spans"), min_seconds,
+        """The corpus's clips (corpus/clip_index.py); options: clips ("scenes[:DETECTOR]", "fixed:10"
+        or "spans"), cuts (scenes: {video key: cut times or error}, from the cut store), min_seconds,
         max_seconds."""
         from omnimill.corpus.clip_index import index_clips  # imports listing, which imports the registry
 
