@@ -207,3 +207,23 @@ def test_a_teacher_that_sees_clips_is_refused_on_an_image_store_before_anything_
     assert result.exit_code == 2, result.output
     assert "teacher loudness labels clips" in result.output and "--sample-kind clip" in result.output
     assert not store.exists()
+
+
+def test_verify_checks_the_stored_times_of_every_labelled_clip(videos, tmp_path):
+    store = tmp_path / "clips.zarr"
+    assert label_clips(videos, store, "--clips", "fixed:2").exit_code == 3  # broken.mp4: its zeros are not checked
+    assert invoke("verify", store).exit_code == 0
+
+    labels = LabelStore.open(str(store), "r+")
+    times = labels.sample_values()["frame_times"]
+    times[1] = times[1][::-1]  # frames out of time order: what a wrong decode or a bad write leaves
+    labels.write_sample_values(0, {"frame_times": times})
+    result = invoke("verify", store)
+    assert result.exit_code != 0, result.output
+    assert "a/clip_0001: frame times not in time order" in result.output
+    assert "a/clip_0000" not in result.output and "broken" not in result.output
+
+    repaired = label_clips(videos, store, "--clips", "fixed:2", "--repair")  # labels that unit again
+    assert repaired.exit_code == 3, repaired.output
+    assert invoke("verify", store).exit_code == 0
+    assert (np.diff(LabelStore.open(str(store)).sample_values()["frame_times"][1]) > 0).all()

@@ -229,6 +229,11 @@ class ClipKind(SampleKind):
                 "subtitles": [d.subtitles for d in decoded],
                 "captions": np.array([d.caption for d in decoded], dtype=object)}
 
+    def value_problems(self, values: dict) -> list[tuple[str, str]]:
+        problems = time_problems(values["span"], values["frame_times"], values["audio_spans"], self.audio_seconds)
+        return [("audio_spans" if what.startswith("audio") else "span" if what.startswith("span") else "frame_times",
+                 what) for what in problems]
+
     def sample_values(self, decoded: DecodedClip) -> dict:
         return {"span": decoded.span, "frame_times": decoded.frame_times, "audio_spans": decoded.audio_spans,
                 "has_video": decoded.has_video, "has_audio": decoded.has_audio, "rotation": decoded.rotation,

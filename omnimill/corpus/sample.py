@@ -8,6 +8,7 @@ A `SampleKind` says, for one kind of sample (a still image, a clip, a document):
   batch_fields    decoded samples -> the arguments of `omnimill.labelers.base.Batch` besides `keys`
   sample_arrays   the per-sample arrays it adds at the top of the label store (image: crop_box)
   sample_values   one decoded sample's values for those arrays
+  value_problems  what `verify` finds wrong in a labelled sample's stored values (clip: its times)
   index_columns   per-sample columns of the corpus index it keeps beside keys/source/... (clip: start, end)
   frame_axes      the axes a teacher's per-frame output gains per sample: () for an image, (T,) for a clip;
                   `batch_fields` gives frames_per_sample frames per sample, and teachers see only frames
@@ -100,6 +101,11 @@ class SampleKind:
     def sample_values(self, decoded) -> dict[str, Any]:
         """{array name: this sample's value} for every array in `sample_arrays`."""
         return {}
+
+    def value_problems(self, values: dict[str, Any]) -> list[tuple[str, str]]:
+        """What is wrong with one labelled sample's stored `sample_arrays` values, as (array, problem) pairs
+        (verify asks; [] = fine; `label --repair` labels the sample's unit again, which rewrites them)."""
+        return []
 
     def __repr__(self) -> str:
         return f"<sample kind {self.name}>"

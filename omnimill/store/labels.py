@@ -117,6 +117,29 @@ class LabelStore(UnitStore):
             raise UserError(f"key {key!r} is not in {self.uri}")
         return int(hits[0])
 
+    def verify(self, parts: list[str] | None = None) -> list[dict]:
+        """The base checks (every chunk of every committed unit), then the kind's own on the stored values of
+        every sample some teacher labelled (a clip's span, frame and audio-segment times)."""
+        problems = super().verify(parts)
+        if type(self.kind).value_problems is SampleKind.value_problems:
+            return problems
+        labelled = np.zeros(self.n, bool)
+        for teacher in self.teachers():
+            try:
+                labelled |= self.ok(teacher)
+            except Exception:
+                continue  # an unreadable ok chunk: already reported above
+        try:
+            values = self.sample_values()
+        except Exception:
+            return problems  # an unreadable chunk: already reported above
+        keys = self.keys()
+        for i in np.flatnonzero(labelled):
+            for array, what in self.kind.value_problems({name: column[i] for name, column in values.items()}):
+                problems.append({"part": "", "unit": int(i) // self.unit_size, "array": array,
+                                 "samples": str(i), "problem": f"{keys[i]}: {what}"})
+        return problems
+
     # ---------------------------------------------------------------- teachers
     def teachers(self) -> list[str]:
         return self.parts()
