@@ -21,6 +21,8 @@ adds the leading N axis; K items are padded to a declared maximum, their number 
   scores          (K,) or (P, J) float  confidence per item (or joint), about 0..1
   palette         (K, 3) uint8          RGB colours
   text            () or (K,) str        text: one per sample, or K per sample
+  spectrogram     (K, M, F) float       log-mel of each of a clip's K audio segments (M bands, F frames),
+                                        lined up with its audio_spans
   count           () int                how many of the padded rows are real
   scalar          () or (K,) any        numbers, booleans or words: one per sample, or per item
 
@@ -53,6 +55,7 @@ KINDS: dict[str, str] = {
     "scores": "(K,) or (P, J) float confidence per item, about 0..1",
     "palette": "(K, 3) uint8 RGB colours",
     "text": "() or (K,) str",
+    "spectrogram": "(K, M, F) float log-mel of each of K audio segments: M mel bands x F frames",
     "count": "() int real rows of the padded fields",
     "scalar": "() or (K,) number, bool or word",
 }
