@@ -19,7 +19,7 @@ import torch
 from omnimill.errors import UserError
 from omnimill.shards.sources import TokenStoreSource, open_source
 from omnimill.train.config import from_dict
-from omnimill.train.loop import CHECKPOINT, first_line, load_checkpoint
+from omnimill.train.loop import CHECKPOINT, first_line, load_checkpoint, specs_from
 from omnimill.train.model import ModalitySpec, MultimodalModel
 
 
@@ -30,7 +30,7 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[MultimodalModel, dic
         raise UserError(f"{run} holds no {CHECKPOINT}; train one with `omnimill train DATA --out {run}`")
     state, tensors = loaded
     try:
-        specs = [ModalitySpec(str(name), int(vocab), int(length)) for name, vocab, length in state["modalities"]]
+        specs = specs_from(state["modalities"])  # with time steps; a checkpoint from before them has none
         model = MultimodalModel(from_dict(state["config"]).model, specs)
         model.load_state_dict(tensors["model"])
     except (ValueError, TypeError, KeyError, RuntimeError) as e:  # RuntimeError: weights of another shape

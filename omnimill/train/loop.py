@@ -5,7 +5,9 @@
       model-STEP.safetensors   model weights
       state-STEP.safetensors   optimizer tensors (optimizer/PARAM/KEY), every rank's masking RNG (generator/RANK)
       checkpoint.json    the commit point, written last: format, step, the two files' names and sha256,
-                         optimizer param groups, every rank's loader position, config, modalities, unigram
+                         optimizer param groups, every rank's loader position, config, modalities ([name,
+                         vocab, length], + time steps for a modality with a time axis), the data's
+                         modality records (with `time` {steps, of} where there is a time axis), unigram
                          baseline, history. Nothing in a run folder is unpickled: it is data.
       log.jsonl          one line per log interval and per evaluation
       baseline.json      held-out cross-entropy of the unigram (token frequency) model, per modality
@@ -101,8 +103,27 @@ def make_loader(config: TrainConfig, session: Session) -> TokenLoader:
                        pin_memory=session.device.type == "cuda")
 
 
+def time_layout(modality) -> dict | None:
+    """A loader modality's time axis as its manifest or token store declares it ({"steps": T, "of": "frames" |
+    "audio_segments"}), or None: no time axis, no time embedding."""
+    time = modality.info.get("time")
+    return {"steps": int(time["steps"]), "of": str(time.get("of", ""))} if time else None
+
+
 def specs_of(loader: TokenLoader) -> list[ModalitySpec]:
-    return [ModalitySpec(m.name, m.vocab_size, m.length) for m in loader.modalities.values()]
+    return [ModalitySpec(m.name, m.vocab_size, m.length, (time_layout(m) or {}).get("steps", 0))
+            for m in loader.modalities.values()]
+
+
+def spec_rows(specs: list[ModalitySpec]) -> list[list]:
+    """What checkpoint.json records of the modalities: [name, vocab, length] each, and the time steps for a
+    modality with a time axis (rows without them read as before time axes existed)."""
+    return [[s.name, s.vocab_size, s.length] + ([s.time_steps] if s.time_steps else []) for s in specs]
+
+
+def specs_from(rows: list) -> list[ModalitySpec]:
+    """checkpoint.json's modalities back; rows of checkpoints from before time axes have 3 entries (no time)."""
+    return [ModalitySpec(str(row[0]), int(row[1]), int(row[2]), int(row[3]) if len(row) > 3 else 0) for row in rows]
 
 
 def unigram_baseline(config: TrainConfig, session: Session, specs: list[ModalitySpec],
@@ -356,7 +377,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
     loaded = load_checkpoint(out)
     if loaded:
         state, tensors = loaded
-        if [tuple(s) for s in state["modalities"]] != [(s.name, s.vocab_size, s.length) for s in specs]:
+        if specs_from(state["modalities"]) != specs:  # names, vocabularies, lengths and time axes
             raise UserError(f"{out / CHECKPOINT} was trained on other modalities; use a new --out")
         model.load_state_dict(tensors["model"])
         optimizer.load_state_dict(optimizer_state(state, tensors["state"]))
@@ -381,7 +402,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
         loaders, generators = session.gather(loader.state_dict()), session.gather(generator.get_state())
         if session.main:
             meta = {"config": to_dict(config), "step": step, "loader": loaders, "baseline": baseline,
-                    "modalities": [(s.name, s.vocab_size, s.length) for s in specs], "history": history,
+                    "modalities": spec_rows(specs), "history": history,
                     "datasets": {name: asdict_modality(m) for name, m in loader.modalities.items()}}
             save_checkpoint(out, model.state_dict(), optimizer.state_dict(), generators, meta)
 
@@ -455,5 +476,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
 
 
 def asdict_modality(m) -> dict:
-    return {"vocab_size": m.vocab_size, "length": m.length, "pad_id": m.pad_id, "tokenizer": m.info}
+    """checkpoint.json's record of a data modality; `time` only for one with a time axis."""
+    record = {"vocab_size": m.vocab_size, "length": m.length, "pad_id": m.pad_id, "tokenizer": m.info}
+    return {**record, "time": time_layout(m)} if time_layout(m) else record
 

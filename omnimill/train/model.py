@@ -2,7 +2,16 @@
 
 Every token is embedded as  token embedding (one table, each modality's ids offset into it)
                           + position embedding (each modality has its own L positions)
-                          + modality embedding.
+                          + modality embedding
+                          + time embedding (only modalities with a time axis: a clip's frames, audio segments).
+A modality with `time_steps` T lays out its L tokens time-major (step 0's first): the token at position l is
+at time step i = l // (L / T) and at place l % (L / T) within its step. Its position embedding has only the
+L / T places of one step (a frame's grid cells are the same cells in every frame), and the time embedding
+says when: a learned table of TIME_KNOTS vectors on relative clip time [0, 1], linearly interpolated at the
+step's middle (i + 0.5) / T. The table is shared by all modalities, so frame 2 of 8 (relative time 0.3125)
+and audio segment 1 of 3 (0.5) sit on one time line, and frames and audio that overlap in time look alike.
+A model whose modalities have no time axis has no time table at all: image-only models are exactly the
+ones before time existed (same parameters, same initial values for a seed).
 The encoder reads the visible input tokens. The decoder gets one query per target token (its position
 and modality embeddings, no content), attends to the other queries and to the encoder, and each
 modality's head turns its queries into logits over that modality's vocabulary.
@@ -19,11 +28,24 @@ from torch import nn
 from omnimill.train.config import ModelConfig
 
 
+TIME_KNOTS = 17  # knots of the time table at relative times 0, 1/16, ..., 1 (8 frames sit on every other one)
+
+
 @dataclass(frozen=True)
 class ModalitySpec:
     name: str
     vocab_size: int
     length: int
+    time_steps: int = 0  # 0: no time axis; else length = time_steps x tokens per step, time-major
+
+    def __post_init__(self):
+        if self.time_steps < 0 or (self.time_steps and self.length % self.time_steps):
+            raise ValueError(f"{self.name}: {self.length} tokens do not split into {self.time_steps} time steps")
+
+    @property
+    def per_step(self) -> int:
+        """Positions of one time step (all L when there is no time axis)."""
+        return self.length // self.time_steps if self.time_steps else self.length
 
 
 class Attention(nn.Module):
@@ -76,14 +98,19 @@ class MultimodalModel(nn.Module):
         super().__init__()
         self.cfg, self.modalities = cfg, list(modalities)
         vocab = torch.tensor([m.vocab_size for m in modalities])
-        length = torch.tensor([m.length for m in modalities])
+        places = torch.tensor([m.per_step for m in modalities])  # position rows: L, or L / T with a time axis
         self.register_buffer("vocab_offset", torch.cat([torch.zeros(1, dtype=torch.long), vocab.cumsum(0)[:-1]]),
                              persistent=False)
-        self.register_buffer("pos_offset", torch.cat([torch.zeros(1, dtype=torch.long), length.cumsum(0)[:-1]]),
+        self.register_buffer("pos_offset", torch.cat([torch.zeros(1, dtype=torch.long), places.cumsum(0)[:-1]]),
                              persistent=False)
+        self.register_buffer("per_step", places, persistent=False)
+        self.register_buffer("time_steps", torch.tensor([m.time_steps for m in modalities]), persistent=False)
         self.token_emb = nn.Embedding(int(vocab.sum()), cfg.dim)
-        self.pos_emb = nn.Embedding(int(length.sum()), cfg.dim)
+        self.pos_emb = nn.Embedding(int(places.sum()), cfg.dim)
         self.mod_emb = nn.Embedding(len(modalities), cfg.dim)
+        self.timed = any(m.time_steps for m in modalities)
+        if self.timed:  # created only then: a model without time axes keeps the parameters (and RNG draws) it had
+            self.time_emb = nn.Embedding(TIME_KNOTS, cfg.dim)
         self.encoder = nn.ModuleList(Block(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
@@ -98,7 +125,26 @@ class MultimodalModel(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def _where(self, mod, pos):
-        return self.pos_emb(self.pos_offset[mod] + pos) + self.mod_emb(mod)
+        """Where a token is: its place (within its time step, for a modality with a time axis), its
+        modality, and when it is (modalities with a time axis only)."""
+        where = self.pos_emb(self.pos_offset[mod] + pos % self.per_step[mod]) + self.mod_emb(mod)
+        return where + self._when(mod, pos) if self.timed else where
+
+    def relative_time(self, mod, pos) -> torch.Tensor:
+        """(i + 0.5) / T for the token's time step i of T; -1 for modalities without a time axis."""
+        steps = self.time_steps[mod]
+        step = torch.div(pos, self.per_step[mod], rounding_mode="floor")
+        return torch.where(steps > 0, (step + 0.5) / steps.clamp_min(1), -1.0)
+
+    def _when(self, mod, pos) -> torch.Tensor:
+        """The time embedding: the table linearly interpolated at the token's relative time; zero for
+        modalities without a time axis."""
+        t = self.relative_time(mod, pos)
+        x = t.clamp(0, 1) * (TIME_KNOTS - 1)
+        low = x.floor().long().clamp(max=TIME_KNOTS - 2)
+        w = (x - low)[..., None].to(self.time_emb.weight.dtype)
+        emb = (1 - w) * self.time_emb(low) + w * self.time_emb(low + 1)
+        return emb * (t >= 0)[..., None]
 
     def forward(self, enc_tok, enc_mod, enc_pos, enc_valid, dec_mod, dec_pos, dec_valid, dec_tok=None):
         """Token ids are per modality (0..V_m-1). Returns the decoder's hidden states (B, T_dec, D), or with
