@@ -10,6 +10,12 @@ every needed field once, encodes every crop, writes one chunk per modality and t
 tokenizer added later tokenizes only its own modality; `--force` retokenizes the given ones. Samples
 the teacher did not label get ok = False and pad tokens.
 
+Clip stores: a per-frame field (N, T, ...) is tokenized frame by frame, every frame of a clip through the
+clip's crop, into one time-major row of T x L tokens (tokenize/data.py); the modality's group records its time
+axis {"steps": T, "of": "frames"} beside the tokenizer (store/tokens.py), as it does what a tokenizer declares
+for a field it reads whole (the audio tokenizer's K audio segments). Per-clip fields (embeddings, transcripts,
+captions) are tokenized like an image's per-sample fields, without a time axis.
+
 Only committed label units are read: a token unit whose label unit has no marker yet stays pending
 (exit 3) and the next run does it. Each token marker names the label marker it was made from (its
 sha256): when the label unit changes (failed samples retried, a damaged unit repaired) the token unit
@@ -65,17 +71,18 @@ def marker_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16] if text else ""
 
 
-def tokenizer_info(directory: str | Path, tok=None) -> tuple[str, dict]:
+def tokenizer_info(directory: str | Path, tok=None, tokens_per_sample: int | None = None) -> tuple[str, dict]:
     """(modality name, what a token store or shard manifest records about the tokenizer): the one place
-    this is made. `tok`: the tokenizer, if already loaded from `directory`."""
+    this is made. `tok`: the tokenizer, if already loaded from `directory`. `tokens_per_sample`: the length of
+    a row in the store when it is not the tokenizer's own (T frames x the tokenizer's L for a clip's frames)."""
     from omnimill.tokenize.base import directory_hash, file_hashes, load_tokenizer
 
     directory = Path(directory).resolve()
     c = (tok or load_tokenizer(directory)).config
     return modality_name(c.teacher, c.fields), {
         "path": str(directory), "sha256": directory_hash(directory), "files": file_hashes(directory),
-        "kind": c.kind, "vocab_size": c.vocab_size, "tokens_per_sample": c.tokens_per_sample, "pad_id": c.pad_id,
-        "teacher": c.teacher, "fields": c.fields}
+        "kind": c.kind, "vocab_size": c.vocab_size, "tokens_per_sample": tokens_per_sample or c.tokens_per_sample,
+        "pad_id": c.pad_id, "teacher": c.teacher, "fields": c.fields}
 
 
 def tokenize(labels: str, tokens: str, tokenizers: list[str], options: TokenizeOptions | None = None,
@@ -83,7 +90,7 @@ def tokenize(labels: str, tokens: str, tokenizers: list[str], options: TokenizeO
     """Encode the label store `labels` with the tokenizer directories `tokenizers` into the token store `tokens`."""
     from omnimill.tokenize.base import load_tokenizer
     from omnimill.tokenize.crops import make_crops
-    from omnimill.tokenize.data import check_source, open_field
+    from omnimill.tokenize.data import check_source, open_field, row_length, time_axis
 
     opts = with_overrides(options or TokenizeOptions(), overrides)
     if not tokenizers:
@@ -95,15 +102,16 @@ def tokenize(labels: str, tokens: str, tokenizers: list[str], options: TokenizeO
     if busy:  # refused, not waited for: a label run can take days, and its units are not all committed
         raise UserError(f"{labels} is being labelled by pid {busy['pid']} on {busy['host']} since {busy['since']}; "
                         "tokenize once that run has finished")
-    infos = {}
+    infos, times = {}, {}
     for directory in tokenizers:
         tok = load_tokenizer(directory)  # UserError for a non-tokenizer directory
-        check_source(tok.config, open_field(source, tok.config.modality))  # store lacks it / other shape
-        name, info = tokenizer_info(directory, tok)
+        field = open_field(source, tok.config.modality)
+        check_source(tok.config, field)  # store lacks it / other shape
+        name, info = tokenizer_info(directory, tok, row_length(tok, field))
         if name in infos:
             raise UserError(f"two tokenizers for {name}: give one per modality")
         info["teacher_id"] = source.teacher_id(info["teacher"]) if info["teacher"] else source.uuid
-        infos[name] = info
+        infos[name], times[name] = info, time_axis(tok, field)
 
     state = TokenStore.state(tokens, opts.storage_options)
     if state.startswith("other"):
@@ -121,7 +129,7 @@ def tokenize(labels: str, tokens: str, tokenizers: list[str], options: TokenizeO
     if state != "store":
         crops = make_crops(source.keys(), source.view_size, opts.n_crops or 1, opts.seed)
         store = TokenStore.create(tokens, source, crops, opts.seed, opts.storage_options)
-    return run_job(TokenizeJob(store, source, infos, opts))
+    return run_job(TokenizeJob(store, source, infos, opts, times))
 
 
 def tokenize_unit(task: TokenizeTask) -> dict:
@@ -130,7 +138,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
 
     from omnimill.engine.runtime import cached, torch_threads, undo_dask_malloc_trim, unit_marker
     from omnimill.tokenize.base import load_tokenizer
-    from omnimill.tokenize.data import open_field
+    from omnimill.tokenize.data import encode_samples, open_field, row_length
 
     t0 = time.perf_counter()
     cached(("malloc",), undo_dask_malloc_trim)
@@ -160,11 +168,12 @@ def tokenize_unit(task: TokenizeTask) -> dict:
         rows = np.flatnonzero(ok)
         values = {f: labels.read(source.path(f), span)[rows] for f in source.fields}
         pad = tok.config.pad_id if tok.config.pad_id >= 0 else 0
-        tokens = np.full((n, store.n_crops, tok.tokens_per_sample), pad, np.int64)
-        for i in range(0, len(rows), ENCODE_BATCH):
-            batch = {f: v[i:i + ENCODE_BATCH] for f, v in values.items()}
+        tokens = np.full((n, store.n_crops, row_length(tok, source)), pad, np.int64)
+        step = max(1, ENCODE_BATCH // source.frames)  # a clip's T frames are encoded at once: as many frames as images
+        for i in range(0, len(rows), step):
+            batch = {f: v[i:i + step] for f, v in values.items()}
             for c in range(store.n_crops):
-                tokens[rows[i:i + ENCODE_BATCH], c] = tok.encode(batch, crops[rows[i:i + ENCODE_BATCH], c])
+                tokens[rows[i:i + step], c] = encode_samples(tok, source, batch, crops[rows[i:i + step], c])
         marker = {**unit_marker(task, ok=int(len(rows)), skipped=int(n - len(rows)), label_marker=label_marker),
                   "finished": now()}
         store.write_unit(name, unit, tokens, ok, marker)
@@ -177,12 +186,13 @@ class TokenizeJob(UnitJob):
     VERB, LOCKED_AS, PARTS = "tokenizing", "tokenized", "modalities"
     work = staticmethod(tokenize_unit)
 
-    def __init__(self, store: TokenStore, source: LabelStore, infos: dict[str, dict], options: TokenizeOptions):
+    def __init__(self, store: TokenStore, source: LabelStore, infos: dict[str, dict], options: TokenizeOptions,
+                 times: dict[str, dict | None] | None = None):
         super().__init__(store, list(infos), options)
-        self.source, self.infos = source, infos
+        self.source, self.infos, self.times = source, infos, times or {}
 
     def prepare(self, part: str, force: bool) -> None:
-        self.store.prepare_modality(part, self.infos[part], force=force)
+        self.store.prepare_modality(part, self.infos[part], force=force, time=self.times.get(part))
 
     def plan(self, result: JobResult, sweep: bool) -> list[TokenizeTask]:
         """Tasks for units whose label unit is committed and whose tokens are missing or stale."""

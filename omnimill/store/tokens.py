@@ -4,13 +4,21 @@
                                      view_size}, n_crops, crop_seed, unit_size
       keys    (N,) str        the label store's keys, same order (alignment is by index, checked by key)
       crops   (N, n_crops, 5) int32   (top, left, h, w, flip) in canonical-view pixels; crop 0 = whole view
-      <modality>/             attrs: tokenizer {path, sha256, kind, vocab_size, tokens_per_sample, pad_id,
-                                     teacher, fields, teacher_id (the label store's labels_id)}
+      <modality>/             attrs: tokenizer {path, sha256, kind, vocab_size, tokens_per_sample (= L), pad_id,
+                                     teacher, fields, teacher_id (the label store's labels_id)};
+                                     time {steps, of} when the modality has a time axis (absent: none)
         tokens  (N, n_crops, L)  uint16 when vocab_size <= 65536, else int32
         ok      (N,) bool     tokenized (the teacher labelled the sample and the tokenizer accepted it)
       _runs/<modality>/units (n_units,) str   commit marker per unit, as in the label store; it names the
                                      label unit's marker it was made from (`label_marker`, a sha256)
       _runs/_lock, _runs/_history   as in the label store (base.py)
+
+A modality with a time axis (a clip's frames, its audio segments) keeps its tokens time-major in the same
+(N, n_crops, L) array: L = steps x per_step, step 0's tokens first, and its group's `time` attribute says
+`{"steps": T, "of": "frames" | "audio_segments"}`. Step i sits at relative time (i + 0.5) / steps of the clip
+(frames and audio segments both at the middles of equal parts of it), so every time axis of a clip shares one
+grid. Crops are the clip's: one spatial crop for all its frames. Per-clip values (embeddings, captions,
+transcripts) have no time axis.
 
 Units are the label store's units (same unit_size), one chunk per unit, written last-marker-first rule.
 Modality names are flat (`rgb_image`, `dinov2_patches`, `palette`, `caption`): no dots or slashes,
@@ -86,9 +94,15 @@ class TokenStore(UnitStore):
     def tokenizer_info(self, modality: str) -> dict:
         return dict(self.group[modality].attrs["tokenizer"])
 
-    def prepare_modality(self, modality: str, info: dict, force: bool = False) -> None:
-        """Create the modality's arrays, or check that existing tokens came from the same tokenizer and
-        the same labels (a teacher relabelled with --force has a new identity: never mixed)."""
+    def time_axis(self, modality: str) -> dict | None:
+        """{"steps": T, "of": "frames" | "audio_segments"} of a modality whose rows are time-major; None: no time axis."""
+        time = self.attrs(modality).get("time")
+        return dict(time) if time else None
+
+    def prepare_modality(self, modality: str, info: dict, force: bool = False, time: dict | None = None) -> None:
+        """Create the modality's arrays (with its time axis, if it has one), or check that existing tokens came
+        from the same tokenizer and the same labels (a teacher relabelled with --force has a new identity: never
+        mixed)."""
         complete = modality in self.modalities() and modality in self.group and "tokenizer" in self.group[modality].attrs
         if complete and not force:
             old = self.tokenizer_info(modality)
@@ -107,6 +121,8 @@ class TokenStore(UnitStore):
         create_array(group, "tokens", (self.n, self.n_crops, length), (self.unit_size, self.n_crops, length), dtype)
         create_array(group, "ok", (self.n,), (self.unit_size,), "bool")
         group.attrs["tokenizer"] = info
+        if time:
+            group.attrs["time"] = {"steps": int(time["steps"]), "of": str(time["of"])}
         self.commit_part(modality)
 
     def declared(self, part: str) -> dict[str, tuple]:
@@ -125,6 +141,7 @@ class TokenStore(UnitStore):
             modalities[name] = {"units_done": len(markers), "units_total": self.n_units,
                                 "samples_ok": sum(m["ok"] for m in markers),
                                 "samples_skipped": sum(m["skipped"] for m in markers),
-                                "tokenizer": self.tokenizer_info(name)}
+                                "tokenizer": self.tokenizer_info(name),
+                                **({"time": self.time_axis(name)} if self.time_axis(name) else {})}
         return {"store": self.uri, "uuid": self.uuid, "source": self.source, "n": self.n, "n_crops": self.n_crops,
                 "n_units": self.n_units, "modalities": modalities, "lock": self.lock(), "runs": self.history()}

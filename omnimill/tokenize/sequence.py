@@ -73,7 +73,9 @@ class SequenceTokenizer(Tokenizer):
     @classmethod
     def train(cls, config: TokenizerConfig, values: dict, view_size: int = 384) -> "SequenceTokenizer":
         """Pick the structure, fill in its options from `values` (N, ...) and train the text tokenizer."""
-        kind = serializer_for(config.teacher, config.options, _provenance(config))
+        specs = config.source.get("fields") or {}  # the fields read: asr/text is a caption, asr a transcript
+        kind = serializer_for(config.teacher, config.options, _provenance(config),
+                              {f: specs[f] for f in config.fields if f in specs})
         options = {**config.options, "structure": kind.name, "view_size": int(view_size)}
         if kind not in SERIALIZERS.values():  # a plug-in teacher's own: loading finds it again through its teacher
             options["serializer_teacher"] = options.get("serializer_teacher") or _provenance(config).get("spec")

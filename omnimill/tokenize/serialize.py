@@ -21,6 +21,11 @@ its own, which a plug-in teacher brings without editing omnimill); `serializer_f
     pose       pose             <person> <c x0> <c y0> <c x1> <c y1>, then per keypoint   detection score
                                 <c x> <c y>, or <kp_none> (low score, or outside the crop)  (stored)
     caption    captioner, "" (alt-text)   text, then <sep> text for every further caption  stored
+               or any one () str field of a teacher that declares no structure: a clip's `asr/text`,
+               `video_captioner/caption`, `audio_captioner/caption`, `omni_caption/caption`
+    transcript asr (whole teacher)  <seg> <t start> <t end> text                          time (stored)
+               (any teacher without a declared structure whose fields hold segments (K, 2) seconds,
+               segment_texts (K,) and count)
 
 Quantization (q is the token's number):
 - coordinates: moved into the crop's frame by `crop_boxes` / `crop_points` (0..1 of the crop's side; a
@@ -31,6 +36,9 @@ Quantization (q is the token's number):
 - metadata numbers: the same over a declared [min, max], linearly or in log space; ints come back rounded.
 - instance masks: cut to what is left of their box in the crop (mask.crop_instances) and encoded by the
   mask tokenizer; they come back as that tokenizer decodes them, so decode(encode(x)) == quantize(x) still holds.
+- times (transcript): clip seconds, q = round(t / time_step), time_step 0.1 s, clipped to
+  0..max_seconds (60 s, the longest clip the clip index makes by default): tokens <t0>..<t600>; decoded
+  q * time_step, so a time comes back within 0.05 s (a later one as max_seconds).
 - text: NFC, whitespace runs collapsed to one space, ends stripped; no lower-casing. The default byte-level
   BPE gives back exactly that; another text tokenizer gives back what its decoder makes of it.
 """
@@ -811,15 +819,99 @@ class Captions(Serializer):
         return {self.text_field: out, "count": np.array([len(t) for t in texts], np.int32)}
 
 
-SERIALIZERS = {s.name: s for s in (Palette, Metadata, Detection, SamBoxes, SamInstances, Pose, Captions)}
+# ------------------------------------------------------------------------------------------ transcripts
+
+TIME_STEP = 0.1  # seconds per time token of a transcript
+MAX_SECONDS = 60.0  # last time token: corpus/clip.py's DEFAULT_MAX_SECONDS, the longest clip it makes
 
 
-def serializer_for(teacher: str, options: dict, provenance: dict | None = None) -> type[Serializer]:
+class Transcript(Serializer):
+    """Speech with times (asr): segments (K, 2) (start, end) clip seconds, segment_texts (K,) str, count.
+
+    An item is one segment, `<seg> <t start> <t end> text`, in stored (time) order; a clip without speech is
+    an empty sequence. Times are not moved by crops (they are not in the picture)."""
+
+    name = "transcript"
+    default_fields = ("segments", "segment_texts", "count")
+    uses_text = True
+
+    def needs(self):
+        return {"segments": ("K", 2), "segment_texts": ("K",), "count": ()}
+
+    def configure(self, values, source):
+        self.options["max_items"] = int(np.shape(values["segments"])[1])
+        self.options.setdefault("time_step", TIME_STEP)
+        self.options.setdefault("max_seconds", MAX_SECONDS)
+
+    @property
+    def time_bins(self) -> int:
+        return int(round(float(self.options["max_seconds"]) / float(self.options["time_step"]))) + 1
+
+    def specials(self):
+        return ["<seg>", *(f"<t{q}>" for q in range(self.time_bins))]
+
+    def _segments(self, sample):
+        n = min(int(sample["count"]), len(sample["segments"]))
+        return [(a, b, normalize_text(t)) for (a, b), t in zip(sample["segments"][:n], sample["segment_texts"][:n])]
+
+    def texts(self, values):
+        for i in range(len(values["segments"])):
+            sample = {f: values[f][i] for f in self.needs()}
+            yield from (t for *_, t in self._segments(sample) if t)
+
+    def _time(self, seconds) -> int:
+        q = int(round(float(np.nan_to_num(seconds)) / float(self.options["time_step"])))
+        return min(max(q, 0), self.time_bins - 1)
+
+    def items(self, sample, crop):
+        return [(self._time(a), self._time(b), t) for a, b, t in self._segments(sample)[:self.max_items]]
+
+    def tokens(self, item, first):
+        start, end, text = item
+        return ["<seg>", f"<t{start}>", f"<t{end}>", *([text] if text else [])]
+
+    def parse(self, pieces):
+        def one(chunk):
+            start, end = (number(p, "<t", self.time_bins) for p in chunk[1:3])
+            text = "".join(p for p in chunk[3:] if isinstance(p, Text))
+            return start, end, Text(text)
+
+        return parse_chunks(pieces, {"<seg>"}, one)
+
+    def arrays(self, rows):
+        k, step = self.max_items, float(self.options["time_step"])
+        segments = np.zeros((len(rows), k, 2), np.float32)
+        texts = np.full((len(rows), k), "", dtype=object)
+        count = np.zeros(len(rows), np.int32)
+        for i, row in enumerate(rows):
+            row = row[:k]
+            count[i] = len(row)
+            for j, (start, end, text) in enumerate(row):
+                segments[i, j] = (start * step, end * step)
+                texts[i, j] = str(text)
+        return {"segments": segments, "segment_texts": texts, "count": count}
+
+
+SERIALIZERS = {s.name: s for s in (Palette, Metadata, Detection, SamBoxes, SamInstances, Pose, Captions, Transcript)}
+
+
+def structure_of_fields(specs: dict) -> str | None:
+    """The structure of fields {name: {shape, dtype, ...}} of a teacher that declares none: segments +
+    segment_texts + count are a transcript; a text field of shape () is a caption (the first one); else None."""
+    if {"segments", "segment_texts", "count"} <= set(specs):
+        return "transcript"
+    texts = [f for f, spec in specs.items() if spec.get("dtype") == "str" and not list(spec.get("shape", []))]
+    return "caption" if texts else None
+
+
+def serializer_for(teacher: str, options: dict, provenance: dict | None = None,
+                   fields: dict | None = None) -> type[Serializer]:
     """The serializer of a teacher's labels: the one `options["structure"]` names if given; for the store's
     top-level alt-text (teacher ""), captions; else what the teacher's class declares (`Teacher.serializer`),
     the class found from its store provenance (spec) or its name by registry.stored_teacher, which imports
-    nothing a store names unless the user trusts it. Without a class, a teacher named like a structure
-    ("caption") gets that structure."""
+    nothing a store names unless the user trusts it; a class that declares none is read by its fields
+    (structure_of_fields: a clip's transcript, a caption), `fields` {name: spec} of those read, else all its
+    provenance lists. Without a class, a teacher named like a structure ("caption") gets that structure."""
     from omnimill.labelers.registry import stored_teacher
 
     spec = options.get("serializer_teacher") or (provenance or {}).get("spec")
@@ -828,6 +920,8 @@ def serializer_for(teacher: str, options: dict, provenance: dict | None = None) 
     own = declared if isinstance(declared, type) and issubclass(declared, Serializer) else None
     name = options.get("structure") or ("caption" if teacher == "" else declared if isinstance(declared, str) else
                                         own.name if own else None)
+    if name is None and cls is not None:  # a known teacher that declares no structure
+        name = structure_of_fields(fields or (provenance or {}).get("fields") or {})
     if name is None and cls is None:
         name = teacher  # no class to ask (a group made by hand): a structure's own name, as before declarations
     if own is not None and name == own.name:
