@@ -69,19 +69,23 @@ def audit_query(
     image: Annotated[Optional[Path], typer.Option(help="Neighbours of this image file (runs the field's "
                                                        "teacher).")] = None,
     text: Annotated[Optional[str], typer.Option(help="Neighbours of this text (teachers with a text tower: "
-                                                     "clip, imagebind, caption_embed).")] = None,
+                                                     "clip, imagebind, caption_embed, clap).")] = None,
+    audio: Annotated[Optional[Path], typer.Option(help="Neighbours of this audio or video file's sound (teachers "
+                                                       "with an audio side: clap).")] = None,
+    frame: Annotated[Optional[int], typer.Option(help="With --key on a per-frame index of clips: ask with this "
+                                                      "frame of the clip (default: the clip's mean frame).")] = None,
     k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 10,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML report with every label "
                                                                "of the query and its neighbours.")] = None,
     store: Annotated[Optional[str], typer.Option(help="The label store, if it moved since the index was "
                                                       "built.")] = None,
-    device: Annotated[str, typer.Option(help="Device for --image/--text: auto, cpu, cuda[:N].")] = "auto",
+    device: Annotated[str, typer.Option(help="Device for --image/--text/--audio: auto, cpu, cuda[:N].")] = "auto",
     teacher_plugin: Annotated[Optional[str], typer.Option(help="module.path:Class of a plug-in teacher you trust, "
                                                                "for --image/--text on a store it labelled; it "
                                                                "must be the one the store names.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ):
-    """Nearest samples to a key, an image or a text: a table, and optionally an HTML report."""
+    """Nearest samples to a key, an image, a text or an audio file: a table, and optionally an HTML report."""
     import json
     import sys
 
@@ -92,7 +96,7 @@ def audit_query(
 
     try:
         result = query(index, key=key, image=image, text=text, k=k, store=store, device=device,
-                       teacher_plugin=teacher_plugin)
+                       teacher_plugin=teacher_plugin, audio=audio, frame=frame)
         if html is not None:
             write_report(result, html)
     except UserError as e:
@@ -100,13 +104,33 @@ def audit_query(
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
         return
-    table = Table("rank", "key", "cosine", "distance", "caption",
+    frames = result.info.get("unit") == "frame"  # a per-frame index: each clip at its best frame
+    table = Table("rank", "key", *(["frame", "time (s)"] if frames else []), "cosine", "distance", "caption",
                   title=f"{result.info['field']} neighbours of {result.kind} {result.value!r}")
     for n in result.neighbours:
-        table.add_row(str(n.rank), n.key, f"{n.score:.4f}", f"{n.distance:.4f}", n.caption)
+        at = [str(n.frame), f"{n.time:.2f}"] if frames else []
+        table.add_row(str(n.rank), n.key, *at, f"{n.score:.4f}", f"{n.distance:.4f}", n.caption)
     console.print(table)
     if html is not None:
         console.print(f"wrote {html}")
+
+
+@audit_app.command("report")
+def audit_report(
+    store: Annotated[str, typer.Argument(help="Label store of clips.")],
+    key: Annotated[str, typer.Argument(help="Clip key (see the store's `keys` array), e.g. VIDEO/clip_0003.")],
+    out: Annotated[Path, typer.Option(help="HTML page to write (one file: pictures and audio inline).")] = Path(
+        "clip.html"),
+):
+    """One clip as an HTML page: frame strip with every per-frame label, audio player, waveform, spectrogram,
+    speech segments, transcript with times, captions."""
+    from omnimill.audit.clip_report import write_clip_report
+
+    try:
+        write_clip_report(store, key, out)
+    except UserError as e:
+        fail(str(e))
+    console.print(f"wrote {out}")
 
 
 @audit_app.command("dups")

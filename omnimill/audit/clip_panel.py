@@ -68,13 +68,18 @@ class ClipLabels:
                  frame_times: np.ndarray, audio_spans: np.ndarray, has_video: bool, has_audio: bool,
                  cues: list, frames: np.ndarray | None, waveform: np.ndarray | None, audio_note: str,
                  frame_rows: list[tuple[str, list[Tile]]], tracks: list[tuple[str, list[tuple[float, float, str]]]],
-                 tiles: list[Tile], decoded: bool = True):
+                 tiles: list[Tile], decoded: bool = True, texts: list[tuple[str, str]] | None = None,
+                 field_tiles: list[Tile] | None = None):
         self.key, self.index, self.n, self.source, self.caption = key, index, n, source, caption
         self.span, self.frame_times, self.audio_spans = span, frame_times, audio_spans
         self.has_video, self.has_audio, self.cues = has_video, has_audio, cues
         self.frames, self.waveform, self.audio_note = frames, waveform, audio_note
         self.frame_rows, self.tracks, self.tiles = frame_rows, tracks, tiles
         self.decoded = decoded  # False: the clip never decoded; times and has_* are unknown
+        # The same labels split for a page that writes text as text (audit/clip_report.py): (title, whole text)
+        # of the corpus caption and every clip teacher's text field; and the tiles that are not text.
+        self.texts = texts if texts is not None else []
+        self.field_tiles = field_tiles if field_tiles is not None else tiles
 
     @property
     def seconds(self) -> float:
@@ -89,7 +94,7 @@ class ClipLabels:
         if not decoded:  # the clip failed to decode: the index's span is all there is
             span = np.array([float(row["start"]), float(row["end"])])
         cues = json.loads(row["cues"]) if row.get("cues") else []
-        frames, frame_rows, tracks, tiles, failures = None, [], [], [], {}
+        frames, frame_rows, tracks, tiles, failures, texts, field_tiles = None, [], [], [], {}, [], []
         # the teacher holding the view first: frame teachers draw over its frames (canny over rgb)
         teachers = sorted(labels.teachers(), key=lambda t: not _view_field(t, labels.provenance(t), labels.view_size))
         for teacher in teachers:
@@ -108,34 +113,42 @@ class ClipLabels:
             else:
                 found, rest = time_segments(teacher, fields)
                 tracks += found
-                texts = {k: as_text(v) for k, v in rest.items() if _is_text(v)}
-                tiles += [text_tile(f"{teacher}/{name}", text or "(empty)") for name, text in texts.items()]
-                rest = {k: v for k, v in rest.items() if k not in texts}
+                said = {k: v for k, v in rest.items() if _is_text(v)}
+                tiles += [text_tile(f"{teacher}/{name}", as_text(v) or "(empty)") for name, v in said.items()]
+                texts += [(f"{teacher}/{name}", as_text(v, wrap=False)) for name, v in said.items()]
+                rest = {k: v for k, v in rest.items() if k not in said}
                 if rest:
-                    tiles += teacher_tiles(teacher, rest, Sample(row["keys"], i, labels.view_size, provenance))
+                    drawn = teacher_tiles(teacher, rest, Sample(row["keys"], i, labels.view_size, provenance))
+                    tiles += drawn
+                    field_tiles += drawn
         if row["caption"]:
             tiles.insert(0, text_tile("caption (the corpus's)", textwrap.fill(str(row["caption"]), 44)))
+            texts.insert(0, ("caption (the corpus's)", str(row["caption"])))
         for reason, names in failures.items():
-            tiles.append(message_tile(", ".join(names), "failed\n\n" + textwrap.fill(reason, 40), FAILED_FACE,
-                                      color="#b71c1c"))
+            failed = message_tile(", ".join(names), "failed\n\n" + textwrap.fill(reason, 40), FAILED_FACE,
+                                  color="#b71c1c")
+            tiles.append(failed)
+            field_tiles.append(failed)
         waveform, decoded_frames, note = clip_audio(labels, row, span)
         if frames is None:  # no rgb teacher: the frames of the same decode
             frames = decoded_frames
         return cls(str(row["keys"]), i, labels.n, str(row["source"]), str(row["caption"]), span,
                    values["frame_times"].astype(np.float64), values["audio_spans"].astype(np.float64),
                    bool(values["has_video"]), bool(values["has_audio"]), cues, frames, waveform, note,
-                   frame_rows, tracks, tiles, decoded)
+                   frame_rows, tracks, tiles, decoded, texts, field_tiles)
 
 
 def _is_text(value) -> bool:
     return isinstance(value, str) or (isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "OTUS")
 
 
-def as_text(value) -> str:
-    """A text field for a tile: one text wrapped, or K texts numbered (padding '' left out)."""
+def as_text(value, wrap: bool = True) -> str:
+    """A text field for a tile: one text wrapped, or K texts numbered (padding '' left out); `wrap=False`
+    for a page that wraps text itself."""
+    fill = (lambda text: textwrap.fill(text, 44)) if wrap else (lambda text: text)  # noqa: E731
     if isinstance(value, str):
-        return textwrap.fill(value, 44)
-    return "\n".join(textwrap.fill(f"{n + 1}. {t}", 44) for n, t in enumerate(map(str, value)) if t)
+        return fill(value)
+    return "\n".join(fill(f"{n + 1}. {t}") for n, t in enumerate(map(str, value)) if t)
 
 
 def per_frame_rows(teacher: str, fields: dict, provenance: dict, frames, view_size: int, key: str,
@@ -213,9 +226,7 @@ def clip_figure(clip: ClipLabels) -> Figure:
     t_count = len(clip.frame_times)
     columns = max(t_count, 1)
     width = max(MIN_WIDTH_INCHES, FRAME_INCHES * columns)
-    frame_ticks = [(float(t), float(t), f"{n}") for n, t in enumerate(clip.frame_times)] if clip.decoded else []
-    tracks = [("frames", frame_ticks),
-              ("subtitles", [(float(a), float(b), str(text)) for a, b, text in clip.cues]), *clip.tracks]
+    tracks = timeline_tracks(clip)
     tile_rows = -(-len(clip.tiles) // TILES_PER_ROW)
     sections = [("strip", FRAME_INCHES + 0.3)] + [("frame_row", FRAME_INCHES)] * len(clip.frame_rows) + \
         [("wave", WAVE_INCHES), ("spectrogram", SPECTROGRAM_INCHES), ("tracks", TRACK_INCHES * len(tracks) + 0.45)] + \
@@ -245,6 +256,27 @@ def clip_figure(clip: ClipLabels) -> Figure:
             ax = figure.add_subplot(cells[c])
             tile.draw(ax)
             ax.set_title(tile.title, fontsize=8)
+    return figure
+
+
+def timeline_tracks(clip: ClipLabels) -> list:
+    """What the time axis shows: frame times (ticks), subtitles, every clip teacher's time segments."""
+    frame_ticks = [(float(t), float(t), f"{n}") for n, t in enumerate(clip.frame_times)] if clip.decoded else []
+    return [("frames", frame_ticks),
+            ("subtitles", [(float(a), float(b), str(text)) for a, b, text in clip.cues]), *clip.tracks]
+
+
+def timeline_figure(clip: ClipLabels, width: float = MIN_WIDTH_INCHES) -> Figure:
+    """The panel's audio rows alone: waveform (audio segments shaded), log-mel spectrogram, tracks; x = clip s."""
+    tracks = timeline_tracks(clip)
+    heights = [WAVE_INCHES, SPECTROGRAM_INCHES, TRACK_INCHES * len(tracks) + 0.45]
+    figure = Figure(figsize=(width, sum(heights) + 0.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(3, 1, height_ratios=heights)
+    wave_ax = figure.add_subplot(grid[0])
+    _waveform(wave_ax, clip)
+    _spectrogram(figure.add_subplot(grid[1], sharex=wave_ax), clip)
+    _tracks(figure.add_subplot(grid[2], sharex=wave_ax), tracks, clip.seconds)
     return figure
 
 

@@ -1,7 +1,8 @@
 """FAISS index over one embedding field of a label store: `omnimill audit index STORE --field TEACHER/FIELD`.
 
     store ──ok rows of TEACHER/FIELD──▶ L2-normalise ──▶ choose_index(N, dim, budget, latency) ──▶ train, add
-      └──2 x 1000 random indexed samples as queries ──▶ exact top-10 (same pass) ──▶ tune nprobe / efSearch
+      │   (a row: a sample, or a frame of a clip)
+      └──2 x 1000 random indexed rows as queries ──▶ exact top-10 (same pass) ──▶ tune nprobe / efSearch
              on 1000 of them, measure recall on the other 1000 ──▶ index.faiss, ids.npy, keys.npy, info.json
 
 Metric: inner product on L2-normalised vectors, i.e. cosine similarity (1 = same direction). Every score
@@ -23,10 +24,19 @@ tuning set (both sets' sample indices are in info.json's `query_samples`).
 The queries are indexed samples (that is what `audit query --key` asks), each with itself removed from both
 its exact and its approximate neighbour lists, so recall is about the other ten, never the trivial self-match.
 
+What is indexed: one vector per sample of a (N, D) float field (an image's embedding, or a clip's as
+clap/embedding), or, for a frame teacher's (N, T, D) field of a clip store (dinov2/cls, clip/embedding on
+frames), one vector per frame: a row is (clip, t), so a query can answer "which moment" and not only
+"which clip" (pooling the T frames per clip would lose that; a key query without --frame still asks with
+the clip's mean frame, audit/query.py). `FieldRows` reads either as rows; ids map back to (clip, t).
+
 The directory:
     index.faiss   faiss.write_index of the CPU index (moved to a GPU at load time when one is there)
     ids.npy       (M,) int64: FAISS id -> sample index in the store (only samples with ok = True and a
-                  non-zero vector are indexed; e.g. clip/text_embedding is zero where there is no caption)
+                  non-zero vector are indexed; e.g. clip/text_embedding is zero where there is no caption,
+                  and a frame of a clip without video is zero)
+    frames.npy    (M,) int32: FAISS id -> frame t of its clip; per-frame indexes only (info.json `unit` =
+                  "frame"; else `unit` is the store's sample kind, "image" or "clip")
     keys.npy      (M,) unicode: FAISS id -> sample key
     info.json     written last (a directory without it is an interrupted build): store and corpus URI, the
                   store's `created` and the teacher's provenance as fingerprints, field, metric, type, factory
@@ -194,17 +204,28 @@ def _size(n: int) -> str:
 
 # ---------------------------------------------------------------------------- the field
 def embedding_fields(labels: LabelStore) -> list[str]:
-    """TEACHER/FIELD of every field that can be indexed: a float vector per sample."""
+    """TEACHER/FIELD of every field that can be indexed: a float vector per sample, or per frame of a clip."""
     found = []
     for teacher in labels.teachers():
         for name in labels.arrays(teacher):
-            if name != "ok" and _is_embedding(*labels.array_info(f"{teacher}/{name}")):
+            if name != "ok" and field_unit(labels, teacher, name):
                 found.append(f"{teacher}/{name}")
     return found
 
 
-def _is_embedding(shape: tuple[int, ...], dtype) -> bool:
-    return len(shape) == 2 and shape[1] >= 2 and np.dtype(dtype).kind == "f"
+def field_unit(labels: LabelStore, teacher: str, name: str) -> str | None:
+    """What one vector of TEACHER/FIELD stands for: "sample" for a (N, D) float field (an image's or a
+    clip's, e.g. clap/embedding), "frame" for a frame teacher's (N, T, D) float field of a clip store (e.g.
+    dinov2/cls on frames), None for anything else."""
+    shape, dtype = labels.array_info(f"{teacher}/{name}")
+    if np.dtype(dtype).kind != "f" or shape[-1] < 2:
+        return None
+    if len(shape) == 2:
+        return "sample"
+    sees_frames = labels.provenance(teacher).get("sees", "frames") == "frames"
+    if sees_frames and len(labels.kind.frame_axes) == 1 and len(shape) == 3 and shape[1] == labels.kind.frame_axes[0]:
+        return "frame"
+    return None
 
 
 def resolve_field(labels: LabelStore, spec: str) -> tuple[str, str]:
@@ -217,10 +238,14 @@ def resolve_field(labels: LabelStore, spec: str) -> tuple[str, str]:
         raise UserError(f"--field {spec}: {labels.uri} has no teacher {teacher!r}; embedding fields: {choices}")
     if name not in labels.arrays(teacher) or name == "ok":
         raise UserError(f"--field {spec}: teacher {teacher} has no field {name!r}; embedding fields: {choices}")
-    shape, dtype = labels.array_info(f"{teacher}/{name}")
-    if not _is_embedding(shape, dtype):
+    if not field_unit(labels, teacher, name):
+        shape, dtype = labels.array_info(f"{teacher}/{name}")
         shape = "×".join(map(str, shape[1:])) or "scalar"
         kind = "string" if np.dtype(dtype).kind in "OTUS" else str(dtype)
+        if labels.kind.frames_per_sample != 1:
+            raise UserError(f"--field {spec} is a {shape} {kind} field per clip, not an embedding: audit index of "
+                            f"{labels.sample_kind} samples reads a float vector per clip (D) or per frame (T×D); "
+                            f"embedding fields in {labels.uri}: {choices}")
         raise UserError(f"--field {spec} is a {shape} {kind} field per sample, not an embedding (a float "
                         f"vector); embedding fields in {labels.uri}: {choices}")
     return teacher, name
@@ -243,6 +268,34 @@ def normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros_like(x)
     out[good] = x[good] / norms[good, None]
     return out[good], good
+
+
+class FieldRows:
+    """The rows an index holds of TEACHER/FIELD, read block by block: one per sample of a (N, D) field, or
+    one per frame of a clip's (N, T, D) field, row = sample x T + t (a moment of a clip). `ok` and
+    `unit_size` are in rows, so a block of whole units is still whole chunks of the store."""
+
+    def __init__(self, labels: LabelStore, teacher: str, name: str):
+        self.array = labels.reader(f"{teacher}/{name}")
+        self.per_sample = self.array.shape[1] if len(self.array.shape) == 3 else 1  # T, or 1
+        self.ok = np.repeat(labels.read(f"{teacher}/ok").astype(bool), self.per_sample)
+        self.unit_size = labels.unit_size * self.per_sample
+        self.shape = (len(self.ok), int(self.array.shape[-1]))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop = rows.start or 0, len(self.ok) if rows.stop is None else rows.stop
+        first, last = start // self.per_sample, -(-stop // self.per_sample)
+        block = np.asarray(self.array[first:last]).reshape(-1, self.shape[1])
+        return block[start - first * self.per_sample:stop - first * self.per_sample]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows at scattered positions (held-out queries)."""
+        samples, frames = np.divmod(np.asarray(rows, np.int64), self.per_sample)
+        if not len(samples):
+            return np.zeros((0, self.shape[1]), np.float32)
+        unique, where = np.unique(samples, return_inverse=True)
+        read = np.asarray(self.array.oindex[unique]).reshape(len(unique), self.per_sample, self.shape[1])
+        return read[where, frames]
 
 
 def iter_vectors(array, ok: np.ndarray, unit_size: int):
@@ -312,10 +365,10 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     started = time.perf_counter()
     budget = parse_size(memory_budget)
     labels = LabelStore.open(str(store))
-    labels.require_images("audit index")
     teacher, name = resolve_field(labels, field)
-    array = labels.reader(f"{teacher}/{name}")  # read block by block below
-    ok = labels.read(f"{teacher}/ok").astype(bool)
+    array = FieldRows(labels, teacher, name)  # read block by block below; rows are samples or frames
+    unit = "frame" if field_unit(labels, teacher, name) == "frame" else labels.sample_kind
+    ok, unit_size = array.ok, array.unit_size
     n_ok, dim = int(ok.sum()), int(array.shape[1])
     if not n_ok:
         raise UserError(f"no sample of {labels.uri} has {teacher} labels yet (ok = false everywhere); "
@@ -333,7 +386,7 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     # Two disjoint sets: the search parameter is tuned on the first, the recall info.json records is measured
     # on the second (a setting tuned on the queries it is scored on would overstate its recall).
     query_rows = np.sort(rng.choice(np.flatnonzero(ok), min(2 * queries, n_ok), replace=False))
-    xq, good = normalise(array.oindex[query_rows] if len(query_rows) else np.zeros((0, dim)))
+    xq, good = normalise(array.take(query_rows))
     query_rows = query_rows[good]
     exact = ExactTopK(xq, min(K + 1, n_ok))
     n_recall = min(queries, len(query_rows) - len(query_rows) // 2)
@@ -343,13 +396,13 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
     index, resources = new_index(plan, dim, use_gpu)
     t0 = time.perf_counter()
     if plan.kind in ("ivf", "ivfpq"):
-        sample = _training_sample(array, ok, labels.unit_size, training_size(plan, n_ok), rng)
+        sample = _training_sample(array, ok, unit_size, training_size(plan, n_ok), rng)
         log(f"training on {len(sample):,} vectors")
         index.train(sample)
         del sample
     train_s = time.perf_counter() - t0
     ids = []
-    for rows, x in iter_vectors(array, ok, labels.unit_size):
+    for rows, x in iter_vectors(array, ok, unit_size):
         index.add(x)
         exact.add(x)
         ids.append(rows)
@@ -370,15 +423,19 @@ def build_index(store: str, field: str, out: str | Path, memory_budget: str | in
 
     cpu_index = faiss.index_gpu_to_cpu(index) if resources is not None else index
     faiss.write_index(cpu_index, str(out / "index.faiss"))
-    np.save(out / "ids.npy", ids.astype(np.int64))
-    keys = labels.keys()[ids]
+    samples, frames = np.divmod(ids, array.per_sample)  # FAISS id -> row -> (sample, frame)
+    np.save(out / "ids.npy", samples.astype(np.int64))
+    if unit == "frame":
+        np.save(out / "frames.npy", frames.astype(np.int32))
+    keys = labels.keys()[samples]
     np.save(out / "keys.npy", np.asarray([str(k) for k in keys], dtype=str))
     provenance = labels.provenance(teacher)
     info = {
         "format": FORMAT, "omnimill_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "store": _absolute(labels.uri), "corpus": labels.corpus, "field": f"{teacher}/{name}",
-        "teacher": teacher, "dim": dim, "n_store": labels.n, "n_ok": n_ok, "n": int(len(ids)),
+        "teacher": teacher, "dim": dim, "unit": unit, "frames_per_sample": array.per_sample,
+        "n_store": labels.n, "n_ok": n_ok, "n": int(len(ids)),
         "n_dropped": n_ok - int(len(ids)),
         "fingerprint": fingerprint(labels, teacher),
         "teacher_provenance": {k: provenance.get(k) for k in ("teacher", "spec", "checkpoint", "checkpoint_path",
@@ -425,7 +482,7 @@ def training_size(plan: Plan, n: int) -> int:
 
 def _prepare_out(out: Path) -> Path:
     """An empty or missing directory, or an old index (rebuilt); anything else is refused."""
-    ours = {"index.faiss", "ids.npy", "keys.npy", "info.json"}
+    ours = {"index.faiss", "ids.npy", "frames.npy", "keys.npy", "info.json"}
     if out.exists():
         if not out.is_dir():
             raise UserError(f"--out {out} is a file; give a directory for the index")
@@ -434,6 +491,7 @@ def _prepare_out(out: Path) -> Path:
             raise UserError(f"--out {out} holds other files ({', '.join(sorted(others)[:3])}); "
                             "give an empty or new directory")
         (out / "info.json").unlink(missing_ok=True)  # the old index is invalid from here on
+        (out / "frames.npy").unlink(missing_ok=True)  # an old per-frame index's; a new one writes its own
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -551,8 +609,16 @@ class LoadedIndex:
     index: object  # faiss.Index, on the GPU when one is there
     ids: np.ndarray  # FAISS id -> sample index
     keys: np.ndarray  # FAISS id -> key
+    frames: np.ndarray | None = None  # FAISS id -> frame t of its clip (a per-frame index), else None
     gpu: bool = False
     resources: object = field(default=None, repr=False)  # keeps GPU memory alive as long as the index
+
+    @property
+    def rows(self) -> np.ndarray:
+        """FAISS id -> row of FieldRows (sample, or sample x T + frame): what a rebuilt FieldRows pass yields."""
+        if self.frames is None:
+            return self.ids
+        return self.ids * int(self.info["frames_per_sample"]) + self.frames
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Unit (n, dim) vectors -> cosine scores and FAISS ids (n, k); -1 where fewer were found."""
@@ -577,13 +643,14 @@ def load_index(path: str | Path, gpu: bool | None = None) -> LoadedIndex:
         index = faiss.read_index(str(path / "index.faiss"))
         ids = np.load(path / "ids.npy", allow_pickle=False)
         keys = np.load(path / "keys.npy", allow_pickle=False)
+        frames = np.load(path / "frames.npy", allow_pickle=False) if info.get("unit") == "frame" else None
     except UserError:
         raise
     except Exception as e:  # a damaged file: json, faiss and numpy each raise their own kind
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"the index in {path} is damaged ({reason[:120]}); rebuild it with "
                         "`omnimill audit index`") from None
-    if not (len(ids) == len(keys) == index.ntotal == info["n"]):
+    if not (len(ids) == len(keys) == index.ntotal == info["n"] == (len(ids) if frames is None else len(frames))):
         raise UserError(f"{path} is inconsistent ({index.ntotal} vectors, {len(ids)} ids, {len(keys)} keys); "
                         "rebuild it with `omnimill audit index`")
     use_gpu = (_gpu_available() if gpu is None else gpu) and info["type"] != "hnsw"
@@ -591,4 +658,4 @@ def load_index(path: str | Path, gpu: bool | None = None) -> LoadedIndex:
     if use_gpu:
         resources, index = _to_gpu(index, info["type"])
     set_params(index, info.get("params", {}), resources is not None)
-    return LoadedIndex(path, info, index, ids, keys, resources is not None, resources)
+    return LoadedIndex(path, info, index, ids, keys, frames, resources is not None, resources)

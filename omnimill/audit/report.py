@@ -7,7 +7,8 @@ attached to an issue or opened from any folder. No scripts, no external fonts or
     table      rank, key, cosine, distance = 1 - cosine, caption; each key links to its section below
     sections   the query (its labels, the query image, or the text) and each neighbour: key, scores,
                caption, then one picture per tile of `render.sample_tiles`, the same tiles `audit show`
-               draws, so a label looks the same in both
+               draws, so a label looks the same in both; a clip store's sample is its clip panel
+               (clip_panel.py, as `audit show` draws it), and a per-frame index names the best frame
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimill.audit.query import QueryResult
-from omnimill.audit.render import FAILED_FACE, Tile, message_tile, sample_tiles, tile_png
+from omnimill.audit.render import DPI, FAILED_FACE, Tile, message_tile, sample_tiles, tile_png
 from omnimill.store.labels import LabelStore
 
 STYLE = """
@@ -39,6 +40,7 @@ figure img { width: 240px; height: 240px; object-fit: contain; display: block; b
 figcaption { font-size: 12px; color: #546e7a; white-space: pre-line; }
 blockquote { font-size: 18px; margin: 8px 0; }
 code { background: #eceff1; padding: 0 3px; border-radius: 3px; }
+img.panel { max-width: 100%; display: block; }
 """
 
 
@@ -55,7 +57,7 @@ def report_html(result: QueryResult, labels: LabelStore) -> str:
     info = result.info
     e = html.escape
     asked = {"key": f"sample <code>{e(result.value)}</code>", "image": f"image <code>{e(result.value)}</code>",
-             "text": f"text “{e(result.value)}”"}[result.kind]
+             "text": f"text “{e(result.value)}”", "audio": f"audio <code>{e(result.value)}</code>"}[result.kind]
     measured = info.get("measured", {})
     params = ", ".join(f"{k} = {v}" for k, v in info.get("params", {}).items()) or "exact search"
     meta = (f"index <code>{e(str(info.get('path', '')))}</code> of <code>{e(info['field'])}</code> over "
@@ -67,7 +69,8 @@ def report_html(result: QueryResult, labels: LabelStore) -> str:
              f"<h1>Neighbours of {asked}</h1><p class='meta'>{meta}</p>", _table(result),
              _query_section(result, labels)]
     for n in result.neighbours:
-        heading = (f"#{n.rank} · <code>{e(n.key)}</code> · cosine {n.score:.4f} · distance {n.distance:.4f}")
+        at = f" · best frame {n.frame} at {n.time:.2f} s" if n.frame is not None else ""
+        heading = (f"#{n.rank} · <code>{e(n.key)}</code>{at} · cosine {n.score:.4f} · distance {n.distance:.4f}")
         parts.append(_section(f"n{n.rank}", heading, n.caption, _tiles(labels, n.index)))
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -94,6 +97,8 @@ def _query_section(result: QueryResult, labels: LabelStore) -> str:
     if result.kind == "image":
         figure = _figure(_png(result.view), f"canonical view of {Path(result.value).name}")
         return _section("query", f"query · image <code>{e(result.value)}</code>", "", figure, css="query")
+    if result.kind == "audio":
+        return _section("query", f"query · audio <code>{e(result.value)}</code>", "", "", css="query")
     return _section("query", "query · text", "", f"<blockquote>“{e(result.value)}”</blockquote>", css="query")
 
 
@@ -103,7 +108,20 @@ def _section(anchor: str, heading: str, caption: str, body: str, css: str = "") 
 
 
 def _tiles(labels: LabelStore, i: int) -> str:
+    if labels.kind.frames_per_sample != 1:  # a clip: its panel (`audit show`), one wide picture
+        return _clip_panel(labels, i)
     return "".join(_figure(_tile_png(tile), tile.title) for tile in sample_tiles(labels, i))
+
+
+def _clip_panel(labels: LabelStore, i: int) -> str:
+    from omnimill.audit.clip_panel import ClipLabels, clip_figure
+
+    clip = ClipLabels.read(labels, i)
+    buffer = io.BytesIO()
+    clip_figure(clip).savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    title = html.escape(f"{clip.key}: every label of the clip (omnimill audit report draws it as a page)")
+    return f"<img class='panel' alt='{title}' src='data:image/png;base64,{data}'>"
 
 
 def _tile_png(tile: Tile) -> bytes:
