@@ -22,7 +22,16 @@ Mixing. With several datasets each slot keeps one stream per dataset and draws t
 with probability weights[i] / sum(weights). **Weights count samples, not tokens**: to give a text corpus
 a share s of the tokens, divide each weight by that dataset's mean tokens per sample. A modality a
 dataset does not have is marked absent (mask false, `present` false); it is never filled with made-up tokens.
-Two datasets may share a modality name only if the same tokenizer (sha256) made both.
+Two datasets may share a modality name only if the same tokenizer (sha256) made both, with the same time
+axis (`Modality.time_steps`, `time_of`: a clip's frames or audio segments, L = steps x per_step tokens,
+time-major; none for an image's modalities).
+
+Images and clips. A clip dataset and an image dataset mix like any two datasets: an image sample has no
+audio or per-clip modalities, a clip sample none of the image-only ones, and each lacking modality is absent.
+The same tokenizer run on images (`rgb_image`, g x g tokens) and on a clip's frames (T x g x g, `time:
+frames`) gives one name two layouts, which one batch cannot hold: give one side another name,
+`TokenDataset("clips", rename={"rgb_image": "rgb_frames"})`; the model then learns them as two modalities
+that share a vocabulary.
 
 Exact resume. The order of everything above is a pure function of (seed, slot, epoch, position), so a
 slot's position is two small numbers per dataset (epoch, positions consumed) plus the number of mixture
@@ -35,11 +44,13 @@ DataLoader hands batches out round-robin over its workers, so on restore worker 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from omnimill.errors import UserError
-from omnimill.shards.sources import Modality, Source, open_source
+from omnimill.shards.sources import Modality, Source, Unit, open_source
 
 MIX_BLOCK = 1024  # mixture draws are made in seeded blocks of this many
 
@@ -47,10 +58,14 @@ MIX_BLOCK = 1024  # mixture draws are made in seeded blocks of this many
 class TokenDataset:
     """One token store or shard set (path or fsspec URL), optionally limited to some modalities and to one
     side of a held-out split: `split="train"` or `"heldout"` keeps the samples whose key hashes (with
-    `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.store.base.held_out)."""
+    `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.store.base.held_out).
+    `rename` ({stored name: name in batches}) gives modalities other names in this dataset's batches, for
+    a modality another dataset holds under the same name with another layout (image rgb vs clip frames).
+    `modalities` takes the stored names."""
 
     def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None,
-                 name: str | None = None, split: str | None = None, holdout: float = 0.0, holdout_seed: int = 0):
+                 name: str | None = None, split: str | None = None, holdout: float = 0.0, holdout_seed: int = 0,
+                 rename: dict[str, str] | None = None):
         if split not in (None, "train", "heldout"):
             raise UserError(f"split must be 'train', 'heldout' or None, not {split!r}")
         if split and not 0 < holdout < 1:
@@ -58,14 +73,36 @@ class TokenDataset:
         self.uri, self.storage_options, self.chosen = str(uri), storage_options, modalities
         self.split, self.holdout, self.holdout_seed = split, holdout, holdout_seed
         self.name = name or self.uri.rstrip("/").rsplit("/", 1)[-1]
+        self.rename = dict(rename or {})
         self._source: Source | None = None
         self.source  # open now: a wrong path fails here, in the main process
+        unknown = sorted(set(self.rename) - set(self.source.modalities))
+        names = [self.rename.get(m, m) for m in self.source.modalities]
+        if unknown:
+            raise UserError(f"rename: {self.uri} has no modality {', '.join(unknown)}; it has "
+                            f"{', '.join(self.source.modalities)}")
+        if len(set(names)) != len(names):
+            raise UserError(f"rename {self.rename} gives two modalities of {self.uri} one name")
 
     @property
     def source(self) -> Source:
         if self._source is None:
             self._source = open_source(self.uri, self.storage_options, self.chosen)
         return self._source
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        """The dataset's modalities under their names in batches (after `rename`)."""
+        return {self.rename.get(m, m): replace(spec, name=self.rename.get(m, m))
+                for m, spec in self.source.modalities.items()}
+
+    def read_unit(self, unit: int) -> Unit:
+        """A read unit of the source, its modalities under their names in batches."""
+        got = self.source.read_unit(unit)
+        if self.rename:
+            got.tokens = {self.rename.get(m, m): t for m, t in got.tokens.items()}
+            got.present = {self.rename.get(m, m): p for m, p in got.present.items()}
+        return got
 
     def keep_mask(self, keys: np.ndarray) -> np.ndarray:
         """Which of these keys belong to the dataset's split (all when there is no split)."""
@@ -136,7 +173,7 @@ class _Stream:
         self._plan_epoch = self.epoch
 
     def _load(self, j: int) -> None:
-        unit = self.source.read_unit(int(self.units[j]))
+        unit = self.ds.read_unit(int(self.units[j]))
         live = unit.live() & self.ds.keep_mask(unit.keys)
         self.cache[j] = (unit, live)
         self.remaining[j] = int((self.rank[self.starts[j]:self.starts[j + 1]] >= self.consumed).sum())
@@ -179,16 +216,28 @@ class _Stream:
 
 
 def merge_modalities(datasets: list[TokenDataset]) -> dict[str, Modality]:
+    """Every dataset's modalities by name; a name shared by two datasets must mean the same tokens in the
+    same layout (tokenizer and time axis)."""
     merged: dict[str, Modality] = {}
+    first: dict[str, str] = {}  # name -> the dataset it was first seen in
     for ds in datasets:
-        for name, m in ds.source.modalities.items():
+        for name, m in ds.modalities.items():
             old = merged.get(name)
             if old is not None and (old.sha256 != m.sha256 or old.vocab_size != m.vocab_size):
-                raise UserError(f"modality {name} was made by different tokenizers in {datasets[0].uri} and {ds.uri} "
+                raise UserError(f"modality {name} was made by different tokenizers in {first[name]} and {ds.uri} "
                                 f"(sha256 {old.sha256[:12]} vs {m.sha256[:12]}); token ids would not mean the same")
+            if old is not None and (old.time_steps, old.time_of) != (m.time_steps, m.time_of):
+                raise UserError(f"modality {name} has {_layout(old)} in {first[name]} but {_layout(m)} in {ds.uri}; "
+                                f"one batch holds one layout per modality: rename it in one dataset, e.g. "
+                                f"TokenDataset({ds.uri!r}, rename={{{name!r}: {name + '_t'!r}}})")
+            first.setdefault(name, ds.uri)
             if old is None or m.length > old.length:
                 merged[name] = m
     return dict(sorted(merged.items()))
+
+
+def _layout(m: Modality) -> str:
+    return f"{m.time_steps} time steps of {m.time_of}" if m.time_steps else "no time axis"
 
 
 def collate(parts: list[tuple[int, np.ndarray, list]], size: int, modalities: dict[str, Modality]) -> dict:

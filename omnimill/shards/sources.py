@@ -9,6 +9,11 @@ loader builds everything else (splitting, shuffling, mixing) on top of exactly t
 batch with a few fancy-indexing calls per unit instead of Python work per sample. A unit always holds all
 `units[u]` positions; a sample with none of the chosen modalities is a position with nothing present
 (the loader's resumable plan counts positions, not surviving samples).
+
+A modality with a time axis (frames or audio segments of a clip) keeps the token layout (n_crops, L) with
+L = steps x per_step, time-major (step 0's tokens first); its record says so as `time: {steps, of}`
+(`Modality.time_steps`, `time_of`), taken from the token store's modality attributes and carried into the
+manifest unchanged. No entry: no time axis.
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ from omnimill.shards.manifest import MANIFEST, join, read_manifest
 
 
 READ_SAMPLES = 1024  # token-store samples per read, at most
+TIME_OF = ("frames", "audio_segments")  # what a modality's time steps are: a clip's frames or audio segments
+
+
+def time_problem(info: dict) -> str | None:
+    """What is wrong with a modality record's `time` entry, or None (also when it has none)."""
+    time = info.get("time")
+    if time is None:
+        return None
+    steps = time.get("steps") if isinstance(time, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or time.get("of") not in TIME_OF:
+        return f"time {time!r} is not {{steps: a count >= 1, of: {' or '.join(TIME_OF)}}}"
+    if int(info["tokens_per_sample"]) % steps:
+        return f"{info['tokens_per_sample']} tokens do not split into {steps} time steps"
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,12 +57,23 @@ class Modality:
     length: int  # tokens per sample (L)
     pad_id: int  # -1: fixed length, every token counts
     sha256: str  # the tokenizer directory's hash: same name + same hash = same token meanings
-    info: dict  # the tokenizer record as the token store holds it
+    info: dict  # the tokenizer record as the token store holds it (+ `time`, `dtype`): the manifest's entry
+    time_steps: int = 0  # 0: no time axis; else L = time_steps x per_step, time-major
+    time_of: str = ""  # "frames" or "audio_segments" when time_steps > 0
 
     @classmethod
     def from_info(cls, name: str, info: dict) -> "Modality":
+        problem = time_problem(info)
+        if problem:
+            raise UserError(f"modality {name}: {problem}")
+        time = info.get("time") or {}
         return cls(name, int(info["vocab_size"]), int(info["tokens_per_sample"]), int(info.get("pad_id", -1)),
-                   str(info.get("sha256", "")), dict(info))
+                   str(info.get("sha256", "")), dict(info), int(time.get("steps", 0)), str(time.get("of", "")))
+
+    @property
+    def per_step(self) -> int:
+        """Tokens per time step (all of them when there is no time axis)."""
+        return self.length // max(self.time_steps, 1)
 
 
 @dataclass
@@ -97,7 +127,7 @@ class TokenStoreSource(Source):
 
         self.store = TokenStore.open(uri, "r", storage_options)
         self.uri, self.n_crops = uri, self.store.n_crops
-        self.modalities = {m: Modality.from_info(m, self.store.tokenizer_info(m)) for m in self.store.modalities()}
+        self.modalities = {m: Modality.from_info(m, self._record(m)) for m in self.store.modalities()}
         for m in self.modalities.values():
             m.info["dtype"] = str(self.store.array_info(f"{m.name}/tokens")[1])
         # Read several chunks at a time: each Zarr read costs about a millisecond before any data moves,
@@ -109,6 +139,11 @@ class TokenStoreSource(Source):
         self.created = self.store.created
         self.labels = self.store.source.get("store")
         self._choose(modalities)
+
+    def _record(self, modality: str) -> dict:
+        """The tokenizer record, plus the modality's `time` attribute when it has a time axis."""
+        info, time = self.store.tokenizer_info(modality), self.store.time_axis(modality)
+        return {**info, "time": time} if time else info
 
     def incomplete_units(self) -> dict[str, list[int]]:
         return {m: np.flatnonzero(~self.store.done_units(m)).tolist() for m in self.modalities}

@@ -2,11 +2,14 @@
 
 Token store: every modality has N rows of (n_crops, L) tokens, every unit is committed, tokens of
 tokenized samples lie in [0, vocab), the `ok` counts agree with the commit markers, and the keys are the
-label store's keys (when the label store can be opened).
+label store's keys (when the label store can be opened). A modality's time axis (`time: {steps, of}`) must
+split L evenly and, when the label store opens, match its clips: `of: frames` has the store's T frames,
+`of: audio_segments` its K segments, and a frame teacher's modality of a clip store has `of: frames`.
 Shard set: every shard in the manifest exists with its recorded size and sha256; each sample's members sit
 together under one key, the json's key and index match, every modality it lists is present with the
 recorded crc32, shape (n_crops, L) and tokens in [0, vocab); indices increase across shards; sample and
-per-modality counts match the manifest. Problems name the shard (or modality) and the sample.
+per-modality counts match the manifest; each modality's time entry is well formed. Problems name the
+shard (or modality) and the sample.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from omnimill.errors import UserError
 from omnimill.shards.sources import (DamagedSample, Modality, decode_sample, group_members, is_shard_set, scan_tar,
-                                      unit_from_index, unit_from_tar)
+                                      time_problem, unit_from_index, unit_from_tar)
 from omnimill.paths import positive
 from omnimill.shards.manifest import MANIFEST, join, read_manifest
 
@@ -57,7 +60,13 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
     from omnimill.store.labels import LabelStore
     from omnimill.shards.sources import TokenStoreSource
 
-    source = TokenStoreSource(uri, storage_options)
+    try:
+        source = TokenStoreSource(uri, storage_options)
+    except UserError as e:
+        if "time" not in str(e):  # not a store, or not ours: said as today
+            raise
+        return {"kind": "token store", "uri": uri, "samples": 0, "units": 0, "modalities": [],
+                "problems": [Problem("time", "-", str(e))]}
     store, problems = source.store, []
     keys = store.keys()
     if len(keys) != store.n:
@@ -73,6 +82,7 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
             i = int(np.argmax(label_keys[:len(keys)] != keys[:len(label_keys)])) if len(label_keys) == len(keys) else -1
             problems.append(Problem("keys", str(keys[i]) if i >= 0 else "-",
                                     f"not aligned with the label store {labels_uri}"))
+        problems += _time_against_labels(source, LabelStore.open(labels_uri))
     for name, m in source.modalities.items():
         tokens = store.reader(f"{name}/tokens")  # read unit by unit below
         if tokens.shape != (store.n, store.n_crops, m.length):
@@ -98,11 +108,35 @@ def _verify_store(uri: str, storage_options: dict | None) -> dict:
             "modalities": sorted(source.modalities), "problems": problems}
 
 
+def _time_against_labels(source, labels) -> list[Problem]:
+    """Each time axis has as many steps as the label store's clips have frames (or audio segments), and a
+    frame teacher's modality of a clip store has one over its frames."""
+    problems, settings = [], labels.kind.settings()
+    teachers = set(labels.teachers())
+    for name, m in source.modalities.items():
+        if m.time_steps and settings.get(m.time_of) != m.time_steps:
+            has = f"{settings[m.time_of]} {m.time_of}" if m.time_of in settings else f"no {m.time_of}"
+            problems.append(Problem(name, "-", f"{m.time_steps} time steps of {m.time_of}, but the label store's "
+                                               f"samples have {has}"))
+        teacher = m.info.get("teacher")
+        frame_teacher = teacher in teachers and labels.provenance(teacher).get("sees", "frames") == "frames"
+        if labels.sample_kind == "clip" and frame_teacher and m.time_of != "frames":
+            problems.append(Problem(name, "-", f"tokens of frame teacher {teacher} in a clip store, but no time "
+                                               f"axis over its {settings.get('frames')} frames"))
+    return problems
+
+
 def _verify_shards(uri: str, options: dict) -> dict:
     manifest = read_manifest(uri, options)
     root = uri[: -len("manifest.json")].rstrip("/") if uri.endswith("manifest.json") else uri.rstrip("/")
-    modalities = {m: Modality.from_info(m, info) for m, info in manifest["modalities"].items()}
-    n_crops, problems, samples, last_index = int(manifest["n_crops"]), [], 0, -1
+    problems, modalities = [], {}
+    for m, info in manifest["modalities"].items():
+        problem = time_problem(info)
+        if problem:  # reported; the shards are still checked as if it had no time axis
+            problems.append(Problem(m, "-", f"manifest: {problem}"))
+            info = {k: v for k, v in info.items() if k != "time"}
+        modalities[m] = Modality.from_info(m, info)
+    n_crops, samples, last_index = int(manifest["n_crops"]), 0, -1
     counts = dict.fromkeys(modalities, 0)
     for shard in manifest["shards"]:
         name = shard["name"]
