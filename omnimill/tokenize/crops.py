@@ -7,6 +7,11 @@ same crops, whatever the order or the machine.
 
 Applying a crop: dense maps are cut and resized (`crop_dense`), points are moved into the crop's
 frame (`crop_points`), global values are left alone.
+
+A clip's crops are drawn the same way from its key, on its frames' canonical view, and one spatial crop
+applies to all T frames of the clip (`frame_crops`): the frames, their per-frame labels and the clip's audio
+and texts (which crops leave alone) stay aligned in every crop, as an image's modalities do. There is no
+crop in time: every crop holds the whole clip.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ def make_crops(keys, view_size: int, n_crops: int, seed: int = 0) -> np.ndarray:
             left = int(rng.integers(0, view_size - side + 1))
             crops[i, c] = (top, left, side, side, int(rng.random() < 0.5))
     return crops
+
+
+def frame_crops(crops: np.ndarray, frames: int) -> np.ndarray:
+    """(B, 5) crops of B clips -> (B * frames, 5): each clip's crop once per frame, in the order frames are read."""
+    return np.repeat(np.asarray(crops), frames, axis=0)
 
 
 def _key_seed(key: str, seed: int) -> int:

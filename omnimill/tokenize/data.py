@@ -147,8 +147,10 @@ def row_length(tokenizer, source: FieldSource) -> int:
 def encode_samples(tokenizer, source: FieldSource, values: dict[str, np.ndarray], crops: np.ndarray) -> np.ndarray:
     """(B, row_length) tokens of B stored samples (values as the store holds them, (B, *frame_axes, ...)) through
     crops (B, 5): each frame of a clip through its clip's crop, rows joined time-major (frame 0's tokens first)."""
+    from omnimill.tokenize.crops import frame_crops
+
     crops = np.asarray(crops)
-    tokens = tokenizer.encode(source.as_frames(values), np.repeat(crops, source.frames, axis=0))
+    tokens = tokenizer.encode(source.as_frames(values), frame_crops(crops, source.frames))
     tokens = np.asarray(tokens).reshape(len(crops), -1)  # (B*T, L) or a declared (B, steps, per_step) -> (B, T*L)
     if tokens.shape[1] != row_length(tokenizer, source):
         raise ValueError(f"the {tokenizer.config.modality} tokenizer gave {tokens.shape[1]} tokens per sample, "
