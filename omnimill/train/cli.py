@@ -71,7 +71,8 @@ def generate_command(
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = most likely token.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ):
-    """Predict one modality from others for one sample, decoded by its tokenizer, beside the teacher's label."""
+    """Predict one modality from others for one sample (clips too: frames + audio -> caption), decoded by its
+    tokenizer, beside the teacher's label; a text target is printed too, and whether the sample was held out."""
     from omnimill.train.generate import generate_picture
 
     try:
@@ -82,6 +83,10 @@ def generate_command(
     console.print(f"{facts['key']}: {', '.join(facts['sources'])} -> {facts['target']}"
                   + (f" (token accuracy {accuracy:.1%})" if accuracy is not None else "") + f" -> {out}",
                   highlight=False)
+    if facts["text"] is not None:  # a caption or transcript: the words themselves, beside the teacher's
+        console.print(f"  predicted: {facts['text']!r}\n  teacher:   {facts['teacher_text']!r}", highlight=False)
+    console.print("  (a held-out sample: the run never trained on it)" if facts["held_out"] else
+                  "  (a training sample: the run saw it, so this is no evidence of generalisation)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,6 +40,7 @@ class MaskConfig:
     input_tokens: int = 128  # encoder budget per sample
     target_tokens: int = 128  # decoder budget per sample
     alpha: float = 1.0  # Dirichlet concentration over the sample's modalities (4M: small = few modalities)
+    refill: bool = False  # give budget a short modality could not take to modalities with tokens left
 
 
 @dataclass

@@ -128,8 +128,34 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
     truth = sample.get(specs[target_id].name)
     accuracy = float((predicted == truth[0]).mean()) if truth is not None else None
     _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out)
+    from omnimill.store.base import held_out
+
     return {"key": key, "target": specs[target_id].name, "sources": [specs[i].name for i in source_ids],
-            "token_accuracy": accuracy, "out": str(out)}
+            "token_accuracy": accuracy, "out": str(out), "tokens": predicted.tolist(),
+            "teacher_tokens": None if truth is None else truth[0].astype(np.int64).tolist(),
+            # a sample the run trained on says little about what it learned: say which kind this is
+            "held_out": bool(held_out(np.array([key]), config.data.holdout, config.seed)[0]),
+            "text": _text(state, specs[target_id], predicted),
+            "teacher_text": None if truth is None else _text(state, specs[target_id], truth[0])}
+
+
+def _text(state: dict, spec: ModalitySpec, tokens: np.ndarray) -> str | None:
+    """A text modality's tokens (caption, transcript) as text through its tokenizer; None for other
+    modalities or when the tokenizer is not where the run recorded it."""
+    info = state["datasets"][spec.name]["tokenizer"]
+    if spec.time_steps or not (Path(info.get("path", "")) / "config.json").exists():
+        return None
+    from omnimill.tokenize.base import load_tokenizer
+
+    decoded = load_tokenizer(info["path"]).decode(np.asarray(tokens, np.int64)[None])
+    texts = [v[0] for v in decoded.values() if isinstance(v, np.ndarray) and v.ndim and isinstance(v[0], str)]
+    texts += [v for v in decoded.values() if isinstance(v, str)]
+    return texts[0] if texts else None
+
+
+def per_step(values: dict, step: int) -> dict:
+    """One time step's values out of arrays with a leading time axis."""
+    return {k: (v[step] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in values.items()}
 
 
 def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, truth, out) -> None:
@@ -145,12 +171,24 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
     def tiles_of(name: str, tokens: np.ndarray | None, label: str, values: dict | None = None):
         info = state["datasets"][name]["tokenizer"]
         teacher = info.get("teacher") or "caption"
+        spec = specs[[s.name for s in specs].index(name)]
         if values is None:
-            if not (Path(info["path"]) / "config.json").exists():  # moved away: draw what is known
-                return [message_tile(f"{label} · {name}", f"tokenizer not found:\n{info['path']}", "#eceff1")]
+            if not (Path(info.get("path", "")) / "config.json").exists():  # moved away: draw what is known
+                return [message_tile(f"{label} · {name}", f"tokenizer not found:\n{info.get('path')}", "#eceff1")]
             tok = load_tokenizer(info["path"])  # a damaged one: one line, exit 2
-            decoded = tok.decode(tokens[None].astype(np.int64))
-            values = {k: (v[0] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in decoded.items()}
+            # a time axis: each step (a frame, an audio segment) is one sample of the tokenizer
+            rows = tokens.reshape(max(spec.time_steps, 1), spec.per_step).astype(np.int64)
+            values = tok.decode(rows)
+            if not spec.time_steps:
+                values = per_step(values, 0)
+        if spec.time_steps:  # values with a leading time axis: tiles step by step
+            tiles = []
+            for i in range(spec.time_steps):
+                tiles += tiles_of_values(teacher, per_step(values, i), f"{label} {i + 1}/{spec.time_steps}")
+            return tiles
+        return tiles_of_values(teacher, values, label)
+
+    def tiles_of_values(teacher: str, values: dict, label: str):
         # which teacher class (its declared picture) and its fields' kinds, when the store is here; not its config:
         # predictions are drawn as they always were (class ids, no names)
         stored = labels.provenance(teacher) if labels is not None and teacher in labels.teachers() else {}
