@@ -13,8 +13,9 @@ resized, coordinates are moved into the crop, global values ignore it.
 A tokenizer directory holds everything needed to use it, loaded by path:
 
     config.json        kind, source field, vocab size, tokens per sample, input normalisation, ...
-    model.safetensors  weights (spatial, vector)          tokenizer.json  (sequence, HF tokenizers)
+    model.safetensors  weights (spatial, vector, mask, audio)   tokenizer.json  (sequence, HF tokenizers)
     metrics.json       written by `tokenizer eval`        *.png  pictures (reconstructions, usage, curve)
+    audio_*.wav        written by `tokenizer eval` (audio): held-out clips' log-mel and its reconstruction, heard
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ FORMAT = "omnimill.tokenizer/1"
 
 @dataclass
 class TokenizerConfig:
-    kind: str  # spatial | vector | sequence
+    kind: str  # spatial | vector | sequence | mask | audio
     teacher: str  # label-store group the values come from ("" for top-level arrays such as `caption`)
     fields: list[str]  # field names read from that group
     vocab_size: int = 0  # filled in by the tokenizer
@@ -73,6 +74,13 @@ class Tokenizer:
     def to(self, device: str) -> "Tokenizer":
         """Where encode/decode compute; tokenizers without a model ignore it."""
         return self
+
+    def time_layout(self, field_shape: tuple[int, ...] | None = None) -> dict | None:
+        """The time axis of the tokens this tokenizer gives for a field of per-sample `field_shape` (the store's,
+        time axes included): {"steps": n, "of": "frames" | "audio_segments"} when each sample's L tokens are n
+        equal runs, one per time step, in time order (token l is in step l // (L // n)); None: no time axis.
+        What the token store records as a modality's `time` attribute. The audio kind: its K segments."""
+        return None
 
     def decode(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -129,6 +137,7 @@ class ModelTokenizer(Tokenizer):
 
 OWN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_log.json", "curve.png", "metrics.json",
              "reconstructions.png", "usage.png")
+OWN_PATTERNS = ("audio_*.wav",)  # what `tokenizer eval` lets a person hear (audio kind)
 
 
 def prepare_directory(directory: str | Path) -> Path:
@@ -138,6 +147,9 @@ def prepare_directory(directory: str | Path) -> Path:
     if directory.is_dir():
         for name in OWN_FILES:  # config.json first
             (directory / name).unlink(missing_ok=True)
+        for pattern in OWN_PATTERNS:
+            for path in directory.glob(pattern):
+                path.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
@@ -164,6 +176,7 @@ KINDS = {
     "vector": "omnimill.tokenize.vector:VectorTokenizer",
     "sequence": "omnimill.tokenize.sequence:SequenceTokenizer",
     "mask": "omnimill.tokenize.mask:MaskTokenizer",
+    "audio": "omnimill.tokenize.audio:AudioTokenizer",
 }
 
 

@@ -20,7 +20,8 @@ def train(
     store: Annotated[str, typer.Argument(help="Label store.")],
     field: Annotated[str, typer.Option(help="TEACHER/FIELD (e.g. canny/edges, dinov2/cls), a whole TEACHER "
                                             "for sequences (palette, detection), or caption.")],
-    kind: Annotated[str, typer.Option(help="spatial | vector | mask | sequence")],
+    kind: Annotated[str, typer.Option(help="spatial | vector | mask | sequence | audio (log-mel segments, "
+                                           "e.g. log_mel/mel)")],
     out: Annotated[Path, typer.Option(help="Tokenizer directory to write.")],
     preset: Annotated[Optional[str], typer.Option(help="Shapes by the field's kind: 4m (4M-21's). `--preset list` "
                                                        "shows them; options given beside it win.",
@@ -36,8 +37,12 @@ def train(
     input_size: Annotated[Optional[int], typer.Option(help="Spatial: side fed to the encoder (256).")] = None,
     grid: Annotated[Optional[int], typer.Option(help="Spatial: tokens per side (default 16); mask: tokens per side "
                                                      "of one instance's mask (default 4).")] = None,
-    width: Annotated[Optional[int], typer.Option(help="Spatial: channels of the first stage. (default 64)")] = None,
-    n_tokens: Annotated[Optional[int], typer.Option(help="Vector: tokens per vector. (default 8)")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Spatial, mask, audio: channels of the first stage. "
+                                                      "(default 64)")] = None,
+    n_tokens: Annotated[Optional[int], typer.Option(help="Vector: tokens per vector; audio: tokens per time step. "
+                                                         "(default 8)")] = None,
+    time_stride: Annotated[Optional[int], typer.Option(help="Audio: log-mel frames per time step, a power of 2 "
+                                                            "(default 8: 80 ms at a 10 ms hop).")] = None,
     tokens_per_sample: Annotated[Optional[int], typer.Option(help="Sequence: tokens per sample.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Override the value mode: image, continuous, unit, "
                                                      "binary, classes.")] = None,
@@ -52,12 +57,13 @@ def train(
     from omnimill.tokenize.quantizer import KINDS as QUANTIZERS
     from omnimill.tokenize.train import train_tokenizer
 
-    if kind not in ("spatial", "vector", "mask", "sequence"):
-        fail(f"--kind must be spatial, vector, mask or sequence, not {kind!r}")
+    if kind not in ("spatial", "vector", "mask", "sequence", "audio"):
+        fail(f"--kind must be spatial, vector, mask, sequence or audio, not {kind!r}")
     if quantizer is not None and quantizer not in QUANTIZERS:
         fail(f"--quantizer must be {', '.join(QUANTIZERS)}, not {quantizer!r}")
     given = dict(vocab=vocab, quantizer=quantizer, steps=steps, batch_size=batch_size, lr=lr, input_size=input_size,
-                 grid=grid, width=width, n_tokens=n_tokens, tokens_per_sample=tokens_per_sample, mode=mode,
+                 grid=grid, width=width, n_tokens=n_tokens, time_stride=time_stride,
+                 tokens_per_sample=tokens_per_sample, mode=mode,
                  holdout=holdout, seed=seed)
     settings = {k: v for k, v in given.items() if v is not None}  # what the user typed; the rest: defaults
     if option:
@@ -119,7 +125,7 @@ def evaluate(
     store: Annotated[str, typer.Argument(help="Label store holding the tokenizer's field.")],
     max_samples: Annotated[int, typer.Option(help="Held-out samples to measure.")] = 256,
 ):
-    """Metrics on held-out samples (metrics.json) and pictures (reconstructions, usage, curve)."""
+    """Metrics on held-out samples (metrics.json) and pictures (reconstructions, usage, curve); audio: WAV files."""
     from omnimill.tokenize.evaluate import evaluate_tokenizer
 
     try:

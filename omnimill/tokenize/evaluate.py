@@ -12,6 +12,12 @@ Metrics by what the values are (each beside a trivial baseline, so a number mean
   classes               pixel accuracy and mIoU; baseline: the most frequent class
   vector                cosine similarity; baseline: the training mean vector
   sequence              exact round trip rate against the declared quantization
+  audio (log-mel)       on held-out clips with audio: log-mel L1 (natural-log units) and spectral convergence
+                        (||A - Â||_F / ||A||_F of each segment's mel amplitude A = exp(log-mel / 2), averaged);
+                        baseline: the mean spectrogram (M, F) of the training split's clips with audio.
+                        reconstructions.png shows spectrograms (original | decoded); audio_<i>_original.wav
+                        and audio_<i>_decoded.wav let a person hear a few clips (griffin_lim.py: the stored
+                        log-mel and its reconstruction made audible the same way, segments 0.25 s apart)
 Codebook usage: the share of codes used at least once when encoding up to `usage_samples` samples
 (held-out and training, every one through crop 0 and one random crop).
 """
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omnimill.corpus.media import AUDIO_RATE
 from omnimill.errors import UserError
 from omnimill.files import write_atomic
 from omnimill.tokenize.base import load_tokenizer
@@ -53,6 +60,8 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
                      "tokens_per_sample": tokenizer.tokens_per_sample}
     if config.kind == "sequence":
         metrics.update(_sequence_metrics(tokenizer, values, view_size))
+    elif config.kind == "audio":
+        metrics.update(_audio_report(tokenizer, source, values, heldout_idx, train_idx, directory, batch_size))
     else:
         pairs = _reconstruct(tokenizer, values, batch_size)
         metrics.update(quality(tokenizer, *pairs))
@@ -105,6 +114,68 @@ def quality(tokenizer, target: np.ndarray, recon: np.ndarray) -> dict:
     base = (mean * raw_t).sum(1) / (np.linalg.norm(mean) * np.linalg.norm(raw_t, axis=1) + 1e-8)
     return {"cosine": float(cos_raw.mean()), "cosine_standardised": float(cos.mean()),
             "baseline_cosine_mean_vector": float(base.mean())}
+
+
+def audio_quality(target: np.ndarray, recon: np.ndarray, mean: np.ndarray) -> dict:
+    """Log-mel L1 and spectral convergence of (N, K, M, F) reconstructions, and of the mean spectrogram (M, F)."""
+    def convergence(guess):
+        a, b = np.exp(target / 2), np.exp(guess / 2)
+        return float((np.linalg.norm(a - b, axis=(2, 3)) / np.linalg.norm(a, axis=(2, 3))).mean())
+
+    baseline = np.broadcast_to(mean, target.shape)
+    return {"log_mel_l1": float(np.abs(recon - target).mean()),
+            "baseline_log_mel_l1_mean": float(np.abs(baseline - target).mean()),
+            "spectral_convergence": convergence(recon), "baseline_spectral_convergence_mean": convergence(baseline)}
+
+
+def _audio_report(tokenizer, source, values: dict, heldout_idx: np.ndarray, train_idx: np.ndarray, directory: Path,
+                  batch_size: int, listen: int = 4) -> dict:
+    """Metrics on held-out clips with audio, their spectrograms, and a few of them as WAV files."""
+    from omnimill.tokenize.griffin_lim import mel_to_audio, write_wav
+    from omnimill.tokenize.plots import plot_spectrograms
+
+    heard = _has_audio(source, heldout_idx)
+    if not heard.any():
+        raise UserError(f"no held-out clip of {source.store.uri} has audio; evaluate on a store with more clips")
+    target, recon = _reconstruct(tokenizer, {k: v[heard] for k, v in values.items()}, batch_size)
+    out = {"heldout_with_audio": int(heard.sum())}
+    out.update(audio_quality(target, recon, _mean_spectrogram(source, train_idx)))
+    hop = tokenizer.config.options.get("hop_samples")
+    seconds = hop / AUDIO_RATE if hop else None
+    plot_spectrograms(target, recon, directory / "reconstructions.png", seconds_per_frame=seconds,
+                      title=f"{tokenizer.config.modality}: held-out clips, log-mel "
+                            f"(L1 {out['log_mel_l1']:.2f}, mean spectrogram {out['baseline_log_mel_l1_mean']:.2f})")
+    out["wav_files"] = []
+    if hop:  # the log_mel teacher recorded how it made the spectrogram; without it nothing can be heard
+        gap = np.zeros(4000, np.float32)  # 0.25 s between segments: they are separate pieces of the clip
+        keys = source.store.keys()[heldout_idx[heard]]
+        for i in range(min(listen, len(target))):
+            for name, log_mel in (("original", target[i]), ("decoded", recon[i])):
+                pieces = [mel_to_audio(segment, hop, tokenizer.config.options.get("window") or 400) for segment in log_mel]
+                path = directory / f"audio_{i}_{name}.wav"
+                write_wav(path, np.concatenate([p for piece in pieces for p in (piece, gap)][:-1]))
+                out["wav_files"].append({"key": str(keys[i]), "file": path.name})
+    return out
+
+
+def _has_audio(source, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) bool: the log_mel teacher's has_audio where it stored one, else every clip."""
+    path = source.path("has_audio")
+    if not source.store.has(path):
+        return np.ones(len(rows), bool)
+    return np.asarray(source.store.read(path, np.asarray(rows, np.int64)), bool)
+
+
+def _mean_spectrogram(source, train_idx: np.ndarray, limit: int = 2000, chunk: int = 256) -> np.ndarray:
+    """The baseline: mean log-mel (M, F) over every segment of up to `limit` training clips with audio."""
+    rows = train_idx[_has_audio(source, train_idx)][:limit]
+    if not len(rows):
+        rows = train_idx[:limit]
+    total, count = 0.0, 0
+    for i in range(0, len(rows), chunk):
+        x = source.read(rows[i:i + chunk])[source.fields[0]].astype(np.float64)
+        total, count = total + x.sum((0, 1)), count + x.shape[0] * x.shape[1]
+    return (total / count).astype(np.float32)
 
 
 def _psnr(mse: float, data_range: float) -> float:

@@ -6,7 +6,9 @@ training split, each sample seen through a fresh random crop and flip (the same 
 train the same way on the instances of the training split's samples (rows past each sample's count are
 padding, never data), each batch a random draw of instances, half of them mirrored. Sequence tokenizers
 train their text vocabulary on the serialized training split (see sequence.py); `serializer` options
-(e.g. structure = sam_instances, mask_tokenizer = DIR) go to their serializer.
+(e.g. structure = sam_instances, mask_tokenizer = DIR) go to their serializer. Audio tokenizers (audio.py)
+train like vector ones on random batches of clips, every audio segment of a clip in the batch (crops do not
+apply to sound).
 
 Everything the tokenizer needs at use time is written to its directory; the loss curve goes to
 train_log.json and curve.png.
@@ -49,7 +51,8 @@ class TrainOptions:
     grid: int | None = None  # tokens per side: spatial 16 (16 x 16 = 256 tokens); mask 4 (16 an instance, 4M-21's)
     width: int = 64  # spatial: channels of the first stage
     max_instances: int = 200_000  # mask: training instances held in memory (4 KB each at 64 x 64)
-    n_tokens: int = 8  # vector: tokens per vector
+    n_tokens: int | None = None  # vector: tokens per vector (8); audio: tokens per time step (8)
+    time_stride: int | None = None  # audio: log-mel frames per time step, a power of 2 (8: 80 ms at a 10 ms hop)
     hidden: int = 512  # vector: MLP width
     mode: str | None = None  # override the value mode (values.py)
     tokens_per_sample: int | None = None  # sequence: L (default per structure: 64, pose 128)
@@ -146,7 +149,7 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
         x = sample.astype(np.float32)
         config.normalization = {"mode": "continuous", "mean": x.mean(0).tolist(),
                                 "std": np.maximum(x.std(0), 1e-6).tolist()}
-        config.options.update(sample_shape=list(shape), n_tokens=opts.n_tokens, hidden=opts.hidden,
+        config.options.update(sample_shape=list(shape), n_tokens=opts.n_tokens or 8, hidden=opts.hidden,
                               vocab=opts.vocab, quantizer=opts.quantizer)
         from omnimill.tokenize.vector import VectorTokenizer
 
@@ -155,8 +158,13 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
         from omnimill.tokenize.mask import MASK_GRID, new_mask_tokenizer
 
         return new_mask_tokenizer(config, spec, opts.width, opts.vocab, opts.quantizer, opts.grid or MASK_GRID)
+    if kind == "audio":
+        from omnimill.tokenize.audio import new_audio_tokenizer
+
+        return new_audio_tokenizer(config, spec, source.provenance, sample, opts.width, opts.vocab, opts.quantizer,
+                                   opts.time_stride, opts.n_tokens)
     if kind != "spatial":
-        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector, mask or sequence")
+        raise UserError(f"unknown tokenizer kind {kind!r}; choose spatial, vector, mask, sequence or audio")
     if spec.get("kind") == "instance_masks":  # (K, m, m) is K masks, not an image with m channels
         raise UserError(f"{source.name} holds one mask per instance: train it with --kind mask")
     if len(shape) not in (2, 3) or spec["dtype"] == "str":
