@@ -217,3 +217,11 @@ def test_image_and_clip_mixture_resumes_exactly(token_data, clip_data, workers):
         for m in a["tokens"]:
             assert torch.equal(a["tokens"][m], b["tokens"][m]) and torch.equal(a["masks"][m], b["masks"][m])
             assert torch.equal(a["present"][m], b["present"][m])
+
+
+def test_ml4m_export_refuses_a_clip_store_in_one_line(clip_data, tmp_path):
+    result = invoke("shards", "export", clip_data["tokens"], tmp_path / "4m", "--format", "4m", "--allow-shapes")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "need images" in lines[0], result.output
+    assert "--format wds" in lines[0]
+    assert not (tmp_path / "4m").exists()

@@ -2,8 +2,9 @@
 
     OUT/
       manifest.json          format omnimill.wds/1, source token store, n, n_crops, modalities {name: tokenizer
-                             info + dtype + samples}, shards [{name, samples, bytes, sha256, first_key,
-                             last_key, modalities {name: samples}}]
+                             info + dtype + samples, + time {steps, of} for a clip's frames or audio
+                             segments (the token store's own)}, shards [{name, samples, bytes, sha256,
+                             first_key, last_key, modalities {name: samples}}]
       shard-000000.idx.npz   where each sample's tokens sit in the tar (keys, index, crops, per modality
                              the byte offset of its token payload, -1 when absent): omnimill's loader
                              cuts whole modalities out of a shard with one gather instead of walking
@@ -12,7 +13,8 @@
                                <key>.json            {key, index, crops (n_crops, 5), modalities [...],
                                                       crc32 {modality: crc32 of its .npy member}}
                                <key>.<modality>.npy  (n_crops, L) uint16/int32 tokens, only for modalities
-                                                     the sample has (absent is absent, never padded)
+                                                     the sample has (absent is absent, never padded); with
+                                                     a time axis L = steps x per_step, time-major
 
 Members are written with mtime 0, uid/gid 0, no user names and the GNU tar format (no PAX headers), so the
 same token store exports to byte-identical shards. Keys never hold dots (the corpus index replaces them),
