@@ -1,15 +1,15 @@
 """Clips in shards and the loader: time axes in the manifest, verify, and an image + clip mixture that resumes.
 
 Both stores are real: the image token store is conftest's `token_data`; the clip store is labelled through
-the CLI from real videos (rgb frames, log-mel audio) and tokenized through the CLI with token_data's own
-rgb and caption tokenizers (rgb per frame: T x 16 tokens, `time: frames`). The audio modality is added
-through the token store's API (`prepare_modality(..., time=...)`, `write_unit`) from the real log-mel
-labels, binned into tokens here, until the audio tokenizer can tokenize `log_mel/mel` itself.
+the CLI from real videos (rgb frames, log-mel audio), a tiny audio tokenizer is trained on it through the CLI,
+and it is tokenized through the CLI with token_data's own rgb and caption tokenizers (rgb per frame: T x 16
+tokens, `time: frames`) and the audio tokenizer (K x steps x 2 tokens, `time: audio_segments`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -32,54 +32,47 @@ from omnimill.store.tokens import TokenStore  # noqa: E402
 
 LOG_MEL = "omnimill.labelers.log_mel:LogMel"
 FRAMES, SEGMENTS = 8, 3  # the clip kind's defaults
-AUDIO_PER_STEP, AUDIO_VOCAB = 8, 32  # audio tokens per segment: 8 mel band groups, 32 levels each
+AUDIO_PER_STEP = 13 * 2  # per 2-s segment: ceil(200 mel frames / time stride 16) x 2 tokens
 runner = CliRunner()
 
 
 def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
+    return runner.invoke(app, [str(a) for a in args])
 
 
-def add_audio(tokens: str, labels: str, steps: int = SEGMENTS) -> None:
-    """`log_mel_mel` tokens: each segment's mean log-mel of 8 groups of 8 bands, in 32 levels over
-    [log(1e-6), 6]; `time: {steps, of: audio_segments}` (steps: what the record claims, for tests of verify)."""
-    source, store = LabelStore.open(labels), TokenStore.open(tokens, "r+")
-    info = {"path": "test:log-mel-levels", "sha256": "test-log-mel-levels", "kind": "values", "vocab_size": AUDIO_VOCAB,
-            "tokens_per_sample": SEGMENTS * AUDIO_PER_STEP, "pad_id": -1, "teacher": "log_mel", "fields": ["mel"],
-            "teacher_id": source.teacher_id("log_mel")}
-    store.prepare_modality("log_mel_mel", info, force=True, time={"steps": steps, "of": "audio_segments"})
-    for u in range(store.n_units):
+def with_time(tokens: str, modality: str, time: dict) -> None:
+    """Record another time axis for a modality of a token store, keeping its tokens and markers: the store's
+    own API (prepare_modality with force remakes the modality; write_unit puts the rows and markers back)."""
+    store = TokenStore.open(tokens, "r+")
+    info, markers = store.tokenizer_info(modality), store.markers(modality)
+    rows, ok = store.read(f"{modality}/tokens"), store.read(f"{modality}/ok")
+    store.prepare_modality(modality, info, force=True, time=time)
+    for u, marker in enumerate(markers):
         unit = store.unit(u)
-        ok = source.ok("log_mel", slice(unit.start, unit.stop))
-        mel = source.outputs("log_mel", slice(unit.start, unit.stop))["mel"]  # (n, K, 64, F)
-        groups = mel.mean(axis=3).reshape(len(mel), SEGMENTS, AUDIO_PER_STEP, -1).mean(axis=3)
-        levels = np.clip((groups + 13.9) / 20 * AUDIO_VOCAB, 0, AUDIO_VOCAB - 1).astype(np.int64)
-        row = levels.reshape(len(mel), 1, -1)  # time-major: segment 0's 8 tokens first
-        store.write_unit("log_mel_mel", unit, np.repeat(row, store.n_crops, axis=1), ok,
-                         {"unit": u, "start": unit.start, "stop": unit.stop, "ok": int(ok.sum()),
-                          "skipped": int((~ok).sum())})
+        store.write_unit(modality, unit, rows[unit.start:unit.stop], ok[unit.start:unit.stop], marker)
 
 
 @pytest.fixture(scope="module")
 def clip_data(token_data, tmp_path_factory) -> dict:
     """8 clips of 2 s (3 videos, one without audio), labelled rgb + log_mel (view 64, as token_data's rgb
-    tokenizer was trained), tokenized with 2 crops; shard sets of both stores, 2 samples a shard."""
+    tokenizer was trained), a tiny audio tokenizer, tokenized with 2 crops; shard sets of both stores."""
     root = tmp_path_factory.mktemp("clip_shards")
     videos = root / "videos"
     videos.mkdir()
     write_video(str(videos / "a.mp4"), seconds=6.0)
     write_video(str(videos / "b.mp4"), seconds=6.0, audio=False)
     write_video(str(videos / "c.mp4"), seconds=4.0, tone=880.0)
-    labels, tokens = root / "clips.zarr", root / "clip_tokens.zarr"
+    labels, tokens, audio = root / "clips.zarr", root / "clip_tokens.zarr", root / "audio_tokenizer"
     result = invoke("label", videos, labels, "--sample-kind", "clip", "--clips", "fixed:2", "--teacher", "rgb",
                     "--teacher", LOG_MEL, "--workers", "1", "--unit-size", "2", "--view-size", "64", "--no-progress")
     assert result.exit_code == 0, result.output
+    result = invoke("tokenizer", "train", labels, "--field", "log_mel/mel", "--kind", "audio", "--out", audio,
+                    "--steps", 5, "--width", 8, "--time-stride", 16, "--n-tokens", 2, "--no-progress")
+    assert result.exit_code == 0, result.output
     tok = token_data["tokenizers"]
     result = invoke("tokenize", labels, tokens, "--tokenizer", tok["rgb"], "--tokenizer", tok["caption"],
-                    "--crops", "2", "--workers", "1", "--no-progress")
+                    "--tokenizer", audio, "--crops", "2", "--workers", "1", "--no-progress")
     assert result.exit_code == 0, result.output
-    add_audio(str(tokens), str(labels))
     clip_shards, image_shards = root / "clip_shards", root / "image_shards"
     export_wds(str(tokens), str(clip_shards), samples_per_shard=2)
     export_wds(token_data["tokens"], str(image_shards), samples_per_shard=8)
@@ -102,6 +95,7 @@ def test_manifest_and_shards_carry_each_modality_time_axis(clip_data):
     rgb, audio = source.modalities["rgb_image"], source.modalities["log_mel_mel"]
     assert (rgb.time_steps, rgb.time_of, rgb.per_step) == (FRAMES, "frames", 16)
     assert (audio.time_steps, audio.time_of, audio.per_step) == (SEGMENTS, "audio_segments", AUDIO_PER_STEP)
+    assert entries["log_mel_mel"]["kind"] == "audio" and entries["log_mel_mel"]["tokens_per_sample"] == 3 * 26
     assert source.modalities["caption"].time_steps == 0
     unit = source.read_unit(0)  # the shard's rows are the store's rows, time-major as stored
     for m in ("rgb_image", "log_mel_mel"):
@@ -133,16 +127,15 @@ def test_verify_passes_clip_stores_and_shard_sets_and_names_a_bad_time_axis(clip
     with pytest.raises(UserError, match="modality (log_mel_mel|rgb_image): "):
         TokenDataset(str(bad))  # the loader refuses it before reading
 
-    # A token store whose audio axis disagrees with its label store's K segments
+    # A token store whose axes disagree with its label store's K segments and T frames
     copy = tmp_path / "tokens_copy.zarr"
-    result = invoke("tokenize", clip_data["labels"], copy, "--tokenizer",
-                    TokenStore.open(clip_data["tokens"]).tokenizer_info("caption")["path"], "--crops", "2",
-                    "--workers", "1", "--no-progress")
-    assert result.exit_code == 0, result.output
-    add_audio(str(copy), clip_data["labels"], steps=1)
+    shutil.copytree(clip_data["tokens"], copy)
+    with_time(str(copy), "log_mel_mel", {"steps": 1, "of": "audio_segments"})
+    with_time(str(copy), "rgb_image", None)
     problems = verify(str(copy))["problems"]
     assert [(p["where"], p["reason"]) for p in problems] == [
-        ("log_mel_mel", "1 time steps of audio_segments, but the label store's samples have 3 audio_segments")]
+        ("log_mel_mel", "1 time steps of audio_segments, but the label store's samples have 3 audio_segments"),
+        ("rgb_image", "tokens of frame teacher rgb in a clip store, but no time axis over its 8 frames")]
 
 
 def image_and_clip(token_data, clip_data, clips_from: str = "shards", **kw) -> TokenLoader:
