@@ -22,6 +22,9 @@ every other field goes to the teacher's tiles (render.py: its declared picture, 
 caption is a tile too.
 Fields of teachers that are not in the store are simply not drawn. A clip a teacher failed on gets the
 reason from its unit marker.
+
+The clip's HTML page (clip_report.py) reads the same `ClipLabels` (its `texts` keep every text whole, its
+`field_tiles` are the tiles that are not text) and draws the audio rows alone with `timeline_figure`.
 """
 
 from __future__ import annotations
