@@ -7,6 +7,8 @@ Encoder and decoder are small convolutional stacks (a VQGAN without the GAN): ea
 n_down = log2(s / g) stages halves the side (256 px / 16 tokens = 16 = 2⁴ -> 4 stages). A feature
 grid already at g × g (DINOv2 patches) uses 0 stages: a per-token MLP with 3 × 3 context.
 Class maps enter through an embedding and leave as logits (cross-entropy); see values.py.
+A clip's per-frame field (N, T, H, W[, C]) is tokenized frame by frame, as images (tokenize/data.py): T x g x g
+tokens a clip, time-major, every frame through the clip's one crop; training sees each frame as a sample.
 """
 
 from __future__ import annotations
