@@ -105,6 +105,10 @@ def test_manifest_and_shards_carry_each_modality_time_axis(clip_data):
 
 
 def test_verify_passes_clip_stores_and_shard_sets_and_names_a_bad_time_axis(clip_data, tmp_path):
+    result = invoke("shards", "export", clip_data["tokens"], tmp_path / "cli")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "modalities caption, log_mel_mel (3 audio segments), rgb_image (8 frames)" in said
     for uri in (clip_data["tokens"], clip_data["shards"]):
         report = verify(uri)
         assert report["problems"] == [], report["problems"]

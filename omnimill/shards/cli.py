@@ -53,8 +53,10 @@ def export(
     except UserError as e:
         fail(str(e))
     size = sum(s["bytes"] for s in manifest["shards"]) / 1e6
+    named = [f"{m} ({info['time']['steps']} {info['time']['of'].replace('_', ' ')})" if info.get("time") else m
+             for m, info in manifest["modalities"].items()]  # a time axis said beside its modality
     console.print(f"{manifest['n']} samples, {len(manifest['shards'])} shards ({size:.1f} MB), modalities "
-                  f"{', '.join(manifest['modalities'])} -> {out}", highlight=False)
+                  f"{', '.join(named)} -> {out}", highlight=False)
 
 
 def export_fourm(tokens: str, out: str, samples_per_shard: int, modality: list[str], force: bool,
