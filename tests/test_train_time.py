@@ -212,36 +212,53 @@ def test_long_modalities_get_their_share_of_the_budgets():
         assert all(batch["masks"][names[m]][i, p] for m, p in enc | dec)
         frames.append(sum(m == 2 for m, _ in enc) / len(enc))
     assert 0.1 < np.mean(frames) < 0.9  # a share, not the whole budget
-    assert seconds < 2.0
+    assert seconds < 5.0  # 45 ms on an idle 2-core machine, ~1 s when six jobs share it
 
 
-def test_clip_run_resumes_records_its_time_layout_and_generates_a_caption(clip_shards, tmp_path):
-    """A run on clip shards, stopped half-way and resumed (the time layout round-trips through
-    checkpoint.json), then `generate` on a held-out clip: frames + audio -> caption.
-
-    Not asserted: held-out caption loss below the unigram baseline. On this task (which frame is bright)
-    a tiny model stayed at 1.36-1.37 nats against a baseline of 1.39 after 300-400 steps (dim 32-48, one
-    layer each side); see the report of issue 14's trainer helper."""
+def test_learns_time_order_resumes_with_its_time_layout_and_generates_a_caption(clip_shards, tmp_path):
+    """Which frame is bright (the caption), and which frame tokens are bright (frame targets), are known only
+    from when the visible bright tokens are: held-out losses of both fall well below the unigram baseline
+    (log 4 nats for the caption). The run stops half-way and resumes (the time layout round-trips through
+    checkpoint.json); then frames + audio -> caption by MaskGIT on every held-out clip, and `generate` on one.
+    A constant learning rate (min_lr = lr): the caption is learnt suddenly, after ~600 steps of plateau."""
+    from omnimill.shards.sources import open_source
     from omnimill.store.base import held_out
-    from omnimill.train.generate import generate_picture, load_run
+    from omnimill.train.generate import generate_picture, load_run, maskgit
     from omnimill.train.loop import read_commit, train
 
     run = tmp_path / "run"
-    config = tiny(clip_shards, "steps=20", "eval_every=20", "log_every=10", "refill=true")
-    train(config, run, progress=False, stop_at=10)
-    result = train(config, run, progress=False)
-    assert result["step"] == 20 and set(result["heldout"]) == {"caption", "log_mel_mel", "rgb_image"}
+    config = tiny(clip_shards, "steps=800", "eval_every=800", "log_every=100", "batch_size=32", "lr=3e-3",
+                  "min_lr=3e-3", "refill=true")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ten times faster than two threads on a busy 2-core machine
+    try:
+        train(config, run, progress=False, stop_at=400)
+        result = train(config, run, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    print("held-out", result["heldout"], "unigram", result["baseline"])
     assert result["baseline"]["caption"] == pytest.approx(np.log(FRAMES), abs=0.15)
+    assert result["heldout"]["caption"] < 0.75 * result["baseline"]["caption"]
+    assert result["heldout"]["rgb_image"] < 0.75 * result["baseline"]["rgb_image"]
     commit = read_commit(run)
     assert ["rgb_image", 8, 16, 4] in commit["modalities"] and ["log_mel_mel", 8, 6, 3] in commit["modalities"]
     assert commit["datasets"]["rgb_image"]["time"] == {"steps": 4, "of": "frames"}
     model, _ = load_run(run)
     assert [s.time_steps for s in model.modalities] == [0, 3, 4] and hasattr(model, "time_emb")
 
-    from omnimill.shards.sources import open_source
+    source = open_source(clip_shards)
+    names = [s.name for s in model.modalities]
+    right = total = 0
+    for u in range(len(source.units)):
+        unit = source.read_unit(u)
+        for i in np.flatnonzero(held_out(unit.keys, config.data.holdout, config.seed)):
+            inputs = {names.index(m): unit.tokens[m][i, 0].astype(np.int64) for m in ("rgb_image", "log_mel_mel")}
+            right += int(maskgit(model, inputs, names.index("caption"), steps=1)[0] == unit.tokens["caption"][i, 0, 0])
+            total += 1
+    print(f"held-out clips: caption from frames + audio right {right}/{total} (chance 1/{FRAMES})")
+    assert total >= 40 and right / total > 0.4  # measured 36/63
 
-    keys = open_source(clip_shards).read_unit(0).keys
-    key = next(str(k) for k in keys if held_out(np.array([k]), config.data.holdout, config.seed)[0])
+    key = next(str(k) for k in source.read_unit(0).keys if held_out(np.array([k]), config.data.holdout, config.seed)[0])
     facts = generate_picture(run, "rgb_image,log_mel_mel", "caption", key, tmp_path / "gen.png", steps=1)
     assert facts["held_out"] and len(facts["tokens"]) == 1 and 0 <= facts["tokens"][0] < FRAMES
     assert facts["text"] is None  # synthetic tokens have no tokenizer: tokens only
