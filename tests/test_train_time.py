@@ -73,7 +73,8 @@ def clip_shards_at(out: Path, n: int = 320, seed: int = 0) -> str:
         bright = int(rng.integers(FRAMES))
         frames = np.zeros((FRAMES, PER_FRAME), np.int64)  # dark
         frames[bright] = BRIGHT
-        samples.append((f"clip{i:04d}", {"rgb_image": frames.reshape(-1), "log_mel_mel": rng.integers(0, 8, SEGMENTS * PER_SEGMENT),
+        audio = rng.integers(0, 8, SEGMENTS * PER_SEGMENT)
+        samples.append((f"clip{i:04d}", {"rgb_image": frames.reshape(-1), "log_mel_mel": audio,
                                          "caption": np.array([bright])}))
     return write_set(out, samples, {
         "rgb_image": {"vocab_size": 8, "length": FRAMES * PER_FRAME, "time": {"steps": FRAMES, "of": "frames"}},
@@ -195,10 +196,12 @@ def test_long_modalities_get_their_share_of_the_budgets():
     capped short modalities."""
     import time
 
-    clip, image = {"caption": 32, "log_mel_mel": 600, "rgb_image": 2048}, {"caption": 32, "palette": 40, "rgb_image": 256}
+    clip = {"caption": 32, "log_mel_mel": 600, "rgb_image": 2048}
+    image = {"caption": 32, "palette": 40, "rgb_image": 256}
     for name, lengths in (("clip", clip), ("image", image)):
-        print(name, "tokens used of 128/128 without refill %.0f / %.0f" % budget_use(lengths, {"caption": 12}, False)[:2],
-              "with refill %.0f / %.0f" % budget_use(lengths, {"caption": 12}, True)[:2])
+        without, with_refill = (budget_use(lengths, {"caption": 12}, refill)[:2] for refill in (False, True))
+        print(name, "tokens used of 128/128 without refill %.0f / %.0f" % without,
+              "with refill %.0f / %.0f" % with_refill)
     start = time.perf_counter()
     used_in, used_tgt, masked, batch = budget_use(clip, {"caption": 12}, True, b=32)
     seconds = time.perf_counter() - start

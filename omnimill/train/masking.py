@@ -12,10 +12,11 @@ the simplex.
 The budget is per sample, never per modality, so a long modality (a clip's 8 x 16 x 16 = 2048 frame tokens)
 gets its Dirichlet share of it like any other: with budgets of 128 over frames, audio and a caption, 38% of
 a clip's inputs are frame tokens on average (49% with refill), i.e. 38 (63) of its 2048 frame tokens.
-A share larger than what a short modality has (a 12-token caption given 0.6 of 128) is capped, and the rest of the budget is lost: with `mask.refill`
-(off by default, which keeps earlier runs as they were) it goes to the modalities with tokens left, in
-proportion to how many they have left. Mean tokens used of budgets 128 / 128 (alpha 1, 256 samples; the
-figures of tests/test_train_time.py::test_long_modalities_get_their_share_of_the_budgets, run with -s):
+A share larger than what a short modality has (a 12-token caption given 0.6 of 128) is capped, and the
+rest of the budget is lost: with `mask.refill` (off by default, which keeps earlier runs as they were) it
+goes to the modalities with tokens left, in proportion to how many they have left. Mean tokens used of
+budgets 128 / 128 (alpha 1, 256 samples; the figures that
+tests/test_train_time.py::test_long_modalities_get_their_share_of_the_budgets prints with -s):
 clip (2048 frame, 600 audio, 12-of-32 caption tokens) inputs 96 / targets 84 without refill, 127 / 127 with
 it; image (256 rgb, 40 palette, 12-of-32 caption tokens) 80 / 55 without, 128 / 128 with.
 
