@@ -124,12 +124,14 @@ def evaluate(
     directory: Annotated[Path, typer.Argument(help="Tokenizer directory.")],
     store: Annotated[str, typer.Argument(help="Label store holding the tokenizer's field.")],
     max_samples: Annotated[int, typer.Option(help="Held-out samples to measure.")] = 256,
+    listen: Annotated[int, typer.Option(help="Audio: held-out clips written as WAV files (original and decoded).",
+                                        min=0)] = 4,
 ):
     """Metrics on held-out samples (metrics.json) and pictures (reconstructions, usage, curve); audio: WAV files."""
     from omnimill.tokenize.evaluate import evaluate_tokenizer
 
     try:
-        metrics = evaluate_tokenizer(directory, store, max_samples=max_samples)
+        metrics = evaluate_tokenizer(directory, store, max_samples=max_samples, listen=listen)
     except UserError as e:
         fail(str(e))
     console.print_json(json.dumps(metrics))

@@ -38,7 +38,8 @@ from omnimill.tokenize.plots import plot_usage
 
 
 def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256, usage_samples: int = 2000,
-                       batch_size: int = 32) -> dict:
+                       batch_size: int = 32, listen: int = 4) -> dict:
+    """metrics.json and the pictures; `listen`: held-out clips an audio tokenizer's eval writes as WAV files."""
     directory = Path(directory)
     tokenizer = load_tokenizer(directory)
     config = tokenizer.config
@@ -61,7 +62,7 @@ def evaluate_tokenizer(directory: str | Path, store: str, max_samples: int = 256
     if config.kind == "sequence":
         metrics.update(_sequence_metrics(tokenizer, values, view_size))
     elif config.kind == "audio":
-        metrics.update(_audio_report(tokenizer, source, values, heldout_idx, train_idx, directory, batch_size))
+        metrics.update(_audio_report(tokenizer, source, values, heldout_idx, train_idx, directory, batch_size, listen))
     else:
         pairs = _reconstruct(tokenizer, values, batch_size)
         metrics.update(quality(tokenizer, *pairs))
@@ -149,9 +150,10 @@ def _audio_report(tokenizer, source, values: dict, heldout_idx: np.ndarray, trai
     if hop:  # the log_mel teacher recorded how it made the spectrogram; without it nothing can be heard
         gap = np.zeros(4000, np.float32)  # 0.25 s between segments: they are separate pieces of the clip
         keys = source.store.keys()[heldout_idx[heard]]
-        for i in range(min(listen, len(target))):
-            for name, log_mel in (("original", target[i]), ("decoded", recon[i])):
-                pieces = [mel_to_audio(segment, hop, tokenizer.config.options.get("window") or 400) for segment in log_mel]
+        n = min(listen, len(target))
+        waves = mel_to_audio(np.stack([target[:n], recon[:n]]), hop, tokenizer.config.options.get("window") or 400)
+        for i in range(n):  # waves (2, n, K, L): every segment heard in one Griffin-Lim batch
+            for name, pieces in (("original", waves[0, i]), ("decoded", waves[1, i])):
                 path = directory / f"audio_{i}_{name}.wav"
                 write_wav(path, np.concatenate([p for piece in pieces for p in (piece, gap)][:-1]))
                 out["wav_files"].append({"key": str(keys[i]), "file": path.name})

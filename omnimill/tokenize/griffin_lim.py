@@ -27,19 +27,20 @@ MOMENTUM = 0.99
 
 def mel_to_audio(log_mel: np.ndarray, hop: int, window: int = WINDOW, iterations: int = ITERATIONS,
                  seed: int = 0) -> np.ndarray:
-    """(M, F) natural-log mel power (FFT of `window` samples, hop `hop`, 16 kHz) -> (F x hop,) float32 waveform."""
-    m, frames = log_mel.shape
+    """(..., M, F) natural-log mel power (FFT of `window` samples, hop `hop`, 16 kHz) -> (..., F x hop) float32
+    waveforms; a stack of spectrograms is done in one batch."""
+    *lead, m, frames = log_mel.shape
     filters = torch.from_numpy(mel_filters(m)).float()  # (window // 2 + 1, M)
-    power = torch.linalg.pinv(filters.T) @ torch.from_numpy(np.exp(log_mel.astype(np.float64))).float()
-    magnitude = power.clamp_min(0).sqrt()  # (bins, F)
+    mel = torch.from_numpy(np.exp(log_mel.reshape(-1, m, frames).astype(np.float64))).float()
+    magnitude = (torch.linalg.pinv(filters.T) @ mel).clamp_min(0).sqrt()  # (b, bins, F)
     hann = torch.hann_window(window)  # periodic, as transformers' window_function
     length = frames * hop
 
     def stft(x):
-        return torch.stft(x, window, hop, window=hann, center=True, return_complex=True)[:, :frames]
+        return torch.stft(x, window, hop, window=hann, center=True, return_complex=True)[..., :frames]
 
-    def istft(s):
-        return torch.istft(torch.cat([s, s[:, -1:]], 1), window, hop, window=hann, center=True, length=length)
+    def istft(s):  # the frame dropped after the last one (log_mel.py) comes back as a copy of it
+        return torch.istft(torch.cat([s, s[..., -1:]], -1), window, hop, window=hann, center=True, length=length)
 
     generator = torch.Generator().manual_seed(seed)
     angles = torch.exp(2j * torch.pi * torch.rand(magnitude.shape, generator=generator))
@@ -49,7 +50,7 @@ def mel_to_audio(log_mel: np.ndarray, hop: int, window: int = WINDOW, iterations
         accelerated = rebuilt - MOMENTUM / (1 + MOMENTUM) * previous
         previous = rebuilt
         angles = accelerated / accelerated.abs().clamp_min(1e-8)
-    return istft(magnitude * angles).numpy().astype(np.float32)
+    return istft(magnitude * angles).numpy().astype(np.float32).reshape(*lead, length)
 
 
 def write_wav(path: str | Path, waveform: np.ndarray, rate: int = AUDIO_RATE) -> None:
