@@ -217,7 +217,7 @@ def test_audio_and_frame_queries_are_refused_where_they_do_not_apply(clip_store,
             query(index, device="cpu", **kwargs)
 
 
-def test_frame_query_gives_clips_once_each_at_their_best_frame(clip_store, frame_index):
+def test_frame_query_gives_clips_once_each_at_their_best_frame(clip_store, frame_index, tmp_path):
     labels = LabelStore.open(str(clip_store))
     cls = labels.read("dinov2/cls").astype(np.float64)
     unit = cls / np.linalg.norm(cls, axis=-1, keepdims=True)
@@ -236,6 +236,12 @@ def test_frame_query_gives_clips_once_each_at_their_best_frame(clip_store, frame
         assert n.score == pytest.approx(best[n.index], abs=1e-5)  # at its best frame
         assert n.score == pytest.approx(scores[n.index, n.frame], abs=1e-5)
         assert n.time == pytest.approx(times[n.index][n.frame], abs=1e-3)
+    picture = tmp_path / "frame.png"  # a stored frame as an image file: the frame teacher runs on it
+    from PIL import Image
+
+    Image.fromarray(labels.read("rgb/image", labels.index_of("b/clip_0001"))[6]).save(picture)
+    found = query(frame_index, image=picture, k=2, device="cpu").neighbours
+    assert found[0].key == "b/clip_0001" and found[0].score > 0.9999
     whole = query(frame_index, key="a/clip_0001", k=10)  # no --frame: the clip's mean frame
     assert len(whole.neighbours) == 6 and own not in [n.index for n in whole.neighbours]
     assert len({n.key for n in whole.neighbours}) == 6  # each clip once
