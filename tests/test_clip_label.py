@@ -141,20 +141,6 @@ def test_a_frame_a_teacher_fails_on_fails_its_clip_and_required_labels_arrive_pe
     assert errors["twice"]["first_errors"][0]["key"] == "a/clip_0001"
 
 
-def test_stages_that_read_image_fields_refuse_a_clip_store_in_one_line(videos, tmp_path):
-    from conftest import one_line_error
-
-    store = tmp_path / "clips.zarr"
-    assert label_clips(videos, store, "--clips", "fixed:2").exit_code == 3  # the broken file, recorded
-    for args, what in [(("tokenizer", "train", store, "--field", "rgb/image", "--kind", "spatial", "--out",
-                         tmp_path / "tok"), "tokenizing"),
-                       (("audit", "index", store, "--field", "rgb/image", "--out", tmp_path / "idx"), "audit index")]:
-        result = invoke(*args)
-        one_line_error(result, "clip samples")
-        assert what in result.output
-    assert not any((tmp_path / name).exists() for name in ("tok", "idx"))  # (audit show draws clips: test_clip_panel)
-
-
 def test_clip_settings_are_fixed_when_the_store_is_made_and_checked_after(videos, tmp_path, corpus):
     from conftest import one_line_error
 

@@ -191,14 +191,6 @@ class LabelStore(UnitStore):
         group.attrs.update({**provenance, "created": now(), "labels_id": uuid.uuid4().hex})
         self.commit_part(name)
 
-    def require_images(self, what: str) -> None:
-        """One line for a stage that reads per-sample image fields only: clip stores hold (N, T, ...) fields
-        that tokenizers, shards and audit pictures do not read yet (their labels are whole and verified)."""
-        if self.kind.frames_per_sample != 1:
-            raise UserError(f"{self.uri} holds {self.sample_kind} samples, whose fields have a time axis; {what} "
-                            f"reads image stores only for now (clip stores are labelled, checked with `omnimill "
-                            f"status` and `omnimill verify`)")
-
     def declared(self, part: str) -> dict[str, tuple]:
         provenance = self.provenance(part)
         fields = provenance.get("fields") or {}
