@@ -222,3 +222,24 @@ def test_ml4m_export_refuses_a_clip_store_in_one_line(clip_data, tmp_path):
     assert result.exit_code == 2 and len(lines) == 1 and "need images" in lines[0], result.output
     assert "--format wds" in lines[0]
     assert not (tmp_path / "4m").exists()
+
+
+def test_training_mixes_an_image_and_a_clip_dataset_by_renaming_one_layout(token_data, clip_data, tmp_path):
+    from test_train import config
+
+    from omnimill.train.loop import datasets_of, train
+
+    rename = json.dumps({clip_data["shards"]: {"rgb_image": "rgb_frames"}})
+    chosen = "modalities=rgb_image,rgb_frames,log_mel_mel,caption"
+    datasets = datasets_of(config(f"{clip_data['image_shards']},{clip_data['shards']}", f"rename={rename}", chosen),
+                           "train")
+    assert [sorted(d.source.modalities) for d in datasets] == [["caption", "rgb_image"],
+                                                             ["caption", "log_mel_mel", "rgb_image"]]
+    run = tmp_path / "run"
+    result = train(config(f"{clip_data['image_shards']},{clip_data['shards']}", f"rename={rename}", chosen,
+                          "steps=6", "eval_every=6", "refill=true"), run, progress=False)
+    assert set(result["heldout"]) <= {"rgb_image", "rgb_frames", "log_mel_mel", "caption"}
+    rows = {row[0]: row for row in json.loads((run / "checkpoint.json").read_text())["modalities"]}
+    assert rows["rgb_frames"][3] == FRAMES and len(rows["rgb_image"]) == 3  # frames keep their time steps
+    with pytest.raises(UserError, match="no dataset has the modalities depth"):
+        datasets_of(config(clip_data["shards"], "modalities=caption,depth"), "train")

@@ -17,7 +17,11 @@ from omnimill.errors import UserError
 class DataConfig:
     datasets: list[str] = field(default_factory=list)  # token stores / shard sets, local or fsspec URLs
     weights: list[float] = field(default_factory=list)  # per dataset, counting samples (empty: equal)
-    modalities: list[str] = field(default_factory=list)  # empty: every modality of the datasets
+    modalities: list[str] = field(default_factory=list)  # empty: every modality of the datasets; names as in
+    #                                                      batches (after `rename`); each dataset reads those it has
+    rename: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset -> {stored name: name in batches}:
+    #   an image store's rgb_image and a clip store's (8 frames) under one name cannot share a batch, so one is
+    #   renamed: {"clips.tokens": {"rgb_image": "rgb_frames"}}
     batch_size: int = 32  # per process and micro-step
     num_workers: int = 2  # DataLoader workers per process
     shuffle_buffer: int = 1000
@@ -120,6 +124,11 @@ def _parse(text: str, like):
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(text)
+    if isinstance(like, dict):  # JSON: --rename='{"clips.tokens": {"rgb_image": "rgb_frames"}}'
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(text)
+        return value
     if isinstance(like, list):
         items = [t for t in text.split(",") if t]
         return [float(t) for t in items] if like and isinstance(like[0], float) else items

@@ -89,10 +89,32 @@ class Session:
 
 
 def datasets_of(config: TrainConfig, split: str) -> list[TokenDataset]:
-    if not config.data.datasets:
+    """The run's datasets, each renamed as `data.rename` says and reading the chosen modalities it has (an
+    image dataset has no audio; a clip dataset no depth): a chosen name that no dataset has is refused."""
+    d = config.data
+    if not d.datasets:
         raise UserError("no training data: give DATA (token stores or shard sets)")
-    return [TokenDataset(uri, modalities=config.data.modalities or None, split=split, holdout=config.data.holdout,
-                         holdout_seed=config.seed) for uri in config.data.datasets]
+    unknown = sorted(set(d.rename) - set(d.datasets))
+    if unknown:
+        raise UserError(f"data.rename names {', '.join(unknown)}, which is not one of the run's datasets "
+                        f"({', '.join(d.datasets)})")
+    datasets, found = [], set()
+    for uri in d.datasets:
+        rename = d.rename.get(uri) or {}
+        dataset = TokenDataset(uri, split=split, holdout=d.holdout, holdout_seed=config.seed, rename=rename)
+        if d.modalities:
+            stored = [m for m in dataset.source.modalities if rename.get(m, m) in d.modalities]
+            found.update(rename.get(m, m) for m in stored)
+            if not stored:
+                raise UserError(f"{uri} has none of the chosen modalities ({', '.join(d.modalities)}); it has "
+                                f"{', '.join(rename.get(m, m) for m in dataset.source.modalities)}")
+            dataset = TokenDataset(uri, modalities=stored, split=split, holdout=d.holdout, holdout_seed=config.seed,
+                                   rename=rename)
+        datasets.append(dataset)
+    missing = [m for m in d.modalities if m not in found]
+    if missing:
+        raise UserError(f"no dataset has the modalities {', '.join(missing)}: check data.modalities")
+    return datasets
 
 
 def make_loader(config: TrainConfig, session: Session) -> TokenLoader:
