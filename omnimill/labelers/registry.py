@@ -35,6 +35,7 @@ BUILTIN = {
     "t5_embed": "omnimill.labelers.t5_embed:T5Embed",
     # clips: teachers that see whole clips (audio, speech, captions of the clip)
     "vad": "omnimill.labelers.vad:VAD",
+    "log_mel": "omnimill.labelers.log_mel:LogMel",
     "asr": "omnimill.labelers.asr:ASR",
     "clap": "omnimill.labelers.clap:CLAP",
     "audio_tags": "omnimill.labelers.audio_tags:AudioTags",
