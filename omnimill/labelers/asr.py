@@ -42,7 +42,6 @@ NUM_BEAMS = 1  # greedy: Whisper's beam search gains little on clean speech and 
 
 class ASR(Teacher):
     name = "asr"
-    serializer = "transcript"  # segments with their times and texts (tokenize/serialize.py)
     sees = "clips"
     needs_checkpoint = True
     default_checkpoint = "openai/whisper-tiny"

@@ -225,11 +225,10 @@ def code_counts(tokenizer, source, indices: np.ndarray, view_size: int, batch_si
     from omnimill.tokenize.crops import make_crops
 
     counts = np.zeros(tokenizer.vocab_size, np.int64)
-    keys = source.store.keys()
     for i in range(0, len(indices), batch_size * 4):
         rows = indices[i:i + batch_size * 4]
         values = source.read(rows)
-        crops = make_crops(keys[rows], view_size, 2)
+        crops = make_crops(source.sample_keys(rows), view_size, 2)  # a clip's frames share its crop
         for c in (0, 1):
             tokens = tokenizer.encode(values, crops[:, c]).ravel()
             tokens = tokens[(tokens >= 0) & (tokens < tokenizer.vocab_size)]

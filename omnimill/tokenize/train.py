@@ -75,8 +75,12 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
     rng = np.random.default_rng(opts.seed)
     if kind == "sequence":
         source, train_idx = _structure_needs(source, train_idx, opts)
-    if len(train_idx) > opts.max_samples:
-        train_idx = np.sort(rng.choice(train_idx, opts.max_samples, replace=False))
+    if kind == "mask" and source.frame_axes:
+        raise UserError(f"{field} is labelled per frame of a clip; the mask tokenizer reads instances of images only "
+                        "for now: train it on an image store's masks")
+    limit = max(1, opts.max_samples // source.frames)  # a clip holds T frames, each a training sample
+    if len(train_idx) > limit:
+        train_idx = np.sort(rng.choice(train_idx, limit, replace=False))
     if kind == "mask":  # the instances, not the padded samples: K x 4 KB per sample would not fit
         from omnimill.tokenize.mask import instance_pool
 
