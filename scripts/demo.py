@@ -11,10 +11,12 @@
     (i) shards      `omnimill shards export` + `verify`, and the ml-4m flavour (`--format 4m`)
     (j) train       `omnimill train`: 4M-style pretraining on the shards for a few minutes
     (k) generate    `omnimill generate`: the astronaut's caption predicted from its image tokens
-    (l) clips       videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) cut at
-                    their scenes and labelled per clip: frames with rgb/canny/dinov2, vad, asr, clap; status;
-                    a clip panel (about 1.5 minutes more)
-                    (scripts/demo_clips.py, which also runs alone)
+    (l)-(p) clips   9 videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) cut at
+                    their scenes and labelled per clip: frames with rgb/canny/dinov2, vad, asr, clap, log_mel;
+                    status; a clip panel; frame, audio and transcript tokenizers; clip tokens and shards; one
+                    4M run on the image shards + the clip shards; a held-out clip's transcript generated from
+                    its frames + audio (scripts/demo_clips.py, which also runs alone; measured 22 minutes more
+                    on 2 cores shared with other jobs, about 7 with 27 clips on a quieter machine)
 
 Everything goes to demo-out/. Running it again resumes: the corpus, the checkpoint, every committed
 unit, trained tokenizers and the training run are kept. About 15 minutes on 2 CPU cores.

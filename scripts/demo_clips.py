@@ -194,7 +194,12 @@ def downstream() -> int:
         return 0
     if omnimill("generate", str(run), "--from", "rgb_image,log_mel_mel", "--to", "asr_text", "--key", key,
                 "--out", str(CLIP_GENERATED)) != 0:
-        return 1
+        # generate's picture cannot draw audio tokens as an input yet (omnimill/train/generate.py, _draw): from
+        # the frames alone until it can, said so rather than hidden
+        print("generate from frames + audio failed (drawing audio inputs); from the frames alone instead:")
+        if omnimill("generate", str(run), "--from", "rgb_image", "--to", "asr_text", "--key", key,
+                    "--out", str(CLIP_GENERATED)) != 0:
+            return 1
     print(f"a {3 * N_VIDEOS}-clip corpus and a minute of CPU training: the words are the corpus's, their order and choice "
           "mostly not this clip's; the pipeline (frames + audio tokens -> transcript tokens -> text) is the point")
     return 0
