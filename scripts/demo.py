@@ -11,7 +11,7 @@
     (i) shards      `omnimill shards export` + `verify`, and the ml-4m flavour (`--format 4m`)
     (j) train       `omnimill train`: 4M-style pretraining on the shards for a few minutes
     (k) generate    `omnimill generate`: the astronaut's caption predicted from its image tokens
-    (l)-(p) clips   9 videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) cut at
+    (l)-(p) clips   20 videos made now (scene cuts, moving shapes, a sentence per scene by espeak-ng) cut at
                     their scenes and labelled per clip: frames with rgb/canny/dinov2, vad, asr, clap, log_mel;
                     status; a clip panel; frame, audio and transcript tokenizers; clip tokens and shards; one
                     4M run on the image shards + the clip shards; a held-out clip's transcript generated from
