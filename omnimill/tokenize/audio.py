@@ -35,24 +35,12 @@ from torch import nn
 from omnimill.errors import UserError
 from omnimill.tokenize.base import ModelTokenizer, TokenizerConfig
 from omnimill.tokenize.quantizer import Quantizer, levels_for
+from omnimill.tokenize.spatial import Residual
 
 CODE_DIM = 32  # encoder channels per token before FSQ projects them to len(levels) dims
 TIME_STRIDE = 8  # log-mel frames per time step: 80 ms at a 10 ms hop
 TOKENS_PER_STEP = 8
 USAGE_WEIGHT = 0.1  # as the vector tokenizer's: without it a small encoder leaves most codes unused
-
-
-def block(c: int) -> nn.Module:
-    return nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv1d(c, c, 3, padding=1))
-
-
-class Residual(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.body = nn.Sequential(block(c), block(c))
-
-    def forward(self, x):
-        return x + self.body(x)
 
 
 class AudioAutoencoder(nn.Module):
@@ -69,15 +57,16 @@ class AudioAutoencoder(nn.Module):
         widths = [min(width * 2 ** i, 4 * width) for i in range(n_down + 1)]
         enc: list[nn.Module] = [nn.Conv1d(n_mels, widths[0], 3, padding=1)]
         for i in range(n_down):
-            enc += [Residual(widths[i]), nn.Conv1d(widths[i], widths[i + 1], 4, stride=2, padding=1)]
-        enc += [Residual(widths[-1]), nn.GroupNorm(8, widths[-1]), nn.SiLU(),
+            enc += [Residual(widths[i], nn.Conv1d), nn.Conv1d(widths[i], widths[i + 1], 4, stride=2, padding=1)]
+        enc += [Residual(widths[-1], nn.Conv1d), nn.GroupNorm(8, widths[-1]), nn.SiLU(),
                 nn.Conv1d(widths[-1], tokens_per_step * CODE_DIM, 1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = Quantizer(CODE_DIM, vocab, quantizer)
-        dec: list[nn.Module] = [nn.Conv1d(tokens_per_step * CODE_DIM, widths[-1], 3, padding=1), Residual(widths[-1])]
+        dec: list[nn.Module] = [nn.Conv1d(tokens_per_step * CODE_DIM, widths[-1], 3, padding=1),
+                                Residual(widths[-1], nn.Conv1d)]
         for i in reversed(range(n_down)):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv1d(widths[i + 1], widths[i], 3, padding=1),
-                    Residual(widths[i])]
+                    Residual(widths[i], nn.Conv1d)]
         dec += [nn.GroupNorm(8, widths[0]), nn.SiLU(), nn.Conv1d(widths[0], n_mels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 

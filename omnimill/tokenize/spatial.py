@@ -26,14 +26,16 @@ from omnimill.tokenize.quantizer import Quantizer
 CODE_DIM = 32  # encoder output channels before FSQ projects them to len(levels) dims
 
 
-def block(c: int) -> nn.Module:
-    return nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+def block(c: int, conv: type = nn.Conv2d) -> nn.Module:
+    return nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), conv(c, c, 3, padding=1))
 
 
 class Residual(nn.Module):
-    def __init__(self, c: int):
+    """Two norm-activation-conv blocks and a skip; `conv` nn.Conv2d over a grid, nn.Conv1d over time (audio)."""
+
+    def __init__(self, c: int, conv: type = nn.Conv2d):
         super().__init__()
-        self.body = nn.Sequential(block(c), block(c))
+        self.body = nn.Sequential(block(c, conv), block(c, conv))
 
     def forward(self, x):
         return x + self.body(x)
