@@ -201,9 +201,14 @@ def main() -> int:
                        (RUN, "the trained model: checkpoint.json + safetensors, log.jsonl, curve.png"),
                        (GENERATED, "rgb -> caption for the astronaut, beside the real caption"),
                        (FAILED_PANEL, "a broken file: what a failed sample looks like"),
-                       (demo_clips.VIDEOS, "2 videos made by the demo: 3 scenes each, hard cuts, spoken sentences"),
+                       (demo_clips.VIDEOS, f"{demo_clips.N_VIDEOS} videos made by the demo: 3 scenes each, hard cuts, "
+                                           "spoken sentences"),
                        (demo_clips.STORE, "their clip labels: (N, 8, ...) per frame, (N, ...) per clip"),
-                       (demo_clips.PANEL, "one clip: frames, canny per frame, waveform, spectrogram, speech")]:
+                       (demo_clips.PANEL, "one clip: frames, canny per frame, waveform, spectrogram, speech"),
+                       (demo_clips.CLIP_TOKENIZERS, "frames, log-mel (with WAVs to listen to) and transcript tokenizers"),
+                       (demo_clips.CLIP_SHARDS, "the clips' token shards (time axes in the manifest)"),
+                       (demo_clips.MIXED_RUN, "photos + clips trained together (clips alone: clip-run/)"),
+                       (demo_clips.CLIP_GENERATED, "a held-out clip's transcript from its frames + audio tokens")]:
         print(f"  {str(path):44} {what}")
     return 0
 

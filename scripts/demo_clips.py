@@ -55,7 +55,7 @@ SCENE_SECONDS = 2.5
 N_VIDEOS = 20  # x 3 scenes = 60 clips: a held-out share of 20% leaves about 12 clips to measure on
 CLIPS = "scenes"  # cut at shot boundaries (PySceneDetect's content detector, weight-free): one clip per scene
 VIEW_SIZE = 192  # frames on a 192 px canonical view: small and quick, big enough to see in the panel
-LOG_MEL = "omnimill.labelers.log_mel:LogMel"  # by module path: `omnimill teachers` may not list it by name yet
+LOG_MEL = "log_mel"
 # Small word lists: every scene is a background, a shape in a colour, and a sentence saying so.
 COLOURS = {"red": (230, 60, 50), "green": (40, 180, 70), "blue": (60, 90, 230), "yellow": (245, 210, 40),
            "white": (250, 250, 250), "purple": (150, 50, 170), "orange": (245, 140, 30), "cyan": (40, 200, 220)}
@@ -194,12 +194,7 @@ def downstream() -> int:
         return 0
     if omnimill("generate", str(run), "--from", "rgb_image,log_mel_mel", "--to", "asr_text", "--key", key,
                 "--out", str(CLIP_GENERATED)) != 0:
-        # generate's picture cannot draw audio tokens as an input yet (omnimill/train/generate.py, _draw): from
-        # the frames alone until it can, said so rather than hidden
-        print("generate from frames + audio failed (drawing audio inputs); from the frames alone instead:")
-        if omnimill("generate", str(run), "--from", "rgb_image", "--to", "asr_text", "--key", key,
-                    "--out", str(CLIP_GENERATED)) != 0:
-            return 1
+        return 1
     print(f"a {3 * N_VIDEOS}-clip corpus and a minute of CPU training: the words are the corpus's, their order and choice "
           "mostly not this clip's; the pipeline (frames + audio tokens -> transcript tokens -> text) is the point")
     return 0

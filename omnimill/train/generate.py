@@ -176,9 +176,11 @@ def _draw(state, source, sample, key, specs, source_ids, target_id, predicted, t
             if not (Path(info.get("path", "")) / "config.json").exists():  # moved away: draw what is known
                 return [message_tile(f"{label} · {name}", f"tokenizer not found:\n{info.get('path')}", "#eceff1")]
             tok = load_tokenizer(info["path"])  # a damaged one: one line, exit 2
-            # a time axis: each step (a frame, an audio segment) is one sample of the tokenizer
-            rows = tokens.reshape(max(spec.time_steps, 1), spec.per_step).astype(np.int64)
-            values = tok.decode(rows)
+            if tok.config.kind == "audio":  # one row holds every segment of the clip: (K, M, F) back
+                values = {k: v[0] for k, v in tok.decode(tokens[None].astype(np.int64)).items()}
+            else:  # a time axis: each step (a frame) is one sample of the tokenizer
+                rows = tokens.reshape(max(spec.time_steps, 1), spec.per_step).astype(np.int64)
+                values = tok.decode(rows)
             if not spec.time_steps:
                 values = per_step(values, 0)
         if spec.time_steps:  # values with a leading time axis: tiles step by step
