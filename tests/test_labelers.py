@@ -330,7 +330,12 @@ class NotATeacher:
 
 
 def test_registry_lists_the_builtin_teachers():
-    assert available() == sorted(["canny", "detection", "dinov2", "metadata", "palette", "pose", "rgb", "sam", "depth", "normals", "semseg", "clip", "imagebind", "captioner", "caption_embed", "captioner_embed", "t5_embed"])
+    assert available() == sorted(["canny", "detection", "dinov2", "metadata", "palette", "pose", "rgb", "sam", "depth",
+                                  "normals", "semseg", "clip", "imagebind", "captioner", "caption_embed",
+                                  "captioner_embed", "t5_embed",
+                                  # clips: teachers that see whole clips
+                                  "vad", "log_mel", "asr", "clap", "audio_tags", "audio_captioner", "video_captioner",
+                                  "omni_caption"])
     for name in available():
         assert teacher_class(name).name == name
 
