@@ -71,3 +71,13 @@ def test_compare_stores_script_tells_identical_from_changed(tmp_path):
     group["palette/ok"][0] = not group["palette/ok"][0]
     changed = compare("--moved", f"{tmp_path / 'c'}={tmp_path / 'moved'}")
     assert changed.returncode == 1 and "palette/ok: values differ" in changed.stdout
+
+
+def test_run_records_keep_their_order_within_one_second(tmp_path):
+    write_images(tmp_path / "c", 2)
+    store = tmp_path / "labels.zarr"
+    label(str(tmp_path / "c"), str(store), ["palette"], **FAST)
+    opened = LabelStore.open(str(store), "r+")
+    for i in range(20):  # far more than one per second: the names' random tails must not decide the order
+        opened.append_run({"n": i})
+    assert [r["n"] for r in opened.history()[-20:]] == list(range(20))

@@ -30,6 +30,7 @@ import shutil
 import socket
 import time
 import uuid
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -358,7 +359,8 @@ class UnitStore:
     def append_run(self, record: dict) -> None:
         """One group per run, written in one object: appending never rewrites earlier records."""
         faults.point("run.record")
-        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{os.getpid()}_{os.urandom(3).hex()}"
+        # microseconds in the name: `history` sorts by name, and two runs often end within one second
+        name = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}_{os.getpid()}_{os.urandom(3).hex()}"
         self.group.require_group(f"{RUNS}/{HISTORY}").create_group(name, attributes=record)
 
     def history(self) -> list[dict]:
