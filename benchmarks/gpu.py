@@ -355,7 +355,8 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny configs, a handful of images (< 1 minute)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "omnimill-bench-gpu"),
                         help="checkpoints, corpus and shards, kept for the next run")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
+    parser.add_argument("--out", help="default benchmarks/results/gpu.json; with --dry-run WORKDIR/gpu-dry-run.json "
+                                      "(a dry run never overwrites the recorded GPU figures)")
     args = parser.parse_args()
 
     import torch
@@ -403,7 +404,8 @@ def main() -> int:
     seconds = time.time() - started
     text = table(rows, ratios)
     print(f"\n{text}\n\n{info['device']}, {seconds:.0f} s; random weights, real architectures", flush=True)
-    out = Path(args.out)
+    out = Path(args.out or (work.parent / "gpu-dry-run.json" if args.dry_run else
+                            ROOT / "benchmarks" / "results" / "gpu.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**info, "peak_bf16_flops": peak, "dtype": dtype_name, "dry_run": args.dry_run,
                                "weights": "random (real architectures)", "seconds": round(seconds, 1),
