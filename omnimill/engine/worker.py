@@ -15,6 +15,7 @@ per clip instead (`_clip_batch`), and its outputs are stored per clip as declare
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -85,21 +86,53 @@ def loaded_teachers() -> int:
 def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
     cached(("malloc",), undo_dask_malloc_trim)
-    try:
-        teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
-    except TeacherLoadError as e:  # returned, not raised: the client stops the job and says it in one line
-        return {"unit": task.unit, "fatal": str(e)}
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
     store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
     pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
     kind = store.kind
     settings = DecodeSettings(task.view_size, task.max_pixels)
     meta = store.samples(task.start, task.stop)
     n = task.stop - task.start
+    # The kind's per-sample arrays (an image's crop_box); zeros for a sample that does not decode
+    sample_values = {a.name: np.zeros((n, *a.shape), a.dtype) for a in kind.sample_arrays}
+    values_intact = all(store.unit_intact(name, task.unit, decode=True)  # small: decoding costs nothing
+                        for name in sample_values)
+    # A retry labels only a teacher's recorded retryable failures and writes the rest of its chunk back
+    # unchanged, so it needs that chunk readable; a damaged one is labelled whole instead.
+    retry = {name: {i - task.start for i in indices} for name, indices in task.retry.items()
+             if values_intact and store.unit_intact(name, task.unit)}
+    # Rows to decode: all of them, unless every teacher of the task only retries some
+    rows_needed = (sorted(set().union(*retry.values())) if len(retry) == len(task.teachers) else list(range(n)))
 
+    with ByteReader(task.storage_options) as reader:
+        # Decoding starts before the teachers load: on a fresh worker the first batches are decoded while
+        # torch and the models are imported (seconds), instead of after.
+        decoding = Prefetch(pool, functools.partial(_load, kind, reader, meta, settings),
+                            [rows_needed[i:i + task.batch_size] for i in range(0, len(rows_needed), task.batch_size)])
+        try:
+            stats = _label(task, store, kind, meta, decoding, sample_values, values_intact, retry, rows_needed)
+        finally:
+            decoding.cancel()  # a teacher that did not load, an exception: queued decodes are dropped
+    if "fatal" in stats:
+        return stats
+    return {**stats, "seconds": time.perf_counter() - t0, "worker": worker_address(), "started": started,
+            "ended": time.time()}
+
+
+def _label(task: UnitTask, store: LabelStore, kind, meta: dict, decoding: "Prefetch", sample_values: dict,
+           values_intact: bool, retry: dict, rows_needed: list[int]) -> dict:
+    """Load the teachers, run them on every decoded batch, queue the commit; returns the unit's stats."""
+    tl = time.perf_counter()
+    try:
+        teachers = [get_teacher(s, task.view_size, task.device, task.dtype) for s in task.teachers]
+    except TeacherLoadError as e:  # returned, not raised: the client stops the job and says it in one line
+        return {"unit": task.unit, "fatal": str(e)}
+    load_seconds = time.perf_counter() - tl  # imports and weights on a fresh worker; ~0 once cached
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
+    n = task.stop - task.start
+    span = slice(task.start, task.stop)
     frames = kind.frames_per_sample  # frame-teacher batch rows per sample (1 for an image)
     rows_per = {t.name: frames if t.sees == "frames" else 1 for t in teachers}  # a clip teacher: one per clip
     outputs = {t.name: {f.name: _empty((n, *(kind.frame_axes if t.sees == "frames" else ())), f)
@@ -107,25 +140,15 @@ def run_unit(task: UnitTask) -> dict:
     ok = {t.name: np.zeros(n, bool) for t in teachers}
     errors: dict[str, list] = {t.name: [] for t in teachers}
     seconds = {t.name: 0.0 for t in teachers}
-    # The kind's per-sample arrays (an image's crop_box); zeros for a sample that does not decode
-    sample_values = {a.name: np.zeros((n, *a.shape), a.dtype) for a in kind.sample_arrays}
-    decode_wait = 0.0
     # Rows each teacher labels: all of them, or (a retry) only its recorded retryable failures; the rest of
     # its chunk is read back and written again unchanged.
-    todo = {t.name: set(range(n)) for t in teachers}
-    span = slice(task.start, task.stop)
-    values_intact = all(store.unit_intact(name, task.unit, decode=True)  # small: decoding costs nothing
-                        for name in sample_values)
-    for name, indices in task.retry.items():
-        if not (values_intact and store.unit_intact(name, task.unit)):
-            continue  # a chunk to read back is damaged: label the whole unit instead
-        todo[name] = {i - task.start for i in indices}
+    todo = {t.name: retry.get(t.name, set(range(n))) for t in teachers}
+    for name in retry:
         outputs[name] = store.outputs(name, span, list(outputs[name]))
         ok[name] = store.ok(name, span)
         ok[name][sorted(todo[name])] = False
         old = json.loads(store.raw_markers(name)[task.unit] or "{}")
         errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
-    rows_needed = sorted(set().union(*todo.values()))
     if values_intact:
         for name, values in store.sample_values(span).items():
             sample_values[name][:] = values  # rows not decoded now keep theirs
@@ -144,64 +167,41 @@ def run_unit(task: UnitTask) -> dict:
         errors[name].append({"index": task.start + row, "key": str(meta["keys"][row]),
                              "stage": err.stage, "error": err.reason, "retryable": err.stage != "decode"})
 
-    with ByteReader(task.storage_options) as reader:
-        def load(row: int):
-            sample = {name: column[row] for name, column in meta.items()}
-            try:
-                data = kind.fetch(reader, sample)
-            except Exception as e:  # missing file, network, permissions: the sample fails, the unit goes on
-                return SampleError("read", f"{type(e).__name__}: {e}")
-            try:
-                return kind.decode(data, sample, settings)
-            except SampleError as e:
-                return e
+    for rows, results in decoding:
+        good = [r for r, d in zip(rows, results) if not isinstance(d, SampleError)]
+        for r, d in zip(rows, results):
+            if isinstance(d, SampleError):
+                for t in teachers:
+                    if r in todo[t.name]:
+                        record(t.name, r, d)
+        if not good:
+            continue
+        decoded = [d for d in results if not isinstance(d, SampleError)]
+        for r, d in zip(good, decoded):
+            for name, value in kind.sample_values(d).items():
+                sample_values[name][r] = value
+        keys = [str(meta["keys"][r]) for r in good]
+        views = {}  # what teachers see: "frames" (pictures) or "clips" (whole clips), built once per batch
+        if any(t.sees == "frames" for t in teachers):
+            views["frames"] = Batch(keys=_frame_keys(keys, frames), **kind.batch_fields(decoded))
+        if any(t.sees == "clips" for t in teachers):
+            views["clips"] = _clip_batch(kind, decoded, keys)
+        for t in teachers:  # in dependency order (the client sorted them)
+            ts = time.perf_counter()
+            per = rows_per[t.name]
+            rows_t, batch_t = good, views[t.sees]
+            if len(todo[t.name]) < n:
+                mine = [i for i, r in enumerate(good) if r in todo[t.name]]
+                rows_t, batch_t = [good[i] for i in mine], batch_t.subset(_frame_rows(mine, per))
+            if rows_t and t.requires:
+                rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e),
+                                                 per)
+            if rows_t:
+                done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e),
+                                    per)
+                ok[t.name][done] = True
+            seconds[t.name] += time.perf_counter() - ts
 
-        batches = [rows_needed[i:i + task.batch_size] for i in range(0, len(rows_needed), task.batch_size)]
-        pending: deque = deque()
-        for b in range(min(PREFETCH_BATCHES, len(batches))):
-            pending.append([pool.submit(load, r) for r in batches[b]])
-        for b, rows in enumerate(batches):
-            tw = time.perf_counter()
-            results = [f.result() for f in pending.popleft()]
-            decode_wait += time.perf_counter() - tw
-            if b + PREFETCH_BATCHES < len(batches):
-                pending.append([pool.submit(load, r) for r in batches[b + PREFETCH_BATCHES]])
-
-            good = [r for r, d in zip(rows, results) if not isinstance(d, SampleError)]
-            for r, d in zip(rows, results):
-                if isinstance(d, SampleError):
-                    for t in teachers:
-                        if r in todo[t.name]:
-                            record(t.name, r, d)
-            if not good:
-                continue
-            decoded = [d for d in results if not isinstance(d, SampleError)]
-            for r, d in zip(good, decoded):
-                for name, value in kind.sample_values(d).items():
-                    sample_values[name][r] = value
-            keys = [str(meta["keys"][r]) for r in good]
-            views = {}  # what teachers see: "frames" (pictures) or "clips" (whole clips), built once per batch
-            if any(t.sees == "frames" for t in teachers):
-                views["frames"] = Batch(keys=_frame_keys(keys, frames), **kind.batch_fields(decoded))
-            if any(t.sees == "clips" for t in teachers):
-                views["clips"] = _clip_batch(kind, decoded, keys)
-            for t in teachers:  # in dependency order (the client sorted them)
-                ts = time.perf_counter()
-                per = rows_per[t.name]
-                rows_t, batch_t = good, views[t.sees]
-                if len(todo[t.name]) < n:
-                    mine = [i for i, r in enumerate(good) if r in todo[t.name]]
-                    rows_t, batch_t = [good[i] for i in mine], batch_t.subset(_frame_rows(mine, per))
-                if rows_t and t.requires:
-                    rows_t, batch_t = _with_upstream(t, batch_t, rows_t, have, lambda r, e, n=t.name: record(n, r, e),
-                                                     per)
-                if rows_t:
-                    done = _run_teacher(t, batch_t, rows_t, outputs[t.name], lambda r, e, n=t.name: record(n, r, e),
-                                        per)
-                    ok[t.name][done] = True
-                seconds[t.name] += time.perf_counter() - ts
-
-    worker = worker_address()
     markers = {}
     for t in teachers:
         markers[t.name] = unit_marker(
@@ -210,23 +210,83 @@ def run_unit(task: UnitTask) -> dict:
             errors=sorted(errors[t.name], key=lambda e: e["index"]))
 
     tw = time.perf_counter()
-    write_wait = _writer.submit(store, task, sample_values, outputs, ok, markers)
-    return {"unit": task.unit, "n": len(rows_needed), "seconds": time.perf_counter() - t0, "decode_wait": decode_wait,
+    write_wait, commit_seconds = _writer.submit(store, task, sample_values, outputs, ok, markers)
+    return {"unit": task.unit, "n": len(rows_needed), "load_seconds": load_seconds,
+            "decode_seconds": decoding.seconds, "decode_wait": decoding.waited,
             "write_wait": write_wait, "queue_wait": time.perf_counter() - tw - write_wait,
-            "teacher_seconds": seconds,
+            "commit_seconds": commit_seconds, "teacher_seconds": seconds,
             "ok": {name: int(v[sorted(todo[name])].sum()) for name, v in ok.items()},
-            "failed": {name: len(todo[name]) - int(v[sorted(todo[name])].sum()) for name, v in ok.items()},
-            "worker": worker,
-            "started": started, "ended": time.time()}
+            "failed": {name: len(todo[name]) - int(v[sorted(todo[name])].sum()) for name, v in ok.items()}}
 
 
-def commit(store: LabelStore, task: UnitTask, sample_values, outputs, ok, markers) -> None:
-    """Write every chunk of the unit, then each teacher's marker: the marker means "all chunks in"."""
+def _load(kind, reader: ByteReader, meta: dict, settings: DecodeSettings, row: int):
+    """One sample's bytes -> the kind's decoded sample, or the SampleError that says why not (on a decode thread)."""
+    sample = {name: column[row] for name, column in meta.items()}
+    try:
+        data = kind.fetch(reader, sample)
+    except Exception as e:  # missing file, network, permissions: the sample fails, the unit goes on
+        return SampleError("read", f"{type(e).__name__}: {e}")
+    try:
+        return kind.decode(data, sample, settings)
+    except SampleError as e:
+        return e
+
+
+class Prefetch:
+    """Decodes batches of rows on the pool, `PREFETCH_BATCHES` ahead of the one being labelled.
+
+    Iterating yields (rows, results) in order; `waited` is the time the labelling thread spent waiting for a
+    batch (decode not hidden), `seconds` the decode threads' time inside `load` (read + decode).
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, load, batches: list[list[int]]):
+        self.pool, self.load, self.batches = pool, load, batches
+        self.pending: deque = deque()
+        self.queued = 0  # batches submitted so far
+        self.waited = self.seconds = 0.0
+        self.lock = threading.Lock()
+        while self.queued < min(PREFETCH_BATCHES, len(batches)):
+            self._queue_next()
+
+    def _queue_next(self) -> None:
+        self.pending.append([self.pool.submit(self._timed, r) for r in self.batches[self.queued]])
+        self.queued += 1
+
+    def _timed(self, row: int):
+        t = time.perf_counter()
+        try:
+            return self.load(row)
+        finally:
+            with self.lock:
+                self.seconds += time.perf_counter() - t
+
+    def __iter__(self):
+        for rows in self.batches:
+            t = time.perf_counter()
+            results = [f.result() for f in self.pending.popleft()]
+            self.waited += time.perf_counter() - t
+            if self.queued < len(self.batches):
+                self._queue_next()
+            yield rows, results
+
+    def cancel(self) -> None:
+        """Drop the batches not yet decoding (those already on a thread finish and are discarded)."""
+        for futures in self.pending:
+            for f in futures:
+                f.cancel()
+        self.pending.clear()
+
+
+def commit(store: LabelStore, task: UnitTask, sample_values, outputs, ok, markers) -> float:
+    """Write every chunk of the unit, then each teacher's marker: the marker means "all chunks in".
+    Returns its seconds (compression and writes)."""
+    t = time.perf_counter()
     store.write_sample_values(task.start, sample_values)
     unit = store.unit(task.unit)
     for name, marker in markers.items():
         marker["finished"] = now()
         store.write_unit(name, unit, outputs[name], ok[name], marker)
+    return time.perf_counter() - t
 
 
 class Writer:
@@ -244,28 +304,30 @@ class Writer:
         self.failures: list[str] = []
         self.lock = threading.Lock()
 
-    def submit(self, store, task, *payload) -> float:
-        """Queue the commit; returns seconds spent waiting for the previous one."""
-        waited = self._wait()
+    def submit(self, store, task, *payload) -> tuple[float, float]:
+        """Queue the commit; returns (seconds spent waiting for the previous one, that commit's own seconds;
+        with `sync_commit`, this one's)."""
+        waited, seconds = self._wait()
         if task.sync_commit:
-            commit(store, task, *payload)
+            seconds = commit(store, task, *payload)
         else:
             with self.lock:
                 self.pending = (task.unit, self.pool.submit(commit, store, task, *payload))
-        return waited
+        return waited, seconds
 
-    def _wait(self) -> float:
+    def _wait(self) -> tuple[float, float]:
         with self.lock:
             pending, self.pending = self.pending, None
         if pending is None:
-            return 0.0
+            return 0.0, 0.0
         t = time.perf_counter()
         unit, future = pending
+        seconds = 0.0
         try:
-            future.result()
+            seconds = future.result()
         except Exception as e:  # the unit stays without a marker; the client's sweep relabels it
             self.failures.append(f"unit {unit}: {type(e).__name__}: {e}")
-        return time.perf_counter() - t
+        return time.perf_counter() - t, seconds
 
     def flush(self) -> list[str]:
         self._wait()
