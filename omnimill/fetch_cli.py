@@ -39,6 +39,8 @@ def fetch_command(
                                                  "(decompression bombs).")] = FetchSettings.max_pixels,
     max_redirects: Annotated[int, typer.Option(help="Redirects followed per URL; a loop fails at once.")]
     = FetchSettings.max_redirects,
+    max_seconds: Annotated[float, typer.Option(help="Seconds for one whole request (a body that drips is cut).")]
+    = FetchSettings.max_seconds,
     per_host: Annotated[int, typer.Option(help="Requests in flight to one host (per worker process).")]
     = FetchSettings.per_host,
     threads: Annotated[int, typer.Option(help="Requests a unit has in flight.")] = 16,
@@ -59,7 +61,8 @@ def fetch_command(
     from omnimill.engine.fetch import FetchOptions, fetch_images
 
     options = FetchOptions(timeout=timeout, url_retries=retries, backoff=backoff, max_bytes=max_bytes,
-                           max_pixels=max_pixels, max_redirects=max_redirects, per_host=per_host, threads=threads,
+                           max_pixels=max_pixels, max_redirects=max_redirects, max_seconds=max_seconds,
+                           per_host=per_host, threads=threads,
                            urls_per_unit=urls_per_unit, workers=workers, scheduler=scheduler, retries=unit_retries,
                            force=force, repair=repair, break_lock=break_lock, progress=not no_progress)
     try:

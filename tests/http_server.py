@@ -12,6 +12,8 @@ and every way a web image fails, and counts what it was asked for.
     /loop.jpg                   302 to /loop2.jpg, which 302s back: a redirect loop
     /moved.jpg                  302 to /good/7.jpg
     /big.jpg                    Content-Length 5000000 (a body over a small max_bytes; not sent)
+    /drip.jpg                   Content-Length 30000, 1000 bytes every 0.1 s (3 s in all)
+    /ftp.jpg                    302 to ftp://127.0.0.1/x.jpg
     /endless.jpg                image/jpeg, no Content-Length, 2 MB of bytes until the connection closes
 
 `server.hits[path]` counts requests per path; `server.most_in_flight` is the most requests served at
@@ -112,6 +114,21 @@ class Handler(BaseHTTPRequestHandler):
             self.send(302, headers={"Location": "/good/7.jpg"})
         elif name == "big.jpg":
             self.send(200, b"", length=5_000_000)
+        elif name == "drip.jpg":
+            body = jpeg_bytes(6, (400, 300), quality=95).ljust(30_000, b"\0")[:30_000]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(0, len(body), 1000):
+                    self.wfile.write(body[i:i + 1000])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        elif name == "ftp.jpg":
+            self.send(302, headers={"Location": "ftp://127.0.0.1/x.jpg"})
         elif name == "endless.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")

@@ -93,6 +93,13 @@ def test_retries_with_backoff_fix_a_transient_error_and_stop_at_the_limit(server
     assert server.hits["/missing.jpg"] == 1 and final.attempts == 1  # a 404 is not asked for again
 
 
+def test_a_dripping_body_is_cut_at_max_seconds_and_a_redirect_leaves_http_never(server):
+    got = fetch(server.url("drip.jpg"), FetchSettings(timeout=1, max_seconds=0.5, retries=0))
+    assert (got.stage, got.retryable) == ("read", True) and "0.5 s in all" in got.reason
+    got = fetch(server.url("ftp.jpg"), FetchSettings(retries=0))
+    assert got.stage == "http" and "other than http(s)" in got.reason and server.hits["/ftp.jpg"] == 1
+
+
 def test_a_lower_pixel_limit_refuses_from_the_header(server, tmp_path):
     got = fetch(server.url("good/1.jpg"), FetchSettings(max_pixels=96 * 72 - 1))
     assert got.stage == "image" and "96x72" in got.reason and not got.data

@@ -59,6 +59,7 @@ class FetchSettings:
     max_bytes: int = 20_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_redirects: int = 5
+    max_seconds: float = 60.0  # the whole request: a server dripping a byte per `timeout` is cut here
     per_host: int = 4  # requests in flight to one host from this process
     user_agent: str = "omnimill-fetch/1"
 
@@ -143,6 +144,12 @@ class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
         self.max_redirections = limit  # urllib's own counter: more raises HTTPError "redirect error ... loop"
         self.max_repeats = 1  # the same URL twice: a loop, stop at once
 
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme not in SCHEMES:  # urllib alone would follow one to ftp://
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a scheme other than http(s): {newurl[:200]}",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
 
 def _opener(settings: FetchSettings):
     # Only our redirect handler is swapped in: proxies from the environment, HTTPS and errors stay urllib's.
@@ -152,13 +159,15 @@ def _opener(settings: FetchSettings):
 def _get(url: str, settings: FetchSettings) -> tuple[bytes, int, str]:
     """(body, status, Content-Type) of a 200, reading at most max_bytes + 1 bytes; else _Failure."""
     request = urllib.request.Request(url, headers={"User-Agent": settings.user_agent, "Accept": "image/*"})
+    deadline = time.monotonic() + settings.max_seconds
     try:
         response = _opener(settings).open(request, timeout=settings.timeout)
     except urllib.error.HTTPError as e:
         e.close()
         if 300 <= e.code < 400:
-            return _raise("http", f"redirect loop, or more than {settings.max_redirects} redirects (last: HTTP {e.code})",
-                          http=e.code)
+            scheme = str(e.reason).startswith("redirect to a scheme")  # ours, above
+            return _raise("http", str(e.reason) if scheme else f"redirect loop, or more than {settings.max_redirects} "
+                          f"redirects (last: HTTP {e.code})", http=e.code)
         return _raise("http", f"HTTP {e.code} {e.reason}", e.code in RETRY_HTTP, e.code)
     except urllib.error.URLError as e:
         reason = e.reason
@@ -181,10 +190,10 @@ def _get(url: str, settings: FetchSettings) -> tuple[bytes, int, str]:
             return _raise("size", f"Content-Length {int(length)} bytes > max_bytes {settings.max_bytes}", http=code,
                           content_type=header_type)
         try:
-            data = _read_at_most(response, settings.max_bytes + 1)
+            data = _read_at_most(response, settings.max_bytes + 1, deadline)
         except (TimeoutError, socket.timeout):
-            return _raise("read", f"timed out reading the body (over {settings.timeout:g} s between bytes)", True,
-                          code, header_type)
+            return _raise("read", f"timed out reading the body (over {settings.timeout:g} s between bytes, or "
+                          f"{settings.max_seconds:g} s in all)", True, code, header_type)
         except (http.client.HTTPException, OSError) as e:
             return _raise("read", f"{type(e).__name__} reading the body: {e}", True, code, header_type)
     if length and length.isdigit() and len(data) < int(length):  # http.client returns a short body silently
@@ -194,10 +203,13 @@ def _get(url: str, settings: FetchSettings) -> tuple[bytes, int, str]:
     return data, code, header_type
 
 
-def _read_at_most(response, limit: int) -> bytes:
-    """Read the body in blocks until its end or `limit` bytes (a server that never stops is cut there)."""
+def _read_at_most(response, limit: int, deadline: float) -> bytes:
+    """Read the body in blocks until its end or `limit` bytes (a server that never stops is cut there); past
+    `deadline` (time.monotonic) raise TimeoutError."""
     buf = io.BytesIO()
     while buf.tell() < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError("over max_seconds")
         block = response.read(min(READ_BLOCK, limit - buf.tell()))
         if not block:
             break

@@ -41,6 +41,7 @@ class FetchOptions(JobOptions):
     max_bytes: int = FetchSettings.max_bytes
     max_pixels: int = FetchSettings.max_pixels
     max_redirects: int = FetchSettings.max_redirects
+    max_seconds: float = FetchSettings.max_seconds
     per_host: int = FetchSettings.per_host
     threads: int = DEFAULT_THREADS
     urls_per_unit: int | None = None  # fixed when the store is created
@@ -48,7 +49,7 @@ class FetchOptions(JobOptions):
     def settings(self) -> FetchSettings:
         return FetchSettings(timeout=self.timeout, retries=self.url_retries, backoff=self.backoff,
                              max_bytes=self.max_bytes, max_pixels=self.max_pixels, max_redirects=self.max_redirects,
-                             per_host=self.per_host)
+                             max_seconds=self.max_seconds, per_host=self.per_host)
 
 
 @dataclass
@@ -72,8 +73,8 @@ def fetch_images(urls: str, out: str, options: FetchOptions | None = None, **ove
     at_least_one(opts, {"urls_per_unit": "--urls-per-unit", "threads": "--threads", "per_host": "--per-host",
                         "max_bytes": "--max-bytes", "max_pixels": "--max-pixels"})
     check_options(opts)
-    if opts.timeout <= 0 or opts.url_retries < 0 or opts.backoff < 0 or opts.max_redirects < 0:
-        raise UserError("--timeout must be above 0; --retries, --backoff and --max-redirects at least 0")
+    if opts.timeout <= 0 or opts.max_seconds <= 0 or opts.url_retries < 0 or opts.backoff < 0 or opts.max_redirects < 0:
+        raise UserError("--timeout and --max-seconds must be above 0; --retries, --backoff and --max-redirects at least 0")
     listed = read_url_list(urls, opts.storage_options)
     state = FetchedStore.state(out, opts.storage_options)
     if state.startswith("other"):
