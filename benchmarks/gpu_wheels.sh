@@ -9,7 +9,10 @@
 set -euo pipefail
 dir="${1:-wheels}"
 cd "$(dirname "$0")/.."
-grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >> .git/info/exclude  # never committed
+case "$dir" in  # a folder in the checkout: ignore it locally, so it is never committed (and `run` can carry it)
+    /*) ;;
+    *) grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >> .git/info/exclude ;;
+esac
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$dir" \
