@@ -4,9 +4,12 @@ which every store and shard set of one corpus shares. The label store and the to
 their own arrays.
 
     STORE/                   attrs: format, uuid (the store's identity), created, n, unit_size, ...
+      <index columns>        written once at creation (keys, ...): sharded, 2^20 rows per object (layout.py)
       <part>/<array>         a part is a teacher (label store) or a modality (token store); chunk = one unit
       _runs/
         <part>/units         (n_units,) str: the commit marker of each unit (JSON), "" = not committed
+        <part>/summary       (n_units, 6) int32: the markers' counts, written by the lock holder (summary.py)
+        _keys/               the keys sorted once, for lookups without reading every key (keyindex.py)
         _lock/               a group whose attrs hold the run that owns the store (created exclusively)
         _history/<run>/      one group per run; its attrs are the run record
 
@@ -16,6 +19,8 @@ Why these choices:
 - Every array keeps empty chunks (`write_empty_chunks`): a committed unit has every chunk on disk, so
   `verify` can tell a deleted chunk (damage) from one that is all zeros (a legitimate label).
 - The lock is one object created if-not-exists (exclusive on local disks), then read back.
+- Only arrays with one writer share objects (Zarr shards); what the workers write stays one object per
+  unit, since a sharded write rewrites the whole shard (layout.py has the reasoning and the arithmetic).
 - Zarr writes each object atomically on local disks (temp + rename), so a kill or a full disk leaves
   the previous object, never a torn one; on object stores a PUT is atomic per object.
 """
@@ -39,6 +44,8 @@ import zarr
 
 from omnimill import faults
 from omnimill.errors import UserError
+from omnimill.store import keyindex, summary
+from omnimill.store.summary import COMMITTED
 
 RUNS = "_runs"
 LOCK = "_lock"
@@ -56,11 +63,14 @@ def compressor(dtype: str):
     return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)
 
 
-def create_array(group, name: str, shape: tuple, chunks: tuple, dtype: str):
+def create_array(group, name: str, shape: tuple, chunks: tuple, dtype: str, shards: tuple | None = None):
+    """`shards`: inner `chunks` packed into objects of this shape; only for arrays one process writes
+    (layout.py: a sharded write rewrites the whole shard)."""
     if dtype == "str":
-        return group.create_array(name, shape=shape, chunks=chunks, dtype=str, overwrite=True, config=WRITE)
-    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressor(dtype),
-                              fill_value=0, overwrite=True, config=WRITE)
+        return group.create_array(name, shape=shape, chunks=chunks, shards=shards, dtype=str, overwrite=True,
+                                  config=WRITE)
+    return group.create_array(name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
+                              compressors=compressor(dtype), fill_value=0, overwrite=True, config=WRITE)
 
 
 def is_url(uri: str) -> bool:
@@ -117,6 +127,7 @@ class UnitStore:
         self.group, self.uri, self.storage_options = group, uri, storage_options or {}
         self.n, self.unit_size = int(attrs["n"]), int(attrs["unit_size"])
         self.uuid = str(attrs.get("uuid") or attrs.get("created"))  # stores made before uuids: their creation time
+        self._keys: keyindex.KeyIndex | None = None  # opened at the first lookup
 
     # ---------------------------------------------------------------- what is at a path
     @classmethod
@@ -213,6 +224,25 @@ class UnitStore:
     def keys(self) -> np.ndarray:
         return self.group["keys"][:]
 
+    @staticmethod
+    def index_keys(group: zarr.Group, keys: np.ndarray, unit_size: int) -> None:
+        """Write the sorted key index (keyindex.py) of a store being created."""
+        keyindex.write(group.require_group(RUNS), keys, unit_size)
+
+    def index_of(self, key: str) -> int:
+        """The row of `key` (the first, if a key repeats): two small reads from the sorted key index; stores
+        made before it read every key."""
+        if self._keys is None:
+            self._keys = keyindex.KeyIndex(self.group[RUNS])
+        if self._keys.present:
+            found = self._keys.find(key)
+        else:
+            hits = np.flatnonzero(self.keys() == key)
+            found = int(hits[0]) if len(hits) else None
+        if found is None:
+            raise UserError(f"key {key!r} is not in {self.uri}")
+        return found
+
     # ---------------------------------------------------------------- reading (the only way in from outside)
     def read(self, path: str, rows=slice(None)) -> np.ndarray:
         """Rows of an array, by path ("keys", "dinov2/cls", "rgb/tokens"); `rows` is an index, slice or list."""
@@ -284,9 +314,88 @@ class UnitStore:
         faults.point("unit.marker")
 
     def clear_markers(self, part: str, units) -> None:
+        """Uncommit units: out of the summary first, then their markers (a kill between the two leaves a
+        summary that claims less than the markers, never more)."""
+        units = sorted(units)
+        table = self._summary(part)
+        if table is not None and units and table[units, COMMITTED].any():
+            table[units] = 0
+            self._write_summary(part, table, units[0], units[-1] + 1)
         array = self.writable(f"{RUNS}/{part}/units")
         for u in units:
             array[u] = ""
+
+    # ---------------------------------------------------------------- summary (summary.py)
+    def _summary(self, part: str) -> np.ndarray | None:
+        path = f"{RUNS}/{part}/{summary.NAME}"
+        if path not in self.group:
+            return None
+        table = self.group[path][:]
+        return table if table.shape == (self.n_units, len(summary.COLUMNS)) else None
+
+    def _write_summary(self, part: str, table: np.ndarray, start: int, stop: int) -> None:
+        path = f"{RUNS}/{part}/{summary.NAME}"
+        if path not in self.group:
+            from omnimill.store.layout import once
+
+            create_array(self.group[f"{RUNS}/{part}"], summary.NAME, table.shape, dtype="int32",
+                         **once(1, (len(summary.COLUMNS),)))
+            start, stop = 0, len(table)
+        self.writable(path)[start:stop] = table[start:stop]
+
+    def summarize(self, parts: list[str] | None = None) -> dict[str, int]:
+        """Bring the unit summary of each part up to date with its markers: reads only the markers of units
+        it does not hold yet. For the client that holds the lock (the summary's only writer), at the end of
+        a run and as often as it likes during one. Returns {part: units newly summarized}."""
+        added = {}
+        for part in parts if parts is not None else self.parts():
+            table = self._summary(part)
+            table = summary.empty(self.n_units) if table is None else table
+            todo = np.flatnonzero(table[:, COMMITTED] == 0)
+            new = [(u, m) for u, m in zip(todo, self._markers_at(part, todo)) if m is not None]
+            for u, m in new:
+                table[u] = summary.row(m)
+            if new or f"{RUNS}/{part}/{summary.NAME}" not in self.group:
+                self._write_summary(part, table, int(new[0][0]) if new else 0, int(new[-1][0]) + 1 if new else 0)
+            added[part] = len(new)
+        return added
+
+    def _markers_at(self, part: str, units: np.ndarray) -> list[dict | None]:
+        """Decoded markers of these units; None for an empty or damaged one (verify reports those)."""
+        if not len(units):
+            return []
+        raw = self.group[f"{RUNS}/{part}/units"].get_coordinate_selection(np.asarray(units, np.int64))
+        out = []
+        for text in raw:
+            try:
+                marker = json.loads(text) if text else None
+                out.append(marker if isinstance(marker, dict) and "ok" in marker else None)
+            except ValueError:
+                out.append(None)
+        return out
+
+    def tally(self, part: str, max_errors: int = 5) -> dict:
+        """What the committed units of a part hold: {committed (n_units,) bool, units_done, ok, failed,
+        skipped, retryable, first_errors}. From the summary plus the markers of the units it does not hold
+        (all of them when there is none, as in stores made before it): true whatever the summary's age."""
+        table = self._summary(part)
+        table = summary.empty(self.n_units) if table is None else table.copy()
+        todo = np.flatnonzero(table[:, COMMITTED] == 0)
+        fresh = {}
+        for u, m in zip(todo, self._markers_at(part, todo)):
+            if m is not None:
+                table[u], fresh[int(u)] = summary.row(m), m
+        errors = []
+        for u in np.flatnonzero(table[:, summary.ERRORS] > 0):  # in unit order: the first errors come first
+            if len(errors) >= max_errors:
+                break
+            marker = fresh.get(int(u)) or (self._markers_at(part, np.array([u])) + [None])[0] or {}
+            errors += marker.get("errors", [])
+        totals = table.sum(axis=0, dtype=np.int64)
+        return {"committed": table[:, COMMITTED] == 1, "units_done": int(totals[COMMITTED]),
+                "ok": int(totals[summary.OK]), "failed": int(totals[summary.FAILED]),
+                "skipped": int(totals[summary.SKIPPED]), "retryable": int(totals[summary.RETRYABLE]),
+                "first_errors": sorted(errors, key=lambda e: e.get("index", 0))[:max_errors]}
 
     # ---------------------------------------------------------------- lock
     def acquire_lock(self, break_lock: bool = False, verb: str = "labelled") -> dict:
@@ -390,6 +499,13 @@ class UnitStore:
                 continue
             for u, what in self._check_chunks(name, range(self.n_units)):
                 problem("", u, name, what)
+        if keyindex.GROUP in self.group[RUNS] and "keys" in self.group:
+            try:
+                keys = self.keys()
+            except Exception:
+                keys = None  # an unreadable keys chunk: reported above
+            for what in keyindex.KeyIndex(self.group[RUNS]).problems(keys) if keys is not None else []:
+                problem("", None, f"{RUNS}/{keyindex.GROUP}", f"the key index {what}")
         for part in parts if parts is not None else self.parts():
             if f"{RUNS}/{part}/units" not in self.group:
                 problem(part, None, f"{RUNS}/{part}/units", "marker array missing")
@@ -412,6 +528,16 @@ class UnitStore:
                     committed.append(u)
                 except (ValueError, KeyError, TypeError) as e:
                     problem(part, u, f"{RUNS}/{part}/units", f"marker is not valid JSON ({type(e).__name__})")
+            try:
+                table = self._summary(part)
+            except Exception as e:
+                table = None
+                problem(part, None, f"{RUNS}/{part}/{summary.NAME}", f"does not decode: {type(e).__name__}: {e}")
+            for u in np.flatnonzero(table[:, COMMITTED]) if table is not None else []:
+                if u not in markers or list(table[u]) != summary.row(markers[u]):
+                    problem(part, int(u), f"{RUNS}/{part}/{summary.NAME}",
+                            "summarized as committed, its marker is not" if u not in markers
+                            else "the summary's row differs from the marker")
             if part not in self.group:
                 problem(part, None, part, "the part's group is missing")
                 continue
@@ -440,13 +566,15 @@ class UnitStore:
         """(unit, problem) for every unit whose chunks along N are missing or (with `decode`) do not decode.
         Presence is an existence check (no download); decoding reads the unit's rows once."""
         array = self.group[path]
-        rows = array.chunks[0]
-        other = [-(-s // c) for s, c in zip(array.shape[1:], array.chunks[1:])]
+        grid = array.shards or array.chunks  # a sharded array's objects are its shards (layout.py)
+        rows = grid[0]
+        other = [-(-s // c) for s, c in zip(array.shape[1:], grid[1:])]
+        seen: dict[str, bool] = {}  # a shard holds many units: checked once
         for u in units:
             span = self.unit(u)
             keys = [array.metadata.encode_chunk_key((c, *rest))
                     for c in range(span.start // rows, (span.stop - 1) // rows + 1) for rest in np.ndindex(*other)]
-            missing = next((k for k in keys if not self._exists(f"{array.path}/{k}")), None)
+            missing = next((k for k in keys if not seen.setdefault(k, self._exists(f"{array.path}/{k}"))), None)
             if missing is not None:
                 yield u, f"chunk {missing} is missing"
                 continue
@@ -469,6 +597,12 @@ class UnitStore:
         refused: relabelling over it would turn good labels into failures."""
         damaged: dict[str, set[int] | None] = {p: set() for p in parts}
         for p in self.verify(parts):
+            if p["array"] == f"{RUNS}/{keyindex.GROUP}":  # derived from the keys: written again
+                self.index_keys(self.group, self.keys(), self.unit_size)
+                continue
+            if p["array"].endswith(f"/{summary.NAME}") and p["unit"] is None:  # the next summarize rewrites it
+                del self.group[p["array"]]
+                continue
             if not p["part"]:
                 if p["array"] not in self.REDO_TOP:
                     raise UserError(f"{self.uri}: {p['array']} is damaged ({p['problem']}, samples {p['samples']}); "

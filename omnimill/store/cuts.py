@@ -10,7 +10,8 @@
         frames  (N,) int64   frames decoded
         error   (N,) str     why the video did not decode ("" when it did)
         ok      (N,) bool    cut (the video decoded to its end)
-      _runs/<detector>/units, _lock, _history   commit markers, lock and run records (base.py)
+      _runs/<detector>/units, summary, _keys, _lock, _history   markers, their summary, the key index, lock
+                             and run records (base.py); keys, source, offset, size are sharded (layout.py)
 
 Why a store of its own: cuts are made once per corpus and detector, before any label store exists (they
 decide its samples), and a second label store of the same corpus may list its clips from them again. It
@@ -26,6 +27,7 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
+from omnimill.store import layout
 from omnimill.store.base import UnitStore, create_array, now, short
 
 FORMAT = "omnimill.cuts/1"
@@ -48,12 +50,13 @@ class CutStore(UnitStore):
                storage_options: dict | None = None) -> "CutStore":
         """A new store for `videos` [(key, source, offset, size)] of the corpus {uri, kind}."""
         group = cls.new_group(uri, storage_options)
-        n, chunks = len(videos), (unit_size,)
+        n, once = len(videos), layout.once(unit_size)  # written here, once, by this process alone
         keys, sources, offsets, sizes = zip(*videos) if videos else ((), (), (), ())
-        create_array(group, "keys", (n,), chunks, "str")[:] = np.array(keys, dtype=object)
-        create_array(group, "source", (n,), chunks, "str")[:] = np.array(sources, dtype=object)
-        create_array(group, "offset", (n,), chunks, "int64")[:] = np.array(offsets, np.int64)
-        create_array(group, "size", (n,), chunks, "int64")[:] = np.array(sizes, np.int64)
+        create_array(group, "keys", (n,), dtype="str", **once)[:] = np.array(keys, dtype=object)
+        create_array(group, "source", (n,), dtype="str", **once)[:] = np.array(sources, dtype=object)
+        create_array(group, "offset", (n,), dtype="int64", **once)[:] = np.array(offsets, np.int64)
+        create_array(group, "size", (n,), dtype="int64", **once)[:] = np.array(sizes, np.int64)
+        cls.index_keys(group, np.array(keys, dtype=object), unit_size)
         cls.commit_create(group, {"format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"],
                                   "corpus": corpus, "n": n, "unit_size": unit_size})
         return cls(group, uri, storage_options)
@@ -114,8 +117,7 @@ class CutStore(UnitStore):
         """Per detector: units done, videos cut, videos failed, settings."""
         info = {"store": self.uri, "corpus": self.corpus, "n": self.n, "n_units": self.n_units, "detectors": {}}
         for name in self.parts():
-            markers = [m for m in self.markers(name) if m]
-            info["detectors"][name] = {"units_done": len(markers), "units_total": self.n_units,
-                                       "ok": sum(m["ok"] for m in markers),
-                                       "failed": sum(m["failed"] for m in markers), "settings": self.settings(name)}
+            done = self.tally(name, max_errors=0)  # the summary and the markers it does not hold (summary.py)
+            info["detectors"][name] = {"units_done": done["units_done"], "units_total": self.n_units,
+                                       "ok": done["ok"], "failed": done["failed"], "settings": self.settings(name)}
         return info

@@ -6,6 +6,7 @@
       offset    (N,) int64   byte offset in a tar (-1)   size    (N,) int64 bytes (-1 unknown)
       caption   (N,) str     the corpus's own caption / alt-text ("" if none)
       <the sample kind's index columns>, written at creation (clip: video, start, end, cues, error, ...)
+                             the index (these rows) is written once: sharded, 2^20 rows per object (layout.py)
       <the sample kind's per-sample arrays>, written by the engine; for `image` (corpus/image.py):
       crop_box  (N, 4) int32 canonical view (x0, y0, x1, y1) in original pixels
       <teacher>/             attrs: provenance
@@ -15,6 +16,8 @@
       _runs/
         <teacher>/units (n_units,) str   commit marker per unit (JSON with stats and error records);
                                          "" = not done. Written last, so a marker means "all chunks in".
+        <teacher>/summary               the markers' counts, one row per unit (summary.py)
+        _keys/                          the keys sorted once, for `index_of` (keyindex.py)
         _lock/, _history/<run>/          the run holding the store; one record per run (base.py)
 
 `sample_kind` names the registered kind of sample (corpus/kinds.py) that the engine decodes through
@@ -22,7 +25,7 @@ and whose per-sample arrays the store holds; a store made before kinds has no su
 images. `sample_settings` is written only for a kind that has settings (an image store has none).
 
 A work unit is `unit_size` consecutive samples: exactly one chunk of every array it writes, so
-workers never share a chunk and need no locks. Everything is plain Zarr: `zarr.open_group` reads it.
+workers never share a chunk (nor an object: what they write is never sharded) and need no locks. Everything is plain Zarr: `zarr.open_group` reads it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from omnimill.errors import UserError
 from omnimill.corpus.kinds import DEFAULT_KIND, all_index_columns, all_sample_arrays, kind_of
 from omnimill.corpus.listing import CorpusIndex
 from omnimill.corpus.sample import SampleKind
+from omnimill.store import layout
 from omnimill.store.base import (RUNS, UnitPlan, UnitStore, compressor, create_array, now, open_group,
                                        short)
+from omnimill.store.summary import retryable
 
-__all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor", "open_group"]
+__all__ = ["FORMAT", "RUNS", "RESERVED", "LabelStore", "UnitPlan", "compressor", "open_group", "retryable"]
 
 FORMAT = "omnimill.labels/1"
 SAMPLES = ("keys", "source", "offset", "size", "caption")  # the corpus index, written at creation
@@ -78,15 +83,17 @@ class LabelStore(UnitStore):
         kind = kind or kind_of(index.sample_kind)
         n = len(index)
         group = cls.new_group(uri, storage_options)
-        chunks = (unit_size,)
-        create_array(group, "keys", (n,), chunks, "str")[:] = np.array(index.keys, dtype=object)
-        create_array(group, "source", (n,), chunks, "str")[:] = np.array(index.sources, dtype=object)
-        create_array(group, "offset", (n,), chunks, "int64")[:] = np.array(index.offsets, np.int64)
-        create_array(group, "size", (n,), chunks, "int64")[:] = np.array(index.sizes, np.int64)
-        create_array(group, "caption", (n,), chunks, "str")[:] = np.array(index.captions, dtype=object)
+        once = layout.once(unit_size)  # the index: written here, once, by this process alone (layout.py)
+        keys = np.array(index.keys, dtype=object)
+        create_array(group, "keys", (n,), dtype="str", **once)[:] = keys
+        create_array(group, "source", (n,), dtype="str", **once)[:] = np.array(index.sources, dtype=object)
+        create_array(group, "offset", (n,), dtype="int64", **once)[:] = np.array(index.offsets, np.int64)
+        create_array(group, "size", (n,), dtype="int64", **once)[:] = np.array(index.sizes, np.int64)
+        create_array(group, "caption", (n,), dtype="str", **once)[:] = np.array(index.captions, dtype=object)
         for c in kind.index_columns:
-            create_array(group, c.name, (n,), chunks, c.dtype)[:] = _column(index.extras, c)
-        for a in kind.sample_arrays:  # every chunk on disk
+            create_array(group, c.name, (n,), dtype=c.dtype, **once)[:] = _column(index.extras, c)
+        cls.index_keys(group, keys, unit_size)
+        for a in kind.sample_arrays:  # the workers write these again, one unit each: one chunk per unit
             create_array(group, a.name, (n, *a.shape), (unit_size, *a.shape), a.dtype)[:] = 0
         settings = {"sample_settings": kind.settings()} if kind.settings() else {}
         cls.commit_create(group, {
@@ -110,12 +117,6 @@ class LabelStore(UnitStore):
     def crop_boxes(self, rows=slice(None)) -> np.ndarray:
         """(x0, y0, x1, y1) of each canonical view in original pixels (image stores)."""
         return self.read("crop_box", rows)
-
-    def index_of(self, key: str) -> int:
-        hits = np.flatnonzero(self.keys() == key)
-        if not len(hits):
-            raise UserError(f"key {key!r} is not in {self.uri}")
-        return int(hits[0])
 
     def verify(self, parts: list[str] | None = None) -> list[dict]:
         """The base checks (every chunk of every committed unit), then the kind's own on the stored values of
@@ -218,15 +219,11 @@ class LabelStore(UnitStore):
     def status(self, max_errors: int = 5) -> dict:
         teachers = {}
         for name in self.teachers():
-            markers = [m for m in self.markers(name) if m]
-            errors = [e for m in markers for e in m.get("errors", [])]
+            done = self.tally(name, max_errors)  # the summary and the markers it does not hold (summary.py)
             teachers[name] = {
-                "units_done": len(markers), "units_total": self.n_units,
-                "samples_ok": sum(m["ok"] for m in markers),
-                "samples_failed": sum(m["failed"] for m in markers),
-                "retryable": sum(1 for e in errors if retryable(e)),
-                "first_errors": sorted(errors, key=lambda e: e["index"])[:max_errors],
-                "provenance": self.provenance(name),
+                "units_done": done["units_done"], "units_total": self.n_units,
+                "samples_ok": done["ok"], "samples_failed": done["failed"], "retryable": done["retryable"],
+                "first_errors": done["first_errors"], "provenance": self.provenance(name),
             }
         return {"store": self.uri, "uuid": self.uuid, "corpus": self.corpus, "sample_kind": self.sample_kind,
                 "n": self.n,
@@ -240,13 +237,6 @@ def _column(extras: list[dict], column) -> np.ndarray:
         values = (e.get(column.name, "") for e in extras)
         return np.array([v if isinstance(v, str) else json.dumps(v) for v in values], dtype=object)
     return np.array([e.get(column.name, 0) for e in extras], dtype=column.dtype)
-
-
-def retryable(error: dict) -> bool:
-    """A recorded failure the next run tries again. A file that does not decode fails the same way every
-    time: it is recorded once and left. Anything else (a teacher that raised, a read that failed) may be
-    transient (CUDA, network), so it is retried. Markers of older runs lack the flag: decided by stage."""
-    return bool(error.get("retryable", error.get("stage") != "decode"))
 
 
 # What a field entry said before fields had kinds: stores labelled then resume unchanged.

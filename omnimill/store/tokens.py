@@ -4,6 +4,7 @@
                                      view_size}, n_crops, crop_seed, unit_size
       keys    (N,) str        the label store's keys, same order (alignment is by index, checked by key)
       crops   (N, n_crops, 5) int32   (top, left, h, w, flip) in canonical-view pixels; crop 0 = whole view
+                              keys and crops are written once at creation: sharded (layout.py)
       <modality>/             attrs: tokenizer {path, sha256, kind, vocab_size, tokens_per_sample (= L), pad_id,
                                      teacher, fields, teacher_id (the label store's labels_id)};
                                      time {steps, of} when the modality has a time axis (absent: none)
@@ -11,7 +12,7 @@
         ok      (N,) bool     tokenized (the teacher labelled the sample and the tokenizer accepted it)
       _runs/<modality>/units (n_units,) str   commit marker per unit, as in the label store; it names the
                                      label unit's marker it was made from (`label_marker`, a sha256)
-      _runs/_lock, _runs/_history   as in the label store (base.py)
+      _runs/<modality>/summary, _runs/_keys, _runs/_lock, _runs/_history   as in the label store (base.py)
 
 A modality with a time axis (a clip's frames, its audio segments) keeps its tokens time-major in the same
 (N, n_crops, L) array: L = steps x per_step, step 0's tokens first, and its group's `time` attribute says
@@ -34,6 +35,7 @@ import zarr
 
 from omnimill import __version__
 from omnimill.errors import UserError
+from omnimill.store import layout
 from omnimill.store.labels import LabelStore
 from omnimill.store.base import RUNS, UnitPlan, UnitStore, create_array, is_url, local_path, same_or_inside
 
@@ -71,8 +73,10 @@ class TokenStore(UnitStore):
             raise UserError(f"{uri} is (inside) the label store or its corpus; give a new path for the token store")
         group = cls.new_group(uri, storage_options)
         n, n_crops = labels.n, crops.shape[1]
-        create_array(group, "keys", (n,), (labels.unit_size,), "str")[:] = labels.keys().astype(object)
-        create_array(group, "crops", (n, n_crops, 5), (labels.unit_size, n_crops, 5), "int32")[:] = crops
+        keys = labels.keys().astype(object)
+        create_array(group, "keys", (n,), dtype="str", **layout.once(labels.unit_size))[:] = keys
+        create_array(group, "crops", (n, n_crops, 5), dtype="int32", **layout.once(labels.unit_size, (n_crops, 5)))[:] = crops
+        cls.index_keys(group, keys, labels.unit_size)
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"], "n": n,
             "n_crops": n_crops, "crop_seed": seed, "unit_size": labels.unit_size,
@@ -137,10 +141,9 @@ class TokenStore(UnitStore):
     def status(self) -> dict:
         modalities = {}
         for name in self.modalities():
-            markers = [m for m in self.markers(name) if m]
-            modalities[name] = {"units_done": len(markers), "units_total": self.n_units,
-                                "samples_ok": sum(m["ok"] for m in markers),
-                                "samples_skipped": sum(m["skipped"] for m in markers),
+            done = self.tally(name, max_errors=0)  # the summary and the markers it does not hold (summary.py)
+            modalities[name] = {"units_done": done["units_done"], "units_total": self.n_units,
+                                "samples_ok": done["ok"], "samples_skipped": done["skipped"],
                                 "tokenizer": self.tokenizer_info(name),
                                 **({"time": self.time_axis(name)} if self.time_axis(name) else {})}
         return {"store": self.uri, "uuid": self.uuid, "source": self.source, "n": self.n, "n_crops": self.n_crops,

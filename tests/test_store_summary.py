@@ -1,0 +1,83 @@
+"""The unit summary (store/summary.py): status from a few objects, and never more than the markers say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import zarr
+
+from conftest import write_images
+from omnimill.engine.label import label
+from omnimill.store.labels import LabelStore
+
+FAST = dict(workers=1, unit_size=4, view_size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """18 images, two of them broken (errors in the markers of units 0 and 3): 5 units of palette labels."""
+    root = tmp_path_factory.mktemp("summary")
+    write_images(root / "c", 16)
+    (root / "c" / "img0001x.jpg").write_bytes(b"not a jpeg")
+    (root / "c" / "img0013x.jpg").write_bytes(b"")
+    label(str(root / "c"), str(root / "labels.zarr"), ["palette"], **FAST)
+    return root
+
+
+@pytest.fixture
+def store(labelled, tmp_path):
+    shutil.copytree(labelled / "labels.zarr", tmp_path / "labels.zarr")
+    return tmp_path / "labels.zarr"
+
+
+def palette(store) -> dict:
+    status = LabelStore.open(str(store)).status()["teachers"]["palette"]
+    return {k: v for k, v in status.items() if k != "provenance"}
+
+
+def test_status_is_the_same_from_the_summary_and_from_the_markers(store):
+    before = palette(store)
+    assert before["units_done"] == 5 and before["samples_failed"] == 2 and len(before["first_errors"]) == 2
+    opened = LabelStore.open(str(store), "r+")
+    assert opened.summarize() == {"palette": 5}
+    assert opened.summarize() == {"palette": 0}  # only markers it does not hold are read
+    assert palette(store) == before and opened.verify() == []
+
+
+def test_status_reads_the_summary_and_verify_finds_a_row_that_differs(store):
+    LabelStore.open(str(store), "r+").summarize()
+    units = zarr.open_group(str(store), mode="r+")["_runs/palette/units"]
+    marker = json.loads(str(units[1]))
+    units[1] = json.dumps({**marker, "ok": marker["ok"] - 1, "failed": marker["failed"] + 1})
+    assert palette(store)["samples_failed"] == 2  # from the summary: the marker is not read
+    problems = LabelStore.open(str(store)).verify()
+    assert [(p["unit"], p["problem"]) for p in problems] == [(1, "the summary's row differs from the marker"),
+                                                             (1, "4 samples ok, the marker says 3")]
+
+
+def test_cleared_units_leave_the_summary_first(store):
+    opened = LabelStore.open(str(store), "r+")
+    opened.summarize()
+    opened.clear_markers("palette", [2, 4])
+    assert palette(store)["units_done"] == 3 and opened.verify() == []
+
+
+def test_a_kill_between_summary_and_markers_leaves_a_true_status(store):
+    """What a kill inside clear_markers leaves: the unit out of the summary, its marker still committed."""
+    LabelStore.open(str(store), "r+").summarize()
+    zarr.open_group(str(store), mode="r+")["_runs/palette/summary"][3] = 0
+    status = palette(store)
+    assert status["units_done"] == 5 and status["samples_failed"] == 2  # unit 3's marker is read instead
+    assert LabelStore.open(str(store)).verify() == []
+
+
+def test_a_marker_emptied_by_hand_is_found_and_repaired(store, labelled):
+    LabelStore.open(str(store), "r+").summarize()
+    zarr.open_group(str(store), mode="r+")["_runs/palette/units"].with_config({"write_empty_chunks": True})[2] = ""
+    problems = LabelStore.open(str(store)).verify()
+    assert [(p["unit"], p["problem"]) for p in problems] == [(2, "summarized as committed, its marker is not")]
+    result = label(str(labelled / "c"), str(store), ["palette"], repair=True, **FAST)
+    assert result.units_repaired == 1 and result.units_planned == 1
+    assert LabelStore.open(str(store)).verify() == [] and palette(store)["units_done"] == 5
