@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_malloc_trim, unit_marker, worker_address
+from omnimill.engine.runtime import (background_thread, cached, loaded, torch_threads, undo_dask_malloc_trim, unit_marker,
+                                     worker_address)
 from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
@@ -87,7 +88,9 @@ def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
     cached(("malloc",), undo_dask_malloc_trim)
     store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
-    pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
+    # Decode threads run nicer than this one (runtime.background_thread): they fill idle cores, not torch's
+    pool = cached(("pool", task.decode_threads),
+                  lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode", initializer=background_thread))
     kind = store.kind
     settings = DecodeSettings(task.view_size, task.max_pixels)
     meta = store.samples(task.start, task.stop)
