@@ -17,7 +17,8 @@ and every way a web image fails, and counts what it was asked for.
     /endless.jpg                image/jpeg, no Content-Length, 2 MB of bytes until the connection closes
 
 `server.hits[path]` counts requests per path; `server.most_in_flight` is the most requests served at
-once (the client's per-host limit is visible here).
+once, each counted from its arrival to its answer's headers (within the client's time with it, so the
+client's per-host limit is an upper bound here).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
+        self.finished()
         try:
             self.wfile.write(body)
         except OSError:  # the client gave up (a timeout): nothing to do
@@ -76,11 +78,19 @@ class Handler(BaseHTTPRequestHandler):
             count = server.hits[self.path]
             server.in_flight += 1
             server.most_in_flight = max(server.most_in_flight, server.in_flight)
+        self.counted = True
         try:
             self.answer(self.path.strip("/").split("/"), count)
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            self.finished()
+
+    def finished(self) -> None:
+        """Out of `in_flight` once the answer is decided, before its body is sent: the client may read the
+        body and send its next request before this thread runs again, and that is no overlap."""
+        if self.counted:
+            self.counted = False
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def answer(self, parts: list[str], count: int) -> None:
         name = parts[-1]

@@ -210,7 +210,7 @@ def _read_at_most(response, limit: int, deadline: float) -> bytes:
     while buf.tell() < limit:
         if time.monotonic() > deadline:
             raise TimeoutError("over max_seconds")
-        block = response.read(min(READ_BLOCK, limit - buf.tell()))
+        block = response.read1(min(READ_BLOCK, limit - buf.tell()))  # what has come: the deadline is checked often
         if not block:
             break
         buf.write(block)
