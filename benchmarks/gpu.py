@@ -22,8 +22,9 @@ Achieved FLOP/s = rate x FLOPs per item, FLOPs counted by torch.utils.flop_count
 of exactly what the row times (a batch through the model, the teacher, the encoder, one training step forward
 and backward), divided by the items in that call.
 
-Needs, beside torch, torchvision and transformers: dask, distributed, zarr, numcodecs, webdataset and
-segment-anything (benchmarks/gpu_wheels.sh downloads them as Python 3.12 wheels; docs/GPU.md says how to run).
+Needs, beside torch, torchvision and transformers: dask, distributed, zarr, numcodecs, webdataset, segment-anything and
+vector-quantize-pytorch (benchmarks/gpu_wheels.sh downloads them and their few needs as Python 3.12 wheels for a GPU
+machine without network; docs/GPU.md says how to run there).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d "$dir" \
     dask==2026.7.1 distributed==2026.7.1 partd==1.4.2 locket==1.0.0 tblib==3.2.2 zict==3.0.0 tornado==6.6.1 \
     zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c \
-    webdataset==1.0.2 braceexpand==0.1.7 segment-anything==1.0
+    webdataset==1.0.2 braceexpand==0.1.7 segment-anything==1.0 \
+    vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 torch-einops-utils==0.2.0
 ls -l "$dir"
 du -sh "$dir"
