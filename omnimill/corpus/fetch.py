@@ -97,19 +97,24 @@ class _Failure(Exception):
 
 
 # ---------------------------------------------------------------- per-host slots
-_slots: dict[str, threading.BoundedSemaphore] = {}
-_slots_lock = threading.Lock()
+_in_use: dict[str, int] = {}  # host -> requests in flight from this process; a host leaves at 0 (a list of
+_changed = threading.Condition()  # a million hosts keeps no million entries)
 
 
 @contextmanager
 def host_slot(host: str, limit: int):
     """At most `limit` requests in flight to `host` from this process (all units of a threaded worker)."""
-    with _slots_lock:
-        slot = _slots.get(f"{host}|{limit}")
-        if slot is None:
-            slot = _slots[f"{host}|{limit}"] = threading.BoundedSemaphore(limit)
-    with slot:
+    with _changed:
+        _changed.wait_for(lambda: _in_use.get(host, 0) < limit)
+        _in_use[host] = _in_use.get(host, 0) + 1
+    try:
         yield
+    finally:
+        with _changed:
+            _in_use[host] -= 1
+            if not _in_use[host]:
+                del _in_use[host]
+            _changed.notify_all()
 
 
 # ---------------------------------------------------------------- one URL
