@@ -258,9 +258,7 @@ def label_run(checkpoint: Path, corpus: Path, store: Path, s, device: str, dtype
 
 def teacher_row(name: str, what: str, spec: str, batch: int, s, device: str, dtype: str, peak, note: str = "",
                 **options) -> dict:
-    """A teacher from the registry, loaded as a worker loads it, timed on one batch (benchmarks/teachers.py)."""
-    import teachers
-
+    """A teacher from the registry, loaded as a worker loads it, timed on one batch of random views with a caption."""
     from omnimill.corpus.image import ImageInfo
     from omnimill.labelers.base import Batch, TeacherSpec
     from omnimill.labelers.registry import build
@@ -271,8 +269,9 @@ def teacher_row(name: str, what: str, spec: str, batch: int, s, device: str, dty
     teacher.load(device, dtype)
     views = np.random.default_rng(0).integers(0, 256, (batch, s.view, s.view, 3), dtype=np.uint8)
     infos = [ImageInfo(640, 480, "RGB", "JPEG", 100_000, False, (80, 0, 560, 480), CAPTION)] * batch
-    flops = count_flops(lambda: teacher(Batch(views, infos, [str(i) for i in range(batch)]))) / batch
-    rate = teachers.measure(teacher, batch, s.view, None, s.seconds)  # its own warm-up call, then timed calls
+    one = Batch(views, infos, [str(i) for i in range(batch)])
+    flops = count_flops(lambda: teacher(one)) / batch
+    rate = timed(lambda: teacher(one), batch, s.seconds, device)  # outputs come back as numpy: each call syncs
     return row(name, what, batch, rate, "images/s", flops, peak, note)
 
 
