@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned CPU-friendly torch pair; pyproject.toml keeps broad ranges for users.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup browser espeak demo test bench imagebind clean
+.PHONY: setup browser espeak demo test bench bench-gpu imagebind clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/clips.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/cuts.py
 	$(PY) benchmarks/tables.py --write
+
+# One GPU, under 6 minutes (docs/GPU.md). No setup: the GPU machine has no venv and no network, only the
+# wheels benchmarks/gpu_wheels.sh fetched here and carried there.
+bench-gpu:
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
