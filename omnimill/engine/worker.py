@@ -2,7 +2,12 @@
 
 Runs inside a Dask worker process but knows nothing of Dask: `run_unit` is a plain function, so the
 same code runs in a test, a benchmark, or any other executor. Teachers load once per process and stay
-cached; each batch is decoded once and every requested teacher runs on it.
+cached; each batch is decoded once and every requested teacher runs on it. Decoding starts before the
+teachers load (a fresh worker decodes its first batches while it imports torch), runs `PREFETCH_BATCHES`
+ahead on threads nicer than the labelling thread (runtime.background_thread), and each unit's commit
+(compression, writes, then the markers) runs on a background thread while the next unit is labelled.
+A unit's stats say where its time went: teacher load, read + decode, waiting for decode, each teacher,
+its commit (the previous unit's, when commits run behind) and waiting for it.
 
 What a sample is belongs to the store's sample kind (corpus/kinds.py): the kind fetches and decodes
 each sample, turns decoded samples into the teachers' Batch, and gives the per-sample arrays written at
