@@ -14,6 +14,7 @@ and every way a web image fails, and counts what it was asked for.
     /big.jpg                    Content-Length 5000000 (a body over a small max_bytes; not sent)
     /drip.jpg                   Content-Length 30000, 1000 bytes every 0.1 s (3 s in all)
     /ftp.jpg                    302 to ftp://127.0.0.1/x.jpg
+    /icon.ico                   an ICO (a real image, of a format the image corpus does not list)
     /endless.jpg                image/jpeg, no Content-Length, 2 MB of bytes until the connection closes
 
 `server.hits[path]` counts requests per path; `server.most_in_flight` is the most requests served at
@@ -139,6 +140,10 @@ class Handler(BaseHTTPRequestHandler):
                 pass
         elif name == "ftp.jpg":
             self.send(302, headers={"Location": "ftp://127.0.0.1/x.jpg"})
+        elif name == "icon.ico":
+            buf = io.BytesIO()
+            Image.fromarray(photo(8, 32, 32)).save(buf, "ICO")
+            self.send(200, buf.getvalue(), "image/x-icon")
         elif name == "endless.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")

@@ -108,6 +108,15 @@ def test_a_lower_pixel_limit_refuses_from_the_header(server, tmp_path):
     assert got.stage == "image" and "96x72" in got.reason and not got.data
 
 
+def test_kept_formats_are_those_the_image_corpus_lists(server):
+    got = fetch(server.url("icon.ico"), FetchSettings(retries=0))
+    assert got.stage == "type" and "not kept: ICO" in got.reason and not got.retryable
+    from omnimill.corpus.fetch import EXTENSIONS, PIL_TYPES
+    from omnimill.corpus.image import IMAGE_EXTS
+
+    assert set(EXTENSIONS.values()) <= IMAGE_EXTS and set(PIL_TYPES.values()) <= set(EXTENSIONS)
+
+
 def test_url_lists_text_jsonl_and_csv(tmp_path):
     (tmp_path / "a.txt").write_text("# images\nhttp://h/x.jpg\n\nhttp://h/y.jpg\nhttp://h/x.jpg\n")
     listed = read_url_list(str(tmp_path / "a.txt"))

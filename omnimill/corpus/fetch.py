@@ -44,7 +44,7 @@ SCHEMES = ("http", "https")
 RETRY_HTTP = {408, 429, 500, 502, 503, 504}  # the server may answer otherwise later
 READ_BLOCK = 1 << 16
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
-              "image/bmp": "bmp", "image/tiff": "tif"}  # PIL's format name -> member extension below
+              "image/bmp": "bmp", "image/tiff": "tif"}  # all in corpus/image.IMAGE_EXTS: listed as images
 PIL_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
              "BMP": "image/bmp", "TIFF": "image/tiff", "MPO": "image/jpeg"}
 
@@ -86,7 +86,7 @@ class Fetched:
 
     @property
     def extension(self) -> str:
-        return EXTENSIONS.get(self.content_type, "img")
+        return EXTENSIONS[self.content_type]  # ok means one of these (_as_image)
 
 
 class _Failure(Exception):
@@ -246,7 +246,10 @@ def _as_image(url: str, data: bytes, code: int, header_type: str, settings: Fetc
             return fail(f"decompression bomb: {e}")  # also from the header: the lower of the two limits holds
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             return fail(f"not a readable image ({type(e).__name__}: {str(e)[:200]})")
-    kind = PIL_TYPES.get(fmt or "", f"image/{(fmt or 'unknown').lower()}")
+    kind = PIL_TYPES.get(fmt or "")
+    if kind is None:  # ICO, TGA, ...: the image corpus would not list its file (corpus/image.IMAGE_EXTS)
+        return Fetched(url, stage="type", reason=f"an image format that is not kept: {fmt} (kept: "
+                       f"{', '.join(sorted(PIL_TYPES))})", http=code, content_type=header_type)
     return Fetched(url, ok=True, http=code, content_type=kind, data=data, sha256=hashlib.sha256(data).hexdigest(),
                    width=width, height=height)
 

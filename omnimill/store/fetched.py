@@ -18,9 +18,14 @@ per unit; written by the fetch job (engine/fetch.py), listed as an image corpus 
         nbytes       (N,) int64   bytes in the tar (ok)
         offset       (N,) int64   where the image's bytes start in its unit's tar (-1 unless ok)
         attempts     (N,) int32   requests made for it in its last run
-      images/<unit:06d>.tar  the unit's good images in row order, members `<key>.<ext>` (+ `<key>.txt`,
-                             the caption, when the list gave one): a WebDataset shard
-      _runs/fetch/units, _lock, _history   commit markers, lock and run records (base.py)
+      images/<unit:06d>.tar  the unit's good images in row order, members `<key>.<ext>` (ext from the
+                             bytes: jpg png webp gif bmp tif) + `<key>.txt` (the caption, when the list
+                             gave one); mtime 0; a unit without a good image has an empty tar. A WebDataset
+                             shard
+      _runs/fetch/units, _lock, _history   commit markers, lock and run records (base.py); a marker (JSON):
+                             unit, start, stop, ok, failed, errors [{index, key, stage, error, retryable,
+                             http}], fetched (URLs requested by that run), bytes, seconds, attempt, worker,
+                             host, pid
 
 A unit is committed by its marker, written after its tar and its rows. A marker lists the unit's failures
 ({index, key, stage, error, retryable, http}); the job's next run fetches only the retryable ones again
