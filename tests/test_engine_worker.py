@@ -1,12 +1,10 @@
 """omnimill/engine/worker.py and runtime.py: one unit on a worker, run in this process (no Dask).
 
-The worker decodes the first batches while its teachers load, reports where a unit's time went, and runs
-its decode threads nicer than the labelling thread."""
+The worker decodes the first batches while its teachers load, reports where a unit's time went, and a
+teacher that does not load stops the unit without leaving queued decodes behind."""
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 import numpy as np
@@ -17,7 +15,6 @@ from conftest import photo
 from omnimill.corpus.image import ImageKind
 from omnimill.corpus.kinds import register, unregister
 from omnimill.corpus.listing import index_corpus
-from omnimill.engine.runtime import BACKGROUND_NICE, background_thread
 from omnimill.engine.worker import UnitTask, run_unit
 from omnimill.labelers.base import Batch, Field, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
@@ -29,12 +26,11 @@ SEEN: dict = {}
 
 
 class SignallingImages(ImageKind):
-    """Images that say when one has been decoded (and at which priority its thread ran)."""
+    """Images that say when one has been decoded."""
 
     name = "signalling-image"
 
     def decode(self, data, sample, settings):
-        SEEN.setdefault("decode_nice", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         decoded = super().decode(data, sample, settings)
         DECODED.set()
         return decoded
@@ -111,34 +107,6 @@ def test_decoding_starts_while_the_teachers_load(tmp_path, signalling):
     np.testing.assert_allclose(labels.outputs("waitsfordecode", slice(0, 6))["mean"],
                                views.reshape(6, -1).mean(1), rtol=1e-5)
     assert labels.markers("waitsfordecode")[0]["ok"] == 6
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
-def test_decode_threads_run_nicer_than_the_labelling_thread(tmp_path, signalling):
-    store = store_of(tmp_path, signalling.name, n=2, unit_size=2)
-    specs = prepared(store, TeacherSpec("rgb"))
-    run_unit(task(store, specs, decode_threads=5))  # a pool no other test made
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert SEEN["decode_nice"] == min(19, mine + BACKGROUND_NICE)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # this thread is untouched
-
-
-def test_background_thread_lowers_only_the_calling_thread():
-    result = {}
-
-    def lowered():
-        result["ok"] = background_thread()
-        result["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=lowered)
-    thread.start()
-    thread.join()
-    if sys.platform == "linux":
-        assert result == {"ok": True, "nice": min(19, mine + BACKGROUND_NICE)}
-    else:
-        assert result["ok"] is False
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_a_teacher_that_does_not_load_stops_the_unit_and_leaves_the_decode_pool_usable(tmp_path):

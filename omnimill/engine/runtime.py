@@ -1,6 +1,5 @@
 """What every task shares on a Dask worker: a per-process cache, torch's share of the cores, glibc's heap
-thresholds, the priority of background threads, and the worker's name. Used by the label and tokenize
-tasks alike."""
+thresholds, and the worker's name. Used by the label and tokenize tasks alike."""
 
 from __future__ import annotations
 
@@ -41,30 +40,6 @@ def undo_dask_malloc_trim() -> bool:
         libc = ctypes.CDLL(name)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
     except (OSError, AttributeError):
-        return False
-
-
-BACKGROUND_NICE = 10  # how much nicer than the labelling thread the decode and commit threads run
-
-
-def background_thread() -> bool:
-    """Run the calling thread at a lower priority (nice +10): a pool initializer for decode and commit threads.
-
-    Torch gives the labelling thread one OpenMP thread per core, so on a CPU worker decode and compression
-    threads oversubscribe the cores while a model runs, and a preempted OpenMP thread stalls its whole
-    parallel region at the next barrier. At nice +10 the kernel gives them ~10% of a core that torch also
-    wants (CFS weights 110 vs 1024) and all of a core nobody wants: they still fill every gap (the
-    single-threaded teachers, a GPU worker's idle cores) and stop slowing the model down.
-    Threads they start inherit it. Compression is not lowered: Zarr encodes on its own event loop's threads.
-    Linux only (where a thread's nice value is its own); elsewhere a no-op.
-    """
-    if sys.platform != "linux":
-        return False
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
-        return True
-    except OSError:
         return False
 
 

@@ -4,7 +4,7 @@ Runs inside a Dask worker process but knows nothing of Dask: `run_unit` is a pla
 same code runs in a test, a benchmark, or any other executor. Teachers load once per process and stay
 cached; each batch is decoded once and every requested teacher runs on it. Decoding starts before the
 teachers load (a fresh worker decodes its first batches while it imports torch), runs `PREFETCH_BATCHES`
-ahead on threads nicer than the labelling thread (runtime.background_thread), and each unit's commit
+ahead on threads, and each unit's commit
 (compression, writes, then the markers) runs on a background thread while the next unit is labelled.
 A unit's stats say where its time went: teacher load, read + decode, waiting for decode, each teacher,
 its commit (the previous unit's, when commits run behind) and waiting for it.
@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omnimill.engine.runtime import (background_thread, cached, loaded, torch_threads, undo_dask_malloc_trim, unit_marker,
-                                     worker_address)
+from omnimill.engine.runtime import cached, loaded, torch_threads, undo_dask_malloc_trim, unit_marker, worker_address
 from omnimill.errors import SampleError, TeacherLoadError
 from omnimill.labelers.base import Batch, Teacher, TeacherSpec
 from omnimill.labelers.registry import build
@@ -93,9 +92,7 @@ def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
     cached(("malloc",), undo_dask_malloc_trim)
     store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
-    # Decode threads run nicer than this one (runtime.background_thread): they fill idle cores, not torch's
-    pool = cached(("pool", task.decode_threads),
-                  lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode", initializer=background_thread))
+    pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
     kind = store.kind
     settings = DecodeSettings(task.view_size, task.max_pixels)
     meta = store.samples(task.start, task.stop)
