@@ -31,14 +31,19 @@ def train(
                                                       "(default 1024)")] = None,
     quantizer: Annotated[Optional[str], typer.Option(help="fsq, fsq-exact (exactly --vocab codes, a power of 2) "
                                                           "or vq. (default fsq)")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps. (default 2000)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per step. (default 32)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps. (default by device: spatial 2000 on CUDA, "
+                                                      "400 on CPU; other kinds 2000)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per step. (default by device: spatial 32 on "
+                                                           "CUDA, 16 on CPU; other kinds 32)")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. (default 0.002)")] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="Spatial: side fed to the encoder (256).")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Spatial: side fed to the encoder (default by device: "
+                                                           "256 on CUDA, 64 on CPU; a feature grid: its own side).")] \
+        = None,
     grid: Annotated[Optional[int], typer.Option(help="Spatial: tokens per side (default 16); mask: tokens per side "
                                                      "of one instance's mask (default 4).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Spatial, mask, audio: channels of the first stage. "
-                                                      "(default 64)")] = None,
+                                                      "(default by device: spatial 64 on CUDA, 16 on CPU; mask, "
+                                                      "audio 64)")] = None,
     n_tokens: Annotated[Optional[int], typer.Option(help="Vector: tokens per vector; audio: tokens per time step. "
                                                          "(default 8)")] = None,
     time_stride: Annotated[Optional[int], typer.Option(help="Audio: log-mel frames per time step, a power of 2 "
@@ -53,7 +58,13 @@ def train(
                                               "VALUE is JSON or text.")] = [],
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ):
-    """Train a tokenizer on one modality of STORE."""
+    """Train a tokenizer on one modality of STORE.
+
+    Defaults by device: the real-size spatial tokenizer on CUDA, a smaller one on CPU (minutes, a few GB).
+
+    Options you give always win; config.json records what the device chose (options.defaults).
+
+    After a few steps, one line: "about N minutes for S steps on DEVICE"."""
     from omnimill.tokenize.quantizer import KINDS as QUANTIZERS
     from omnimill.tokenize.train import train_tokenizer
 

@@ -10,6 +10,15 @@ train their text vocabulary on the serialized training split (see sequence.py); 
 train like vector ones on random batches of clips, every audio segment of a clip in the batch (crops do not
 apply to sound).
 
+Defaults by device (`DEVICE_DEFAULTS`): on CUDA the real-size spatial tokenizer (input 256, width 64, batch
+32, 2000 steps); on a CPU a smaller one (input 64, width 16, batch 16, 400 steps), since the real size took
+17 GB and over 12 minutes for its first 4 steps on a 2-core box. Options given explicitly always win; what
+the device chose is recorded in config.json (options.defaults). After a few steps the run prints its ETA
+("about N minutes for S steps on DEVICE") and records the seconds a step in train_log.json (eta).
+
+Training data beyond `memory_budget` bytes is memory-mapped from a temporary file (written piece by piece
+from the store) rather than held in memory: 20,000 RGB views of 384 px are 8.8 GB.
+
 Everything the tokenizer needs at use time is written to its directory; the loss curve goes to
 train_log.json and curve.png.
 """
@@ -19,6 +28,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +49,31 @@ from omnimill.tokenize.quantizer import levels_for
 
 SPATIAL_GRID = 16  # spatial tokens per side by default: 16 x 16 = 256 tokens
 
+# Options left unset take these by the device training runs on (spatial tokenizers; the other kinds take the cuda
+# row on every device). A step's convolutions cost ~ batch x input_size^2 x width^2: the cpu row's step is
+# 1/2 x 1/16 x 1/16 = 1/512 of the cuda row's (activations, ~ batch x input_size^2 x width: 1/128), and it takes
+# 1/5 of the steps. The same 16 x 16 tokens a sample: each token sees 4 x 4 input pixels instead of 16 x 16.
+# Measured on 2 loaded cores (benchmarks/tokenizer_cpu.py, docs/BENCHMARKS.md): the cuda row's first 4 steps took
+# over 12 minutes and 17 GB there; an input of 128 at width 32 still took 2.2 GB and ~26 s a step.
+DEVICE_DEFAULTS = {
+    "cuda": {"steps": 2000, "batch_size": 32, "width": 64, "input_size": 256},
+    "cpu": {"steps": 400, "batch_size": 16, "width": 16, "input_size": 64},
+}
+ETA_STEPS = 3  # steps timed for the ETA, after the first (which pays one-time allocation)
+FIT_SAMPLES = 256  # samples whose pixels give image/continuous normalisation statistics (float32 copies of them)
+
 
 @dataclass
 class TrainOptions:
     vocab: int = 1024  # FSQ rounds to the paper's nearest size: 1024 -> [8,5,5,5] = 1000 codes
     quantizer: str = "fsq"  # or "vq" (EMA, k-means init, dead-code restart)
-    steps: int = 2000
-    batch_size: int = 32
+    steps: int | None = None  # None: by device (DEVICE_DEFAULTS)
+    batch_size: int | None = None  # None: by device
     lr: float = 2e-3
     warmup: int = 100
-    input_size: int | None = None  # spatial: side fed to the encoder (default: 256 for maps, the grid for feature grids)
+    input_size: int | None = None  # spatial: side fed to the encoder (None: by device for maps, a feature grid its own)
     grid: int | None = None  # tokens per side: spatial 16 (16 x 16 = 256 tokens); mask 4 (16 an instance, 4M-21's)
-    width: int = 64  # spatial: channels of the first stage
+    width: int | None = None  # spatial, mask, audio: channels of the first stage (None: by device)
     max_instances: int = 200_000  # mask: training instances held in memory (4 KB each at 64 x 64)
     n_tokens: int | None = None  # vector: tokens per vector (8); audio: tokens per time step (8)
     time_stride: int | None = None  # audio: log-mel frames per time step, a power of 2 (8: 80 ms at a 10 ms hop)
@@ -58,7 +82,8 @@ class TrainOptions:
     tokens_per_sample: int | None = None  # sequence: L (default per structure: 64, pose 128)
     serializer: dict | None = None  # sequence: serializer options (structure, mask_tokenizer, order, ...)
     holdout: float = 0.1  # share of samples kept out of training for `tokenizer eval`
-    max_samples: int = 20000  # training samples held in memory
+    max_samples: int = 20000  # training samples
+    memory_budget: int = 1 << 30  # bytes of training data held in memory; more is memory-mapped from a temporary file
     seed: int = 0
     device: str = "auto"  # cuda when present
     threads: int | None = None  # CPU threads for training (None: every core)
@@ -68,6 +93,7 @@ class TrainOptions:
 def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options: TrainOptions | None = None,
                     **overrides) -> Path:
     opts = with_overrides(options or TrainOptions(), overrides)
+    opts, chosen = device_defaults(opts, kind)
     source = open_field(store, field)
     train_idx, heldout_idx = split(source, opts.holdout, opts.seed)
     if len(train_idx) == 0:
@@ -88,8 +114,6 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
         values = {source.fields[0]: instance_pool(source, train_idx, opts.max_instances, opts.seed)}
         if not len(values[source.fields[0]]):
             raise UserError(f"{field} holds no instances in the training split of {store}")
-    else:
-        values = source.read(train_idx)
     config = TokenizerConfig(kind=kind, teacher=source.teacher, fields=source.fields, source={
         "store": source.store.uri, "store_created": source.store.created,
         "teacher_checkpoint_sha256": source.provenance.get("checkpoint_sha256"),
@@ -98,24 +122,73 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
         "omnimill_version": __version__})
     config.options.update(view_size=source.store.view_size, holdout=opts.holdout, seed=opts.seed,
                           train_samples=len(train_idx), heldout_samples=len(heldout_idx))
+    if kind != "sequence":
+        config.options["defaults"] = chosen
     out = Path(out)
     check_directory(out)  # before training: a user's folder is refused, not overwritten an hour later
-    if kind == "sequence":
-        from omnimill.tokenize.sequence import SequenceTokenizer
+    with tempfile.TemporaryDirectory(prefix="omnimill-train-") as scratch:
+        if kind != "mask":
+            values = hold(source, train_idx, opts.memory_budget if kind != "sequence" else None, Path(scratch))
+        if kind == "sequence":
+            from omnimill.tokenize.sequence import SequenceTokenizer
 
-        if opts.tokens_per_sample:
-            config.options["tokens_per_sample"] = opts.tokens_per_sample
-        config.options.update(opts.serializer or {})
-        tokenizer = SequenceTokenizer.train(config, values, view_size=source.store.view_size)
-        tokenizer.save(out)
-        return out
+            if opts.tokens_per_sample:
+                config.options["tokens_per_sample"] = opts.tokens_per_sample
+            config.options.update(opts.serializer or {})
+            tokenizer = SequenceTokenizer.train(config, values, view_size=source.store.view_size)
+            tokenizer.save(out)
+            return out
 
-    tokenizer = _build(kind, source, values, config, opts).to(opts.device)
-    log = _fit(tokenizer, values, source.store.view_size, opts)
+        tokenizer = _build(kind, source, values, config, opts).to(opts.device)
+        log = _fit(tokenizer, values, source.store.view_size, opts, chosen["device"])
+        del values  # the memory maps close before their folder goes
     tokenizer.to("cpu").save(out)
     write_atomic(out / "train_log.json", json.dumps(log))
     plot_curve(log, out / "curve.png")
     return out
+
+
+def device_defaults(opts: TrainOptions, kind: str) -> tuple[TrainOptions, dict]:
+    """`opts` with its unset options (None) filled in for the device it trains on, and the record of that choice
+    for config.json: {"device": "cpu", "set": {option: value it took}}. Spatial tokenizers take their device's row
+    of DEVICE_DEFAULTS; the other kinds the cuda row everywhere (input_size only concerns spatial ones)."""
+    from dataclasses import replace
+
+    device = opts.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    row = DEVICE_DEFAULTS["cuda" if device.startswith("cuda") or kind != "spatial" else "cpu"]
+    unset = {k: v for k, v in row.items() if getattr(opts, k) is None and (k != "input_size" or kind == "spatial")}
+    # input_size stays unset in the options: _build reads it from the record, or feeds a feature grid at its own side
+    return replace(opts, device=device, **{k: v for k, v in unset.items() if k != "input_size"}), \
+        {"device": device, "set": unset}
+
+
+def hold(source, indices: np.ndarray, budget: int | None, scratch: Path) -> dict[str, np.ndarray]:
+    """The values of `indices`, in memory when they fit in `budget` bytes (None: always), else in memory-mapped .npy
+    files under `scratch`, filled a piece of at most ~budget/8 bytes at a time, so memory stays near one piece."""
+    if budget is None or not len(indices):
+        return source.read(indices)
+    first = source.read(indices[:1])
+    per_sample = sum(v.nbytes for v in first.values())  # a clip's frames included
+    if per_sample * len(indices) <= budget:
+        return source.read(indices)
+    step = max(1, budget // 8 // per_sample)
+    rows = {f: len(v) * len(indices) for f, v in first.items()}  # frames per sample x samples
+    held = {f: np.lib.format.open_memmap(scratch / f"{f}.npy", "w+", v.dtype, (rows[f], *v.shape[1:]))
+            for f, v in first.items()}
+    at = 0
+    for start in range(0, len(indices), step):
+        piece = source.read(indices[start:start + step])
+        n = len(next(iter(piece.values())))
+        for f, v in piece.items():
+            held[f][at:at + n] = v
+        at += n
+    for array in held.values():
+        array.flush()
+    return held
 
 
 def _structure_needs(source, train_idx: np.ndarray, opts: TrainOptions):
@@ -176,11 +249,16 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
                         "needs a dense map (H, W) or (H, W, C); use --kind vector for embeddings")
     mode = opts.mode or V.mode_of(field, spec)  # by the field's kind (stores without kinds: as before)
     id2label = config.source.get("id2label")
+    if mode in ("image", "continuous") and len(sample) > FIT_SAMPLES:  # means and spreads of pixels, as float32:
+        sample = sample[np.linspace(0, len(sample) - 1, FIT_SAMPLES).astype(int)]  # 256 RGB 384-px views: 450 MB
     config.normalization = V.fit(mode, sample, field, len(id2label) if id2label else None,
                                  relative=relative_of(field, spec))
     grid = opts.grid or SPATIAL_GRID
     feature_grid = shape[0] <= grid  # e.g. DINOv2's 16 x 16 patches: tokenize at native resolution
-    input_size = opts.input_size or (shape[0] if feature_grid else 256)
+    chosen = config.options["defaults"]["set"]
+    if feature_grid:
+        chosen.pop("input_size", None)  # a feature grid is fed at its own side, on every device
+    input_size = opts.input_size or (shape[0] if feature_grid else chosen["input_size"])
     grid = min(grid, input_size)
     config.options.update(sample_shape=list(shape), input_size=input_size, grid=grid, width=opts.width,
                           vocab=opts.vocab, quantizer=opts.quantizer, levels=levels_for(opts.quantizer, opts.vocab))
@@ -189,7 +267,7 @@ def _build(kind: str, source, values: dict, config: TokenizerConfig, opts: Train
     return SpatialTokenizer(config)
 
 
-def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
+def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions, device: str = "cpu") -> dict:
     import torch
 
     torch.manual_seed(opts.seed)
@@ -202,8 +280,16 @@ def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
     log = {"step": [], "loss": [], "codes_used": [], "seconds": []}
     started = time.time()
     running, used = 0.0, set()
-    bar = _bar(opts.steps, opts.progress)
+    bar = None
     for step in range(opts.steps):
+        if step == 1:
+            timed = time.time()  # the first step pays one-time allocation: the ETA times the next ETA_STEPS
+        if step == 1 + ETA_STEPS or (bar is None and step == opts.steps - 1 and step > 1):
+            log["eta"] = eta(time.time() - timed, step - 1, opts.steps, device)
+            if opts.progress:
+                print(log["eta"]["line"], file=sys.stderr, flush=True)
+        if bar is None and (step == 1 + ETA_STEPS or step == opts.steps - 1):
+            bar = _bar(opts.steps, opts.progress)  # after the ETA line, so the line stands above it
         lr = opts.lr * min(1.0, (step + 1) / opts.warmup) * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -222,10 +308,19 @@ def _fit(tokenizer, values: dict, view_size: int, opts: TrainOptions) -> dict:
             log["loss"].append(running / k)
             log["codes_used"].append(len(used) / tokenizer.vocab_size)
             log["seconds"].append(round(time.time() - started, 2))
-            bar(step + 1, running / k, len(used) / tokenizer.vocab_size)
+            (bar or _bar(0, False))(step + 1, running / k, len(used) / tokenizer.vocab_size)
             running, used = 0.0, set()
-    bar(None, 0, 0)
+    (bar or _bar(0, False))(None, 0, 0)
     return log
+
+
+def eta(seconds: float, steps_timed: int, steps: int, device: str) -> dict:
+    """The run's projected length from `steps_timed` steps that took `seconds`, and its one line for the console."""
+    per_step = seconds / steps_timed
+    total = per_step * steps
+    size = f"{total / 60:.0f} minutes" if total >= 90 else f"{total:.0f} seconds"
+    return {"seconds_per_step": round(per_step, 4), "projected_seconds": round(total, 1), "device": device,
+            "line": f"about {size} for {steps} steps on {device} ({per_step:.2f} s a step)"}
 
 
 def random_crops(n: int, view_size: int, rng) -> np.ndarray:
