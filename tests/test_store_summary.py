@@ -44,6 +44,7 @@ def test_status_is_the_same_from_the_summary_and_from_the_markers(store):
     assert opened.summarize() == {"palette": 5}
     assert opened.summarize() == {"palette": 0}  # only markers it does not hold are read
     assert palette(store) == before and opened.verify() == []
+    assert opened.raw_marker("palette", 3) == opened.raw_markers("palette")[3] != ""
 
 
 def test_status_reads_the_summary_and_verify_finds_a_row_that_differs(store):

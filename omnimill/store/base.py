@@ -296,6 +296,10 @@ class UnitStore:
     def raw_markers(self, part: str) -> np.ndarray:
         return self.group[f"{RUNS}/{part}/units"][:]
 
+    def raw_marker(self, part: str, unit: int) -> str:
+        """One unit's marker text ("" = not committed): one object read, where raw_markers reads n_units."""
+        return str(self.group[f"{RUNS}/{part}/units"][unit])
+
     def done_units(self, part: str) -> np.ndarray:
         if part not in self.parts():
             return np.zeros(self.n_units, bool)
@@ -364,7 +368,9 @@ class UnitStore:
         """Decoded markers of these units; None for an empty or damaged one (verify reports those)."""
         if not len(units):
             return []
-        raw = self.group[f"{RUNS}/{part}/units"].get_coordinate_selection(np.asarray(units, np.int64))
+        array = self.group[f"{RUNS}/{part}/units"]
+        whole = len(units) == self.n_units  # no summary yet: one plain read of them all
+        raw = array[:] if whole else array.get_coordinate_selection(np.asarray(units, np.int64))
         out = []
         for text in raw:
             try:

@@ -50,19 +50,21 @@ class KeyIndex:
 
     def find(self, key: str) -> int | None:
         """The first row holding `key`, or None."""
-        if self._fences is None:
+        if self._fences is None:  # once per open store; the arrays' handles too (each open reads metadata)
             self._fences = [str(k) for k in self.group["fences"][:]]
-        sorted_keys = self.group["sorted"]
-        rows = sorted_keys.chunks[0]
+            self._sorted, self._order = self.group["sorted"], self.group["order"]
+        rows = self._sorted.chunks[0]
         # the last chunk whose first key is < key: with equal keys spilling over a chunk boundary, the
         # first of them may sit at the end of the chunk before the one whose fence equals the key
         c = max(0, bisect.bisect_left(self._fences, key) - 1)
         start = c * rows
-        chunk = [str(k) for k in sorted_keys[start:start + 2 * rows]]  # this chunk and the next
+        # this chunk and the next, as Python strings: numpy 2.4.6's searchsorted gave wrong rows on the
+        # StringDType arrays zarr returns (measured)
+        chunk = self._sorted[start:start + 2 * rows].tolist()
         i = bisect.bisect_left(chunk, key)
         if i == len(chunk) or chunk[i] != key:
             return None
-        return int(self.group["order"][start + i])
+        return int(self._order[start + i])
 
     def problems(self, keys: np.ndarray) -> list[str]:
         """What does not match the store's keys (verify): the index must sort exactly these keys."""

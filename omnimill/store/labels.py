@@ -25,7 +25,8 @@ and whose per-sample arrays the store holds; a store made before kinds has no su
 images. `sample_settings` is written only for a kind that has settings (an image store has none).
 
 A work unit is `unit_size` consecutive samples: exactly one chunk of every array it writes, so
-workers never share a chunk (nor an object: what they write is never sharded) and need no locks. Everything is plain Zarr: `zarr.open_group` reads it.
+workers never share a chunk (nor an object: what they write is never sharded) and need no locks.
+Everything is plain Zarr: `zarr.open_group` reads it.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class TokenStore(UnitStore):
         n, n_crops = labels.n, crops.shape[1]
         keys = labels.keys().astype(object)
         create_array(group, "keys", (n,), dtype="str", **layout.once(labels.unit_size))[:] = keys
-        create_array(group, "crops", (n, n_crops, 5), dtype="int32", **layout.once(labels.unit_size, (n_crops, 5)))[:] = crops
+        crops_layout = layout.once(labels.unit_size, (n_crops, 5))
+        create_array(group, "crops", (n, n_crops, 5), dtype="int32", **crops_layout)[:] = crops
         cls.index_keys(group, keys, labels.unit_size)
         cls.commit_create(group, {
             "format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"], "n": n,
