@@ -139,6 +139,9 @@ def train_tokenizer(store: str, field: str, kind: str, out: str | Path, options:
             tokenizer.save(out)
             return out
 
+        import torch
+
+        torch.manual_seed(opts.seed)  # the initial weights too: one seed, one tokenizer, whatever ran before
         tokenizer = _build(kind, source, values, config, opts).to(opts.device)
         log = _fit(tokenizer, values, source.store.view_size, opts, chosen["device"])
         del values  # the memory maps close before their folder goes
@@ -166,16 +169,17 @@ def device_defaults(opts: TrainOptions, kind: str) -> tuple[TrainOptions, dict]:
         {"device": device, "set": unset}
 
 
-def hold(source, indices: np.ndarray, budget: int | None, scratch: Path) -> dict[str, np.ndarray]:
+def hold(source, indices: np.ndarray, budget: int | None, scratch: Path, least: int = 64) -> dict[str, np.ndarray]:
     """The values of `indices`, in memory when they fit in `budget` bytes (None: always), else in memory-mapped .npy
-    files under `scratch`, filled a piece of at most ~budget/8 bytes at a time, so memory stays near one piece."""
+    files under `scratch`, filled a piece at a time (~budget/8 bytes, at least `least` samples: a chunk holds many,
+    so one sample a read would decompress each chunk again and again); memory stays near one piece."""
     if budget is None or not len(indices):
         return source.read(indices)
     first = source.read(indices[:1])
     per_sample = sum(v.nbytes for v in first.values())  # a clip's frames included
     if per_sample * len(indices) <= budget:
         return source.read(indices)
-    step = max(1, budget // 8 // per_sample)
+    step = max(least, budget // 8 // per_sample)
     rows = {f: len(v) * len(indices) for f, v in first.items()}  # frames per sample x samples
     held = {f: np.lib.format.open_memmap(scratch / f"{f}.npy", "w+", v.dtype, (rows[f], *v.shape[1:]))
             for f, v in first.items()}
