@@ -170,7 +170,8 @@ def tokenize_unit(task: TokenizeTask) -> dict:
             raise RuntimeError(f"label unit {task.unit} of {tok.config.teacher} is damaged (a chunk is missing or "
                                f"does not decode): run `omnimill verify {task.labels}`, then label with --repair")
         source = open_field(labels, tok.config.modality)
-        ok = source.ok()[span]
+        # this unit's rows only: reading the whole `ok` (n_units chunks) per unit is n_units² reads in a run
+        ok = labels.read(source.path("ok"), span) if source.teacher else np.ones(n, bool)
         rows = np.flatnonzero(ok)
         values = {f: labels.read(source.path(f), span)[rows] for f in source.fields}
         pad = tok.config.pad_id if tok.config.pad_id >= 0 else 0
