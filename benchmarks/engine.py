@@ -114,11 +114,13 @@ def hand_loop_cold(corpus: Path, specs: list[str], view_size: int, batch_size: i
     """The hand loop in a fresh Python process; `seconds` is its wall time seen from here (interpreter start
     included), `parts` its own split."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--hand-loop", json.dumps([str(corpus), specs, view_size,
+    run = subprocess.run([sys.executable, __file__, "--hand-loop", json.dumps([str(corpus), specs, view_size,
                                                                                batch_size, warmup])],
-                         check=True, capture_output=True, text=True).stdout
+                         capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    row = json.loads(out.strip().splitlines()[-1])
+    if run.returncode:
+        raise RuntimeError(f"the hand loop failed:\n{run.stderr}")
+    row = json.loads(run.stdout.strip().splitlines()[-1])
     row["parts"]["interpreter start and exit"] = seconds - row["seconds"]
     return {**row, "seconds": seconds}
 
@@ -140,16 +142,23 @@ def engine(corpus: Path, store: Path, specs: list[str], view_size: int, batch_si
     if pin:
         options.torch_threads, options.decode_threads = 1, 1
     t = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
-                      local_directory=str(store.parent / "dask")) as cluster, Client(cluster) as client:
-        cluster_start = time.perf_counter() - t
-        if pin:
-            for core, address in enumerate(sorted(client.scheduler_info(n_workers=-1)["workers"])):
-                client.run(os.sched_setaffinity, 0, {core % (os.cpu_count() or 1)}, workers=[address])
-        options.scheduler = cluster.scheduler_address
-        start, wall = time.perf_counter(), time.time()
-        result = label(str(corpus), str(store), specs, options)
-        seconds, ended = time.perf_counter() - start, time.time()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+                           local_directory=str(store.parent / "dask"))
+    try:
+        with Client(cluster) as client:
+            cluster_start = time.perf_counter() - t
+            if pin:
+                for core, address in enumerate(sorted(client.scheduler_info(n_workers=-1)["workers"])):
+                    client.run(os.sched_setaffinity, 0, {core % (os.cpu_count() or 1)}, workers=[address])
+            options.scheduler = cluster.scheduler_address
+            start, wall = time.perf_counter(), time.time()
+            result = label(str(corpus), str(store), specs, options)
+            seconds, ended = time.perf_counter() - start, time.time()
+    finally:
+        try:
+            cluster.close(timeout=60)
+        except TimeoutError:  # a worker slow to exit on a loaded machine: the run itself is complete
+            print("  (the cluster took over 60 s to close)", flush=True)
     assert not result.units_failed and result.samples_failed == 0, result
     stats = result.unit_stats
     return {"seconds": seconds, "steady_rate": steady_rate(stats),
