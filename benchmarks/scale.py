@@ -245,7 +245,8 @@ def marginal(rows: list[dict]) -> dict:
 
 
 def status_at_1m(rows: list[dict]) -> dict:
-    """`status` at 1M samples: measured if run, else linear from the two largest sizes (said so)."""
+    """`status` at 1M samples: measured if run, else linear from the two largest sizes (said so); a slope
+    below zero (noise on a loaded machine) is taken as flat: never less than the largest size's time."""
     for r in rows:
         if r["n"] == 1_000_000:
             return {"seconds": r["status_seconds"], "cli_seconds": r["cli_status_seconds"], "extrapolated": False}
@@ -255,7 +256,7 @@ def status_at_1m(rows: list[dict]) -> dict:
     out = {"extrapolated": True, "from": [a["n"], b["n"]]}
     for name, key in (("seconds", "status_seconds"), ("cli_seconds", "cli_status_seconds")):
         slope = (b[key] - a[key]) / (b["n"] - a["n"])
-        out[name] = b[key] + slope * (1_000_000 - b["n"])
+        out[name] = b[key] + max(0.0, slope) * (1_000_000 - b["n"])
     return out
 
 

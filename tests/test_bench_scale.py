@@ -56,6 +56,7 @@ def test_table_and_extrapolation():
     results = {"rows": rows, "ratios": scale.ratios(rows), "marginal_us": scale.marginal(rows),
                "status_1m": extrapolated}
     assert results["marginal_us"]["1000-10000"]["label"] == 100.0
+    assert scale.status_at_1m([row(1000, 0.5), row(10000, 0.2)])["seconds"] == 0.2  # noise: flat, not negative
     lines = scale.table(results)
     assert any(line.startswith("| 10,000 | 100 |") for line in lines)
     assert any("extrapolated linearly from 1,000 and 10,000" in line for line in lines)
