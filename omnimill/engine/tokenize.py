@@ -35,7 +35,7 @@ import numpy as np
 from omnimill.engine import cluster
 from omnimill.engine.job import JobOptions, JobResult, UnitJob, at_least_one, check_options, run_job, with_overrides
 from omnimill.errors import UserError
-from omnimill.store.base import RUNS, now
+from omnimill.store.base import now
 from omnimill.store.labels import LabelStore
 from omnimill.store.tokens import TokenStore, modality_name
 
@@ -69,12 +69,6 @@ class TokenizeTask:
 
 def marker_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16] if text else ""
-
-
-def unit_marker_text(store, part: str, unit: int) -> str:
-    """One unit's raw commit marker ("" = not committed), read alone: a worker reading the whole marker array
-    for each of its units reads n_units objects per unit, n_units² in a run (782² = 611k reads at 100k samples)."""
-    return str(store.read(f"{RUNS}/{part}/units", slice(unit, unit + 1))[0])
 
 
 def tokenizer_info(directory: str | Path, tok=None, tokens_per_sample: int | None = None) -> tuple[str, dict]:
@@ -163,7 +157,8 @@ def tokenize_unit(task: TokenizeTask) -> dict:
 
             torch.set_num_threads(torch_threads(task.torch_threads, task.workers_per_host))
         name = modality_name(tok.config.teacher, tok.config.fields)
-        label_marker = marker_hash(unit_marker_text(labels, tok.config.teacher, task.unit)) if tok.config.teacher else ""
+        # its own marker only: the whole marker array per unit is n_units² reads in a run (782² at 100k samples)
+        label_marker = marker_hash(labels.raw_marker(tok.config.teacher, task.unit)) if tok.config.teacher else ""
         if label_marker != task.label_markers.get(directory, label_marker):
             raise RuntimeError(f"label unit {task.unit} of {tok.config.teacher} changed since it was planned")
         if tok.config.teacher and not labels.unit_intact(tok.config.teacher, task.unit):
