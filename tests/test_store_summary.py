@@ -38,6 +38,9 @@ def palette(store) -> dict:
 
 
 def test_status_is_the_same_from_the_summary_and_from_the_markers(store):
+    group = zarr.open_group(str(store), mode="r+")
+    if "summary" in group["_runs/palette"]:  # the run summarized its markers: start from the markers alone
+        del group["_runs/palette/summary"]
     before = palette(store)
     assert before["units_done"] == 5 and before["samples_failed"] == 2 and len(before["first_errors"]) == 2
     opened = LabelStore.open(str(store), "r+")
