@@ -2,8 +2,7 @@
 
     lock the store -> prepare its parts -> [--repair: forget the markers of damaged units]
     -> plan -> run the units on Dask (units.py: back-pressure, retries) -> sweep (plan again: units
-    still without a marker run again) -> tally what the store holds -> summarize the new markers into
-    the store's unit summary (store/summary.py; `status` reads it) -> run record -> unlock
+    still without a marker run again) -> tally what the store holds -> run record -> unlock
 
 A job says only what is its own (a `UnitJob`): the parts it writes (teachers, modalities), how to
 prepare one, how to plan tasks from the markers, the function a worker runs on a task, and what it
@@ -144,7 +143,6 @@ def run_job(job: UnitJob) -> JobResult:
         if opts.repair:
             result.units_repaired = repair(job)
         run_planned(job, result)
-        store.summarize(job.parts)  # the lock holder keeps the unit summary: `status` reads it, not every marker
     finally:
         result.seconds = time.time() - clock
         try:
