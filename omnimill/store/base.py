@@ -320,16 +320,26 @@ class UnitStore:
     def clear_markers(self, part: str, units) -> None:
         """Uncommit units: out of the summary first, then their markers (a kill between the two leaves a
         summary that claims less than the markers, never more)."""
-        units = sorted(units)
-        table = self._summary(part)
-        if table is not None and units and table[units, COMMITTED].any():
-            table[units] = 0
-            self._write_summary(part, table, units[0], units[-1] + 1)
+        self.unsummarize(part, units)
         array = self.writable(f"{RUNS}/{part}/units")
         for u in units:
             array[u] = ""
 
     # ---------------------------------------------------------------- summary (summary.py)
+    def unsummarize(self, part: str, units) -> None:
+        """Take units out of the summary, for the lock holder to call BEFORE anything replaces or clears
+        their committed markers (repair; a unit made again while committed): the next summarize reads them."""
+        units = sorted(units)
+        table = self._summary(part)
+        if table is not None and units and table[units, COMMITTED].any():
+            table[units] = 0
+            self._write_summary(part, table, units[0], units[-1] + 1)
+
+    @staticmethod
+    def _unsettled(table: np.ndarray) -> np.ndarray:
+        """Units whose markers are read again: not summarized, or holding retryable failures (a later run
+        retries those samples and replaces the marker)."""
+        return np.flatnonzero((table[:, COMMITTED] == 0) | (table[:, summary.RETRYABLE] > 0))
     def _summary(self, part: str) -> np.ndarray | None:
         path = f"{RUNS}/{part}/{summary.NAME}"
         if path not in self.group:
@@ -349,14 +359,15 @@ class UnitStore:
 
     def summarize(self, parts: list[str] | None = None) -> dict[str, int]:
         """Bring the unit summary of each part up to date with its markers: reads only the markers of units
-        it does not hold yet. For the client that holds the lock (the summary's only writer), at the end of
-        a run and as often as it likes during one. Returns {part: units newly summarized}."""
+        it does not hold yet or that hold retryable failures (`_unsettled`). For the client that holds the lock (the summary's only writer), at the end of
+        a run and as often as it likes during one. Returns {part: units whose rows changed}."""
         added = {}
         for part in parts if parts is not None else self.parts():
             table = self._summary(part)
             table = summary.empty(self.n_units) if table is None else table
-            todo = np.flatnonzero(table[:, COMMITTED] == 0)
-            new = [(u, m) for u, m in zip(todo, self._markers_at(part, todo)) if m is not None]
+            todo = self._unsettled(table)
+            new = [(u, m) for u, m in zip(todo, self._markers_at(part, todo))
+                   if m is not None and list(table[u]) != summary.row(m)]
             for u, m in new:
                 table[u] = summary.row(m)
             if new or f"{RUNS}/{part}/{summary.NAME}" not in self.group:
@@ -386,11 +397,12 @@ class UnitStore:
         (all of them when there is none, as in stores made before it): true whatever the summary's age."""
         table = self._summary(part)
         table = summary.empty(self.n_units) if table is None else table.copy()
-        todo = np.flatnonzero(table[:, COMMITTED] == 0)
+        todo = self._unsettled(table)
         fresh = {}
         for u, m in zip(todo, self._markers_at(part, todo)):
+            table[u] = summary.row(m) if m is not None else 0
             if m is not None:
-                table[u], fresh[int(u)] = summary.row(m), m
+                fresh[int(u)] = m
         errors = []
         for u in np.flatnonzero(table[:, summary.ERRORS] > 0):  # in unit order: the first errors come first
             if len(errors) >= max_errors:

@@ -11,6 +11,10 @@ Why it stays true:
   and removed only through the store: `clear_markers` takes the units out of the summary FIRST, then
   clears their markers, so a kill between the two leaves a summary that under-claims, never over-claims;
   `new_part` (--force, a damaged part) deletes `_runs/<part>` with its summary.
+- A committed marker is replaced when a later run retries its unit's retryable failures: units whose row
+  holds retryable failures are read again by every summarize and status (few: a unit with a retryable
+  failure), and whoever makes a committed unit again for another reason (tokenize, when the label unit
+  changed) calls `UnitStore.unsummarize` first.
 - A marker emptied by hand (outside omnimill) is the one case it over-claims: `verify` compares every
   summarized unit with its marker and repair takes such units out again.
 
