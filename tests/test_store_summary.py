@@ -85,3 +85,19 @@ def test_a_marker_emptied_by_hand_is_found_and_repaired(store, labelled):
     result = label(str(labelled / "c"), str(store), ["palette"], repair=True, **FAST)
     assert result.units_repaired == 1 and result.units_planned == 1
     assert LabelStore.open(str(store)).verify() == [] and palette(store)["units_done"] == 5
+
+
+def test_a_retried_unit_is_read_again(store):
+    """A retry replaces a committed marker: its row holds a retryable failure, so it is read again."""
+    units = zarr.open_group(str(store), mode="r+")["_runs/palette/units"]
+    marker = json.loads(str(units[1]))
+    failing = {**marker, "ok": marker["ok"] - 1, "failed": marker["failed"] + 1,
+               "errors": [{"index": 5, "key": "k", "stage": "palette", "error": "CUDA", "retryable": True}]}
+    units[1] = json.dumps(failing)
+    opened = LabelStore.open(str(store), "r+")
+    opened.summarize()
+    assert palette(store)["samples_failed"] == 3 and palette(store)["retryable"] == 1
+    units[1] = json.dumps(marker)  # the retry labelled the sample: a new marker
+    assert palette(store)["samples_failed"] == 2  # status reads the unit again before any summarize
+    assert opened.summarize() == {"palette": 1} and palette(store)["retryable"] == 0
+    assert LabelStore.open(str(store)).verify() == []
