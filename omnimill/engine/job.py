@@ -2,7 +2,9 @@
 
     lock the store -> prepare its parts -> [--repair: forget the markers of damaged units]
     -> plan -> run the units on Dask (units.py: back-pressure, retries) -> sweep (plan again: units
-    still without a marker run again) -> tally what the store holds -> run record -> unlock
+    still without a marker run again) -> summarize the new markers into the store's unit summary
+    (store/summary.py; `status`, the next plan and the tally read it) -> tally what the store holds
+    -> run record -> unlock
 
 A job says only what is its own (a `UnitJob`): the parts it writes (teachers, modalities), how to
 prepare one, how to plan tasks from the markers, the function a worker runs on a task, and what it
@@ -167,8 +169,9 @@ def repair(job: UnitJob) -> int:
 
 
 def run_planned(job: UnitJob, result: JobResult) -> None:
-    """Plan, run the tasks on the cluster, sweep, tally. A sweep reruns only units without a marker: a
-    failure that stays is retried by the next command."""
+    """Plan, run the tasks on the cluster, sweep, summarize, tally. A sweep reruns only units without a
+    marker: a failure that stays is retried by the next command. Only the lock holder comes here with a
+    store (run_job; text shards have none), so it may write the store's unit summary."""
     opts = job.options
     tasks = job.plan(result, sweep=False)
     result.units_planned = len(tasks)
@@ -178,6 +181,8 @@ def run_planned(job: UnitJob, result: JobResult) -> None:
             workers=opts.workers, local_directory=opts.local_directory, max_in_flight=opts.max_in_flight,
             retries=opts.retries, progress=opts.progress, flush=job.flush, verb=job.VERB,
             processes=job.PROCESSES)
+    if job.store is not None:
+        job.store.summarize(job.parts)  # reads only the markers this run wrote (and retryable units')
     job.tally(result)
 
 

@@ -202,6 +202,7 @@ class TokenizeJob(UnitJob):
         label_raw = {t: self.source.raw_markers(t) for t in teachers}
         token_markers = {name: self.store.markers(name) for name in self.infos}
         todo, pending = [], 0
+        remade: dict[str, list[int]] = {name: [] for name in self.infos}  # committed units made again
         for u in range(self.store.n_units):
             needed = {}
             for name, info in self.infos.items():
@@ -212,10 +213,16 @@ class TokenizeJob(UnitJob):
                 mine = token_markers[name][u]
                 if mine is None or mine.get("label_marker", planned) != planned:
                     needed[info["path"]] = planned
+                    if mine is not None:
+                        remade[name].append(u)
             if needed:
                 unit = self.store.unit(u)
                 todo.append(TokenizeTask(self.store.uri, self.source.uri, u, unit.start, unit.stop, list(needed), 0,
                                          self.options.torch_threads, label_markers=needed,
                                          storage_options=self.options.storage_options))
+        # Their markers will be replaced: out of the unit summary first, or it would keep the old rows
+        # (summarize reads again only units it does not hold; store/summary.py)
+        for name, units in remade.items():
+            self.store.unsummarize(name, units)
         result.units_pending = pending
         return todo

@@ -152,7 +152,7 @@ def _label(task: UnitTask, store: LabelStore, kind, meta: dict, decoding: "Prefe
         outputs[name] = store.outputs(name, span, list(outputs[name]))
         ok[name] = store.ok(name, span)
         ok[name][sorted(todo[name])] = False
-        old = json.loads(store.raw_markers(name)[task.unit] or "{}")
+        old = json.loads(store.raw_marker(name, task.unit) or "{}")
         errors[name] = [e for e in old.get("errors", []) if e["index"] - task.start not in todo[name]]
     if values_intact:
         for name, values in store.sample_values(span).items():
