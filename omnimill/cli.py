@@ -191,18 +191,21 @@ def cuts_command(
 
 @app.command()
 def status(
-    store: Annotated[str, typer.Argument(help="Label store, token store or cut store.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store, cut store or fetched store.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
 ):
-    """Per teacher (or modality, or detector of a cut store): units done, samples ok/failed (with the first
+    """Per teacher (or modality, or detector of a cut store, or fetched URLs): units done, samples ok/failed (with the first
     errors), provenance."""
     from omnimill.store.cuts import CutStore
+    from omnimill.store.fetched import FetchedStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
 
     if CutStore.state(store) == "store":
         return _cut_status(CutStore.open(store).status(), as_json)
+    if FetchedStore.state(store) == "store":
+        return _fetched_status(FetchedStore.open(store).status(errors), as_json)
     cls = TokenStore if TokenStore.state(store) == "store" else LabelStore
     try:
         info = cls.open(store).status(**({"max_errors": errors} if cls is LabelStore else {}))
@@ -248,6 +251,21 @@ def status(
         console.print(f"  #{index} {key}: {stage}: {error} [{who}]", highlight=False, soft_wrap=True, markup=False)
 
 
+def _fetched_status(info: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    console.print(f"[bold]{info['store']}[/bold]  {info['n']} URLs from {info['source'].get('uri')}, "
+                  f"{info['units_done']}/{info['n_units']} units, {info['ok']} images ok "
+                  f"({info['bytes'] / 1e6:.1f} MB), {info['failed']} failed ({info['retryable']} retryable)",
+                  highlight=False)
+    for stage, count in sorted(info["failed_by_stage"].items()):
+        console.print(f"  {stage}: {count}", highlight=False)
+    for e in info["first_errors"]:
+        console.print(f"  {e.get('key')}: {e['stage']}: {e.get('reason', e.get('error'))}", highlight=False,
+                      soft_wrap=True, markup=False)
+
+
 def _cut_status(info: dict, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
@@ -263,7 +281,7 @@ def _cut_status(info: dict, as_json: bool) -> None:
 
 @app.command()
 def verify(
-    store: Annotated[str, typer.Argument(help="Label store, token store, cut store or shard set.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store, cut store, fetched store or shard set.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     max_problems: Annotated[int, typer.Option(help="List at most this many problems.")] = 100,
 ):
@@ -271,12 +289,13 @@ def verify(
     markers valid, every declared array there with its shape. Exit 1 on damage, naming unit, part and
     samples; `label`/`tokenize` with --repair then redo exactly the damaged units."""
     from omnimill.store.cuts import CutStore
+    from omnimill.store.fetched import FetchedStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
 
     if max_problems < 1:
         fail(f"--max-problems must be at least 1, not {max_problems}")
-    cls = next((c for c in (LabelStore, TokenStore, CutStore) if c.state(store) == "store"), None)
+    cls = next((c for c in (LabelStore, TokenStore, CutStore, FetchedStore) if c.state(store) == "store"), None)
     if cls is None:  # a shard set (or nothing): the shard verifier says which
         from omnimill.shards.cli import verify as verify_shards
 
@@ -386,12 +405,14 @@ def shards_text(
 
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
+    from omnimill.fetch_cli import fetch_command
     from omnimill.shards.cli import shards_app
     from omnimill.tokenize.cli import tokenizer_app
     from omnimill.train.cli import register
 
     shards_app.command("text")(shards_text)  # here, not in shards/: it runs a tokenizer
     register(app)
+    app.command("fetch")(fetch_command)
     app.add_typer(audit_app, name="audit")
     app.add_typer(shards_app, name="shards")
     app.add_typer(tokenizer_app, name="tokenizer")

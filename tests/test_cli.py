@@ -101,3 +101,20 @@ def test_teacher_options_reach_the_teacher(corpus, tmp_path):
     group = zarr.open_group(str(store), mode="r")
     assert group["palette/colors"].shape == (20, 3, 3)
     assert group["palette"].attrs["config"]["max_colors"] == 3
+
+
+def test_fetch_status_and_verify_through_omnimill(tmp_path):
+    from http_server import serving
+    from test_fetch import url_list
+
+    with serving() as server:
+        urls = url_list(tmp_path, server, ["good/1.jpg", "missing.jpg"])
+        out = tmp_path / "fetched.zarr"
+        result = invoke("fetch", str(urls), str(out), "--workers", "1", "--no-progress", "--retries", "0")
+        assert result.exit_code == 3, result.output  # complete, one URL failed
+    status = invoke("status", str(out))
+    assert status.exit_code == 0 and "1 images ok" in status.output and "HTTP 404" in status.output, status.output
+    info = json.loads(invoke("status", str(out), "--json").output)
+    assert (info["ok"], info["failed"], sum(info["failed_by_stage"].values())) == (1, 1, 1)
+    checked = invoke("verify", str(out))
+    assert checked.exit_code == 0 and "fetched store, 0 problems" in checked.output, checked.output
