@@ -48,6 +48,8 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/trust.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/clips.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/cuts.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/scale.py
+	$(PY) benchmarks/store_scale.py
 	$(PY) benchmarks/tables.py --write
 
 # One GPU, under 6 minutes (docs/GPU.md). No setup: the GPU machine has no venv and no network, only the

@@ -202,6 +202,40 @@ def cuts(d: dict) -> str:
 
 
 # NAME in the doc's markers -> (JSON file in benchmarks/results without .json, renderer)
+def _script(name: str):
+    """A benchmark script as a module, for the `table(results)` it keeps beside its measurements."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def scale(d: dict) -> str:
+    return "\n".join(_script("scale").table(d)) + source("scale", "scale.py") + f" Load: `{d['uptime'].strip()}`."
+
+
+def tokenizer_cpu(d: dict) -> str:
+    return "\n".join(_script("tokenizer_cpu").table(d)) + source("tokenizer_cpu", "tokenizer_cpu.py")
+
+
+def _loads(values) -> str:
+    return " / ".join(f"{v:.1f}" for v in values) if isinstance(values, list) else str(values)
+
+
+def store_scale(d: dict) -> str:
+    rows = []
+    for n, layouts in sorted(d["sizes"].items(), key=lambda kv: int(kv[0])):
+        for name, r in layouts.items():
+            rows.append([f"{int(n):,}", name, f"{r['objects']:,}", f"{r['objects_index']:,}", num(r["create_s"], ".1f"),
+                         num(r["write_ms_per_unit"], ".1f"), num(r["status_s"], ".4f"),
+                         num(r.get("summarize_s"), ".2f"), num(r["lookup_ms"], ".1f"), f"{r['bytes'] / 1e6:.1f}"])
+    return markdown(["samples", "layout", "objects", "index objects", "create s", "write ms/unit", "status s",
+                     "summarize s", "key lookup ms", "MB"], "rlrrrrrrrr", rows) + "\n" + \
+        source("store_scale", "store_scale.py") + f" Load average {_loads(d['load_before'])} before, {_loads(d['load_after'])} after."
+
+
 TABLES = {
     "engine-runs": ("engine", engine_runs),
     "engine-ratios": ("engine", engine_ratios),
@@ -215,6 +249,9 @@ TABLES = {
     "clips-label": ("clips", clips_label),
     "cuts": ("cuts", cuts),
     "vector-usage": ("vector_usage", vector_usage),
+    "scale": ("scale", scale),
+    "store-scale": ("store_scale", store_scale),
+    "tokenizer-cpu": ("tokenizer_cpu", tokenizer_cpu),
 }
 
 
