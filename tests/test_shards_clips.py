@@ -241,5 +241,11 @@ def test_training_mixes_an_image_and_a_clip_dataset_by_renaming_one_layout(token
     assert set(result["heldout"]) <= {"rgb_image", "rgb_frames", "log_mel_mel", "caption"}
     rows = {row[0]: row for row in json.loads((run / "checkpoint.json").read_text())["modalities"]}
     assert rows["rgb_frames"][3] == FRAMES and len(rows["rgb_image"]) == 3  # frames keep their time steps
+
+    from omnimill.train.generate import generate_picture
+
+    key = str(TokenStore.open(clip_data["tokens"]).keys()[0])  # a clip: its frames are rgb_frames in this run
+    facts = generate_picture(run, "rgb_frames,log_mel_mel", "caption", key, tmp_path / "generated.png", steps=2)
+    assert facts["sources"] == ["rgb_frames", "log_mel_mel"] and len(facts["tokens"]) == len(facts["teacher_tokens"])
     with pytest.raises(UserError, match="no dataset has the modalities depth"):
         datasets_of(config(clip_data["shards"], "modalities=caption,depth"), "train")

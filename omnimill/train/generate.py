@@ -52,21 +52,24 @@ def resolve(names: str, specs: list[ModalitySpec]) -> list[int]:
     return out
 
 
-def find_sample(datasets: list[str], key: str) -> tuple[dict, object]:
-    """The sample `key` from the run's datasets, and its source."""
+def find_sample(datasets: list[str], key: str, rename: dict[str, dict[str, str]] | None = None) -> tuple[dict, object]:
+    """The sample `key` from the run's datasets, its modalities named as the run named them (`data.rename`),
+    and its source."""
     for uri in datasets:
+        names = (rename or {}).get(uri) or {}
         source = open_source(uri)
         if isinstance(source, TokenStoreSource):
-            keys = source.store.keys()
-            hits = np.flatnonzero(keys == key)
-            units = [int(hits[0]) // source.read_size] if len(hits) else []
+            try:  # the store's key index: two small reads, not every key
+                units = [source.store.index_of(key) // source.read_size]
+            except UserError:
+                units = []
         else:
             units = range(len(source.units))
         for u in units:
             unit = source.read_unit(u)
             hits = np.flatnonzero(unit.keys == key)
             if len(hits):
-                return unit.sample(int(hits[0])), source
+                return {names.get(k, k): v for k, v in unit.sample(int(hits[0])).items()}, source
     raise UserError(f"no sample {key!r} in {', '.join(datasets)}")
 
 
@@ -115,7 +118,7 @@ def generate_picture(run: str | Path, sources: str, target: str, key: str, out: 
     if target_id in source_ids:
         raise UserError(f"{specs[target_id].name} is both a source and the target")
     config = from_dict(state["config"])
-    sample, source = find_sample(config.data.datasets, key)
+    sample, source = find_sample(config.data.datasets, key, config.data.rename)
     inputs = {}
     for i in source_ids:
         name = specs[i].name
