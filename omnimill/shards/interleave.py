@@ -1,0 +1,467 @@
+"""Interleaved documents as packed token sequences (MM1-style), and the shard set that holds them.
+
+A document is an ordered list of segments, each {"text": str} or {"image": IMAGE_KEY, "alt": str | None,
+"meta": dict}, IMAGE_KEY = f"{DOC_KEY}/img_{i:02d}". `interleave` turns one into ids, `Packer`/`pack` cut
+documents into sequences of `seq_len` tokens, `write_interleaved` writes them as WebDataset tars and
+`read_shard`/`verify_interleaved` read and check them back; `InterleavedDataset` streams them with exact
+resume.
+
+One id space per shard set (`Vocab`):
+
+    [0, v_text)                   text ids (the sequence tokenizer's text vocabulary)
+    [v_text, v_text + v_image)    image ids: an image tokenizer's tokens + v_text ("tokens" mode);
+                                  v_image = 0 in "placeholders" mode
+    BOI = v_text + v_image, EOI = +1, PAD = +2, IMG_SLOT = +3, EOD = +4;  vocab = v_text + v_image + 5
+
+    a document:   text ids ... BOI <g*g image ids> EOI ... text ids ... BOI ... EOI ... EOD
+                  placeholders: BOI IMG_SLOT x slots EOI (MM1: 144 slots for its own vision encoder)
+
+An image the caller has no tokens for (not labelled, fetch failed) is dropped from the document and counted
+(`tally["images_without_tokens"]`); an empty text segment adds nothing.
+
+Packing rules (`Packer`), greedy, documents in order, one sequence open at a time:
+  1. A document is a run of blocks: each image is one block (BOI .. EOI, never split), the text between
+     images is one block (text ids, and the document's EOD at its end).
+  2. A text block that fits in what is left of the sequence goes in whole. One that does not fit fills
+     the rest of the sequence (cut at a token boundary) and continues at the start of the next one: text
+     is the only thing ever cut, so sequences are full except where an image forced a close.
+  3. An image block that does not fit in what is left closes the sequence (PAD to the end) and opens the
+     next one. An image block longer than seq_len can never fit: it is dropped and recorded
+     (`Packer.dropped`), and its document goes on without it.
+  4. At most `max_images` images per sequence: the next image closes a sequence that holds max_images.
+  5. A sequence holds the end of one document and the start of the next when both fit; each document's
+     DOC_KEY is listed in `docs` of every sequence it has tokens in, in order.
+  Padding share = PAD tokens / all tokens of the written sequences (the last sequence is padded too).
+
+The shard set (format omnimill.interleaved/1), a folder OUT:
+
+    OUT/manifest.json   {"format", "seq_len", "max_images", "image_mode": "tokens" | "placeholders", "slots",
+                         "v_text", "v_image", "specials": {BOI, EOI, PAD, IMG_SLOT, EOD}, "vocab",
+                         "text_tokenizer", "image_tokenizer", "shards": [{"url", "n", "sha256"}], "n",
+                         "padding_share"}          written last: a folder without one is unfinished
+    OUT/shard-000000.tar  per sequence, in order:
+                            <key>.tokens   seq_len x int32, raw little-endian bytes
+                            <key>.json     {"images": [IMAGE_KEY...], "docs": [DOC_KEY...], "n_content": int}
+
+Keys are `s` + the sequence number (9 digits): no dots, so WebDataset's split at the first dot gives back
+`tokens` and `json`. Tars are written as shards/wds.py writes them (GNU format, mtime 0, uid/gid 0): the
+same documents pack to byte-identical shards. `url` is the shard's name relative to OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+
+from omnimill.errors import UserError
+from omnimill.shards.manifest import MANIFEST, join
+from omnimill.shards.wds import SHARD_NAME, atomic_write
+
+FORMAT = "omnimill.interleaved/1"
+SEQ_LEN = 4096  # MM1's sequence length
+MAX_IMAGES = 16  # MM1: at most 16 images per sequence
+MM1_SLOTS = 144  # MM1: image tokens per image after its vision-language connector
+SAMPLES_PER_SHARD = 1000  # 1000 x 4096 x 4 bytes = 16 MB per shard
+SPECIALS = ("BOI", "EOI", "PAD", "IMG_SLOT", "EOD")  # in id order after the image ids
+IMAGE_MODES = ("tokens", "placeholders")
+TOKENS, META = "tokens", "json"  # member extensions
+KEY = re.compile(r"s\d{9}")
+
+
+# ---------------------------------------------------------------------------------------------- ids
+@dataclass(frozen=True)
+class Vocab:
+    """The shard set's id space: text ids, then image ids, then the five specials."""
+
+    v_text: int
+    v_image: int = 0  # 0: placeholder mode (no image ids)
+
+    def __post_init__(self):
+        if self.v_text < 1 or self.v_image < 0:
+            raise UserError(f"vocab: v_text must be >= 1 and v_image >= 0, not {self.v_text}, {self.v_image}")
+
+    @property
+    def specials(self) -> dict[str, int]:
+        base = self.v_text + self.v_image
+        return {name: base + i for i, name in enumerate(SPECIALS)}
+
+    @property
+    def size(self) -> int:
+        return self.v_text + self.v_image + len(SPECIALS)
+
+    BOI = property(lambda self: self.v_text + self.v_image)
+    EOI = property(lambda self: self.v_text + self.v_image + 1)
+    PAD = property(lambda self: self.v_text + self.v_image + 2)
+    IMG_SLOT = property(lambda self: self.v_text + self.v_image + 3)
+    EOD = property(lambda self: self.v_text + self.v_image + 4)
+
+
+def text_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """text -> ids with omnimill's sequence tokenizer (its `.text`, an HF `tokenizers.Tokenizer`) or an HF
+    tokenizer itself: plain text ids, no special tokens added. (shards/ may not import tokenize/: duck-typed.)"""
+    text = getattr(tokenizer, "text", tokenizer)
+    if not hasattr(text, "encode"):
+        raise UserError(f"{type(tokenizer).__name__} is not a text tokenizer (no encode)")
+    return lambda s: text.encode(s, add_special_tokens=False).ids if s else []
+
+
+def image_key(doc_key: str, i: int) -> str:
+    """The key of the i-th image (in document order) of document `doc_key`."""
+    return f"{doc_key}/img_{i:02d}"
+
+
+def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vocab: Vocab,
+               image_tokens: Mapping[str, np.ndarray] | None = None, slots: int | None = None,
+               tally: Counter | None = None) -> tuple[np.ndarray, list[str]]:
+    """One document -> (ids int32, the IMAGE_KEYs of the images kept, in order). Exactly one of
+    `image_tokens` (IMAGE_KEY -> its g*g tokens in [0, v_image); "tokens" mode) and `slots` (placeholder
+    mode) is given. An image with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
+    if (image_tokens is None) == (slots is None):
+        raise UserError("interleave: give image_tokens (tokens mode) or slots (placeholder mode), not both or neither")
+    if slots is not None and slots < 1:
+        raise UserError(f"interleave: slots must be >= 1, not {slots}")
+    tally = tally if tally is not None else Counter()
+    pieces, images = [], []
+    for segment in document:
+        if "text" in segment:
+            ids = encode_text(segment["text"])
+            if len(ids) and (min(ids) < 0 or max(ids) >= vocab.v_text):
+                raise UserError(f"text ids outside [0, {vocab.v_text}): the tokenizer is not the one of v_text")
+            pieces.append(np.asarray(ids, np.int32))
+            continue
+        key = segment["image"]
+        if slots is not None:
+            body = np.full(slots, vocab.IMG_SLOT, np.int32)
+        else:
+            tokens = image_tokens.get(key)
+            if tokens is None:
+                tally["images_without_tokens"] += 1
+                continue
+            tokens = np.asarray(tokens).reshape(-1)
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab.v_image):
+                raise UserError(f"{key}: image tokens outside [0, {vocab.v_image})")
+            body = tokens.astype(np.int32) + vocab.v_text
+        pieces.append(np.concatenate([[vocab.BOI], body, [vocab.EOI]]).astype(np.int32))
+        images.append(key)
+    tally["images"] += len(images)
+    pieces.append(np.array([vocab.EOD], np.int32))
+    return np.concatenate(pieces), images
+
+
+# ---------------------------------------------------------------------------------------------- packing
+@dataclass
+class Sequence:
+    """One packed sample: `tokens` (seq_len,) int32, PAD after the first n_content."""
+
+    tokens: np.ndarray
+    images: list[str]
+    docs: list[str]
+    n_content: int
+
+
+def blocks(ids: np.ndarray, vocab: Vocab) -> Iterator[tuple[bool, np.ndarray]]:
+    """A document's ids as (is_image, block): each BOI..EOI run one image block, the text between them one
+    text block."""
+    ids = np.asarray(ids)
+    boi, eoi = np.flatnonzero(ids == vocab.BOI), np.flatnonzero(ids == vocab.EOI)
+    if len(boi) != len(eoi) or (len(boi) and (np.any(eoi < boi) or np.any(boi[1:] < eoi[:-1]))):
+        raise UserError("document ids have unmatched BOI/EOI markers")
+    start = 0
+    for b, e in zip(boi.tolist(), eoi.tolist()):
+        if b > start:
+            yield False, ids[start:b]
+        yield True, ids[b:e + 1]
+        start = e + 1
+    if start < len(ids):
+        yield False, ids[start:]
+
+
+class Packer:
+    """Greedy packing of documents into sequences (rules in the module docstring). `add` returns the
+    sequences it finished; `close` the last, partly filled one. `dropped` lists the (DOC_KEY, IMAGE_KEY)
+    of images longer than seq_len; `padding` and `content` count tokens of the finished sequences."""
+
+    def __init__(self, vocab: Vocab, seq_len: int = SEQ_LEN, max_images: int = MAX_IMAGES):
+        if seq_len < 2 or max_images < 0:
+            raise UserError(f"pack: seq_len must be >= 2 and max_images >= 0, not {seq_len}, {max_images}")
+        self.vocab, self.seq_len, self.max_images = vocab, seq_len, max_images
+        self.dropped: list[tuple[str, str]] = []
+        self.content = self.padding = self.sequences = self.documents = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._used, self._images, self._docs = 0, [], []
+
+    def _note_doc(self, doc_key: str) -> None:
+        if not self._docs or self._docs[-1] != doc_key:
+            self._docs.append(doc_key)
+
+    def _finish(self) -> Sequence | None:
+        if self._used == 0:
+            return None
+        tokens = np.full(self.seq_len, self.vocab.PAD, np.int32)
+        tokens[:self._used] = np.concatenate(self._parts)
+        done = Sequence(tokens, self._images, self._docs, self._used)
+        self.content += self._used
+        self.padding += self.seq_len - self._used
+        self.sequences += 1
+        self._open()
+        return done
+
+    def add(self, doc_key: str, ids: np.ndarray, images: list[str]) -> list[Sequence]:
+        out, image = [], 0
+        self.documents += 1
+        for is_image, block in blocks(ids, self.vocab):
+            if is_image:
+                key = images[image]
+                image += 1
+                if len(block) > self.seq_len:
+                    self.dropped.append((doc_key, key))
+                    continue
+                if self.max_images == 0:  # no image may ever go in
+                    self.dropped.append((doc_key, key))
+                    continue
+                if len(block) > self.seq_len - self._used or len(self._images) >= self.max_images:
+                    out.append(self._finish())
+                self._parts.append(block)
+                self._used += len(block)
+                self._images.append(key)
+                self._note_doc(doc_key)
+                continue
+            while len(block):  # text: fill what is left, go on in the next sequence
+                room = self.seq_len - self._used
+                if room == 0:
+                    out.append(self._finish())
+                    continue
+                self._parts.append(block[:room])
+                self._used += min(room, len(block))
+                self._note_doc(doc_key)
+                block = block[room:]
+        if image != len(images):
+            raise UserError(f"document {doc_key}: {len(images)} image keys for {image} image blocks")
+        return [s for s in out if s is not None]
+
+    def close(self) -> list[Sequence]:
+        last = self._finish()
+        return [last] if last is not None else []
+
+    @property
+    def padding_share(self) -> float:
+        total = self.content + self.padding
+        return self.padding / total if total else 0.0
+
+
+@dataclass
+class Packed:
+    sequences: list[Sequence]
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    padding_share: float = 0.0
+
+
+def pack(docs: Iterable[tuple[str, np.ndarray, list[str]]], vocab: Vocab, seq_len: int = SEQ_LEN,
+         max_images: int = MAX_IMAGES) -> Packed:
+    """(DOC_KEY, ids, IMAGE_KEYs) per document -> packed sequences, the images dropped, the padding share."""
+    packer = Packer(vocab, seq_len, max_images)
+    sequences = []
+    for doc_key, ids, images in docs:
+        sequences += packer.add(doc_key, ids, images)
+    sequences += packer.close()
+    return Packed(sequences, packer.dropped, packer.padding_share)
+
+
+# ---------------------------------------------------------------------------------------------- the shard set
+def sequence_key(number: int) -> str:
+    return f"s{number:09d}"
+
+
+def shard_bytes(first: int, sequences: list[Sequence]) -> bytes:
+    """A tar of sequences numbered from `first`: per sequence <key>.tokens then <key>.json (wds.py's way:
+    GNU format, mtime 0, no owners), byte-identical for the same sequences."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for number, seq in enumerate(sequences, first):
+            meta = {"images": seq.images, "docs": seq.docs, "n_content": int(seq.n_content)}
+            for ext, data in ((TOKENS, seq.tokens.astype("<i4").tobytes()), (META, json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{sequence_key(number)}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def header(vocab: Vocab, seq_len: int, max_images: int, image_mode: str, slots: int | None,
+           text_tokenizer: str, image_tokenizer: str | None) -> dict:
+    """The manifest's fields that describe the id space and packing (all but shards, n, padding_share)."""
+    if image_mode not in IMAGE_MODES:
+        raise UserError(f"image_mode must be one of {IMAGE_MODES}, not {image_mode!r}")
+    if (image_mode == "placeholders") != (vocab.v_image == 0):
+        raise UserError("placeholder mode has no image ids (v_image = 0); tokens mode needs v_image > 0")
+    return {"format": FORMAT, "seq_len": int(seq_len), "max_images": int(max_images), "image_mode": image_mode,
+            "slots": int(slots) if image_mode == "placeholders" else None, "v_text": vocab.v_text,
+            "v_image": vocab.v_image, "specials": vocab.specials, "vocab": vocab.size,
+            "text_tokenizer": str(text_tokenizer), "image_tokenizer": str(image_tokenizer) if image_tokenizer else None}
+
+
+class InterleavedWriter:
+    """Sequences in, numbered shards of `samples_per_shard` out; `close(padding_share)` writes the manifest
+    (last) and returns it. OUT must be empty or hold an earlier interleaved set (then `force` replaces
+    it, removing only shard-*.tar and manifest.json)."""
+
+    def __init__(self, out: str, head: dict, samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
+                 storage_options: dict | None = None):
+        if samples_per_shard < 1:
+            raise UserError(f"samples_per_shard must be >= 1, not {samples_per_shard}")
+        self.out, self.head, self.per_shard, self.options = out, head, samples_per_shard, storage_options or {}
+        self.shards: list[dict] = []
+        self._pending: list[Sequence] = []
+        self.n = 0
+        _prepare(out, force, self.options)
+
+    def add(self, seq: Sequence) -> None:
+        if len(seq.tokens) != self.head["seq_len"]:
+            raise UserError(f"a sequence of {len(seq.tokens)} tokens in a set of seq_len {self.head['seq_len']}")
+        self._pending.append(seq)
+        if len(self._pending) == self.per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = shard_bytes(self.n, self._pending)
+        name = SHARD_NAME.format(len(self.shards))
+        atomic_write(join(self.out, name), data, self.options)
+        self.shards.append({"url": name, "n": len(self._pending), "sha256": hashlib.sha256(data).hexdigest()})
+        self.n += len(self._pending)
+        self._pending = []
+
+    def close(self, padding_share: float) -> dict:
+        self._flush()
+        manifest = {**self.head, "shards": self.shards, "n": self.n, "padding_share": round(float(padding_share), 6)}
+        atomic_write(join(self.out, MANIFEST), json.dumps(manifest, indent=1).encode(), self.options)
+        return manifest
+
+
+def _prepare(out: str, force: bool, options: dict) -> None:
+    fs, root = fsspec.core.url_to_fs(out, **options)
+    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)} if fs.isdir(root) else {}
+    if not names:
+        fs.makedirs(root, exist_ok=True)
+        return
+    if not force:
+        raise UserError(f"{out} is not empty; choose another folder or pass force=True to replace an interleaved set")
+    if MANIFEST not in names or read_manifest(out, options) is None:
+        raise UserError(f"{out} holds no interleaved set (no {MANIFEST} of {FORMAT}); choose another folder")
+    for name, path in names.items():
+        if name == MANIFEST or re.fullmatch(r"\.?shard-\d{6,}\.tar(\.tmp)?", name):
+            fs.rm(path)
+
+
+def write_interleaved(out: str, sequences: Iterable[Sequence], head: dict, padding_share: float,
+                      samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
+                      storage_options: dict | None = None) -> dict:
+    """Sequences -> a shard set in OUT; returns its manifest."""
+    writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
+    for seq in sequences:
+        writer.add(seq)
+    return writer.close(padding_share)
+
+
+def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
+    path = join(uri, MANIFEST)
+    try:
+        with fsspec.open(path, "r", **(storage_options or {})) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{uri} has no {MANIFEST}: not an interleaved shard set (or an unfinished one)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not an interleaved shard manifest (format {FORMAT} expected)")
+    return manifest
+
+
+def vocab_of(manifest: dict) -> Vocab:
+    vocab = Vocab(int(manifest["v_text"]), int(manifest["v_image"]))
+    if vocab.specials != manifest["specials"] or vocab.size != manifest["vocab"]:
+        raise UserError(f"manifest specials {manifest['specials']} / vocab {manifest['vocab']} do not follow "
+                        f"v_text {vocab.v_text} + v_image {vocab.v_image}")
+    return vocab
+
+
+def read_shard(uri: str, manifest: dict, shard: int, storage_options: dict | None = None
+               ) -> list[tuple[str, np.ndarray, dict]]:
+    """Shard `shard` of the set as [(key, tokens (seq_len,) int32, meta)], after checking its sha256 and
+    sample count against the manifest (a damaged or replaced shard raises UserError naming it)."""
+    row = manifest["shards"][shard]
+    with fsspec.open(join(uri, row["url"]), "rb", **(storage_options or {})) as f:
+        data = f.read()
+    where = f"{uri}/{row['url']}"
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise UserError(f"{where}: sha256 differs from the manifest (damaged or replaced); re-pack the set")
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            key, _, ext = info.name.partition(".")
+            members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    seq_len, out = int(manifest["seq_len"]), []
+    for key, parts in members.items():
+        if not KEY.fullmatch(key) or set(parts) != {TOKENS, META}:
+            raise UserError(f"{where}: member {key} is not <s#########>.tokens + .json")
+        tokens = np.frombuffer(parts[TOKENS], "<i4").astype(np.int32)
+        if len(tokens) != seq_len:
+            raise UserError(f"{where}: {key} holds {len(tokens)} tokens, not seq_len {seq_len}")
+        out.append((key, tokens, json.loads(parts[META])))
+    if len(out) != row["n"]:
+        raise UserError(f"{where}: {len(out)} sequences, the manifest says {row['n']}")
+    return out
+
+
+def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
+    """Read every shard and check it against the manifest: sha256, counts, ids inside the vocabulary, PAD
+    exactly after n_content, BOI/EOI pairs, images per sequence <= max_images and matching the image blocks
+    (an image cut off at a sequence end is impossible: blocks are never split). Returns {"n", "shards",
+    "problems": [str]}; the first problem of each sequence is listed."""
+    manifest = read_manifest(uri, storage_options)
+    vocab = vocab_of(manifest)
+    problems, n = [], 0
+    for s in range(len(manifest["shards"])):
+        try:
+            samples = read_shard(uri, manifest, s, storage_options)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        for key, tokens, meta in samples:
+            n += 1
+            problem = _sequence_problem(tokens, meta, vocab, int(manifest["max_images"]))
+            if problem:
+                problems.append(f"{manifest['shards'][s]['url']}:{key}: {problem}")
+    if n != manifest["n"] and not problems:
+        problems.append(f"{n} sequences in the shards, the manifest says {manifest['n']}")
+    return {"n": n, "shards": len(manifest["shards"]), "problems": problems}
+
+
+def _sequence_problem(tokens: np.ndarray, meta: dict, vocab: Vocab, max_images: int) -> str | None:
+    n = meta.get("n_content")
+    if not isinstance(n, int) or not 0 < n <= len(tokens):
+        return f"n_content {n!r} is not in 1..{len(tokens)}"
+    if tokens.min() < 0 or tokens.max() >= vocab.size:
+        return f"ids outside [0, {vocab.size})"
+    if np.any(tokens[n:] != vocab.PAD) or np.any(tokens[:n] == vocab.PAD):
+        return "PAD is not exactly the tokens after n_content"
+    images = meta.get("images", [])
+    try:
+        count = sum(is_image for is_image, _ in blocks(tokens[:n], vocab))
+    except UserError as e:
+        return str(e)
+    if count != len(images) or len(images) > max_images:
+        return f"{count} image blocks, {len(images)} image keys, max_images {max_images}"
+    return None

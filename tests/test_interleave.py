@@ -1,0 +1,253 @@
+"""shards/interleave.py: documents -> ids, packing rules and their edge cases, the shard set written, read,
+verified and streamed with exact resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from omnimill.errors import UserError
+from omnimill.shards import interleave as il
+
+G = 4  # image tokens per side: 16 per image, 18 with BOI/EOI
+V_IMAGE = 64
+
+
+@pytest.fixture(scope="module")
+def text_tok():
+    """A real byte-level BPE tokenizer, trained on a few sentences (what the sequence tokenizer wraps)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(["a cat sits on the mat", "the dog runs in the park"] * 10, trainer)
+    return tok
+
+
+def words(n: int) -> str:
+    return " ".join(["the cat sits"] * (n // 3 + 1))
+
+
+def document(doc_key: str, texts: list[str], images_after: list[int]) -> list[dict]:
+    """Segments: texts in order, an image after text i for each i in images_after (repeats allowed)."""
+    segments, k = [], 0
+    for i, text in enumerate(texts):
+        segments.append({"text": text})
+        for _ in range(images_after.count(i)):
+            segments.append({"image": il.image_key(doc_key, k), "alt": None, "meta": {}})
+            k += 1
+    return segments
+
+
+def tokens_for(doc: list[dict], rng) -> dict:
+    return {s["image"]: rng.integers(0, V_IMAGE, (G, G)) for s in doc if "image" in s}
+
+
+def test_vocab_layout():
+    v = il.Vocab(100, 64)
+    assert (v.BOI, v.EOI, v.PAD, v.IMG_SLOT, v.EOD, v.size) == (164, 165, 166, 167, 168, 169)
+    assert il.Vocab(100).specials == {"BOI": 100, "EOI": 101, "PAD": 102, "IMG_SLOT": 103, "EOD": 104}
+
+
+def test_interleave_tokens_and_placeholders(text_tok):
+    rng = np.random.default_rng(0)
+    vocab = il.Vocab(text_tok.get_vocab_size(), V_IMAGE)
+    enc = il.text_encoder(text_tok)
+    doc = document("d0", ["a cat", "", "the park"], [0, 1])
+    image_tokens = tokens_for(doc, rng)
+    del image_tokens["d0/img_01"]  # not labelled: dropped, counted
+    tally = Counter()
+    ids, images = il.interleave(doc, enc, vocab, image_tokens=image_tokens, tally=tally)
+    assert images == ["d0/img_00"] and tally["images_without_tokens"] == 1
+    cat, park = enc("a cat"), enc("the park")
+    expected = [*cat, vocab.BOI, *(image_tokens["d0/img_00"].reshape(-1) + vocab.v_text), vocab.EOI, *park, vocab.EOD]
+    assert ids.dtype == np.int32 and ids.tolist() == expected
+    placeholder = il.Vocab(vocab.v_text)
+    ids, images = il.interleave(doc, enc, placeholder, slots=il.MM1_SLOTS)
+    assert images == ["d0/img_00", "d0/img_01"]
+    assert (ids == placeholder.IMG_SLOT).sum() == 2 * 144 and (ids == placeholder.BOI).sum() == 2
+    with pytest.raises(UserError):
+        il.interleave(doc, enc, vocab, image_tokens=image_tokens, slots=4)
+
+
+def check(packed: il.Packed, vocab: il.Vocab, seq_len: int, max_images: int):
+    """Invariants of every packing: full length, PAD only after content, whole image blocks, image count."""
+    for seq in packed.sequences:
+        assert seq.tokens.shape == (seq_len,) and seq.n_content > 0
+        assert (seq.tokens[seq.n_content:] == vocab.PAD).all() and not (seq.tokens[:seq.n_content] == vocab.PAD).any()
+        assert (seq.tokens == vocab.BOI).sum() == (seq.tokens == vocab.EOI).sum() == len(seq.images) <= max_images
+        assert il._sequence_problem(seq.tokens, {"n_content": seq.n_content, "images": seq.images}, vocab,
+                                    max_images) is None
+
+
+def flat_docs(text_tok, docs, vocab, slots=None, rng=None):
+    enc = il.text_encoder(text_tok)
+    out = []
+    for key, doc in docs:
+        if slots:
+            ids, images = il.interleave(doc, enc, vocab, slots=slots)
+        else:
+            ids, images = il.interleave(doc, enc, vocab, image_tokens=tokens_for(doc, rng))
+        out.append((key, ids, images))
+    return out
+
+
+def test_pack_keeps_every_token_in_order(text_tok):
+    """Concatenating the sequences' content gives back the documents' ids exactly (nothing lost or moved)."""
+    rng = np.random.default_rng(1)
+    vocab = il.Vocab(text_tok.get_vocab_size(), V_IMAGE)
+    docs = [(f"d{i}", document(f"d{i}", [words(int(n)) for n in rng.integers(0, 60, 4)],
+                               rng.integers(0, 4, rng.integers(0, 6)).tolist())) for i in range(30)]
+    flat = flat_docs(text_tok, docs, vocab, rng=rng)
+    packed = il.pack(flat, vocab, seq_len=64, max_images=2)
+    check(packed, vocab, 64, 2)
+    content = np.concatenate([s.tokens[:s.n_content] for s in packed.sequences])
+    assert content.tolist() == np.concatenate([ids for _, ids, _ in flat]).tolist()
+    assert [k for s in packed.sequences for k in s.images] == [k for _, _, ims in flat for k in ims]
+    assert [k for s in packed.sequences for k in s.docs if k] == [k for s in packed.sequences for k in s.docs]
+    assert sorted({k for s in packed.sequences for k in s.docs}) == sorted(k for k, _ in docs)
+    pads = sum(64 - s.n_content for s in packed.sequences)
+    assert packed.padding_share == pytest.approx(pads / (64 * len(packed.sequences)))
+    assert 0 < packed.padding_share < 0.5
+
+
+def test_document_with_40_images(text_tok):
+    """40 images, 16 per sequence at most: 16 + 16 + 8, each image block whole."""
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    doc = document("big", ["a cat"] * 40, list(range(40)))
+    flat = flat_docs(text_tok, [("big", doc)], vocab, slots=8)
+    packed = il.pack(flat, vocab, seq_len=4096, max_images=16)
+    check(packed, vocab, 4096, 16)
+    assert [len(s.images) for s in packed.sequences] == [16, 16, 8]
+    assert all(s.docs == ["big"] for s in packed.sequences)
+    assert packed.sequences[0].images[0] == "big/img_00" and packed.sequences[2].images[-1] == "big/img_39"
+
+
+def test_image_larger_than_the_budget_is_dropped_and_recorded(text_tok):
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    doc = document("d", ["a cat", "the park"], [0])
+    flat = flat_docs(text_tok, [("d", doc)], vocab, slots=40)  # 42-token block, seq_len 32
+    packed = il.pack(flat, vocab, seq_len=32)
+    assert packed.dropped == [("d", "d/img_00")]
+    assert [s.images for s in packed.sequences] == [[]]
+    enc = il.text_encoder(text_tok)
+    assert packed.sequences[0].tokens[:packed.sequences[0].n_content].tolist() == [
+        *enc("a cat"), *enc("the park"), vocab.EOD]
+
+
+def test_image_that_does_not_fit_moves_to_the_next_sequence(text_tok):
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    enc = il.text_encoder(text_tok)
+    text = words(20)
+    n = len(enc(text))
+    doc = document("d", [text, ""], [0])
+    packed = il.pack(flat_docs(text_tok, [("d", doc)], vocab, slots=10), vocab, seq_len=n + 5)
+    first, second = packed.sequences
+    assert first.n_content == n and first.images == []  # 5 left < 12: the image opens the next one
+    assert second.images == ["d/img_00"] and second.n_content == 13  # BOI + 10 + EOI + EOD
+
+
+def test_empty_text_and_zero_documents(text_tok):
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    assert il.pack([], vocab).sequences == [] and il.pack([], vocab).padding_share == 0.0
+    flat = flat_docs(text_tok, [("e", [{"text": ""}]), ("f", [])], vocab, slots=4)
+    packed = il.pack(flat, vocab, seq_len=8)
+    assert [s.tokens[:s.n_content].tolist() for s in packed.sequences] == [[vocab.EOD, vocab.EOD]]
+    assert packed.sequences[0].docs == ["e", "f"]
+
+
+def test_document_longer_than_several_sequences(text_tok):
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    enc = il.text_encoder(text_tok)
+    doc = document("long", [words(300), words(300)], [0])
+    flat = flat_docs(text_tok, [("long", doc), ("next", [{"text": "a cat"}])], vocab, slots=6)
+    total = len(flat[0][1]) + len(flat[1][1])
+    packed = il.pack(flat, vocab, seq_len=50)
+    check(packed, vocab, 50, 16)
+    assert all(s.n_content == 50 for s in packed.sequences[:-1] if len(s.images) == 0)  # text fills sequences
+    assert len(packed.sequences) >= 5
+    assert packed.sequences[-1].docs[-1] == "next"
+    assert sum(s.n_content for s in packed.sequences) == total
+    assert len(enc(words(300))) > 50
+
+
+# ---------------------------------------------------------------------------------------------- shard set
+def packed_set(text_tok, tmp_path, n_docs=40, per_shard=7, seed=0):
+    rng = np.random.default_rng(seed)
+    vocab = il.Vocab(text_tok.get_vocab_size(), V_IMAGE)
+    docs = [(f"doc{i:03d}", document(f"doc{i:03d}", [words(int(n)) for n in rng.integers(0, 40, 3)],
+                                     rng.integers(0, 3, rng.integers(0, 4)).tolist())) for i in range(n_docs)]
+    packed = il.pack(flat_docs(text_tok, docs, vocab, rng=rng), vocab, seq_len=48, max_images=3)
+    head = il.header(vocab, 48, 3, "tokens", None, "tok/", "img/")
+    out = str(tmp_path / "interleaved")
+    manifest = il.write_interleaved(out, packed.sequences, head, packed.padding_share, samples_per_shard=per_shard)
+    return out, manifest, packed
+
+
+def test_write_read_verify_roundtrip(text_tok, tmp_path):
+    out, manifest, packed = packed_set(text_tok, tmp_path)
+    on_disk = json.loads((tmp_path / "interleaved" / "manifest.json").read_text())
+    assert on_disk == manifest and manifest["format"] == il.FORMAT and manifest["n"] == len(packed.sequences)
+    assert set(manifest) == {"format", "seq_len", "max_images", "image_mode", "slots", "v_text", "v_image",
+                             "specials", "vocab", "text_tokenizer", "image_tokenizer", "shards", "n",
+                             "padding_share"}
+    assert [r["n"] for r in manifest["shards"]][:-1] == [7] * (len(manifest["shards"]) - 1)
+    got = [s for i in range(len(manifest["shards"])) for s in il.read_shard(out, manifest, i)]
+    assert [k for k, _, _ in got] == [il.sequence_key(i) for i in range(len(packed.sequences))]
+    for (key, tokens, meta), seq in zip(got, packed.sequences):
+        assert (tokens == seq.tokens).all()
+        assert meta == {"images": seq.images, "docs": seq.docs, "n_content": seq.n_content}
+    assert il.verify_interleaved(out) == {"n": len(packed.sequences), "shards": len(manifest["shards"]), "problems": []}
+    # plain tar readers (what webdataset does) see <key>.tokens and <key>.json, no PAX headers
+    with tarfile.open(tmp_path / "interleaved" / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        assert names[:2] == ["s000000000.tokens", "s000000000.json"]
+        assert all(m.mtime == 0 and not m.pax_headers for m in tar.getmembers())
+
+
+def test_same_documents_give_identical_shards(text_tok, tmp_path):
+    _, a, _ = packed_set(text_tok, tmp_path / "a")
+    _, b, _ = packed_set(text_tok, tmp_path / "b")
+    assert [r["sha256"] for r in a["shards"]] == [r["sha256"] for r in b["shards"]]
+
+
+def test_verify_finds_damage_and_refuses_other_folders(text_tok, tmp_path):
+    out, manifest, _ = packed_set(text_tok, tmp_path)
+    shard = tmp_path / "interleaved" / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = il.verify_interleaved(out)
+    assert len(report["problems"]) == 1 and "shard-000001.tar: sha256" in report["problems"][0]
+    with pytest.raises(UserError, match="not empty"):
+        packed_set(text_tok, tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no interleaved set"):
+        il.InterleavedWriter(str(tmp_path / "other"), manifest, force=True)
+    with pytest.raises(UserError, match="not an interleaved"):
+        (tmp_path / "wds").mkdir()
+        (tmp_path / "wds" / "manifest.json").write_text(json.dumps({"format": "omnimill.wds/1"}))
+        il.read_manifest(str(tmp_path / "wds"))
+
+
+def test_verify_finds_a_bad_sequence(text_tok, tmp_path):
+    """A shard rewritten with a consistent sha256 but PAD inside the content is still caught."""
+    out, manifest, packed = packed_set(text_tok, tmp_path)
+    vocab = il.vocab_of(manifest)
+    bad = packed.sequences[:manifest["shards"][0]["n"]]
+    bad[0].tokens[0] = vocab.PAD
+    data = il.shard_bytes(0, bad)
+    (tmp_path / "interleaved" / "shard-000000.tar").write_bytes(data)
+    import hashlib
+    manifest["shards"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+    (tmp_path / "interleaved" / "manifest.json").write_text(json.dumps(manifest))
+    problems = il.verify_interleaved(out)["problems"]
+    assert problems == ["shard-000000.tar:s000000000: PAD is not exactly the tokens after n_content"]
