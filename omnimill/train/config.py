@@ -73,6 +73,12 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
+    objective: str = "4m"  # "4m": masked modelling over token stores / shard sets (data, mask); "causal": next-token
+    #                        prediction over packed interleaved sequences (one shard set; model.decoder_layers blocks)
+    causal_image_loss: bool = True  # causal: image tokens (ids or placeholder slots) count in the loss
+
+
+OBJECTIVES = ("4m", "causal")
 
 
 # Settings a resumed run may change without changing what it computes.
@@ -172,4 +178,6 @@ def load_config(path: str | Path | None, overrides: list[str]) -> TrainConfig:
         except json.JSONDecodeError as e:
             raise UserError(f"{path} is not valid JSON ({e})") from None
     apply_overrides(config, overrides)
+    if config.objective not in OBJECTIVES:
+        raise UserError(f"objective={config.objective!r}: it is one of {', '.join(OBJECTIVES)}")
     return config

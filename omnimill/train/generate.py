@@ -6,6 +6,7 @@ MaskGIT-style decoding (Chang et al. 2022), as 4M does it for one target modalit
     floor(L * cos(pi/2 * (t+1)/T)) stay unknown; fixed tokens join the encoder's inputs for the next step.
 The tokens are decoded by the modality's tokenizer and drawn beside the teacher's label and the
 tokenizer's reconstruction of the teacher's own tokens (the best a perfect prediction could look like).
+A causal run (`--objective causal`) continues a document instead: causal.continue_document.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def load_run(run: str | Path, device: str = "cpu") -> tuple[MultimodalModel, dic
     if loaded is None:
         raise UserError(f"{run} holds no {CHECKPOINT}; train one with `omnimill train DATA --out {run}`")
     state, tensors = loaded
+    if "packed" in state:  # written by causal.train_causal: one id space, no modalities
+        raise UserError(f"{run} is a causal run: continue a document with `omnimill generate {run} --continue KEY`")
     try:
         specs = specs_from(state["modalities"])  # with time steps; a checkpoint from before them has none
         model = MultimodalModel(from_dict(state["config"]).model, specs)

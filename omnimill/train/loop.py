@@ -383,7 +383,11 @@ def convert_legacy(run: str | Path) -> int:
 def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
     """Train (or resume, when OUT holds a checkpoint) and return the last held-out losses and baseline.
     `stop_at`: checkpoint and return after that step, as if the job were stopped there (a time-limited
-    allocation); running again resumes."""
+    allocation); running again resumes. `objective=causal` trains causal.train_causal instead."""
+    if config.objective == "causal":
+        from omnimill.train.causal import train_causal
+
+        return train_causal(config, out, progress, stop_at)
     out = Path(out)
     session = Session(config.device)
     torch.manual_seed(config.seed)

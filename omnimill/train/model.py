@@ -1,4 +1,5 @@
-"""A 4M-style encoder-decoder over tokens of many modalities (nanoGPT-sized and nanoGPT-plain).
+"""A 4M-style encoder-decoder over tokens of many modalities (nanoGPT-sized and nanoGPT-plain), and
+`CausalModel`, a decoder-only model of the same blocks for next-token prediction (at the end).
 
 Every token is embedded as  token embedding (one table, each modality's ids offset into it)
                           + position embedding (each modality has its own L positions)
@@ -56,13 +57,15 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x, context, key_ok):
-        """x (B, T, D) attends to context (B, S, D) where key_ok (B, S) is true."""
+    def forward(self, x, context, key_ok, causal: bool = False):
+        """x (B, T, D) attends to context (B, S, D) where key_ok (B, S) is true; with `causal` (self-attention,
+        key_ok None), position t attends to positions 0..t only."""
         b, t, d = x.shape
         q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
         k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        mask = key_ok[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0)
+        mask = None if causal else key_ok[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0,
+                                           is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -79,9 +82,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, x_ok, memory=None, memory_ok=None):
+    def forward(self, x, x_ok, memory=None, memory_ok=None, causal: bool = False):
         h = self.norm1(x)
-        x = x + self.attn(h, h, x_ok)
+        x = x + self.attn(h, h, x_ok, causal)
         if self.cross:
             x = x + self.cross_attn(self.norm_x(x), memory, memory_ok)
         return x + self.mlp(self.norm2(x))
@@ -186,3 +189,28 @@ class MultimodalModel(nn.Module):
         decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "emb" not in n]
         rest = [p for n, p in self.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class CausalModel(nn.Module):
+    """Decoder-only next-token model over one id space (packed interleaved sequences: text ids, image ids,
+    specials): token embedding over the whole vocabulary + a learned position 0..L-1, `decoder_layers` of the
+    4M model's Blocks with a causal mask (no encoder, no cross-attention), and one head over the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.cfg, self.vocab_size, self.seq_len = cfg, vocab_size, seq_len
+        self.token_emb = nn.Embedding(vocab_size, cfg.dim)
+        self.pos_emb = nn.Embedding(seq_len, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, vocab_size)
+        self.apply(MultimodalModel._init)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids, T <= seq_len -> (B, T, vocab) logits; the logits at t predict the token at t + 1."""
+        x = self.token_emb(tokens) + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
+        for block in self.blocks:
+            x = block(x, None, causal=True)
+        return self.head(self.norm(x))
+
+    parameter_groups = MultimodalModel.parameter_groups

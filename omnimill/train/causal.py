@@ -1,0 +1,457 @@
+"""The causal objective (`omnimill train SET --objective causal`): next-token prediction over packed
+interleaved sequences, beside 4M masking in train/loop.py, sharing its checkpoints, schedule and signals.
+
+The data is one packed shard set (format omnimill.interleaved/1, written by shards/interleave.py): one id
+space per set, text ids [0, v_text), image ids [v_text, v_text + v_image) (or one IMG_SLOT id repeated
+`slots` times per image in placeholder mode), then the specials BOI, EOI, PAD, IMG_SLOT, EOD. A sample is
+`<key>.tokens` (seq_len little-endian int32, PAD after the content) and `<key>.json` ({"images", "docs",
+"n_content"}) in a tar listed by manifest.json.
+
+Each target token has a kind, and losses are reported per kind:
+    text    ids below v_text
+    image   image ids, and IMG_SLOT (in placeholder mode a slot says nothing: set causal_image_loss=false)
+    marker  BOI, EOI, EOD
+PAD targets never count. The loss is the mean cross-entropy over counted targets: every kind, or text and
+markers only with `causal_image_loss=false` (image kinds are still evaluated and logged).
+The model (model.CausalModel) sees a whole packed sample: a document may attend to the end of the document
+before it in the same sample (EOD between them), as in GPT-style packing.
+
+The loader reads the shards in a seeded order per epoch and each shard's samples in a seeded order; its
+position (epoch, shard, sample) is the checkpoint's loader state, so a resumed run reads what a straight run
+would have read. Held-out samples are chosen by sample key (store.base.held_out), as for 4M.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from omnimill.errors import UserError
+from omnimill.store.base import held_out
+from omnimill.train.config import TrainConfig, to_dict
+
+FORMAT = "omnimill.interleaved/1"
+MANIFEST = "manifest.json"
+KINDS = ("text", "image", "marker")
+SPECIALS = ("BOI", "EOI", "PAD", "IMG_SLOT", "EOD")
+
+
+# ---------------------------------------------------------------------------- the packed shard set
+def open_packed(uri: str) -> dict:
+    """manifest.json of a packed set, checked for the fields training needs, with `root` (the set's folder)
+    and each shard's `url` made absolute."""
+    import fsspec
+
+    root = str(uri).rstrip("/")
+    try:
+        with fsspec.open(f"{root}/{MANIFEST}", "rt") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{root} holds no {MANIFEST}: --objective causal reads a packed interleaved set "
+                        "(omnimill pack)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{root}/{MANIFEST} is not JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{root}/{MANIFEST} is {manifest.get('format')!r}, not {FORMAT}: --objective causal "
+                        "reads packed interleaved sequences; 4M reads token stores and shard sets")
+    specials = manifest["specials"]
+    base = manifest["v_text"] + manifest["v_image"]
+    if [specials[s] for s in SPECIALS] != list(range(base, base + 5)) or manifest["vocab"] != base + 5:
+        raise UserError(f"{root}/{MANIFEST}: specials {specials} and vocab {manifest['vocab']} do not follow "
+                        f"v_text + v_image = {base}")
+    shards = [{**s, "url": s["url"] if "://" in s["url"] or s["url"].startswith("/") else f"{root}/{s['url']}"}
+              for s in manifest["shards"]]
+    return {**manifest, "root": root, "shards": shards}
+
+
+def read_shard(url: str, seq_len: int) -> list[tuple[str, np.ndarray, dict]]:
+    """(key, tokens (seq_len,) int32, meta) of every sample of one tar, in member order."""
+    import fsspec
+
+    tokens, meta = {}, {}
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
+        for member in tar.getmembers():
+            key, _, kind = member.name.rpartition(".")
+            data = tar.extractfile(member).read()
+            if kind == "tokens":
+                tokens[key] = np.frombuffer(data, "<i4")
+            elif kind == "json":
+                meta[key] = json.loads(data)
+    out = []
+    for key, row in tokens.items():
+        if len(row) != seq_len:
+            raise UserError(f"{url}: sample {key} has {len(row)} tokens, the manifest says {seq_len}")
+        out.append((key, row.astype(np.int32), meta.get(key, {})))
+    return out
+
+
+def token_kinds(tokens: torch.Tensor, manifest: dict) -> torch.Tensor:
+    """Kind of each id: 0 text, 1 image (image ids, IMG_SLOT), 2 marker (BOI, EOI, EOD), -1 PAD."""
+    s, v_text = manifest["specials"], manifest["v_text"]
+    kinds = torch.full_like(tokens, 2)
+    kinds[tokens < v_text] = 0
+    kinds[((tokens >= v_text) & (tokens < s["BOI"])) | (tokens == s["IMG_SLOT"])] = 1
+    kinds[tokens == s["PAD"]] = -1
+    return kinds
+
+
+class PackedLoader:
+    """Batches {"tokens": (B, seq_len) long, "keys": [...]} of one split of a packed set, for one rank.
+
+    Epoch e reads the shards in the order permutation(seed, e) and each shard's samples of the split in the
+    order permutation(seed, e, shard); rank r of W takes every W-th of them. `position` (epoch, shard, sample:
+    the next sample to read) is the state a checkpoint keeps. `epochs=None` repeats forever; `shuffle=False`
+    reads in stored order (evaluation)."""
+
+    def __init__(self, manifest: dict, split: str, holdout: float, seed: int, batch_size: int, rank: int = 0,
+                 world: int = 1, epochs: int | None = None, shuffle: bool = True):
+        self.manifest, self.split, self.holdout, self.seed = manifest, split, holdout, seed
+        self.batch_size, self.rank, self.world, self.epochs, self.shuffle = batch_size, rank, world, epochs, shuffle
+        self.position = {"epoch": 0, "shard": 0, "sample": 0}
+
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = {k: int(state[k]) for k in ("epoch", "shard", "sample")}
+
+    def _order(self, *seed: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *seed])
+
+    def _samples(self, epoch: int, shard: int) -> list[tuple[str, np.ndarray]]:
+        rows = read_shard(self.manifest["shards"][shard]["url"], self.manifest["seq_len"])
+        keep = held_out([k for k, _, _ in rows], self.holdout, self.seed) == (self.split == "heldout")
+        rows = [(k, t) for (k, t, _), kept in zip(rows, keep) if kept]
+        order = self._order(epoch, shard).permutation(len(rows)) if self.shuffle else range(len(rows))
+        return [rows[i] for i in order][self.rank::self.world]
+
+    def __iter__(self):
+        n_shards = len(self.manifest["shards"])
+        batch, read = [], 0
+        while self.epochs is None or self.position["epoch"] < self.epochs:
+            epoch = self.position["epoch"]
+            shards = self._order(epoch).permutation(n_shards) if self.shuffle else range(n_shards)
+            while self.position["shard"] < n_shards:
+                rows = self._samples(epoch, int(shards[self.position["shard"]]))
+                while self.position["sample"] < len(rows):
+                    batch.append(rows[self.position["sample"]])
+                    self.position["sample"] += 1
+                    read += 1
+                    if len(batch) == self.batch_size:
+                        yield _batch(batch)
+                        batch = []
+                self.position = {"epoch": epoch, "shard": self.position["shard"] + 1, "sample": 0}
+            self.position = {"epoch": epoch + 1, "shard": 0, "sample": 0}
+            if read == 0:  # a whole epoch without a sample: repeating it would never end
+                raise UserError(f"{self.manifest['root']} has no {self.split} samples for this process "
+                                f"(data.holdout={self.holdout})")
+        if batch:  # a finite loader's last, short batch
+            yield _batch(batch)
+
+
+def _batch(rows: list[tuple[str, np.ndarray]]) -> dict:
+    return {"keys": [k for k, _ in rows], "tokens": torch.from_numpy(np.stack([t for _, t in rows])).long()}
+
+
+# ---------------------------------------------------------------------------- loss, baseline, evaluation
+def causal_loss(model, tokens: torch.Tensor, manifest: dict, image_loss: bool = True
+                ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
+    """Mean next-token cross-entropy over the counted targets (not PAD; not images without `image_loss`),
+    and (summed loss, count) per kind, every kind."""
+    targets = tokens[:, 1:]
+    logits = model(tokens[:, :-1])
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L-1)
+    kinds = token_kinds(targets, manifest)
+    counted = (kinds >= 0) & (image_loss | (kinds != 1))
+    per = {}
+    for i, kind in enumerate(KINDS):
+        sel = kinds == i
+        if sel.any():
+            per[kind] = (nll[sel].sum().detach(), int(sel.sum()))
+    return nll[counted].sum() / counted.sum().clamp_min(1), per
+
+
+def unigram_baseline(config: TrainConfig, manifest: dict, train: PackedLoader, heldout: PackedLoader
+                     ) -> dict[str, float]:
+    """Held-out cross-entropy (nats/token) per kind of predicting every target from the training tokens'
+    frequencies over the whole vocabulary (add-one smoothed; PAD never predicted), the model's own id space:
+    the loss of a model that ignores all context."""
+    from omnimill.train.loop import BASELINE_BATCHES
+
+    counts = np.ones(manifest["vocab"])
+    counts[manifest["specials"]["PAD"]] = 0
+    for _, batch in zip(range(BASELINE_BATCHES), train):
+        targets = batch["tokens"][:, 1:]
+        counts += np.bincount(targets[token_kinds(targets, manifest) >= 0].numpy(), minlength=len(counts))
+    with np.errstate(divide="ignore"):
+        nll = -np.log(counts / counts.sum())
+    totals: dict[str, list[float]] = {}
+    for _, batch in zip(range(config.eval_batches), heldout):
+        targets = batch["tokens"][:, 1:]
+        kinds = token_kinds(targets, manifest)
+        for i, kind in enumerate(KINDS):
+            ids = targets[kinds == i].numpy()
+            if len(ids):
+                total = totals.setdefault(kind, [0.0, 0.0])
+                total[0] += float(nll[ids].sum())
+                total[1] += len(ids)
+    return {k: a / b for k, (a, b) in sorted(totals.items())}
+
+
+@torch.no_grad()
+def evaluate(model, config: TrainConfig, manifest: dict, heldout: PackedLoader, device) -> dict[str, float]:
+    """Held-out loss per kind (nats/token) on the first eval_batches batches in stored order."""
+    model.eval()
+    totals: dict[str, list[float]] = {}
+    heldout.position = {"epoch": 0, "shard": 0, "sample": 0}
+    for _, batch in zip(range(config.eval_batches), heldout):
+        _, per = causal_loss(model, batch["tokens"].to(device), manifest)
+        for kind, (loss, n) in per.items():
+            total = totals.setdefault(kind, [0.0, 0.0])
+            total[0] += float(loss)
+            total[1] += n
+    model.train()
+    return {k: a / b for k, (a, b) in sorted(totals.items())}
+
+
+def packed_facts(manifest: dict) -> dict:
+    """What checkpoint.json records of the data: what the model's id space means and where it came from."""
+    keys = ("seq_len", "max_images", "image_mode", "slots", "v_text", "v_image", "specials", "vocab",
+            "text_tokenizer", "image_tokenizer")
+    return {"root": manifest["root"], **{k: manifest.get(k) for k in keys}}
+
+
+# ---------------------------------------------------------------------------- training
+def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
+    """loop.train for `objective=causal`: train (or resume from OUT's checkpoint) and return the last held-out
+    losses per kind and the unigram baseline. One process (several: not yet)."""
+    from omnimill.train.loop import (CHECKPOINT, Session, _StopOnSignal, _autocast, load_checkpoint, lr_at,
+                                     optimizer_state, save_checkpoint)
+    from omnimill.train.model import CausalModel
+
+    out = Path(out)
+    if len(config.data.datasets) != 1:
+        raise UserError(f"--objective causal trains on one packed set, not {len(config.data.datasets)}")
+    session = Session(config.device)
+    if session.world > 1:
+        raise UserError("--objective causal runs in one process for now (no torchrun)")
+    manifest = open_packed(config.data.datasets[0])
+    d = config.data
+
+    def loader(split: str, **kw) -> PackedLoader:
+        return PackedLoader(manifest, split, d.holdout, config.seed, d.batch_size, **kw)
+
+    batches_of, heldout = loader("train"), loader("heldout", epochs=1, shuffle=False)
+    torch.manual_seed(config.seed)
+    model = CausalModel(config.model, manifest["vocab"], manifest["seq_len"]).to(session.device)
+    optimizer = torch.optim.AdamW(model.parameter_groups(config.optim.weight_decay), lr=config.optim.lr,
+                                  betas=(config.optim.beta1, config.optim.beta2))
+    step, history, baseline = 0, [], None
+    loaded = load_checkpoint(out)
+    if loaded:
+        state, tensors = loaded
+        if state.get("packed", {}).get("vocab") != manifest["vocab"] or \
+                state["packed"]["seq_len"] != manifest["seq_len"]:
+            raise UserError(f"{out / CHECKPOINT} was trained on another id space or length; use a new --out")
+        model.load_state_dict(tensors["model"])
+        optimizer.load_state_dict(optimizer_state(state, tensors["state"]))
+        batches_of.load_state_dict(state["loader"][0])
+        torch.set_rng_state(tensors["state"]["generator/0"])  # dropout's draws continue where they stopped
+        step, history, baseline = state["step"], state["history"], state["baseline"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    if baseline is None:
+        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout)
+        heldout.position = {"epoch": 0, "shard": 0, "sample": 0}
+        (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    n_params = sum(p.numel() for p in model.parameters())
+    if progress:
+        print(f"model: {n_params / 1e6:.2f} M parameters; causal over {manifest['vocab']} ids x {manifest['seq_len']} "
+              f"positions on {session.device}; starting at step {step}", flush=True)
+
+    def save(step: int) -> None:
+        meta = {"config": to_dict(config), "step": step, "loader": [batches_of.state_dict()], "baseline": baseline,
+                "modalities": [], "history": history, "datasets": {}, "packed": packed_facts(manifest)}
+        save_checkpoint(out, model.state_dict(), optimizer.state_dict(), [torch.get_rng_state()], meta)
+
+    log = open(out / "log.jsonl", "a")
+    batches = iter(batches_of)
+    stop = _StopOnSignal()
+    window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        for _ in range(config.optim.grad_accum):
+            tokens = next(batches)["tokens"].to(session.device)
+            with _autocast(config, session):
+                loss, per = causal_loss(model, tokens, manifest, config.causal_image_loss)
+            (loss / config.optim.grad_accum).backward()
+            window["loss"] += float(loss.detach()) / config.optim.grad_accum
+            window["tokens"] += int(tokens.numel())
+            for kind, (value, n) in per.items():
+                acc = window["per"].setdefault(kind, [0.0, 0.0])
+                acc[0] += float(value)
+                acc[1] += n
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % config.log_every == 0 or step == config.steps:
+            steps_in_window = (step - 1) % config.log_every + 1
+            record = {"step": step, "loss": window["loss"] / steps_in_window, "lr": lr_at(step - 1, config),
+                      "tokens_per_s": window["tokens"] / (time.perf_counter() - window["time"]),
+                      "per_kind": {k: a / b for k, (a, b) in window["per"].items() if b}}
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if progress:
+                print(f"step {step}/{config.steps} loss {record['loss']:.3f} lr {record['lr']:.2e} "
+                      f"{record['tokens_per_s']:.0f} tok/s", flush=True)
+            window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
+        if step % config.eval_every == 0 or step == config.steps:
+            scores = evaluate(model, config, manifest, heldout, session.device)
+            history.append({"step": step, "heldout": scores})
+            log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
+            log.flush()
+            if progress:
+                print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
+                                                for k, v in scores.items()), flush=True)
+        stopping = step == stop_at or stop.requested(session)
+        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
+            save(step)
+        if stopping:
+            if progress:
+                print(f"stopped at step {step}; checkpoint saved, run the same command to resume", flush=True)
+            break
+    log.close()
+    if step == config.steps:
+        from omnimill.train.plots import plot_curve
+
+        plot_curve(history, baseline, out / "curve.png")
+    stop.restore()
+    last = next((h["heldout"] for h in reversed(history) if "heldout" in h), {})
+    return {"step": step, "heldout": last, "baseline": baseline, "parameters": n_params}
+
+
+# ---------------------------------------------------------------------------- continuing a document
+def load_causal_run(run: str | Path, device: str = "cpu"):
+    """(CausalModel, checkpoint.json) of a causal run."""
+    from omnimill.train.config import from_dict
+    from omnimill.train.loop import CHECKPOINT, load_checkpoint
+    from omnimill.train.model import CausalModel
+
+    loaded = load_checkpoint(run)
+    if loaded is None:
+        raise UserError(f"{run} holds no {CHECKPOINT}; train one with `omnimill train SET --objective causal`")
+    state, tensors = loaded
+    if "packed" not in state:
+        raise UserError(f"{run} is a 4M run: generate with --from/--to, not --continue")
+    packed = state["packed"]
+    model = CausalModel(from_dict(state["config"]).model, packed["vocab"], packed["seq_len"])
+    model.load_state_dict(tensors["model"])
+    return model.to(device).eval(), state
+
+
+def find_document(manifest: dict, key: str) -> tuple[str, np.ndarray]:
+    """(sample key, the document's tokens up to and with its EOD) for a DOC_KEY, or the first document of
+    a sample for a sample key. The sample's `docs` name its content's EOD-separated spans in order (the first
+    may be the end of a document begun in the sample before)."""
+    eod = manifest["specials"]["EOD"]
+    for shard in manifest["shards"]:
+        for sample_key, tokens, meta in read_shard(shard["url"], manifest["seq_len"]):
+            docs = list(meta.get("docs", []))
+            if key != sample_key and key not in docs:
+                continue
+            content = tokens[:meta.get("n_content", len(tokens))]
+            ends = np.flatnonzero(content == eod)
+            i = docs.index(key) if key in docs else 0
+            start = int(ends[i - 1]) + 1 if i > 0 else 0
+            end = int(ends[i]) + 1 if i < len(ends) else len(content)
+            return sample_key, content[start:end].astype(np.int64)
+    raise UserError(f"no document or sample {key!r} in {manifest['root']}")
+
+
+@torch.no_grad()
+def sample_next(model, context: np.ndarray, n: int, stop: int, never: int, temperature: float = 0.0,
+                seed: int = 0) -> np.ndarray:
+    """Up to n tokens after `context`, one at a time (the argmax at temperature 0), stopping after `stop`;
+    `never` (PAD) is never drawn. The model sees the last seq_len - 1 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    tokens = list(context)
+    new = []
+    for _ in range(n):
+        window = torch.tensor(tokens[-(model.seq_len - 1):], device=device)[None]
+        logits = model(window)[0, -1].float().cpu()
+        logits[never] = -float("inf")
+        if temperature > 0:
+            token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+        else:
+            token = int(logits.argmax())
+        tokens.append(token)
+        new.append(token)
+        if token == stop:
+            break
+    return np.array(new, np.int64)
+
+
+def render(tokens: np.ndarray, packed: dict) -> str:
+    """Tokens as text: text ids through the set's text tokenizer (its tokenizer.json; `<id>` when it is not
+    there), each image as [image], markers other than EOD dropped, EOD as ⏎."""
+    s = packed["specials"]
+    path = Path(packed.get("text_tokenizer") or "") / "tokenizer.json"
+    decode = None
+    if packed.get("text_tokenizer") and path.exists():
+        from tokenizers import Tokenizer
+
+        decode = Tokenizer.from_file(str(path)).decode
+    parts, text = [], []
+
+    def flush():
+        if text:
+            parts.append(decode(text) if decode else " ".join(f"<{t}>" for t in text))
+            text.clear()
+
+    for t in tokens.tolist():
+        if t < packed["v_text"]:
+            text.append(t)
+            continue
+        flush()
+        if t == s["BOI"]:
+            parts.append("[image]")
+        elif t == s["EOD"]:
+            parts.append("⏎")
+    flush()
+    return " ".join(parts)
+
+
+def continue_document(run: str | Path, key: str, new_tokens: int = 64, prefix: int | None = None,
+                      temperature: float = 0.0, seed: int = 0) -> dict:
+    """Continue the document `key` (a DOC_KEY, or a sample key: its first document) of the run's data: the
+    model sees the document's first `prefix` tokens (default: half) and samples up to `new_tokens` more
+    (stopping at EOD); returns the prefix, the continuation and the true rest, as tokens and rendered text,
+    and whether the document's sample was held out (a training sample is no evidence of generalisation)."""
+    from omnimill.train.config import from_dict
+
+    model, state = load_causal_run(run)
+    config, packed = from_dict(state["config"]), state["packed"]
+    manifest = open_packed(config.data.datasets[0])
+    sample_key, doc = find_document(manifest, key)
+    cut = len(doc) // 2 if prefix is None else max(1, min(prefix, len(doc) - 1))
+    new = sample_next(model, doc[:cut], new_tokens, packed["specials"]["EOD"], packed["specials"]["PAD"],
+                      temperature, seed)
+    rest = doc[cut:]
+    return {"key": key, "sample": sample_key, "held_out": bool(held_out([sample_key], config.data.holdout,
+                                                                        config.seed)[0]),
+            "prefix_tokens": doc[:cut].tolist(), "tokens": new.tolist(), "truth_tokens": rest.tolist(),
+            "prefix": render(doc[:cut], packed), "continuation": render(new, packed), "truth": render(rest, packed),
+            "token_accuracy": float(np.mean(new[:len(rest)] == rest[:len(new)])) if len(new) and len(rest) else None}

@@ -1,0 +1,214 @@
+"""The causal objective (`--objective causal`) on packed interleaved shards: the causal mask, PAD and image
+targets in the loss, a task it must learn (the text after an image copies the image's tokens) with held-out
+text loss well below the unigram baseline, resume identical to a straight run, and continuing a document.
+
+The shards are written here by a tiny writer of the shared layout (omnimill.interleaved/1: `<key>.tokens` raw
+little-endian int32, `<key>.json`, tars with fixed mtime and no PAX headers, manifest.json), until
+shards/interleave.py's writer is in."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from omnimill.errors import UserError
+from omnimill.train.config import TrainConfig, apply_overrides, load_config
+
+V_TEXT, V_IMAGE, GRID = 16, 8, 4  # text ids, image ids, tokens per image (2 x 2)
+BOI, EOI, PAD, IMG_SLOT, EOD = range(V_TEXT + V_IMAGE, V_TEXT + V_IMAGE + 5)
+SEQ_LEN = 32
+TINY = ["dim=32", "decoder_layers=2", "heads=2", "batch_size=16", "holdout=0.2", "warmup_steps=10",
+        "eval_batches=4", "log_every=10", "objective=causal"]
+
+
+def document(rng: np.random.Generator) -> list[int]:
+    """4 random text ids, an image of 4 random image ids, then 4 text ids that copy the image (image id
+    V_TEXT + j -> text id j), EOD: 15 tokens, of which the 4 copies are known only from the image."""
+    image = rng.integers(0, V_IMAGE, GRID)
+    return [*rng.integers(0, V_TEXT, 4), BOI, *(V_TEXT + image), EOI, *image, EOD]
+
+
+def write_packed(out: Path, n: int = 400, per_shard: int = 100, seed: int = 0) -> str:
+    """n samples of two documents each (30 tokens + 2 PAD) in tars of per_shard, and the manifest."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    shards = []
+    for s in range(0, n, per_shard):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for i in range(s, min(n, s + per_shard)):
+                key = f"s{i:06d}"
+                content = document(rng) + document(rng)
+                tokens = np.full(SEQ_LEN, PAD, "<i4")
+                tokens[:len(content)] = content
+                meta = {"images": [f"d{i:06d}a/img_00", f"d{i:06d}b/img_00"], "docs": [f"d{i:06d}a", f"d{i:06d}b"],
+                        "n_content": len(content)}
+                for name, data in ((f"{key}.tokens", tokens.tobytes()), (f"{key}.json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+        name = f"shard-{s // per_shard:06d}.tar"
+        (out / name).write_bytes(buffer.getvalue())
+        shards.append({"url": name, "n": min(n, s + per_shard) - s,
+                       "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
+    specials = {"BOI": BOI, "EOI": EOI, "PAD": PAD, "IMG_SLOT": IMG_SLOT, "EOD": EOD}
+    manifest = {"format": "omnimill.interleaved/1", "seq_len": SEQ_LEN, "max_images": 16, "image_mode": "tokens",
+                "slots": GRID, "v_text": V_TEXT, "v_image": V_IMAGE, "specials": specials, "vocab": EOD + 1,
+                "text_tokenizer": None, "image_tokenizer": None, "shards": shards, "n": n,
+                "padding_share": 2 / SEQ_LEN}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> str:
+    return write_packed(tmp_path_factory.mktemp("causal") / "packed")
+
+
+def tiny(data: str, *flags: str) -> TrainConfig:
+    c = TrainConfig()
+    apply_overrides(c, [f"datasets={data}", *TINY, *flags])
+    return c
+
+
+def test_the_objective_is_a_setting():
+    assert load_config(None, ["--objective=causal", "--causal_image_loss=false"]).causal_image_loss is False
+    assert TrainConfig().objective == "4m"
+    with pytest.raises(UserError, match="objective='gpt': it is one of 4m, causal"):
+        load_config(None, ["--objective=gpt"])
+
+
+def test_causal_mask_pad_and_image_targets(packed):
+    from omnimill.train.causal import PackedLoader, causal_loss, open_packed, token_kinds
+    from omnimill.train.model import CausalModel
+
+    manifest = open_packed(packed)
+    config = tiny(packed)
+    torch.manual_seed(0)
+    model = CausalModel(config.model, manifest["vocab"], SEQ_LEN)
+    tokens = next(iter(PackedLoader(manifest, "train", 0.2, 0, batch_size=4)))["tokens"]
+    assert tokens.shape == (4, SEQ_LEN) and (tokens[:, 30:] == PAD).all()
+    # the logits at t see tokens 0..t only: changing token 20 leaves positions 0..19 as they were
+    changed = tokens.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % V_TEXT
+    a, b = model(tokens), model(changed)
+    assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6) and not torch.allclose(a[:, 20:], b[:, 20:])
+
+    kinds = token_kinds(tokens[:, 1:], manifest)
+    loss, per = causal_loss(model, tokens, manifest)
+    # per kind: 2 docs x (8 text, 4 image, 3 markers), minus the first token (no target); PAD never counts
+    assert {k: n for k, (_, n) in per.items()} == {"text": 4 * 15, "image": 4 * 8, "marker": 4 * 6}
+    assert float(loss.detach()) == pytest.approx(sum(float(s) for s, _ in per.values()) / int((kinds >= 0).sum()), rel=1e-5)
+    without, per_without = causal_loss(model, tokens, manifest, image_loss=False)
+    assert {k: float(v[0]) for k, v in per_without.items()} == {k: float(v[0]) for k, v in per.items()}
+    assert float(without.detach()) == pytest.approx((float(per["text"][0]) + float(per["marker"][0])) / (60 + 24), rel=1e-5)
+
+
+def test_loader_splits_by_key_and_resumes_at_its_position(packed):
+    from omnimill.store.base import held_out
+    from omnimill.train.causal import PackedLoader, open_packed
+
+    manifest = open_packed(packed)
+    train = [k for b in PackedLoader(manifest, "train", 0.2, 0, 16, epochs=1) for k in b["keys"]]
+    heldout = [k for b in PackedLoader(manifest, "heldout", 0.2, 0, 16, epochs=1) for k in b["keys"]]
+    assert sorted(train + heldout) == [f"s{i:06d}" for i in range(400)] and 40 < len(heldout) < 120
+    assert held_out(heldout, 0.2, 0).all() and not held_out(train, 0.2, 0).any()
+    straight = PackedLoader(manifest, "train", 0.2, 0, 16)
+    keys = [b["keys"] for _, b in zip(range(30), straight)]  # past one epoch (~20 batches)
+    first = PackedLoader(manifest, "train", 0.2, 0, 16)
+    for _, _ in zip(range(12), first):
+        pass
+    resumed = PackedLoader(manifest, "train", 0.2, 0, 16)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [b["keys"] for _, b in zip(range(18), resumed)] == keys[12:]
+    assert keys[0] != keys[20]  # the second epoch reads in another order
+    with pytest.raises(UserError, match="no heldout samples"):
+        next(iter(PackedLoader(manifest, "heldout", 0.0, 0, 16)))
+
+
+def test_it_learns_what_follows_an_image_and_continues_a_held_out_document(packed, tmp_path):
+    """The 4 text ids after an image copy its tokens: held-out text loss falls well below unigram (the rest
+    of the text is random: a perfect model reaches about half the unigram loss); image tokens are random, so
+    the model cannot beat unigram there. Then the copies are continued from a held-out document's prefix."""
+    from omnimill.store.base import held_out
+    from omnimill.train.causal import continue_document
+    from omnimill.train.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(tiny(packed, "steps=300", "eval_every=300", "lr=3e-3", "min_lr=3e-3"), tmp_path / "run",
+                       progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    print("held-out", result["heldout"], "unigram", result["baseline"])
+    heldout, baseline = result["heldout"], result["baseline"]
+    assert set(heldout) == set(baseline) == {"text", "image", "marker"}
+    assert heldout["text"] < 0.75 * baseline["text"]
+    assert heldout["image"] > 0.9 * np.log(V_IMAGE)  # random: nothing to learn
+    assert heldout["marker"] < 0.3 * baseline["marker"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["heldout"] == heldout and log[-1]["baseline"] == baseline and "per_kind" in log[0]
+
+    key = next(f"s{i:06d}" for i in range(400) if held_out([f"s{i:06d}"], 0.2, 0)[0])
+    doc_b = "d" + key[1:] + "b"
+    facts = continue_document(tmp_path / "run", doc_b, new_tokens=8, prefix=10)  # through the image's EOI
+    assert facts["held_out"] and facts["sample"] == key and len(facts["prefix_tokens"]) == 10
+    image = np.array(facts["prefix_tokens"][5:9]) - V_TEXT
+    print("prefix", facts["prefix"], "| continued", facts["continuation"], "| truth", facts["truth"])
+    assert facts["prefix_tokens"][9] == EOI and facts["truth_tokens"] == [*image.tolist(), EOD]
+    assert facts["token_accuracy"] >= 0.75  # the copies (and EOD)
+    assert facts["continuation"].startswith("<") and "[image]" in facts["prefix"]
+    with pytest.raises(UserError, match="no document or sample 'nope'"):
+        continue_document(tmp_path / "run", "nope")
+
+
+def test_resume_is_identical_to_a_straight_run(packed, tmp_path):
+    from omnimill.train.loop import load_checkpoint, read_commit, train
+
+    settings = tiny(packed, "steps=8", "eval_every=4", "checkpoint_every=100", "dropout=0.1")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(settings, straight, progress=False)
+    train(settings, stopped, progress=False, stop_at=3)
+    assert read_commit(stopped)["step"] == 3
+    train(settings, stopped, progress=False)
+    (a_commit, a), (b_commit, b) = load_checkpoint(straight), load_checkpoint(stopped)
+    assert a_commit["step"] == b_commit["step"] == 8
+    for part in ("model", "state"):  # weights; optimizer moments; the RNG that draws dropout
+        assert a[part].keys() == b[part].keys()
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), name
+    assert a_commit["loader"] == b_commit["loader"]
+    # evaluations at steps 4 and 8 (a log record's loss averages its window, which a resume starts afresh)
+    assert [h["heldout"] for h in a_commit["history"] if "heldout" in h] == \
+        [h["heldout"] for h in b_commit["history"] if "heldout" in h]
+    assert a_commit["packed"]["vocab"] == EOD + 1 and a_commit["modalities"] == []
+
+
+def test_refusals(packed, tmp_path):
+    from omnimill.train.causal import open_packed
+    from omnimill.train.generate import load_run
+    from omnimill.train.loop import train
+
+    with pytest.raises(UserError, match="holds no manifest.json"):
+        open_packed(str(tmp_path))
+    other = tmp_path / "other"
+    shutil.copytree(packed, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "format": "omnimill.wds/1"}))
+    with pytest.raises(UserError, match="not omnimill.interleaved/1"):
+        train(tiny(str(other), "steps=1"), tmp_path / "r1", progress=False)
+    with pytest.raises(UserError, match="one packed set, not 2"):
+        train(tiny(f"{packed},{packed}", "steps=1"), tmp_path / "r2", progress=False)
+    run = tmp_path / "run"
+    train(tiny(packed, "steps=1", "eval_batches=1"), run, progress=False)
+    with pytest.raises(UserError, match="causal run: continue a document"):
+        load_run(run)
