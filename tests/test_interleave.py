@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from omnimill.errors import UserError
@@ -251,3 +252,37 @@ def test_verify_finds_a_bad_sequence(text_tok, tmp_path):
     (tmp_path / "interleaved" / "manifest.json").write_text(json.dumps(manifest))
     problems = il.verify_interleaved(out)["problems"]
     assert problems == ["shard-000000.tar:s000000000: PAD is not exactly the tokens after n_content"]
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def take(iterator, n):
+    return [next(iterator)["key"] for _ in range(n)]
+
+
+def test_dataset_covers_each_epoch_and_resumes_exactly(text_tok, tmp_path):
+    out, manifest, packed = packed_set(text_tok, tmp_path)
+    n = manifest["n"]
+    ds = il.InterleavedDataset(out, seed=3)
+    reference = take(iter(ds), 2 * n + 5)
+    assert sorted(reference[:n]) == sorted(il.sequence_key(i) for i in range(n))  # an epoch: every one once
+    assert reference[:n] != reference[n:2 * n]  # reshuffled per epoch
+    for stop in (0, 5, n, n + 3):  # mid-shard, a shard boundary across epochs
+        first = il.InterleavedDataset(out, seed=3)
+        it = iter(first)
+        assert take(it, stop) == reference[:stop]
+        state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint
+        again = il.InterleavedDataset(out, seed=3)
+        again.load_state_dict(state)
+        assert take(iter(again), 2 * n + 5 - stop) == reference[stop:]
+    with pytest.raises(UserError, match="another interleaved set"):
+        il.InterleavedDataset(out, seed=4).load_state_dict(state)
+
+
+def test_dataset_ranks_split_the_shards_and_epochs_end(text_tok, tmp_path):
+    out, manifest, _ = packed_set(text_tok, tmp_path)
+    seen = [[s["key"] for s in il.InterleavedDataset(out, rank=r, world_size=2, epochs=1)] for r in (0, 1)]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == [il.sequence_key(i) for i in range(manifest["n"])]
+    sample = next(iter(il.InterleavedDataset(out, shuffle=False)))
+    assert sample["key"] == "s000000000" and sample["tokens"].dtype == torch.int64
+    assert set(sample) == {"key", "tokens", "images", "docs", "n_content"}

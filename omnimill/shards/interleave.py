@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
+import torch
 
 from omnimill.errors import UserError
 from omnimill.shards.manifest import MANIFEST, join
@@ -465,3 +466,70 @@ def _sequence_problem(tokens: np.ndarray, meta: dict, vocab: Vocab, max_images: 
     if count != len(images) or len(images) > max_images:
         return f"{count} image blocks, {len(images)} image keys, max_images {max_images}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+class InterleavedDataset(torch.utils.data.IterableDataset):
+    """Packed sequences of a shard set, one at a time: {"key", "tokens" (seq_len,) int64 tensor, "images",
+    "docs", "n_content"}. Endless unless `epochs`; resumable exactly with state_dict / load_state_dict.
+
+    Order: each epoch the shards are permuted with (seed, epoch); rank r of world_size takes every
+    world_size-th of them; within a shard the sequences are permuted with (seed, epoch, shard). shuffle=False
+    keeps the written order of both. So a position is two integers, (epoch, sequences consumed this epoch), and resuming recomputes the
+    plan from them (sample counts come from the manifest: no shard is read to skip it) and reads only the
+    shard it stopped in. Every shard is checked against its manifest sha256 when read (`read_shard`).
+
+    Iterate it in the process that checkpoints (as MixtureLoader does, or DataLoader(num_workers=0)): the
+    position it keeps is that of the last sequence it handed out, which a DataLoader worker's copy would
+    keep out of reach; a worker refuses to run it. Sequences are read as whole shards, one tar read each."""
+
+    def __init__(self, uri: str, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 epochs: int | None = None, storage_options: dict | None = None):
+        self.uri, self.seed, self.shuffle, self.options = str(uri), seed, shuffle, storage_options
+        self.rank, self.world_size, self.epochs = rank, world_size, epochs
+        self.manifest = read_manifest(self.uri, storage_options)
+        self.vocab = vocab_of(self.manifest)
+        if len(self.manifest["shards"]) < world_size:
+            raise UserError(f"{uri} has {len(self.manifest['shards'])} shards, fewer than world_size {world_size}: "
+                            f"pack with a smaller samples_per_shard")
+        self.epoch = self.consumed = 0
+
+    def _fingerprint(self) -> list:
+        return [self.uri, self.manifest["n"], [r["sha256"] for r in self.manifest["shards"]], self.seed,
+                self.shuffle, self.rank, self.world_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "config": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"] != self._fingerprint():
+            raise UserError("the saved position belongs to another interleaved set or setup (uri, shards, seed, "
+                            "shuffle, rank, world_size); resume with the same ones")
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+
+    def plan(self, epoch: int) -> list[int]:
+        """The shards this rank reads in `epoch`, in order."""
+        count = len(self.manifest["shards"])
+        order = np.random.default_rng([self.seed, epoch]).permutation(count) if self.shuffle else np.arange(count)
+        return order[self.rank::self.world_size].tolist()
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            raise UserError("InterleavedDataset keeps its position in the process that iterates it: use "
+                            "num_workers=0 (or MixtureLoader)")
+        while self.epochs is None or self.epoch < self.epochs:
+            skip = self.consumed
+            for shard in self.plan(self.epoch):
+                n = int(self.manifest["shards"][shard]["n"])
+                if skip >= n:
+                    skip -= n
+                    continue
+                samples = read_shard(self.uri, self.manifest, shard, self.options)
+                order = (np.random.default_rng([self.seed, self.epoch, shard]).permutation(n) if self.shuffle
+                         else np.arange(n))
+                for i in order[skip:].tolist():
+                    key, tokens, meta = samples[i]
+                    self.consumed += 1
+                    yield {"key": key, "tokens": torch.from_numpy(tokens.astype(np.int64)), **meta}
+                skip = 0
+            self.epoch, self.consumed = self.epoch + 1, 0
