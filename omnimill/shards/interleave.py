@@ -56,7 +56,7 @@ import json
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
@@ -121,11 +121,11 @@ def image_key(doc_key: str, i: int) -> str:
 
 
 def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vocab: Vocab,
-               image_tokens: Mapping[str, np.ndarray] | None = None, slots: int | None = None,
+               image_tokens=None, slots: int | None = None,
                tally: Counter | None = None) -> tuple[np.ndarray, list[str]]:
     """One document -> (ids int32, the IMAGE_KEYs of the images kept, in order). Exactly one of
-    `image_tokens` (IMAGE_KEY -> its g*g tokens in [0, v_image); "tokens" mode) and `slots` (placeholder
-    mode) is given. An image with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
+    `image_tokens` (anything with `.get(IMAGE_KEY)` -> its g*g tokens in [0, v_image) or None: a dict, or
+    `StoreImageTokens` over a token store; "tokens" mode) and `slots` (placeholder mode) is given. An image with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
     if (image_tokens is None) == (slots is None):
         raise UserError("interleave: give image_tokens (tokens mode) or slots (placeholder mode), not both or neither")
     if slots is not None and slots < 1:
@@ -157,6 +157,33 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
     pieces.append(np.array([vocab.EOD], np.int32))
     return np.concatenate(pieces), images
 
+
+
+class StoreImageTokens:
+    """IMAGE_KEY -> its tokens in one modality of a token store (crop 0, the whole view), the `image_tokens`
+    of `interleave`: `get(key)` is None for a key the store lacks or did not tokenize. `v_image` is the
+    image tokenizer's vocabulary. One small read per image (the sorted key index, then the row): a few
+    ms each, fine for packing a shard's documents; a bulk reader would read whole units."""
+
+    def __init__(self, tokens_uri: str, modality: str, storage_options: dict | None = None):
+        from omnimill.store.tokens import TokenStore
+
+        self.store = TokenStore.open(tokens_uri, storage_options=storage_options)
+        if modality not in self.store.modalities():
+            raise UserError(f"{tokens_uri} has no modality {modality}; it has {', '.join(self.store.modalities())}")
+        info = self.store.tokenizer_info(modality)
+        if self.store.time_axis(modality):
+            raise UserError(f"{modality} has a time axis (a clip's); interleaved documents take image tokens")
+        self.modality, self.v_image, self.tokenizer = modality, int(info["vocab_size"]), info.get("path")
+
+    def get(self, key: str) -> np.ndarray | None:
+        try:
+            row = self.store.index_of(key)
+        except UserError:
+            return None
+        if not self.store.read(f"{self.modality}/ok", row):
+            return None
+        return self.store.read(f"{self.modality}/tokens", row)[0]
 
 # ---------------------------------------------------------------------------------------------- packing
 @dataclass

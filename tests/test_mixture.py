@@ -1,0 +1,110 @@
+"""shards/mixture.py: interleaved documents (packed from a real token store's image tokens and a real sequence
+tokenizer), caption pairs and text shards mixed by weight, one kind per batch, resumed exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from omnimill.engine.text import write_text_shards
+from omnimill.errors import UserError
+from omnimill.shards import interleave as il
+from omnimill.shards.loader import TokenDataset
+from omnimill.shards.mixture import MixtureLoader, PRESETS
+from omnimill.shards.wds import export_wds
+from omnimill.tokenize.base import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def sources(token_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixture")
+    pairs = root / "pairs"
+    export_wds(token_data["tokens"], str(pairs), samples_per_shard=5, modalities=["rgb_image", "caption"])
+    text = root / "text"
+    write_text_shards([f"a note on boat {i}" for i in range(30)], [f"t{i}" for i in range(30)],
+                      token_data["tokenizers"]["caption"], str(text), samples_per_shard=6)
+    # documents: a caption, then two corpus images, then the next caption; images come from the token store
+    tokenizer = load_tokenizer(token_data["tokenizers"]["caption"])
+    images = il.StoreImageTokens(token_data["tokens"], "rgb_image")
+    vocab = il.Vocab(tokenizer.vocab_size, images.v_image)
+    keys, captions = sorted(token_data["captions"]), token_data["captions"]
+    tally = __import__("collections").Counter()
+    flat = []
+    for d in range(12):
+        pair = keys[2 * d:2 * d + 2]
+        doc = [{"text": captions[pair[0]]}, *({"image": k, "alt": None, "meta": {}} for k in pair),
+               {"text": captions[pair[1]]}, {"image": "not_in_the_store", "alt": None, "meta": {}}]
+        ids, kept = il.interleave(doc, il.text_encoder(tokenizer), vocab, image_tokens=images, tally=tally)
+        flat.append((f"doc{d:02d}", ids, kept))
+    packed = il.pack(flat, vocab, seq_len=64, max_images=4)
+    head = il.header(vocab, 64, 4, "tokens", None, token_data["tokenizers"]["caption"], token_data["tokenizers"]["rgb"])
+    interleaved = root / "interleaved"
+    il.write_interleaved(str(interleaved), packed.sequences, head, packed.padding_share, samples_per_shard=3)
+    return {"pairs": str(pairs), "text": str(text), "interleaved": str(interleaved), "tally": tally,
+            "packed": packed, "vocab": vocab}
+
+
+def test_documents_take_image_tokens_from_the_token_store(token_data, sources):
+    assert sources["tally"]["images_without_tokens"] == 12  # the key not in the store, once per document
+    seq = sources["packed"].sequences[0]
+    vocab, first = sources["vocab"], seq.images[0]
+    start = int(np.flatnonzero(seq.tokens == vocab.BOI)[0])
+    from omnimill.store.tokens import TokenStore
+
+    store = TokenStore.open(token_data["tokens"])
+    row = store.index_of(first)
+    assert (seq.tokens[start + 1:start + 17] - vocab.v_text == store.read("rgb_image/tokens", row)[0]).all()
+    assert il.verify_interleaved(sources["interleaved"])["problems"] == []
+
+
+def mixture(sources, **kw):
+    args = {"interleaved": il.InterleavedDataset(sources["interleaved"], seed=1),
+            "pairs": TokenDataset(sources["pairs"]), "text": TokenDataset(sources["text"]),
+            "batch_size": 4, "seed": 5, "shuffle_buffer": 8, "preset": "mm1", **kw}
+    return MixtureLoader(**args)
+
+
+def summary(batch) -> tuple:
+    return batch["kind"], tuple(batch["keys"])
+
+
+def test_mm1_mixture_kinds_and_shapes(sources):
+    loader = mixture(sources)
+    it = iter(loader)
+    batches = [next(it) for _ in range(200)]
+    counts = {k: sum(b["kind"] == k for b in batches) / 200 for k in PRESETS["mm1"]}
+    for kind, share in PRESETS["mm1"].items():  # binomial sd at n=200: <= 0.035
+        assert abs(counts[kind] - share) < 0.12, counts
+    inter = next(b for b in batches if b["kind"] == "interleaved")
+    assert inter["tokens"].shape == (4, 64) and len(inter["images"]) == len(inter["docs"]) == 4
+    pair = next(b for b in batches if b["kind"] == "pairs")
+    assert set(pair["tokens"]) == {"rgb_image", "caption"}
+    text = next(b for b in batches if b["kind"] == "text")
+    assert set(text["tokens"]) == {"caption"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mixture_resumes_exactly(sources, workers):
+    reference = [summary(b) for b, _ in zip(mixture(sources, num_workers=workers), range(40))]
+    first = mixture(sources, num_workers=workers)
+    it = iter(first)
+    assert [summary(next(it)) for _ in range(17)] == reference[:17]
+    state = json.loads(json.dumps(first.state_dict()))
+    again = mixture(sources, num_workers=workers)
+    again.load_state_dict(state)
+    assert [summary(b) for b, _ in zip(again, range(23))] == reference[17:]
+
+
+def test_mixture_refuses_wrong_setups(sources):
+    with pytest.raises(UserError, match="no source was given for it"):
+        MixtureLoader(batch_size=2, pairs=TokenDataset(sources["pairs"]), preset="mm1")
+    with pytest.raises(UserError, match="unknown mixture preset"):
+        mixture(sources, preset="mm2")
+    state = mixture(sources).state_dict()
+    other = mixture(sources, preset=None, weights={"interleaved": 1, "pairs": 1, "text": 1})
+    with pytest.raises(UserError, match="another mixture"):
+        other.load_state_dict(state)
+    only_text = MixtureLoader(batch_size=3, text=TokenDataset(sources["text"]), weights={"text": 1})
+    assert {b["kind"] for b, _ in zip(only_text, range(5))} == {"text"}
