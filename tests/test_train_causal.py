@@ -2,9 +2,7 @@
 targets in the loss, a task it must learn (the text after an image copies the image's tokens) with held-out
 text loss well below the unigram baseline, resume identical to a straight run, and continuing a document.
 
-The shards are written here by a tiny writer of the shared layout (omnimill.interleaved/1: `<key>.tokens` raw
-little-endian int32, `<key>.json`, tars with fixed mtime and no PAX headers, manifest.json), until
-shards/interleave.py's writer is in."""
+The shards are synthetic documents packed and written by shards/interleave.py (omnimill.interleaved/1)."""
 
 from __future__ import annotations
 
@@ -25,46 +23,29 @@ from omnimill.train.config import TrainConfig, apply_overrides, load_config
 V_TEXT, V_IMAGE, GRID = 16, 8, 4  # text ids, image ids, tokens per image (2 x 2)
 BOI, EOI, PAD, IMG_SLOT, EOD = range(V_TEXT + V_IMAGE, V_TEXT + V_IMAGE + 5)
 SEQ_LEN = 32
+KEYS = [f"s{i:09d}" for i in range(401)]  # the sequences' keys
 TINY = ["dim=32", "decoder_layers=2", "heads=2", "batch_size=16", "holdout=0.2", "warmup_steps=10",
         "eval_batches=4", "log_every=10", "objective=causal"]
 
 
 def document(rng: np.random.Generator) -> list[int]:
-    """4 random text ids, an image of 4 random image ids, then 4 text ids that copy the image (image id
-    V_TEXT + j -> text id j), EOD: 15 tokens, of which the 4 copies are known only from the image."""
+    """5 random text ids, an image of 4 random image ids, then 4 text ids that copy the image (image id
+    V_TEXT + j -> text id j), EOD: 16 tokens, of which the 4 copies are known only from the image."""
     image = rng.integers(0, V_IMAGE, GRID)
-    return [*rng.integers(0, V_TEXT, 4), BOI, *(V_TEXT + image), EOI, *image, EOD]
+    return [*rng.integers(0, V_TEXT, 5), BOI, *(V_TEXT + image), EOI, *image, EOD]
 
 
-def write_packed(out: Path, n: int = 400, per_shard: int = 100, seed: int = 0) -> str:
-    """n samples of two documents each (30 tokens + 2 PAD) in tars of per_shard, and the manifest."""
+def write_packed(out: Path, n_docs: int = 801, seed: int = 0) -> str:
+    """n_docs documents packed by shards/interleave.py into sequences of 32 (two whole documents each; the
+    last holds one, then PAD), 100 sequences per shard."""
+    from omnimill.shards.interleave import Vocab, header, pack, write_interleaved
+
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True)
-    shards = []
-    for s in range(0, n, per_shard):
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for i in range(s, min(n, s + per_shard)):
-                key = f"s{i:06d}"
-                content = document(rng) + document(rng)
-                tokens = np.full(SEQ_LEN, PAD, "<i4")
-                tokens[:len(content)] = content
-                meta = {"images": [f"d{i:06d}a/img_00", f"d{i:06d}b/img_00"], "docs": [f"d{i:06d}a", f"d{i:06d}b"],
-                        "n_content": len(content)}
-                for name, data in ((f"{key}.tokens", tokens.tobytes()), (f"{key}.json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    tar.addfile(info, io.BytesIO(data))
-        name = f"shard-{s // per_shard:06d}.tar"
-        (out / name).write_bytes(buffer.getvalue())
-        shards.append({"url": name, "n": min(n, s + per_shard) - s,
-                       "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()})
-    specials = {"BOI": BOI, "EOI": EOI, "PAD": PAD, "IMG_SLOT": IMG_SLOT, "EOD": EOD}
-    manifest = {"format": "omnimill.interleaved/1", "seq_len": SEQ_LEN, "max_images": 16, "image_mode": "tokens",
-                "slots": GRID, "v_text": V_TEXT, "v_image": V_IMAGE, "specials": specials, "vocab": EOD + 1,
-                "text_tokenizer": None, "image_tokenizer": None, "shards": shards, "n": n,
-                "padding_share": 2 / SEQ_LEN}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    vocab = Vocab(V_TEXT, V_IMAGE)
+    docs = [(f"d{i:06d}", np.array(document(rng)), [f"d{i:06d}/img_00"]) for i in range(n_docs)]
+    packed = pack(docs, vocab, SEQ_LEN)
+    head = header(vocab, SEQ_LEN, 16, "tokens", None, "", None)
+    write_interleaved(str(out), packed.sequences, head, packed.padding_share, samples_per_shard=100)
     return str(out)
 
 
@@ -94,44 +75,47 @@ def test_causal_mask_pad_and_image_targets(packed):
     config = tiny(packed)
     torch.manual_seed(0)
     model = CausalModel(config.model, manifest["vocab"], SEQ_LEN)
-    tokens = next(iter(PackedLoader(manifest, "train", 0.2, 0, batch_size=4)))["tokens"]
-    assert tokens.shape == (4, SEQ_LEN) and (tokens[:, 30:] == PAD).all()
-    # the logits at t see tokens 0..t only: changing token 20 leaves positions 0..19 as they were
+    last = next(iter(PackedLoader(packed, "train", 0.0, 0, batch_size=401, shuffle=False)))["tokens"][-1]
+    assert (last[16:] == PAD).all() and (last[:16] != PAD).all()  # the 801st document alone, then PAD
+    rng = np.random.default_rng(1)
+    tokens = torch.tensor([document(rng) + [PAD] * 16 for _ in range(4)])
+    # the logits at t see tokens 0..t only: changing token 10 leaves positions 0..9 as they were
     changed = tokens.clone()
-    changed[:, 20] = (changed[:, 20] + 1) % V_TEXT
+    changed[:, 10] = (changed[:, 10] + 1) % V_TEXT
     a, b = model(tokens), model(changed)
-    assert torch.allclose(a[:, :20], b[:, :20], atol=1e-6) and not torch.allclose(a[:, 20:], b[:, 20:])
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6) and not torch.allclose(a[:, 10:], b[:, 10:])
 
     kinds = token_kinds(tokens[:, 1:], manifest)
     loss, per = causal_loss(model, tokens, manifest)
-    # per kind: 2 docs x (8 text, 4 image, 3 markers), minus the first token (no target); PAD never counts
-    assert {k: n for k, (_, n) in per.items()} == {"text": 4 * 15, "image": 4 * 8, "marker": 4 * 6}
-    assert float(loss.detach()) == pytest.approx(sum(float(s) for s, _ in per.values()) / int((kinds >= 0).sum()), rel=1e-5)
+    # targets per row: 9 text, 4 image, 3 markers less the first token (text, no target); the 16 PAD never count
+    assert {k: n for k, (_, n) in per.items()} == {"text": 4 * 8, "image": 4 * 4, "marker": 4 * 3}
+    assert int((kinds >= 0).sum()) == 4 * 15
+    assert float(loss.detach()) == pytest.approx(sum(float(s) for s, _ in per.values()) / (4 * 15), rel=1e-5)
     without, per_without = causal_loss(model, tokens, manifest, image_loss=False)
     assert {k: float(v[0]) for k, v in per_without.items()} == {k: float(v[0]) for k, v in per.items()}
-    assert float(without.detach()) == pytest.approx((float(per["text"][0]) + float(per["marker"][0])) / (60 + 24), rel=1e-5)
+    assert float(without.detach()) == pytest.approx((float(per["text"][0]) + float(per["marker"][0])) / (4 * 11),
+                                                    rel=1e-5)
 
 
 def test_loader_splits_by_key_and_resumes_at_its_position(packed):
     from omnimill.store.base import held_out
-    from omnimill.train.causal import PackedLoader, open_packed
+    from omnimill.train.causal import PackedLoader
 
-    manifest = open_packed(packed)
-    train = [k for b in PackedLoader(manifest, "train", 0.2, 0, 16, epochs=1) for k in b["keys"]]
-    heldout = [k for b in PackedLoader(manifest, "heldout", 0.2, 0, 16, epochs=1) for k in b["keys"]]
-    assert sorted(train + heldout) == [f"s{i:06d}" for i in range(400)] and 40 < len(heldout) < 120
+    train = [k for b in PackedLoader(packed, "train", 0.2, 0, 16, epochs=1) for k in b["keys"]]
+    heldout = [k for b in PackedLoader(packed, "heldout", 0.2, 0, 16, epochs=1) for k in b["keys"]]
+    assert sorted(train + heldout) == KEYS and 40 < len(heldout) < 120
     assert held_out(heldout, 0.2, 0).all() and not held_out(train, 0.2, 0).any()
-    straight = PackedLoader(manifest, "train", 0.2, 0, 16)
+    straight = PackedLoader(packed, "train", 0.2, 0, 16)
     keys = [b["keys"] for _, b in zip(range(30), straight)]  # past one epoch (~20 batches)
-    first = PackedLoader(manifest, "train", 0.2, 0, 16)
+    first = PackedLoader(packed, "train", 0.2, 0, 16)
     for _, _ in zip(range(12), first):
         pass
-    resumed = PackedLoader(manifest, "train", 0.2, 0, 16)
+    resumed = PackedLoader(packed, "train", 0.2, 0, 16)
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert [b["keys"] for _, b in zip(range(18), resumed)] == keys[12:]
     assert keys[0] != keys[20]  # the second epoch reads in another order
-    with pytest.raises(UserError, match="no heldout samples"):
-        next(iter(PackedLoader(manifest, "heldout", 0.0, 0, 16)))
+    with pytest.raises(UserError, match="no heldout sequences"):
+        next(iter(PackedLoader(packed, "heldout", 0.0, 0, 16)))
 
 
 def test_it_learns_what_follows_an_image_and_continues_a_held_out_document(packed, tmp_path):
@@ -158,16 +142,16 @@ def test_it_learns_what_follows_an_image_and_continues_a_held_out_document(packe
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["heldout"] == heldout and log[-1]["baseline"] == baseline and "per_kind" in log[0]
 
-    key = next(f"s{i:06d}" for i in range(400) if held_out([f"s{i:06d}"], 0.2, 0)[0])
-    doc_b = "d" + key[1:] + "b"
-    facts = continue_document(tmp_path / "run", doc_b, new_tokens=8, prefix=10)  # through the image's EOI
-    assert facts["held_out"] and facts["sample"] == key and len(facts["prefix_tokens"]) == 10
-    image = np.array(facts["prefix_tokens"][5:9]) - V_TEXT
+    key = next(k for k in KEYS if held_out([k], 0.2, 0)[0])
+    doc_b = f"d{2 * int(key[1:]) + 1:06d}"  # the sequence's second document
+    facts = continue_document(tmp_path / "run", doc_b, new_tokens=8, prefix=11)  # through the image's EOI
+    assert facts["held_out"] and facts["sample"] == key and len(facts["prefix_tokens"]) == 11
+    image = np.array(facts["prefix_tokens"][6:10]) - V_TEXT
     print("prefix", facts["prefix"], "| continued", facts["continuation"], "| truth", facts["truth"])
-    assert facts["prefix_tokens"][9] == EOI and facts["truth_tokens"] == [*image.tolist(), EOD]
+    assert facts["prefix_tokens"][10] == EOI and facts["truth_tokens"] == [*image.tolist(), EOD]
     assert facts["token_accuracy"] >= 0.75  # the copies (and EOD)
     assert facts["continuation"].startswith("<") and "[image]" in facts["prefix"]
-    with pytest.raises(UserError, match="no document or sample 'nope'"):
+    with pytest.raises(UserError, match="no document or sequence 'nope'"):
         continue_document(tmp_path / "run", "nope")
 
 
@@ -198,13 +182,13 @@ def test_refusals(packed, tmp_path):
     from omnimill.train.generate import load_run
     from omnimill.train.loop import train
 
-    with pytest.raises(UserError, match="holds no manifest.json"):
+    with pytest.raises(UserError, match="has no manifest.json"):
         open_packed(str(tmp_path))
     other = tmp_path / "other"
     shutil.copytree(packed, other)
     manifest = json.loads((other / "manifest.json").read_text())
     (other / "manifest.json").write_text(json.dumps({**manifest, "format": "omnimill.wds/1"}))
-    with pytest.raises(UserError, match="not omnimill.interleaved/1"):
+    with pytest.raises(UserError, match="not an interleaved shard manifest"):
         train(tiny(str(other), "steps=1"), tmp_path / "r1", progress=False)
     with pytest.raises(UserError, match="one packed set, not 2"):
         train(tiny(f"{packed},{packed}", "steps=1"), tmp_path / "r2", progress=False)

@@ -16,16 +16,15 @@ markers only with `causal_image_loss=false` (image kinds are still evaluated and
 The model (model.CausalModel) sees a whole packed sample: a document may attend to the end of the document
 before it in the same sample (EOD between them), as in GPT-style packing.
 
-The loader reads the shards in a seeded order per epoch and each shard's samples in a seeded order; its
-position (epoch, shard, sample) is the checkpoint's loader state, so a resumed run reads what a straight run
-would have read. Held-out samples are chosen by sample key (store.base.held_out), as for 4M.
+The loader (PackedLoader) is shards.interleave.InterleavedDataset's order with a train / held-out split by
+sequence key (store.base.held_out, as for 4M); its position is the checkpoint's loader state, so a resumed
+run reads what a straight run would have read. A document cut across two sequences may have one part in
+each split.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -37,59 +36,17 @@ from omnimill.errors import UserError
 from omnimill.store.base import held_out
 from omnimill.train.config import TrainConfig, to_dict
 
-FORMAT = "omnimill.interleaved/1"
-MANIFEST = "manifest.json"
 KINDS = ("text", "image", "marker")
-SPECIALS = ("BOI", "EOI", "PAD", "IMG_SLOT", "EOD")
 
 
 # ---------------------------------------------------------------------------- the packed shard set
 def open_packed(uri: str) -> dict:
-    """manifest.json of a packed set, checked for the fields training needs, with `root` (the set's folder)
-    and each shard's `url` made absolute."""
-    import fsspec
+    """manifest.json of a packed set (shards/interleave.py), its specials checked, with `root` (its URI)."""
+    from omnimill.shards.interleave import read_manifest, vocab_of
 
-    root = str(uri).rstrip("/")
-    try:
-        with fsspec.open(f"{root}/{MANIFEST}", "rt") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{root} holds no {MANIFEST}: --objective causal reads a packed interleaved set "
-                        "(omnimill pack)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{root}/{MANIFEST} is not JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{root}/{MANIFEST} is {manifest.get('format')!r}, not {FORMAT}: --objective causal "
-                        "reads packed interleaved sequences; 4M reads token stores and shard sets")
-    specials = manifest["specials"]
-    base = manifest["v_text"] + manifest["v_image"]
-    if [specials[s] for s in SPECIALS] != list(range(base, base + 5)) or manifest["vocab"] != base + 5:
-        raise UserError(f"{root}/{MANIFEST}: specials {specials} and vocab {manifest['vocab']} do not follow "
-                        f"v_text + v_image = {base}")
-    shards = [{**s, "url": s["url"] if "://" in s["url"] or s["url"].startswith("/") else f"{root}/{s['url']}"}
-              for s in manifest["shards"]]
-    return {**manifest, "root": root, "shards": shards}
-
-
-def read_shard(url: str, seq_len: int) -> list[tuple[str, np.ndarray, dict]]:
-    """(key, tokens (seq_len,) int32, meta) of every sample of one tar, in member order."""
-    import fsspec
-
-    tokens, meta = {}, {}
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
-        for member in tar.getmembers():
-            key, _, kind = member.name.rpartition(".")
-            data = tar.extractfile(member).read()
-            if kind == "tokens":
-                tokens[key] = np.frombuffer(data, "<i4")
-            elif kind == "json":
-                meta[key] = json.loads(data)
-    out = []
-    for key, row in tokens.items():
-        if len(row) != seq_len:
-            raise UserError(f"{url}: sample {key} has {len(row)} tokens, the manifest says {seq_len}")
-        out.append((key, row.astype(np.int32), meta.get(key, {})))
-    return out
+    manifest = read_manifest(str(uri))
+    vocab_of(manifest)  # the specials follow v_text + v_image, or a UserError says so
+    return {**manifest, "root": str(uri)}
 
 
 def token_kinds(tokens: torch.Tensor, manifest: dict) -> torch.Tensor:
@@ -103,61 +60,45 @@ def token_kinds(tokens: torch.Tensor, manifest: dict) -> torch.Tensor:
 
 
 class PackedLoader:
-    """Batches {"tokens": (B, seq_len) long, "keys": [...]} of one split of a packed set, for one rank.
+    """Batches {"tokens": (B, seq_len) long, "keys": [...]} of one split (train / heldout, by sequence key) of a
+    packed set, for one rank: shards.interleave.InterleavedDataset's order (shards per epoch in a seeded order,
+    split over ranks; sequences of a shard in a seeded order), the other split's sequences skipped. Its
+    position is the dataset's, taken between batches (a checkpoint keeps it). `epochs=None` repeats forever;
+    `shuffle=False` reads in written order (evaluation)."""
 
-    Epoch e reads the shards in the order permutation(seed, e) and each shard's samples of the split in the
-    order permutation(seed, e, shard); rank r of W takes every W-th of them. `position` (epoch, shard, sample:
-    the next sample to read) is the state a checkpoint keeps. `epochs=None` repeats forever; `shuffle=False`
-    reads in stored order (evaluation)."""
-
-    def __init__(self, manifest: dict, split: str, holdout: float, seed: int, batch_size: int, rank: int = 0,
+    def __init__(self, uri: str, split: str, holdout: float, seed: int, batch_size: int, rank: int = 0,
                  world: int = 1, epochs: int | None = None, shuffle: bool = True):
-        self.manifest, self.split, self.holdout, self.seed = manifest, split, holdout, seed
-        self.batch_size, self.rank, self.world, self.epochs, self.shuffle = batch_size, rank, world, epochs, shuffle
-        self.position = {"epoch": 0, "shard": 0, "sample": 0}
+        from omnimill.shards.interleave import InterleavedDataset
+
+        self.dataset = InterleavedDataset(uri, seed=seed, shuffle=shuffle, rank=rank, world_size=world, epochs=epochs)
+        self.uri, self.split, self.holdout, self.seed, self.batch_size = uri, split, holdout, seed, batch_size
 
     def state_dict(self) -> dict:
-        return dict(self.position)
+        return self.dataset.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.position = {k: int(state[k]) for k in ("epoch", "shard", "sample")}
-
-    def _order(self, *seed: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, *seed])
-
-    def _samples(self, epoch: int, shard: int) -> list[tuple[str, np.ndarray]]:
-        rows = read_shard(self.manifest["shards"][shard]["url"], self.manifest["seq_len"])
-        keep = held_out([k for k, _, _ in rows], self.holdout, self.seed) == (self.split == "heldout")
-        rows = [(k, t) for (k, t, _), kept in zip(rows, keep) if kept]
-        order = self._order(epoch, shard).permutation(len(rows)) if self.shuffle else range(len(rows))
-        return [rows[i] for i in order][self.rank::self.world]
+        self.dataset.load_state_dict(state)
 
     def __iter__(self):
-        n_shards = len(self.manifest["shards"])
-        batch, read = [], 0
-        while self.epochs is None or self.position["epoch"] < self.epochs:
-            epoch = self.position["epoch"]
-            shards = self._order(epoch).permutation(n_shards) if self.shuffle else range(n_shards)
-            while self.position["shard"] < n_shards:
-                rows = self._samples(epoch, int(shards[self.position["shard"]]))
-                while self.position["sample"] < len(rows):
-                    batch.append(rows[self.position["sample"]])
-                    self.position["sample"] += 1
-                    read += 1
-                    if len(batch) == self.batch_size:
-                        yield _batch(batch)
-                        batch = []
-                self.position = {"epoch": epoch, "shard": self.position["shard"] + 1, "sample": 0}
-            self.position = {"epoch": epoch + 1, "shard": 0, "sample": 0}
-            if read == 0:  # a whole epoch without a sample: repeating it would never end
-                raise UserError(f"{self.manifest['root']} has no {self.split} samples for this process "
-                                f"(data.holdout={self.holdout})")
+        batch, skipped = [], 0
+        for sample in self.dataset:
+            if held_out([sample["key"]], self.holdout, self.seed)[0] != (self.split == "heldout"):
+                skipped += 1
+                if skipped > self.dataset.manifest["n"]:  # a whole pass without one: it would never end
+                    raise UserError(f"{self.uri} has no {self.split} sequences for this process "
+                                    f"(data.holdout={self.holdout})")
+                continue
+            skipped = 0
+            batch.append((sample["key"], sample["tokens"]))
+            if len(batch) == self.batch_size:
+                yield _batch(batch)
+                batch = []
         if batch:  # a finite loader's last, short batch
             yield _batch(batch)
 
 
-def _batch(rows: list[tuple[str, np.ndarray]]) -> dict:
-    return {"keys": [k for k, _ in rows], "tokens": torch.from_numpy(np.stack([t for _, t in rows])).long()}
+def _batch(rows: list[tuple[str, torch.Tensor]]) -> dict:
+    return {"keys": [k for k, _ in rows], "tokens": torch.stack([t for _, t in rows])}
 
 
 # ---------------------------------------------------------------------------- loss, baseline, evaluation
@@ -210,7 +151,6 @@ def evaluate(model, config: TrainConfig, manifest: dict, heldout: PackedLoader, 
     """Held-out loss per kind (nats/token) on the first eval_batches batches in stored order."""
     model.eval()
     totals: dict[str, list[float]] = {}
-    heldout.position = {"epoch": 0, "shard": 0, "sample": 0}
     for _, batch in zip(range(config.eval_batches), heldout):
         _, per = causal_loss(model, batch["tokens"].to(device), manifest)
         for kind, (loss, n) in per.items():
@@ -246,9 +186,13 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     d = config.data
 
     def loader(split: str, **kw) -> PackedLoader:
-        return PackedLoader(manifest, split, d.holdout, config.seed, d.batch_size, **kw)
+        return PackedLoader(manifest["root"], split, d.holdout, config.seed, d.batch_size, **kw)
 
-    batches_of, heldout = loader("train"), loader("heldout", epochs=1, shuffle=False)
+    batches_of = loader("train")
+
+    def heldout() -> PackedLoader:  # a new one per evaluation: the same first eval_batches batches every time
+        return loader("heldout", epochs=1, shuffle=False)
+
     torch.manual_seed(config.seed)
     model = CausalModel(config.model, manifest["vocab"], manifest["seq_len"]).to(session.device)
     optimizer = torch.optim.AdamW(model.parameter_groups(config.optim.weight_decay), lr=config.optim.lr,
@@ -269,8 +213,7 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
         out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     if baseline is None:
-        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout)
-        heldout.position = {"epoch": 0, "shard": 0, "sample": 0}
+        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout())
         (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
     n_params = sum(p.numel() for p in model.parameters())
     if progress:
@@ -318,7 +261,7 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
                       f"{record['tokens_per_s']:.0f} tok/s", flush=True)
             window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
         if step % config.eval_every == 0 or step == config.steps:
-            scores = evaluate(model, config, manifest, heldout, session.device)
+            scores = evaluate(model, config, manifest, heldout(), session.device)
             history.append({"step": step, "heldout": scores})
             log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
             log.flush()
@@ -362,22 +305,24 @@ def load_causal_run(run: str | Path, device: str = "cpu"):
 
 
 def find_document(manifest: dict, key: str) -> tuple[str, np.ndarray]:
-    """(sample key, the document's tokens up to and with its EOD) for a DOC_KEY, or the first document of
-    a sample for a sample key. The sample's `docs` name its content's EOD-separated spans in order (the first
-    may be the end of a document begun in the sample before)."""
+    """(sequence key, the document's tokens up to and with its EOD) for a DOC_KEY, or the first document of
+    a sequence for a sequence key. A sequence's `docs` name its content's EOD-separated spans in order (the
+    first may be the end of a document begun in the sequence before: then its first part is what is found)."""
+    from omnimill.shards.interleave import read_shard
+
     eod = manifest["specials"]["EOD"]
-    for shard in manifest["shards"]:
-        for sample_key, tokens, meta in read_shard(shard["url"], manifest["seq_len"]):
+    for shard in range(len(manifest["shards"])):
+        for sequence, tokens, meta in read_shard(manifest["root"], manifest, shard):
             docs = list(meta.get("docs", []))
-            if key != sample_key and key not in docs:
+            if key != sequence and key not in docs:
                 continue
             content = tokens[:meta.get("n_content", len(tokens))]
             ends = np.flatnonzero(content == eod)
             i = docs.index(key) if key in docs else 0
             start = int(ends[i - 1]) + 1 if i > 0 else 0
             end = int(ends[i]) + 1 if i < len(ends) else len(content)
-            return sample_key, content[start:end].astype(np.int64)
-    raise UserError(f"no document or sample {key!r} in {manifest['root']}")
+            return sequence, content[start:end].astype(np.int64)
+    raise UserError(f"no document or sequence {key!r} in {manifest['root']}")
 
 
 @torch.no_grad()
