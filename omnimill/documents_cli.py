@@ -74,6 +74,8 @@ def filter_command(
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop documents holding an image (same sha256) that an "
                                                         "earlier document holds.")] = False,
     fetched: Annotated[Optional[str], typer.Option(help="Fetched store of the URL images (sizes, hashes).")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Label store of the images with the metadata teacher "
+                                                       "(sizes).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a filter of this name run with other "
                                                         "settings.")] = False,
 ):
@@ -81,7 +83,7 @@ def filter_command(
     from omnimill.engine.documents import FilterSettings, filter_documents
 
     settings = FilterSettings(min_images=min_images, max_images=max_images, min_chars=min_chars, min_side=min_side,
-                              dedup=dedup, fetched=fetched)
+                              dedup=dedup, fetched=fetched, labels=labels)
     try:
         done = filter_documents(store, name, settings, force)
     except UserError as e:
@@ -89,6 +91,33 @@ def filter_command(
     dropped = ", ".join(f"{check} {n}" for check, n in sorted(done["dropped_by"].items())) or "none"
     console.print(f"{done['kept']}/{done['n']} documents kept (filter_{name}); dropped: {dropped}", highlight=False,
                   soft_wrap=True)
+
+
+@documents_app.command("status")
+def status_command(
+    store: Annotated[str, typer.Argument(help="A document store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    errors: Annotated[int, typer.Option(help="How many malformed documents to list.")] = 5,
+):
+    """Units ingested, documents parsed and malformed (the first few with their reasons), each filter's kept."""
+    import json
+
+    from omnimill.store.documents import DocumentStore
+
+    try:
+        info = DocumentStore.open(store).status(errors)
+    except UserError as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    console.print(f"{info['store']}  corpus {info['corpus']['uri']} ({info['corpus']['form']}), {info['n']} documents; "
+                  f"units {info.get('units_done', 0)}/{info['n_units']}, {info.get('ok', 0)} parsed, "
+                  f"{info.get('malformed', 0)} malformed", highlight=False, soft_wrap=True)
+    for e in info.get("first_errors", []):
+        console.print(f"  {e['key']}: {e['stage']}: {e['error']}", highlight=False, soft_wrap=True, markup=False)
+    for name, f in info["filters"].items():
+        console.print(f"  filter_{name}: {f['kept']} kept", highlight=False)
 
 
 if __name__ == "__main__":

@@ -272,15 +272,22 @@ def test_min_side_reads_local_headers_and_a_fetched_store(tmp_path):
 
 
 # ---------------------------------------------------------------- the local images, labelled
-def test_the_local_images_label_under_their_image_keys(tmp_path):
+def test_the_local_images_label_under_their_image_keys_and_their_sizes_filter(tmp_path):
     tar = wds(tmp_path, {f"d{i}": ({"segments": [{"text": f"doc {i}"}, {"image": "img0.jpg"}, {"image": "img1.png"}]},
-                                   {"img0.jpg": jpeg_bytes(i), "img1.png": png_bytes(i)}) for i in range(3)})
-    done = ingest_documents(str(tar), str(tmp_path / "docs.zarr"), **FAST)
+                                   {"img0.jpg": jpeg_bytes(i), "img1.png": png_bytes(i, (40, 30) if i == 0 else (80, 60))})
+                         for i in range(3)})
+    out = str(tmp_path / "docs.zarr")
+    done = ingest_documents(str(tar), out, **FAST)
     assert done.result.exit_code == 0 and done.url_list is None
     labels = str(tmp_path / "labels.zarr")
-    result = label(done.local_corpus, labels, ["rgb"], workers=1, unit_size=4, view_size=32, progress=False)
+    result = label(done.local_corpus, labels, ["rgb", "metadata"], workers=1, unit_size=4, view_size=32,
+                   progress=False)
     assert result.exit_code == 0
     assert sorted(LabelStore.open(labels).keys()) == sorted(f"d{i}/img_{j:02d}" for i in range(3) for j in range(2))
+    filter_documents(out, "big", FilterSettings(min_side=35, labels=labels))
+    store = DocumentStore.open(out)
+    assert list(store.column("reason", part="filter_big")) == ["min_side: d0/img_01 is 40x30, side 30 < 35", "", ""]
+    assert store.filter_settings("big")["labels_uuid"] == LabelStore.open(labels).uuid
 
 
 def test_cli_ingest_and_filter(tmp_path):
@@ -291,5 +298,8 @@ def test_cli_ingest_and_filter(tmp_path):
     assert ingest.returncode == 3 and "1 malformed" in ingest.stdout and "omnimill fetch" in ingest.stdout
     filtered = run("filter", str(tmp_path / "d.zarr"), "--name", "f", "--min-chars", "20")
     assert filtered.returncode == 0 and "4/6 documents kept (filter_f)" in filtered.stdout, filtered.stderr
+    status = run("status", str(tmp_path / "d.zarr"))
+    assert status.returncode == 0 and "1 malformed" in status.stdout and "filter_f: 4 kept" in status.stdout
+    assert "mixed_0000004: layout: position 0 has both" in status.stdout, status.stdout
     empty = run("filter", str(tmp_path / "d.zarr"))
     assert empty.returncode == 2 and "no filter asked" in empty.stderr

@@ -13,7 +13,7 @@ the units `verify` finds damaged. A local image that does not read is kept in it
 
     filter: per document, kept or the reason it is not, for each check asked: images per document
     (min/max), text length (min characters), image size (min side: local images' headers, URL images' from
-    a fetched store, looked up by URL), exact duplicate images across documents (sha256 of local bytes, and
+    a fetched store, looked up by URL, or any image's from a label store's metadata teacher), exact duplicate images across documents (sha256 of local bytes, and
     of the fetched bytes when a fetched store is given: a document holding an image an EARLIER document
     holds is dropped). Written as
     the part `filter_<name>` with its settings (store/documents.py).
@@ -185,9 +185,10 @@ class FilterSettings:
     min_side: int | None = None  # pixels, of every image of the document
     dedup: bool = False  # exact duplicate images across documents (sha256)
     fetched: str | None = None  # a fetched store: the sizes and sha256 of the URL images
+    labels: str | None = None  # a label store with the metadata teacher, keyed by IMAGE_KEY: image sizes
 
     def asked(self) -> bool:
-        return any(v not in (None, False) for k, v in vars(self).items() if k != "fetched")
+        return any(v not in (None, False) for k, v in vars(self).items() if k not in ("fetched", "labels"))
 
 
 def filter_documents(store_uri: str, name: str, settings: FilterSettings, force: bool = False,
@@ -199,14 +200,15 @@ def filter_documents(store_uri: str, name: str, settings: FilterSettings, force:
     store = DocumentStore.open(store_uri, "r+", storage_options)
     images = store.images()  # refuses an incomplete store
     fetched = _fetched_facts(settings.fetched, storage_options) if settings.fetched else {}
-    if settings.min_side and any(i["kind"] == "url" for i in images) and not fetched:
+    sizes = _label_sizes(settings.labels, storage_options) if settings.labels else {}
+    if settings.min_side and any(i["kind"] == "url" for i in images) and not (fetched or sizes):
         raise UserError("the store has URL images: give --fetched FETCHED_STORE (from `omnimill fetch` of its "
-                        "image_urls.jsonl) for their sizes")
+                        "image_urls.jsonl) or --labels LABEL_STORE (its metadata teacher) for their sizes")
     by_doc: dict[int, list[dict]] = {}
-    for image in images:
+    for image in images:  # what is known of each image: local header or fetched store, then the label store's size
         facts = fetched.get(image["source"], {}) if image["kind"] == "url" else image
-        by_doc.setdefault(image["doc"], []).append({**image, **{k: facts[k] for k in ("sha256", "width", "height")
-                                                              if k in facts}})
+        known = {k: facts[k] for k in ("sha256", "width", "height") if k in facts}
+        by_doc.setdefault(image["doc"], []).append({**image, **known, **sizes.get(image["key"], {})})
     ok, n_images, chars = store.column("ok"), store.column("n_images"), store.column("n_text_chars")
     first_holder: dict[str, str] = {}  # sha256 -> IMAGE_KEY of its first document
     kept, reasons, dropped_by = [], [], {}
@@ -221,6 +223,10 @@ def filter_documents(store_uri: str, name: str, settings: FilterSettings, force:
     record = {k: v for k, v in vars(settings).items()}
     if settings.fetched:
         record["fetched_uuid"] = _fetched_uuid(settings.fetched, storage_options)
+    if settings.labels:
+        from omnimill.store.labels import LabelStore
+
+        record["labels_uuid"] = LabelStore.open(settings.labels, "r", storage_options).uuid
     token = store.acquire_lock(False, "filtered")
     try:
         store.write_filter(name, record, kept, reasons, force)
@@ -267,6 +273,19 @@ def _fetched_facts(uri: str, storage_options: dict | None) -> dict[str, dict]:
     sha, width, height = store.column("sha256"), store.column("width"), store.column("height")
     return {str(urls[i]): {"sha256": str(sha[i]), "width": int(width[i]), "height": int(height[i])}
             for i in range(store.n) if good[i]}
+
+
+def _label_sizes(uri: str, storage_options: dict | None) -> dict[str, dict]:
+    """IMAGE_KEY -> {width, height} from a label store's metadata teacher (orig_width, orig_height: the file's
+    upright size), for the images it labelled."""
+    from omnimill.store.labels import LabelStore
+
+    store = LabelStore.open(uri, "r", storage_options)
+    if "metadata" not in store.parts():
+        raise UserError(f"{uri} has no metadata teacher; label it with `--teacher metadata` for image sizes")
+    keys, ok = store.keys(), store.read("metadata/ok")
+    width, height = store.read("metadata/orig_width"), store.read("metadata/orig_height")
+    return {str(keys[i]): {"width": int(width[i]), "height": int(height[i])} for i in range(len(keys)) if ok[i]}
 
 
 def _fetched_uuid(uri: str, storage_options: dict | None) -> str:
