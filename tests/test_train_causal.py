@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import invoke, one_line_error
 from omnimill.errors import UserError
 from omnimill.train.config import TrainConfig, apply_overrides, load_config
 
@@ -192,7 +193,14 @@ def test_refusals(packed, tmp_path):
         train(tiny(str(other), "steps=1"), tmp_path / "r1", progress=False)
     with pytest.raises(UserError, match="one packed set, not 2"):
         train(tiny(f"{packed},{packed}", "steps=1"), tmp_path / "r2", progress=False)
-    run = tmp_path / "run"
-    train(tiny(packed, "steps=1", "eval_batches=1"), run, progress=False)
+    run = tmp_path / "run"  # through the CLI: train, then generate both ways
+    result = invoke("train", packed, "--out", run, *[f"--{f}" for f in TINY], "--steps=2", "--eval_batches=1")
+    assert result.exit_code == 0, result.output
+    assert "held-out loss below the unigram baseline for" in result.output and "token kinds" in result.output
     with pytest.raises(UserError, match="causal run: continue a document"):
         load_run(run)
+    result = invoke("generate", run, "--continue", "d000001", "--tokens", 3, "--prefix", 11)
+    assert result.exit_code == 0, result.output
+    assert "d000001 (sequence s000000000): 11 tokens given" in result.output and "continued:" in result.output
+    assert "a training sequence" in result.output or "a held-out sequence" in result.output
+    one_line_error(invoke("generate", run, "--key", "s000000000"), "generate needs --from, --to, --out")

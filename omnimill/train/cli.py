@@ -17,13 +17,15 @@ EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 def train_command(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Token stores / shard sets, comma-separated (weights: "
-                                             "--data.weights=0.8,0.2).")],
+                                             "--data.weights=0.8,0.2); --objective causal: one packed "
+                                             "interleaved set.")],
     out: Annotated[Path, typer.Option(help="Run directory; when it holds a checkpoint, training resumes.")],
     config: Annotated[Optional[Path], typer.Option(help="JSON file shaped like the TrainConfig dataclasses.")] = None,
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
 ):
-    """Masked multimodal pretraining (4M) on token shards. Settings: --section.key=value (e.g. --optim.lr=3e-4,
-    --model.dim=384, --steps=5000) or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
+    """Masked multimodal pretraining (4M) on token shards, or next-token prediction on one packed interleaved set
+    (--objective causal). Settings: --section.key=value (e.g. --optim.lr=3e-4, --model.dim=384, --steps=5000)
+    or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
     from omnimill.train.config import RESUMABLE, changed_settings, from_dict, load_config
     from omnimill.train.loop import read_commit, train
 
@@ -42,8 +44,9 @@ def train_command(
         fail(str(e))
     if progress:
         below = [k for k, v in result["heldout"].items() if v < result["baseline"].get(k, float("inf"))]
+        what = "token kinds" if cfg.objective == "causal" else "modalities"
         console.print(f"done: step {result['step']}; held-out loss below the unigram baseline for "
-                      f"{len(below)}/{len(result['heldout'])} modalities; {out}/curve.png", highlight=False)
+                      f"{len(below)}/{len(result['heldout'])} {what}; {out}/curve.png", highlight=False)
 
 
 def convert_command(
@@ -63,18 +66,31 @@ def convert_command(
 
 def generate_command(
     run: Annotated[Path, typer.Argument(help="Run directory (with checkpoint.json).")],
-    from_: Annotated[str, typer.Option("--from", help="Source modalities, comma-separated (rgb, caption, ...).")],
-    to: Annotated[str, typer.Option(help="Target modality.")],
-    key: Annotated[str, typer.Option(help="Sample key in the run's data.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    from_: Annotated[Optional[str], typer.Option("--from", help="Source modalities, comma-separated (rgb, "
+                                                                "caption, ...); a 4M run.")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Target modality; a 4M run.")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Sample key in the run's data; a 4M run.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write; a 4M run.")] = None,
+    continue_: Annotated[Optional[str], typer.Option("--continue", help="A causal run: continue this document "
+                                                     "(DOC_KEY, or a sequence key: its first document) of the "
+                                                     "run's packed set from its first half.")] = None,
+    tokens: Annotated[int, typer.Option(help="--continue: tokens to sample at most (stops at EOD).")] = 64,
+    prefix: Annotated[Optional[int], typer.Option(help="--continue: tokens of the document the model sees "
+                                                       "(default: half).")] = None,
     steps: Annotated[int, typer.Option(help="MaskGIT decoding steps.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = most likely token.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ):
     """Predict one modality from others for one sample (clips too: frames + audio -> caption), decoded by its
-    tokenizer, beside the teacher's label; a text target is printed too, and whether the sample was held out."""
+    tokenizer, beside the teacher's label; a text target is printed too, and whether the sample was held out.
+    A causal run continues a document instead (--continue KEY), printing the text through the text tokenizer."""
+    if continue_ is not None:
+        return _continue(run, continue_, tokens, prefix, temperature, seed)
     from omnimill.train.generate import generate_picture
 
+    missing = [flag for flag, value in (("--from", from_), ("--to", to), ("--key", key), ("--out", out)) if not value]
+    if missing:
+        fail(f"generate needs {', '.join(missing)} (or --continue KEY for a causal run)")
     try:
         facts = generate_picture(run, from_, to, key, out, steps, temperature, seed)
     except UserError as e:
@@ -87,6 +103,23 @@ def generate_command(
         console.print(f"  predicted: {facts['text']!r}\n  teacher:   {facts['teacher_text']!r}", highlight=False)
     console.print("  (a held-out sample: the run never trained on it)" if facts["held_out"] else
                   "  (a training sample: the run saw it, so this is no evidence of generalisation)", highlight=False)
+
+
+def _continue(run: Path, key: str, tokens: int, prefix: int | None, temperature: float, seed: int) -> None:
+    from omnimill.train.causal import continue_document
+
+    try:
+        facts = continue_document(run, key, tokens, prefix, temperature, seed)
+    except UserError as e:
+        fail(str(e))
+    accuracy = facts["token_accuracy"]
+    console.print(f"{facts['key']} (sequence {facts['sample']}): {len(facts['prefix_tokens'])} tokens given, "
+                  f"{len(facts['tokens'])} sampled" + (f", {accuracy:.1%} equal to the document's own"
+                                                       if accuracy is not None else ""), highlight=False)
+    console.print(f"  given:     {facts['prefix']!r}\n  continued: {facts['continuation']!r}\n"
+                  f"  document:  {facts['truth']!r}", highlight=False)
+    console.print("  (a held-out sequence: the run never trained on it)" if facts["held_out"] else
+                  "  (a training sequence: the run saw it, so this is no evidence of generalisation)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
