@@ -286,3 +286,24 @@ def test_dataset_ranks_split_the_shards_and_epochs_end(text_tok, tmp_path):
     sample = next(iter(il.InterleavedDataset(out, shuffle=False)))
     assert sample["key"] == "s000000000" and sample["tokens"].dtype == torch.int64
     assert set(sample) == {"key", "tokens", "images", "docs", "n_content"}
+
+
+def test_pack_documents_streams_to_the_same_set_as_pack(text_tok, tmp_path):
+    """pack_documents (streaming) writes what pack + write_interleaved write, and records what it dropped."""
+    rng = np.random.default_rng(5)
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    docs = [(f"d{i}", document(f"d{i}", [words(int(n)) for n in rng.integers(0, 50, 3)],
+                               rng.integers(0, 3, 3).tolist())) for i in range(25)]
+    docs.append(("huge", [{"text": "a cat"}, {"image": "huge/img_00", "alt": None, "meta": {}}]))
+    head = il.header(vocab, 40, 2, "placeholders", 30, "tok", None)
+    manifest = il.pack_documents(docs, str(tmp_path / "streamed"), il.text_encoder(text_tok), head,
+                                 samples_per_shard=4)
+    packed = il.pack(flat_docs(text_tok, docs, vocab, slots=30), vocab, seq_len=40, max_images=2)
+    batch = il.write_interleaved(str(tmp_path / "batch"), packed.sequences, head, packed.padding_share,
+                                 samples_per_shard=4)
+    assert manifest["shards"] == batch["shards"] and manifest["padding_share"] == batch["padding_share"]
+    assert manifest["stats"]["images_too_long"] == [] and manifest["stats"]["documents"] == 26
+    head = il.header(vocab, 30, 2, "placeholders", 30, "tok", None)  # 32-token image blocks: all too long
+    manifest = il.pack_documents(docs, str(tmp_path / "short"), il.text_encoder(text_tok), head)
+    assert manifest["stats"]["images"] == 0 and "huge/img_00" in manifest["stats"]["images_too_long"]
+    assert il.verify_interleaved(str(tmp_path / "short"))["problems"] == []

@@ -38,7 +38,8 @@ The shard set (format omnimill.interleaved/1), a folder OUT:
     OUT/manifest.json   {"format", "seq_len", "max_images", "image_mode": "tokens" | "placeholders", "slots",
                          "v_text", "v_image", "specials": {BOI, EOI, PAD, IMG_SLOT, EOD}, "vocab",
                          "text_tokenizer", "image_tokenizer", "shards": [{"url", "n", "sha256"}], "n",
-                         "padding_share"}          written last: a folder without one is unfinished
+                         "padding_share", "stats" (from pack_documents: what was packed and dropped)}
+                         written last: a folder without one is unfinished
     OUT/shard-000000.tar  per sequence, in order:
                             <key>.tokens   seq_len x int32, raw little-endian bytes
                             <key>.json     {"images": [IMAGE_KEY...], "docs": [DOC_KEY...], "n_content": int}
@@ -187,7 +188,7 @@ class StoreImageTokens:
 
 # ---------------------------------------------------------------------------------------------- packing
 @dataclass
-class Sequence:
+class PackedSequence:
     """One packed sample: `tokens` (seq_len,) int32, PAD after the first n_content."""
 
     tokens: np.ndarray
@@ -234,19 +235,19 @@ class Packer:
         if not self._docs or self._docs[-1] != doc_key:
             self._docs.append(doc_key)
 
-    def _finish(self) -> Sequence | None:
+    def _finish(self) -> PackedSequence | None:
         if self._used == 0:
             return None
         tokens = np.full(self.seq_len, self.vocab.PAD, np.int32)
         tokens[:self._used] = np.concatenate(self._parts)
-        done = Sequence(tokens, self._images, self._docs, self._used)
+        done = PackedSequence(tokens, self._images, self._docs, self._used)
         self.content += self._used
         self.padding += self.seq_len - self._used
         self.sequences += 1
         self._open()
         return done
 
-    def add(self, doc_key: str, ids: np.ndarray, images: list[str]) -> list[Sequence]:
+    def add(self, doc_key: str, ids: np.ndarray, images: list[str]) -> list[PackedSequence]:
         out, image = [], 0
         self.documents += 1
         for is_image, block in blocks(ids, self.vocab):
@@ -279,7 +280,7 @@ class Packer:
             raise UserError(f"document {doc_key}: {len(images)} image keys for {image} image blocks")
         return [s for s in out if s is not None]
 
-    def close(self) -> list[Sequence]:
+    def close(self) -> list[PackedSequence]:
         last = self._finish()
         return [last] if last is not None else []
 
@@ -291,7 +292,7 @@ class Packer:
 
 @dataclass
 class Packed:
-    sequences: list[Sequence]
+    sequences: list[PackedSequence]
     dropped: list[tuple[str, str]] = field(default_factory=list)
     padding_share: float = 0.0
 
@@ -312,7 +313,7 @@ def sequence_key(number: int) -> str:
     return f"s{number:09d}"
 
 
-def shard_bytes(first: int, sequences: list[Sequence]) -> bytes:
+def shard_bytes(first: int, sequences: list[PackedSequence]) -> bytes:
     """A tar of sequences numbered from `first`: per sequence <key>.tokens then <key>.json (wds.py's way:
     GNU format, mtime 0, no owners), byte-identical for the same sequences."""
     buffer = io.BytesIO()
@@ -350,11 +351,11 @@ class InterleavedWriter:
             raise UserError(f"samples_per_shard must be >= 1, not {samples_per_shard}")
         self.out, self.head, self.per_shard, self.options = out, head, samples_per_shard, storage_options or {}
         self.shards: list[dict] = []
-        self._pending: list[Sequence] = []
+        self._pending: list[PackedSequence] = []
         self.n = 0
         _prepare(out, force, self.options)
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: PackedSequence) -> None:
         if len(seq.tokens) != self.head["seq_len"]:
             raise UserError(f"a sequence of {len(seq.tokens)} tokens in a set of seq_len {self.head['seq_len']}")
         self._pending.append(seq)
@@ -371,9 +372,11 @@ class InterleavedWriter:
         self.n += len(self._pending)
         self._pending = []
 
-    def close(self, padding_share: float) -> dict:
+    def close(self, padding_share: float, stats: dict | None = None) -> dict:
+        """Write the last shard and the manifest; `stats` (what was packed and dropped) goes in as "stats"."""
         self._flush()
-        manifest = {**self.head, "shards": self.shards, "n": self.n, "padding_share": round(float(padding_share), 6)}
+        manifest = {**self.head, "shards": self.shards, "n": self.n, "padding_share": round(float(padding_share), 6),
+                    **({"stats": stats} if stats is not None else {})}
         atomic_write(join(self.out, MANIFEST), json.dumps(manifest, indent=1).encode(), self.options)
         return manifest
 
@@ -393,7 +396,7 @@ def _prepare(out: str, force: bool, options: dict) -> None:
             fs.rm(path)
 
 
-def write_interleaved(out: str, sequences: Iterable[Sequence], head: dict, padding_share: float,
+def write_interleaved(out: str, sequences: Iterable[PackedSequence], head: dict, padding_share: float,
                       samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
                       storage_options: dict | None = None) -> dict:
     """Sequences -> a shard set in OUT; returns its manifest."""
@@ -401,6 +404,35 @@ def write_interleaved(out: str, sequences: Iterable[Sequence], head: dict, paddi
     for seq in sequences:
         writer.add(seq)
     return writer.close(padding_share)
+
+
+def pack_documents(documents: Iterable[tuple[str, list[dict]]], out: str, encode_text: Callable[[str], list[int]],
+                   head: dict, image_tokens=None, samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
+                   storage_options: dict | None = None) -> dict:
+    """(DOC_KEY, segments) per document -> `interleave` -> `Packer` -> a shard set in OUT, streaming (one open
+    sequence and one shard in memory). `head` (`header`) gives the id space, seq_len, max_images and the image
+    mode: "tokens" reads `image_tokens`, "placeholders" puts head["slots"] IMG_SLOTs per image. The manifest's
+    "stats" records {"documents", "images" (kept), "images_without_tokens", "images_too_long": [IMAGE_KEY],
+    "content_tokens"}; returns the manifest."""
+    vocab = vocab_of(head)
+    slots = head["slots"] if head["image_mode"] == "placeholders" else None
+    if slots is None and image_tokens is None:
+        raise UserError("tokens mode needs image_tokens (a token store's image modality: StoreImageTokens)")
+    packer = Packer(vocab, head["seq_len"], head["max_images"])
+    writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
+    tally = Counter()
+    for doc_key, segments in documents:
+        ids, images = interleave(segments, encode_text, vocab, image_tokens=None if slots else image_tokens,
+                                 slots=slots, tally=tally)
+        for seq in packer.add(doc_key, ids, images):
+            writer.add(seq)
+    for seq in packer.close():
+        writer.add(seq)
+    too_long = [key for _, key in packer.dropped]
+    stats = {"documents": packer.documents, "images": tally["images"] - len(too_long),
+             "images_without_tokens": tally["images_without_tokens"], "images_too_long": too_long,
+             "content_tokens": packer.content}
+    return writer.close(packer.padding_share, stats)
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
