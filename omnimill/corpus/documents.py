@@ -248,14 +248,15 @@ def _obelics(ref: DocRef, row: dict, base: str) -> Document:
 
 def _read_jsonl(refs: list[DocRef], storage_options: dict) -> list[Document]:
     out = []
-    for ref in refs:
-        doc = Document(ref.key)
-        try:
-            obj = json.loads(_range(ref.source, ref.offset, ref.size, storage_options))
-        except ValueError as e:
-            out.append(_bad(doc, "parse", f"line is not JSON ({e})"))
-            continue
-        out.append(_mmc4(doc, obj, posixpath.dirname(ref.source)))
+    with _Ranges(storage_options) as files:
+        for ref in refs:
+            doc = Document(ref.key)
+            try:
+                obj = json.loads(files.read(ref.source, ref.offset, ref.size))
+            except ValueError as e:
+                out.append(_bad(doc, "parse", f"line is not JSON ({e})"))
+                continue
+            out.append(_mmc4(doc, obj, posixpath.dirname(ref.source)))
     return out
 
 
@@ -281,38 +282,36 @@ def _mmc4(doc: Document, obj, base: str) -> Document:
 
 
 def _read_tar(refs: list[DocRef], storage_options: dict) -> list[Document]:
-    out = []
-    for ref in refs:
-        doc = Document(ref.key)
-        tar = ref.source.rsplit(MEMBER_SEP, 1)[0]
-        try:
-            obj = json.loads(_range(tar, ref.offset, ref.size, storage_options))
-            segments, doc.meta = obj["segments"], dict(obj.get("meta") or {})
-            if not isinstance(segments, list):
-                raise ValueError("segments is not a list")
-        except (ValueError, KeyError, TypeError) as e:
-            out.append(_bad(doc, "parse", f"document JSON does not read ({type(e).__name__}: {e})"))
+    with _Ranges(storage_options) as files:
+        return [_wds(ref, files) for ref in refs]
+
+
+def _wds(ref: DocRef, files: _Ranges) -> Document:
+    doc = Document(ref.key)
+    tar = ref.source.rsplit(MEMBER_SEP, 1)[0]
+    try:
+        obj = json.loads(files.read(tar, ref.offset, ref.size))
+        segments, doc.meta = obj["segments"], dict(obj.get("meta") or {})
+        if not isinstance(segments, list):
+            raise ValueError("segments is not a list")
+    except (ValueError, KeyError, TypeError) as e:
+        return _bad(doc, "parse", f"document JSON does not read ({type(e).__name__}: {e})")
+    members = json.loads(ref.members or "{}")
+    for pos, seg in enumerate(segments):
+        if not isinstance(seg, dict) or ("text" in seg) == ("image" in seg):
+            return _bad(doc, "layout", f"segment {pos} is not one of {{text}} or {{image}}")
+        if "text" in seg:
+            doc.segments.append({"text": str(seg["text"])})
             continue
-        members = json.loads(ref.members or "{}")
-        for pos, seg in enumerate(segments):
-            if not isinstance(seg, dict) or ("text" in seg) == ("image" in seg):
-                _bad(doc, "layout", f"segment {pos} is not one of {{text}} or {{image}}")
-                break
-            if "text" in seg:
-                doc.segments.append({"text": str(seg["text"])})
-                continue
-            name = str(seg["image"])
-            if name in members:
-                member, offset, size = members[name]
-                _add_image(doc, f"{tar}{MEMBER_SEP}{member}", seg.get("alt"), dict(seg.get("meta") or {}), "",
-                           (offset, size))
-            elif "://" in name or "/" in name:
-                _add_image(doc, name, seg.get("alt"), dict(seg.get("meta") or {}), posixpath.dirname(tar))
-            else:
-                _bad(doc, "member", f"image {name!r} is not a member of {tar} (expected {ref.key}.{name})")
-                break
-        out.append(doc)
-    return out
+        name, alt, meta = str(seg["image"]), seg.get("alt"), dict(seg.get("meta") or {})
+        if name in members:
+            member, offset, size = members[name]
+            _add_image(doc, f"{tar}{MEMBER_SEP}{member}", alt, meta, "", (offset, size))
+        elif "://" in name or "/" in name:  # a URL or a path, relative to the tar's folder
+            _add_image(doc, name, alt, meta, posixpath.dirname(tar))
+        else:
+            return _bad(doc, "member", f"image {name!r} is not a member of {tar} (expected {ref.key}.{name})")
+    return doc
 
 
 def _add_image(doc: Document, where: str, alt, meta: dict, base: str, member: tuple[int, int] | None = None):
@@ -333,20 +332,27 @@ def _bad(doc: Document, stage: str, reason: str) -> Document:
     return doc
 
 
-def _range(path: str, offset: int, size: int, storage_options: dict) -> bytes:
-    fs, where = url_to_fs(path, storage_options)
-    with fs.open(where, "rb") as f:
+class _Ranges:
+    """Byte ranges of files, each file opened once per unit (a unit reads many lines or members of one file).
+    Paths are literal (not corpus.listing.ByteReader, which would read "::" in a jsonl's path as a tar member)."""
+
+    def __init__(self, storage_options: dict):
+        self.storage_options, self.files = storage_options, {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        f = self.files.get(path)
+        if f is None:
+            fs, where = url_to_fs(path, self.storage_options)
+            f = self.files[path] = fs.open(where, "rb")
         f.seek(offset)
         return f.read(size)
 
+    def __enter__(self):
+        return self
 
-def read_image(image: ImageRef, storage_options: dict | None = None) -> bytes:
-    """The bytes of a local image (a path or a tar member)."""
-    if image.kind == "member":
-        return _range(image.source.rsplit(MEMBER_SEP, 1)[0], image.offset, image.size, storage_options or {})
-    fs, where = url_to_fs(image.source, storage_options)
-    with fs.open(where, "rb") as f:
-        return f.read()
+    def __exit__(self, *exc):
+        for f in self.files.values():
+            f.close()
 
 
 def text_chars(segments: list[dict]) -> int:

@@ -27,7 +27,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from omnimill.corpus.documents import list_documents, read_documents, read_image, text_chars
+from omnimill.corpus.documents import list_documents, read_documents, text_chars
+from omnimill.corpus.listing import ByteReader
 from omnimill.engine.job import JobOptions, JobResult, UnitJob, at_least_one, check_options, run_job, with_overrides
 from omnimill.errors import UserError
 from omnimill.store.documents import PART, DocumentStore
@@ -103,13 +104,14 @@ def ingest_unit(task: IngestTask) -> dict:
     columns: dict[str, list] = {name: [] for name in ("segments", "meta", "images", "n_images", "n_text_chars", "ok",
                                                       "stage", "reason")}
     local, failed, image_errors = [], [], 0
+    reader = ByteReader(task.storage_options)  # keeps a tar open across its members
     for i, doc in enumerate(docs):
         rows = []
         for image in doc.images:
             row = {"key": image.key, "kind": image.kind, "source": image.source, "offset": image.offset,
                    "size": image.size}
             if image.kind != "url":
-                row.update(_local(image, task.storage_options, local))
+                row.update(_local(image, reader, local))
                 image_errors += "error" in row
             rows.append(row)
         stage, reason = doc.error or ("", "")
@@ -120,6 +122,7 @@ def ingest_unit(task: IngestTask) -> dict:
                             ("n_text_chars", text_chars(doc.segments)), ("ok", not doc.error), ("stage", stage),
                             ("reason", reason)):
             columns[name].append(value)
+    reader.close()
     seconds = time.perf_counter() - t0
     n = task.stop - task.start
     marker = unit_marker(task, ok=n - len(failed), failed=len(failed), errors=failed,
@@ -130,12 +133,12 @@ def ingest_unit(task: IngestTask) -> dict:
             "images": sum(columns["n_images"]), "seconds": seconds}
 
 
-def _local(image, storage_options: dict, local: list) -> dict:
+def _local(image, reader: ByteReader, local: list) -> dict:
     """Read a local image: its sha256, format and size (header only), added to `local` as a tar member; or why not."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        data = read_image(image, storage_options)
+        data = reader.read(image.source, image.offset, image.size)
     except OSError as e:
         return {"error": f"does not read ({type(e).__name__}: {e})"}
     try:
