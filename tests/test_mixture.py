@@ -106,5 +106,8 @@ def test_mixture_refuses_wrong_setups(sources):
     other = mixture(sources, preset=None, weights={"interleaved": 1, "pairs": 1, "text": 1})
     with pytest.raises(UserError, match="another mixture"):
         other.load_state_dict(state)
+    with pytest.raises(UserError, match="give both the same"):
+        mixture(sources, interleaved=il.InterleavedDataset(sources["interleaved"], rank=1, world_size=2),
+                rank=0, world_size=2)
     only_text = MixtureLoader(batch_size=3, text=TokenDataset(sources["text"]), weights={"text": 1})
     assert {b["kind"] for b, _ in zip(only_text, range(5))} == {"text"}

@@ -163,8 +163,9 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
 class StoreImageTokens:
     """IMAGE_KEY -> its tokens in one modality of a token store (crop 0, the whole view), the `image_tokens`
     of `interleave`: `get(key)` is None for a key the store lacks or did not tokenize. `v_image` is the
-    image tokenizer's vocabulary. One small read per image (the sorted key index, then the row): a few
-    ms each, fine for packing a shard's documents; a bulk reader would read whole units."""
+    image tokenizer's vocabulary. A key is found through the store's sorted key index; its tokens are read
+    with the rest of its unit (one chunk: unit_size rows, crop 0) and the last unit is kept, so a document's
+    images, which sit next to each other in the store (keys DOC_KEY/img_00, img_01, ...), cost one read."""
 
     def __init__(self, tokens_uri: str, modality: str, storage_options: dict | None = None):
         from omnimill.store.tokens import TokenStore
@@ -176,15 +177,21 @@ class StoreImageTokens:
         if self.store.time_axis(modality):
             raise UserError(f"{modality} has a time axis (a clip's); interleaved documents take image tokens")
         self.modality, self.v_image, self.tokenizer = modality, int(info["vocab_size"]), info.get("path")
+        self._unit, self._tokens, self._ok = None, None, None
 
     def get(self, key: str) -> np.ndarray | None:
         try:
             row = self.store.index_of(key)
         except UserError:
             return None
-        if not self.store.read(f"{self.modality}/ok", row):
-            return None
-        return self.store.read(f"{self.modality}/tokens", row)[0]
+        unit = self.store.unit(row // self.store.unit_size)
+        if unit != self._unit:
+            rows = slice(unit.start, unit.stop)
+            self._ok = self.store.read(f"{self.modality}/ok", rows)
+            self._tokens = self.store.read(f"{self.modality}/tokens", rows)[:, 0]
+            self._unit = unit
+        i = row - unit.start
+        return self._tokens[i] if self._ok[i] else None
 
 # ---------------------------------------------------------------------------------------------- packing
 @dataclass

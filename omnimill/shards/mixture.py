@@ -11,7 +11,8 @@ Each batch holds one kind. Batch b's kind is drawn with probability weights[kind
 generator seeded with (seed, b // MIX_BLOCK): the draws are a pure function of (seed, b), so the position of
 the mixture is the number of batches handed out plus each source's own position (InterleavedDataset's
 (epoch, consumed); TokenLoader's state_dict). `mm1` = 45/45/10 (McKinlay et al., MM1, 2024: interleaved,
-captioned images, text-only). **Weights count batches**, and so samples of the batch size: a packed
+captioned images, text-only). Every rank draws the same kind for batch b, so data-parallel ranks run the
+same objective at each step. **Weights count batches**, and so samples of the batch size: a packed
 interleaved sample is seq_len tokens, a caption pair far fewer; divide by tokens per sample for a token share.
 
 Why its own loader and not one more TokenDataset in TokenLoader: TokenLoader's batches are columns of
@@ -73,6 +74,12 @@ class MixtureLoader:
             else:
                 self.sources[kind] = TokenLoader(given[kind], batch_size, seed=seed, num_workers=num_workers,
                                                  shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size)
+        loaders = [s for s in self.sources.values() if isinstance(s, TokenLoader)]
+        if "interleaved" in self.sources and loaders:  # every source reads this rank's share, not another's
+            ranks = {(interleaved.rank, interleaved.world_size), (loaders[0].rank, loaders[0].world_size)}
+            if len(ranks) > 1:
+                raise UserError(f"the InterleavedDataset reads rank {interleaved.rank} of {interleaved.world_size} "
+                                f"but the loaders rank {loaders[0].rank} of {loaders[0].world_size}; give both the same")
         self._batches = 0
         self._iters: dict = {}
 
