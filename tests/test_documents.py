@@ -133,6 +133,18 @@ def test_wds_documents_keep_their_members_under_the_document_key(tmp_path):
     assert docs[1].error[0] == "member" and docs[2].error[0] == "parse"
 
 
+def test_an_fsspec_url_corpus(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/p9docs/a.jsonl", (json.dumps({"text_list": ["hi"], "image_info": [
+        {"image_name": "x.jpg", "matched_text_index": 0}]}) + "\n").encode())
+    form, refs = list_documents("memory://p9docs/*.jsonl")
+    (doc,) = read_documents(form, refs)
+    assert doc.key == "a_0000000" and doc.images[0].kind == "path"
+    assert doc.images[0].source == "memory:///p9docs/x.jpg"  # beside the jsonl, on its file system (as fsspec names it)
+
+
 def test_literal_paths_and_missing_files(tmp_path):
     odd = tmp_path / "we[ir]d*"
     odd.mkdir()
@@ -273,7 +285,8 @@ def test_min_side_reads_local_headers_and_a_fetched_store(tmp_path):
 
 # ---------------------------------------------------------------- the local images, labelled
 def test_the_local_images_label_under_their_image_keys_and_their_sizes_filter(tmp_path):
-    tar = wds(tmp_path, {f"d{i}": ({"segments": [{"text": f"doc {i}"}, {"image": "img0.jpg"}, {"image": "img1.png"}]},
+    tar = wds(tmp_path, {f"d{i}": ({"segments": [{"text": f"doc {i}"}, {"image": "img0.jpg", "alt": f"alt {i}"},
+                                                 {"image": "img1.png"}]},
                                    {"img0.jpg": jpeg_bytes(i), "img1.png": png_bytes(i, (40, 30) if i == 0 else (80, 60))})
                          for i in range(3)})
     out = str(tmp_path / "docs.zarr")
@@ -283,7 +296,10 @@ def test_the_local_images_label_under_their_image_keys_and_their_sizes_filter(tm
     result = label(done.local_corpus, labels, ["rgb", "metadata"], workers=1, unit_size=4, view_size=32,
                    progress=False)
     assert result.exit_code == 0
-    assert sorted(LabelStore.open(labels).keys()) == sorted(f"d{i}/img_{j:02d}" for i in range(3) for j in range(2))
+    labelled = LabelStore.open(labels)
+    assert sorted(labelled.keys()) == sorted(f"d{i}/img_{j:02d}" for i in range(3) for j in range(2))
+    captions = dict(zip(labelled.keys(), labelled.read("caption")))
+    assert captions["d1/img_00"] == "alt 1" and captions["d1/img_01"] == ""  # the alt text, as the caption
     filter_documents(out, "big", FilterSettings(min_side=35, labels=labels))
     store = DocumentStore.open(out)
     assert list(store.column("reason", part="filter_big")) == ["min_side: d0/img_01 is 40x30, side 30 < 35", "", ""]

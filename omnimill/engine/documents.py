@@ -106,12 +106,12 @@ def ingest_unit(task: IngestTask) -> dict:
     local, failed, image_errors = [], [], 0
     reader = ByteReader(task.storage_options)  # keeps a tar open across its members
     for i, doc in enumerate(docs):
-        rows = []
+        rows, alts = [], {seg["image"]: seg["alt"] for seg in doc.segments if "image" in seg}
         for image in doc.images:
             row = {"key": image.key, "kind": image.kind, "source": image.source, "offset": image.offset,
                    "size": image.size}
             if image.kind != "url":
-                row.update(_local(image, reader, local))
+                row.update(_local(image, reader, local, alts.get(image.key)))
                 image_errors += "error" in row
             rows.append(row)
         stage, reason = doc.error or ("", "")
@@ -133,8 +133,9 @@ def ingest_unit(task: IngestTask) -> dict:
             "images": sum(columns["n_images"]), "seconds": seconds}
 
 
-def _local(image, reader: ByteReader, local: list) -> dict:
-    """Read a local image: its sha256, format and size (header only), added to `local` as a tar member; or why not."""
+def _local(image, reader: ByteReader, local: list, alt: str | None) -> dict:
+    """Read a local image: its sha256, format and size (header only), added to `local` as a tar member with its
+    alt text as `<IMAGE_KEY>.txt` (the label store's caption, as a fetched store's tar has it); or why not."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -150,6 +151,8 @@ def _local(image, reader: ByteReader, local: list) -> dict:
     if ext is None:
         return {"error": f"image format {fmt} is not one the image corpus lists"}
     local.append((f"{image.key}.{ext}", data))
+    if alt:
+        local.append((f"{image.key}.txt", alt.encode()))
     return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "ext": ext}
 
 

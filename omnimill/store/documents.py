@@ -22,8 +22,8 @@ images as a table, and document filters as parts; written by the ingest job (eng
       filter_<name>/         one part per filter run, attrs: settings (what was asked, which stores were read)
         kept    (N,) bool      the document passes every check of that run
         reason  (N,) str       why not (the first check it fails: "n_images 0 < 1"), "" when kept
-      local/<unit:06d>.tar   the unit's local images (paths and tar members), members `<IMAGE_KEY>.<ext>`,
-                             mtime 0, no PAX headers: an image corpus (`local_corpus()`) that `omnimill label`
+      local/<unit:06d>.tar   the unit's local images (paths and tar members), members `<IMAGE_KEY>.<ext>`
+                             and `<IMAGE_KEY>.txt` (its alt text, when it has one), mtime 0, no PAX headers: an image corpus (`local_corpus()`) that `omnimill label`
                              lists with the IMAGE_KEYs as its keys; an empty tar for a unit with none
       image_urls.jsonl       the URL images, one {url, key: IMAGE_KEY, alt} per line, for `omnimill fetch`
                              (written when every unit is committed; `url_list()`)
