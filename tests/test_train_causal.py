@@ -50,6 +50,15 @@ def write_packed(out: Path, n_docs: int = 801, seed: int = 0) -> str:
     return str(out)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on one thread: two threads on a busy 2-core machine made a step 0.8 s instead of 0.03 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> str:
     return write_packed(tmp_path_factory.mktemp("causal") / "packed")
@@ -127,13 +136,8 @@ def test_it_learns_what_follows_an_image_and_continues_a_held_out_document(packe
     from omnimill.train.causal import continue_document
     from omnimill.train.loop import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train(tiny(packed, "steps=300", "eval_every=300", "lr=3e-3", "min_lr=3e-3"), tmp_path / "run",
-                       progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    result = train(tiny(packed, "steps=300", "eval_every=300", "lr=3e-3", "min_lr=3e-3"), tmp_path / "run",
+                   progress=False)
     print("held-out", result["heldout"], "unigram", result["baseline"])
     heldout, baseline = result["heldout"], result["baseline"]
     assert set(heldout) == set(baseline) == {"text", "image", "marker"}
