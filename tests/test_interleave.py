@@ -307,3 +307,30 @@ def test_pack_documents_streams_to_the_same_set_as_pack(text_tok, tmp_path):
     manifest = il.pack_documents(docs, str(tmp_path / "short"), il.text_encoder(text_tok), head)
     assert manifest["stats"]["images"] == 0 and "huge/img_00" in manifest["stats"]["images_too_long"]
     assert il.verify_interleaved(str(tmp_path / "short"))["problems"] == []
+
+
+def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
+    """stored_documents reads an ingested MMC4 corpus (ok documents; a filter's kept ones) for pack_documents."""
+    from omnimill.engine.documents import FilterSettings, filter_documents, ingest_documents
+
+    lines = [{"text_list": [f"a cat sits {i}", "the dog runs"],
+              "image_info": [{"raw_url": f"https://x.org/{i}.jpg", "matched_text_index": 1}] * (i % 3)}
+             for i in range(7)] + ["{not json"]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    store = str(tmp_path / "docs.zarr")
+    ingest_documents(str(corpus), store, workers=1, progress=False, docs_per_unit=3)
+    docs = list(il.stored_documents(store))
+    assert [k for k, _ in docs] == [f"docs_{i:07d}" for i in range(7)]  # the malformed line is left out
+    assert docs[2][1][0] == {"text": "a cat sits 2"} and docs[2][1][1]["image"] == "docs_0000002/img_00"
+    filter_documents(store, "some", FilterSettings(min_images=1))
+    kept = [k for k, _ in il.stored_documents(store, "some")]
+    assert kept == [f"docs_{i:07d}" for i in range(7) if i % 3]
+    with pytest.raises(UserError, match="no filter 'none'"):
+        next(il.stored_documents(store, "none"))
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    head = il.header(vocab, 32, 16, "placeholders", 4, "tok", None)
+    manifest = il.pack_documents(il.stored_documents(store, "some"), str(tmp_path / "packed"),
+                                 il.text_encoder(text_tok), head)
+    assert manifest["stats"]["documents"] == 4 and manifest["stats"]["images"] == sum(i % 3 for i in range(7))
+    assert il.verify_interleaved(str(tmp_path / "packed"))["problems"] == []

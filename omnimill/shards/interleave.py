@@ -193,6 +193,27 @@ class StoreImageTokens:
         i = row - unit.start
         return self._tokens[i] if self._ok[i] else None
 
+
+def stored_documents(uri: str, filter_name: str | None = None, storage_options: dict | None = None
+                     ) -> Iterator[tuple[str, list[dict]]]:
+    """(DOC_KEY, segments) of a document store (store/documents.py), in store order, a unit at a time: the
+    documents that parsed (ok) and, with `filter_name`, that the filter kept; `pack_documents`' input."""
+    from omnimill.store.documents import FILTER, DocumentStore
+
+    store = DocumentStore.open(uri, storage_options=storage_options)
+    if not store.complete():
+        raise UserError(f"{uri} is not fully ingested; run `omnimill documents ingest` on it again first")
+    if filter_name is not None and filter_name not in store.filters():
+        raise UserError(f"{uri} has no filter {filter_name!r}; it has {', '.join(store.filters()) or 'none'}")
+    for u in range(store.n_units):
+        unit = store.unit(u)
+        rows = slice(unit.start, unit.stop)
+        keep = store.column("ok", rows) & (store.column("kept", rows, part=FILTER + filter_name)
+                                           if filter_name is not None else True)
+        keys, segments = store.read("keys", rows), store.column("segments", rows)
+        for i in np.flatnonzero(keep):
+            yield str(keys[i]), json.loads(str(segments[i]) or "[]")
+
 # ---------------------------------------------------------------------------------------------- packing
 @dataclass
 class PackedSequence:
