@@ -71,6 +71,9 @@ def filter_command(
     min_chars: Annotated[Optional[int], typer.Option(help="Drop documents with fewer text characters.")] = None,
     min_side: Annotated[Optional[int], typer.Option(help="Drop documents with an image whose shorter side is "
                                                          "smaller (or whose size is unknown), in pixels.")] = None,
+    min_sim: Annotated[Optional[float], typer.Option(help="Drop documents with an image whose corpus image-text "
+                                                          "similarity (MMC4 matched_sim) is lower or missing; "
+                                                          "MMC4 used 0.15.")] = None,
     dedup: Annotated[bool, typer.Option("--dedup", help="Drop documents holding an image (same sha256) that an "
                                                         "earlier document holds.")] = False,
     fetched: Annotated[Optional[str], typer.Option(help="Fetched store of the URL images (sizes, hashes).")] = None,
@@ -83,7 +86,7 @@ def filter_command(
     from omnimill.engine.documents import FilterSettings, filter_documents
 
     settings = FilterSettings(min_images=min_images, max_images=max_images, min_chars=min_chars, min_side=min_side,
-                              dedup=dedup, fetched=fetched, labels=labels)
+                              min_sim=min_sim, dedup=dedup, fetched=fetched, labels=labels)
     try:
         done = filter_documents(store, name, settings, force)
     except UserError as e:

@@ -283,6 +283,23 @@ def test_min_side_reads_local_headers_and_a_fetched_store(tmp_path):
     assert reasons[0] == reasons[2] == "" and result["kept"] == 2
 
 
+def test_min_sim_reads_the_corpus_similarity_of_each_image(tmp_path):
+    lines = [{"text_list": ["a", "b"], "image_info": [{"raw_url": "https://x.org/1.jpg", "matched_text_index": 0,
+                                                        "matched_sim": 0.31},
+                                                       {"raw_url": "https://x.org/2.jpg", "matched_text_index": 1,
+                                                        "matched_sim": 0.12}]},
+             {"text_list": ["c"], "image_info": [{"raw_url": "https://x.org/3.jpg", "matched_text_index": 0,
+                                                   "matched_sim": 0.2}]},
+             {"text_list": ["d"], "image_info": [{"raw_url": "https://x.org/4.jpg", "matched_text_index": 0}]},
+             {"text_list": ["text only"]}]
+    out = str(tmp_path / "docs.zarr")
+    ingest_documents(str(mmc4(tmp_path, lines)), out, **FAST)
+    filter_documents(out, "sim", FilterSettings(min_sim=0.15))
+    assert list(DocumentStore.open(out).column("reason", part="filter_sim")) == [
+        "min_sim: docs_0000000/img_01 matched_sim 0.120 < 0.15", "",
+        "min_sim: docs_0000002/img_00 has no matched_sim in the corpus", ""]
+
+
 # ---------------------------------------------------------------- the local images, labelled
 def test_the_local_images_label_under_their_image_keys_and_their_sizes_filter(tmp_path):
     tar = wds(tmp_path, {f"d{i}": ({"segments": [{"text": f"doc {i}"}, {"image": "img0.jpg", "alt": f"alt {i}"},

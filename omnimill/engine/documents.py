@@ -13,7 +13,8 @@ the units `verify` finds damaged. A local image that does not read is kept in it
 
     filter: per document, kept or the reason it is not, for each check asked: images per document
     (min/max), text length (min characters), image size (min side: local images' headers, URL images' from
-    a fetched store, looked up by URL, or any image's from a label store's metadata teacher), exact duplicate images across documents (sha256 of local bytes, and
+    a fetched store, looked up by URL, or any image's from a label store's metadata teacher), the corpus's
+    image-text similarity (MMC4's matched_sim: CLIP with the matched sentence, min over the images), exact duplicate images across documents (sha256 of local bytes, and
     of the fetched bytes when a fetched store is given: a document holding an image an EARLIER document
     holds is dropped). Written as
     the part `filter_<name>` with its settings (store/documents.py).
@@ -189,6 +190,7 @@ class FilterSettings:
     max_images: int | None = None
     min_chars: int | None = None
     min_side: int | None = None  # pixels, of every image of the document
+    min_sim: float | None = None  # the corpus's image-text similarity of every image (MMC4's matched_sim)
     dedup: bool = False  # exact duplicate images across documents (sha256)
     fetched: str | None = None  # a fetched store: the sizes and sha256 of the URL images
     labels: str | None = None  # a label store with the metadata teacher, keyed by IMAGE_KEY: image sizes
@@ -202,7 +204,7 @@ def filter_documents(store_uri: str, name: str, settings: FilterSettings, force:
     """Judge every document of a complete document store; write the verdicts as the part `filter_<name>`.
     Returns {n, kept, dropped_by: {check: documents}}."""
     if not settings.asked():
-        raise UserError("no filter asked: give --min-images, --max-images, --min-chars, --min-side or --dedup")
+        raise UserError("no filter asked: give --min-images, --max-images, --min-chars, --min-side, --min-sim or --dedup")
     store = DocumentStore.open(store_uri, "r+", storage_options)
     images = store.images()  # refuses an incomplete store
     fetched = _fetched_facts(settings.fetched, storage_options) if settings.fetched else {}
@@ -210,11 +212,13 @@ def filter_documents(store_uri: str, name: str, settings: FilterSettings, force:
     if settings.min_side and any(i["kind"] == "url" for i in images) and not (fetched or sizes):
         raise UserError("the store has URL images: give --fetched FETCHED_STORE (from `omnimill fetch` of its "
                         "image_urls.jsonl) or --labels LABEL_STORE (its metadata teacher) for their sizes")
+    sims = _matched_sims(store) if settings.min_sim is not None else {}
     by_doc: dict[int, list[dict]] = {}
     for image in images:  # what is known of each image: local header or fetched store, then the label store's size
         facts = fetched.get(image["source"], {}) if image["kind"] == "url" else image
         known = {k: facts[k] for k in ("sha256", "width", "height") if k in facts}
-        by_doc.setdefault(image["doc"], []).append({**image, **known, **sizes.get(image["key"], {})})
+        by_doc.setdefault(image["doc"], []).append({**image, **known, **sizes.get(image["key"], {}),
+                                                    **sims.get(image["key"], {})})
     ok, n_images, chars = store.column("ok"), store.column("n_images"), store.column("n_text_chars")
     first_holder: dict[str, str] = {}  # sha256 -> IMAGE_KEY of its first document
     kept, reasons, dropped_by = [], [], {}
@@ -266,7 +270,25 @@ def _judge(s: FilterSettings, ok: bool, n_images: int, chars: int, images: list[
             side = min(image["width"], image["height"])
             if side < s.min_side:
                 return f"min_side: {image['key']} is {image['width']}x{image['height']}, side {side} < {s.min_side}"
+    if s.min_sim is not None:
+        for image in images:
+            if "matched_sim" not in image:
+                return f"min_sim: {image['key']} has no matched_sim in the corpus"
+            if image["matched_sim"] < s.min_sim:
+                return f"min_sim: {image['key']} matched_sim {image['matched_sim']:.3f} < {s.min_sim}"
     return duplicate
+
+
+def _matched_sims(store: DocumentStore) -> dict[str, dict]:
+    """IMAGE_KEY -> {matched_sim} where the corpus gave one (MMC4: CLIP ViT-L/14 similarity of the image with
+    its matched sentence; its authors kept images at 0.15 and above)."""
+    out = {}
+    for text in store.column("segments"):
+        for seg in json.loads(str(text) or "[]"):
+            sim = seg.get("meta", {}).get("matched_sim") if "image" in seg else None
+            if isinstance(sim, (int, float)):
+                out[seg["image"]] = {"matched_sim": float(sim)}
+    return out
 
 
 def _fetched_facts(uri: str, storage_options: dict | None) -> dict[str, dict]:
