@@ -311,7 +311,8 @@ def test_pack_documents_streams_to_the_same_set_as_pack(text_tok, tmp_path):
 
 def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
     """stored_documents reads an ingested MMC4 corpus (ok documents; a filter's kept ones) for pack_documents."""
-    from omnimill.engine.documents import FilterSettings, filter_documents, ingest_documents
+    from omnimill.engine.documents import ingest_documents
+    from omnimill.store.documents import DocumentStore
 
     lines = [{"text_list": [f"a cat sits {i}", "the dog runs"],
               "image_info": [{"raw_url": f"https://x.org/{i}.jpg", "matched_text_index": 1}] * (i % 3)}
@@ -323,7 +324,8 @@ def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
     docs = list(il.stored_documents(store))
     assert [k for k, _ in docs] == [f"docs_{i:07d}" for i in range(7)]  # the malformed line is left out
     assert docs[2][1][0] == {"text": "a cat sits 2"} and docs[2][1][1]["image"] == "docs_0000002/img_00"
-    filter_documents(store, "some", FilterSettings(min_images=1))
+    kept = [i % 3 > 0 for i in range(7)] + [False]  # a filter's verdict, written as a filter run writes it
+    DocumentStore.open(store, "r+").write_filter("some", {"min_images": 1}, kept, ["" if k else "min_images" for k in kept])
     kept = [k for k, _ in il.stored_documents(store, "some")]
     assert kept == [f"docs_{i:07d}" for i in range(7) if i % 3]
     with pytest.raises(UserError, match="no filter 'none'"):
@@ -334,3 +336,30 @@ def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
                                  il.text_encoder(text_tok), head)
     assert manifest["stats"]["documents"] == 4 and manifest["stats"]["images"] == sum(i % 3 for i in range(7))
     assert il.verify_interleaved(str(tmp_path / "packed"))["problems"] == []
+
+
+def test_a_set_packed_in_parts(text_tok, tmp_path):
+    """Parts pack on their own, in any order, and finish_parts joins them into one verified, streamable set."""
+    rng = np.random.default_rng(9)
+    vocab = il.Vocab(text_tok.get_vocab_size())
+    docs = [(f"d{i:02d}", document(f"d{i:02d}", [words(int(n)) for n in rng.integers(0, 50, 3)],
+                                   rng.integers(0, 3, 2).tolist())) for i in range(30)]
+    head = il.header(vocab, 48, 3, "placeholders", 6, "tok", None)
+    out = str(tmp_path / "parts")
+    il.prepare_set(out)
+    enc = il.text_encoder(text_tok)
+    rows = [il.pack_part(docs[10 * p:10 * p + 10], out, p, enc, head, samples_per_shard=4) for p in (2, 0, 1)]
+    manifest = il.finish_parts(out, head, rows)
+    assert [r["url"] for r in manifest["shards"]][:2] == ["part-000000-000000.tar", "part-000000-000001.tar"]
+    assert manifest["stats"]["documents"] == 30 and il.verify_interleaved(out)["problems"] == []
+    streamed = [s for s in il.InterleavedDataset(out, shuffle=False, epochs=1)]
+    assert streamed[0]["key"] == "p000000s000000000" and len({s["key"] for s in streamed}) == manifest["n"]
+    contents = [s["tokens"][:s["n_content"]].tolist() for s in streamed]
+    alone = [il.pack(flat_docs(text_tok, docs[10 * p:10 * p + 10], vocab, slots=6), vocab, 48, 3) for p in range(3)]
+    assert contents == [seq.tokens[:seq.n_content].tolist() for packed in alone for seq in packed.sequences]
+    pads = sum(48 - seq.n_content for packed in alone for seq in packed.sequences)
+    assert manifest["padding_share"] == round(pads / (48 * manifest["n"]), 6)
+    with pytest.raises(UserError, match="listed twice"):
+        il.finish_parts(out, head, rows + rows[:1])
+    il.prepare_set(out, force=True)  # removes the parts' shards and the manifest
+    assert list((tmp_path / "parts").iterdir()) == []

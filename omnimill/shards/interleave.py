@@ -44,6 +44,10 @@ The shard set (format omnimill.interleaved/1), a folder OUT:
                             <key>.tokens   seq_len x int32, raw little-endian bytes
                             <key>.json     {"images": [IMAGE_KEY...], "docs": [DOC_KEY...], "n_content": int}
 
+A set may also be packed in parts (`pack_part`, one per unit of a parallel or resumable job, then
+`finish_parts`): each part packs its documents on its own (one padded sequence at its end) into
+part-PPPPPP-KKKKKK.tar with keys pPPPPPPs#########; the manifest lists the parts' shards in part order.
+
 Keys are `s` + the sequence number (9 digits): no dots, so WebDataset's split at the first dot gives back
 `tokens` and `json`. Tars are written as shards/wds.py writes them (GNU format, mtime 0, uid/gid 0): the
 same documents pack to byte-identical shards. `url` is the shard's name relative to OUT.
@@ -76,7 +80,9 @@ SAMPLES_PER_SHARD = 1000  # 1000 x 4096 x 4 bytes = 16 MB per shard
 SPECIALS = ("BOI", "EOI", "PAD", "IMG_SLOT", "EOD")  # in id order after the image ids
 IMAGE_MODES = ("tokens", "placeholders")
 TOKENS, META = "tokens", "json"  # member extensions
-KEY = re.compile(r"s\d{9}")
+KEY = re.compile(r"(p\d{6})?s\d{9}")  # s<number>, or p<part>s<number> (pack_part)
+PART_NAME = "part-{:06d}-{:06d}.tar"  # part, shard within the part
+OURS = re.compile(r"\.?(shard-\d{6,}|part-\d{6,}-\d{6,})\.tar(\.tmp)?")  # what force may remove, and manifest.json
 
 
 # ---------------------------------------------------------------------------------------------- ids
@@ -337,11 +343,11 @@ def pack(docs: Iterable[tuple[str, np.ndarray, list[str]]], vocab: Vocab, seq_le
 
 
 # ---------------------------------------------------------------------------------------------- the shard set
-def sequence_key(number: int) -> str:
-    return f"s{number:09d}"
+def sequence_key(number: int, part: int | None = None) -> str:
+    return f"s{number:09d}" if part is None else f"p{part:06d}s{number:09d}"
 
 
-def shard_bytes(first: int, sequences: list[PackedSequence]) -> bytes:
+def shard_bytes(first: int, sequences: list[PackedSequence], part: int | None = None) -> bytes:
     """A tar of sequences numbered from `first`: per sequence <key>.tokens then <key>.json (wds.py's way:
     GNU format, mtime 0, no owners), byte-identical for the same sequences."""
     buffer = io.BytesIO()
@@ -349,7 +355,7 @@ def shard_bytes(first: int, sequences: list[PackedSequence]) -> bytes:
         for number, seq in enumerate(sequences, first):
             meta = {"images": seq.images, "docs": seq.docs, "n_content": int(seq.n_content)}
             for ext, data in ((TOKENS, seq.tokens.astype("<i4").tobytes()), (META, json.dumps(meta).encode())):
-                info = tarfile.TarInfo(f"{sequence_key(number)}.{ext}")
+                info = tarfile.TarInfo(f"{sequence_key(number, part)}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
@@ -371,30 +377,35 @@ def header(vocab: Vocab, seq_len: int, max_images: int, image_mode: str, slots: 
 class InterleavedWriter:
     """Sequences in, numbered shards of `samples_per_shard` out; `close(padding_share)` writes the manifest
     (last) and returns it. OUT must be empty or hold an earlier interleaved set (then `force` replaces
-    it, removing only shard-*.tar and manifest.json)."""
+    it: `prepare_set`). With `part` it writes part `part` of a set packed in parts (`pack_part`): shards
+    part-PPPPPP-KKKKKK.tar, keys pPPPPPPs#########, into an OUT prepared by whoever planned the parts, and
+    `shards` is all it leaves (`finish_parts` writes the manifest)."""
 
     def __init__(self, out: str, head: dict, samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, part: int | None = None):
         if samples_per_shard < 1:
             raise UserError(f"samples_per_shard must be >= 1, not {samples_per_shard}")
         self.out, self.head, self.per_shard, self.options = out, head, samples_per_shard, storage_options or {}
+        self.part = part
         self.shards: list[dict] = []
         self._pending: list[PackedSequence] = []
         self.n = 0
-        _prepare(out, force, self.options)
+        if part is None:
+            prepare_set(out, force, self.options)
 
     def add(self, seq: PackedSequence) -> None:
         if len(seq.tokens) != self.head["seq_len"]:
             raise UserError(f"a sequence of {len(seq.tokens)} tokens in a set of seq_len {self.head['seq_len']}")
         self._pending.append(seq)
         if len(self._pending) == self.per_shard:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if not self._pending:
             return
-        data = shard_bytes(self.n, self._pending)
-        name = SHARD_NAME.format(len(self.shards))
+        data = shard_bytes(self.n, self._pending, self.part)
+        name = (SHARD_NAME.format(len(self.shards)) if self.part is None
+                else PART_NAME.format(self.part, len(self.shards)))
         atomic_write(join(self.out, name), data, self.options)
         self.shards.append({"url": name, "n": len(self._pending), "sha256": hashlib.sha256(data).hexdigest()})
         self.n += len(self._pending)
@@ -402,14 +413,17 @@ class InterleavedWriter:
 
     def close(self, padding_share: float, stats: dict | None = None) -> dict:
         """Write the last shard and the manifest; `stats` (what was packed and dropped) goes in as "stats"."""
-        self._flush()
+        self.flush()
         manifest = {**self.head, "shards": self.shards, "n": self.n, "padding_share": round(float(padding_share), 6),
                     **({"stats": stats} if stats is not None else {})}
         atomic_write(join(self.out, MANIFEST), json.dumps(manifest, indent=1).encode(), self.options)
         return manifest
 
 
-def _prepare(out: str, force: bool, options: dict) -> None:
+def prepare_set(out: str, force: bool = False, storage_options: dict | None = None) -> None:
+    """Make OUT ready for a new set: created when absent; an empty folder as it is; a folder holding an
+    interleaved set only with `force`, which removes that set's shards and manifest (no other file)."""
+    options = storage_options or {}
     fs, root = fsspec.core.url_to_fs(out, **options)
     names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)} if fs.isdir(root) else {}
     if not names:
@@ -420,7 +434,7 @@ def _prepare(out: str, force: bool, options: dict) -> None:
     if MANIFEST not in names or read_manifest(out, options) is None:
         raise UserError(f"{out} holds no interleaved set (no {MANIFEST} of {FORMAT}); choose another folder")
     for name, path in names.items():
-        if name == MANIFEST or re.fullmatch(r"\.?shard-\d{6,}\.tar(\.tmp)?", name):
+        if name == MANIFEST or OURS.fullmatch(name):
             fs.rm(path)
 
 
@@ -441,13 +455,51 @@ def pack_documents(documents: Iterable[tuple[str, list[dict]]], out: str, encode
     sequence and one shard in memory). `head` (`header`) gives the id space, seq_len, max_images and the image
     mode: "tokens" reads `image_tokens`, "placeholders" puts head["slots"] IMG_SLOTs per image. The manifest's
     "stats" records {"documents", "images" (kept), "images_without_tokens", "images_too_long": [IMAGE_KEY],
-    "content_tokens"}; returns the manifest."""
+    "content_tokens", "padding_tokens"}; returns the manifest."""
+    writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
+    stats = _pack_into(writer, documents, encode_text, head, image_tokens)
+    return writer.close(stats["padding_tokens"] / max(stats["padding_tokens"] + stats["content_tokens"], 1), stats)
+
+
+def pack_part(documents: Iterable[tuple[str, list[dict]]], out: str, part: int, encode_text: Callable[[str], list[int]],
+              head: dict, image_tokens=None, samples_per_shard: int = SAMPLES_PER_SHARD,
+              storage_options: dict | None = None) -> dict:
+    """Part `part` of a set packed in parts (units of a parallel, resumable job): its documents packed on
+    their own, the part's last sequence padded, shards part-PPPPPP-KKKKKK.tar in OUT (made ready once by
+    `prepare_set`). Returns the part's row {"part", "shards", "stats"}; `finish_parts` joins the rows into
+    the manifest. A part written again (a retried unit) overwrites its own shards with the same bytes."""
+    writer = InterleavedWriter(out, head, samples_per_shard, storage_options=storage_options, part=part)
+    stats = _pack_into(writer, documents, encode_text, head, image_tokens)
+    writer.flush()
+    return {"part": int(part), "shards": writer.shards, "stats": stats}
+
+
+def finish_parts(out: str, head: dict, rows: list[dict], storage_options: dict | None = None) -> dict:
+    """The manifest of a set packed in parts: the parts' shards in part order, stats summed, padding share of
+    them all; written last. Returns it."""
+    rows = sorted(rows, key=lambda row: row["part"])
+    if len({row["part"] for row in rows}) != len(rows):
+        raise UserError("finish_parts: a part is listed twice")
+    shards = [shard for row in rows for shard in row["shards"]]
+    stats = {"documents": 0, "images": 0, "images_without_tokens": 0, "images_too_long": [], "content_tokens": 0,
+             "padding_tokens": 0}
+    for row in rows:
+        for name in stats:
+            stats[name] += row["stats"][name]
+    total = stats["content_tokens"] + stats["padding_tokens"]
+    manifest = {**head, "shards": shards, "n": sum(shard["n"] for shard in shards),
+                "padding_share": round(stats["padding_tokens"] / total if total else 0.0, 6), "stats": stats}
+    atomic_write(join(out, MANIFEST), json.dumps(manifest, indent=1).encode(), storage_options)
+    return manifest
+
+
+def _pack_into(writer: InterleavedWriter, documents, encode_text, head: dict, image_tokens) -> dict:
+    """interleave -> Packer -> writer for each document; the stats of what was packed and dropped."""
     vocab = vocab_of(head)
     slots = head["slots"] if head["image_mode"] == "placeholders" else None
     if slots is None and image_tokens is None:
         raise UserError("tokens mode needs image_tokens (a token store's image modality: StoreImageTokens)")
     packer = Packer(vocab, head["seq_len"], head["max_images"])
-    writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
     tally = Counter()
     for doc_key, segments in documents:
         ids, images = interleave(segments, encode_text, vocab, image_tokens=None if slots else image_tokens,
@@ -457,10 +509,9 @@ def pack_documents(documents: Iterable[tuple[str, list[dict]]], out: str, encode
     for seq in packer.close():
         writer.add(seq)
     too_long = [key for _, key in packer.dropped]
-    stats = {"documents": packer.documents, "images": tally["images"] - len(too_long),
-             "images_without_tokens": tally["images_without_tokens"], "images_too_long": too_long,
-             "content_tokens": packer.content}
-    return writer.close(packer.padding_share, stats)
+    return {"documents": packer.documents, "images": tally["images"] - len(too_long),
+            "images_without_tokens": tally["images_without_tokens"], "images_too_long": too_long,
+            "content_tokens": packer.content, "padding_tokens": packer.padding}
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
