@@ -83,7 +83,7 @@ def filter_command(
                                                         "settings.")] = False,
 ):
     """Judge every document: kept, or the first check it fails. Recorded per document with the settings."""
-    from omnimill.engine.documents import FilterSettings, filter_documents
+    from omnimill.engine.document_filters import FilterSettings, filter_documents
 
     settings = FilterSettings(min_images=min_images, max_images=max_images, min_chars=min_chars, min_side=min_side,
                               min_sim=min_sim, dedup=dedup, fetched=fetched, labels=labels)
