@@ -19,7 +19,8 @@ images as a table, and document filters as parts; written by the ingest job (eng
         n_text_chars (N,) int64  characters of its text segments
         ok         (N,) bool   parsed; else stage and reason say why (parse | layout | member)
         stage, reason (N,) str
-      filter_<name>/         one part per filter run, attrs: settings (what was asked, which stores were read)
+      filter_<name>/         one part per filter run, attrs: settings (what was asked; the fetched and label
+                             stores read, with their uuids), created
         kept    (N,) bool      the document passes every check of that run
         reason  (N,) str       why not (the first check it fails: "n_images 0 < 1"), "" when kept
       local/<unit:06d>.tar   the unit's local images (paths and tar members), members `<IMAGE_KEY>.<ext>`
