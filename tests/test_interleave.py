@@ -363,3 +363,14 @@ def test_a_set_packed_in_parts(text_tok, tmp_path):
         il.finish_parts(out, head, rows + rows[:1])
     il.prepare_set(out, force=True)  # removes the parts' shards and the manifest
     assert list((tmp_path / "parts").iterdir()) == []
+
+
+def test_verify_checks_keys_and_the_padding_share(text_tok, tmp_path):
+    out, manifest, _ = packed_set(text_tok, tmp_path)
+    path = tmp_path / "interleaved" / "manifest.json"
+    path.write_text(json.dumps({**manifest, "padding_share": manifest["padding_share"] + 0.01}))
+    assert il.verify_interleaved(out)["problems"][0].startswith("padding share")
+    twice = {**manifest, "shards": manifest["shards"] + manifest["shards"][:1], "n": manifest["n"] + 7}
+    path.write_text(json.dumps(twice))
+    problems = il.verify_interleaved(out)["problems"]
+    assert len(problems) == 7 and all("also in an earlier shard" in p for p in problems)

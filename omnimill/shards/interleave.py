@@ -567,11 +567,12 @@ def read_shard(uri: str, manifest: dict, shard: int, storage_options: dict | Non
 def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
     """Read every shard and check it against the manifest: sha256, counts, ids inside the vocabulary, PAD
     exactly after n_content, BOI/EOI pairs, images per sequence <= max_images and matching the image blocks
-    (an image cut off at a sequence end is impossible: blocks are never split). Returns {"n", "shards",
+    (an image cut off at a sequence end is impossible: blocks are never split), keys unique across the set,
+    and, once every shard reads, n and padding_share as the manifest says. Returns {"n", "shards",
     "problems": [str]}; the first problem of each sequence is listed."""
     manifest = read_manifest(uri, storage_options)
     vocab = vocab_of(manifest)
-    problems, n = [], 0
+    problems, n, content, seen = [], 0, 0, set()
     for s in range(len(manifest["shards"])):
         try:
             samples = read_shard(uri, manifest, s, storage_options)
@@ -581,10 +582,18 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
         for key, tokens, meta in samples:
             n += 1
             problem = _sequence_problem(tokens, meta, vocab, int(manifest["max_images"]))
+            if key in seen:
+                problem = "the key is also in an earlier shard"
+            seen.add(key)
             if problem:
                 problems.append(f"{manifest['shards'][s]['url']}:{key}: {problem}")
-    if n != manifest["n"] and not problems:
-        problems.append(f"{n} sequences in the shards, the manifest says {manifest['n']}")
+            content += int(meta.get("n_content") or 0)
+    if not problems:
+        measured = 1 - content / (n * int(manifest["seq_len"])) if n else 0.0
+        if n != manifest["n"]:
+            problems.append(f"{n} sequences in the shards, the manifest says {manifest['n']}")
+        elif abs(measured - manifest["padding_share"]) > 1e-6:
+            problems.append(f"padding share {measured:.6f} in the shards, the manifest says {manifest['padding_share']}")
     return {"n": n, "shards": len(manifest["shards"]), "problems": problems}
 
 
