@@ -150,7 +150,7 @@ def test_it_learns_what_follows_an_image_and_continues_a_held_out_document(packe
     key = next(k for k in KEYS if held_out([k], 0.2, 0)[0])
     doc_b = f"d{2 * int(key[1:]) + 1:06d}"  # the sequence's second document
     facts = continue_document(tmp_path / "run", doc_b, new_tokens=8, prefix=11)  # through the image's EOI
-    assert facts["held_out"] and facts["sample"] == key and len(facts["prefix_tokens"]) == 11
+    assert facts["held_out"] and facts["sequences"] == [key] and len(facts["prefix_tokens"]) == 11
     image = np.array(facts["prefix_tokens"][6:10]) - V_TEXT
     print("prefix", facts["prefix"], "| continued", facts["continuation"], "| truth", facts["truth"])
     assert facts["prefix_tokens"][10] == EOI and facts["truth_tokens"] == [*image.tolist(), EOD]
@@ -206,5 +206,56 @@ def test_refusals(packed, tmp_path):
     result = invoke("generate", run, "--continue", "d000001", "--tokens", 3, "--prefix", 11)
     assert result.exit_code == 0, result.output
     assert "d000001 (sequence s000000000): 11 tokens given" in result.output and "continued:" in result.output
-    assert "a training sequence" in result.output or "a held-out sequence" in result.output
+    assert "(held out: " in result.output or "(the run trained on it" in result.output
     one_line_error(invoke("generate", run, "--key", "s000000000"), "generate needs --from, --to, --out")
+
+
+def test_placeholder_documents_continue_as_words(tmp_path):
+    """Real documents through interleave() in placeholder mode (3 IMG_SLOT per image) with a real BPE text
+    tokenizer (byte-level BPE): IMG_SLOT targets are of kind image and leave the loss with causal_image_loss=false, and a
+    continued document is printed as words through the tokenizer, images as [image]."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from omnimill.shards.interleave import Vocab, header, interleave, pack, text_encoder, write_interleaved
+    from omnimill.train.causal import causal_loss, continue_document, open_packed
+    from omnimill.train.loop import train
+    from omnimill.train.model import CausalModel
+
+    sentences = ["a red fox jumps over the dog", "the cat sleeps on a warm mat", "a small bird sings at dawn"]
+    text = Tokenizer(models.BPE())  # byte-level BPE, as tokenize/sequence.py makes its text tokenizer
+    text.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text.decoder = decoders.ByteLevel()
+    text.train_from_iterator(sentences * 10, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (tmp_path / "tok").mkdir()
+    text.save(str(tmp_path / "tok" / "tokenizer.json"))
+    vocab = Vocab(text.get_vocab_size(), 0)
+    encode = text_encoder(text)
+    docs = []
+    for i in range(60):
+        document = [{"text": sentences[i % 3]}, {"image": f"d{i:06d}/img_00", "alt": None, "meta": {}},
+                    {"text": sentences[(i + 1) % 3]}]
+        ids, images = interleave(document, encode, vocab, slots=3)
+        docs.append((f"d{i:06d}", ids, images))
+    packed = pack(docs, vocab, 64)
+    write_interleaved(str(tmp_path / "set"), packed.sequences, header(vocab, 64, 16, "placeholders", 3,
+                                                                      str(tmp_path / "tok"), None),
+                      packed.padding_share, samples_per_shard=8)
+    manifest = open_packed(str(tmp_path / "set"))
+    tokens = torch.from_numpy(packed.sequences[0].tokens.astype(np.int64))[None]
+    model = CausalModel(tiny("x").model, manifest["vocab"], 64)
+    _, per = causal_loss(model, tokens, manifest)
+    slots = int((tokens[0, 1:] == vocab.IMG_SLOT).sum())
+    assert per["image"][1] == slots > 0
+    without, _ = causal_loss(model, tokens, manifest, image_loss=False)
+    assert float(without.detach()) == pytest.approx(
+        (float(per["text"][0]) + float(per["marker"][0])) / (per["text"][1] + per["marker"][1]), rel=1e-5)
+
+    run = tmp_path / "run"
+    train(tiny(str(tmp_path / "set"), "steps=2", "eval_batches=1", "causal_image_loss=false", "holdout=0.3"), run,
+          progress=False)
+    facts = continue_document(run, "d000004", new_tokens=4, prefix=len(encode(sentences[1])) + 5)
+    assert facts["prefix"] == "the cat sleeps on a warm mat [image]"
+    assert facts["truth"] == "a small bird sings at dawn ⏎" and facts["truth_tokens"][-1] == vocab.EOD
+    assert len(facts["sequences"]) == 2  # cut at the end of one sequence, its end in the next: joined
+    assert len(facts["tokens"]) <= 4 and isinstance(facts["continuation"], str)

@@ -304,25 +304,42 @@ def load_causal_run(run: str | Path, device: str = "cpu"):
     return model.to(device).eval(), state
 
 
-def find_document(manifest: dict, key: str) -> tuple[str, np.ndarray]:
-    """(sequence key, the document's tokens up to and with its EOD) for a DOC_KEY, or the first document of
-    a sequence for a sequence key. A sequence's `docs` name its content's EOD-separated spans in order (the
-    first may be the end of a document begun in the sequence before: then its first part is what is found)."""
+def find_document(manifest: dict, key: str) -> tuple[list[str], np.ndarray]:
+    """(the sequences holding it, the document's tokens up to and with its EOD) for a DOC_KEY, or for a
+    sequence key its first document. A sequence's `docs` name its content's EOD-separated spans in order;
+    a document cut at a sequence's end goes on at the start of the next sequence, so its pieces are joined."""
     from omnimill.shards.interleave import read_shard
 
     eod = manifest["specials"]["EOD"]
-    for shard in range(len(manifest["shards"])):
-        for sequence, tokens, meta in read_shard(manifest["root"], manifest, shard):
-            docs = list(meta.get("docs", []))
-            if key != sequence and key not in docs:
-                continue
-            content = tokens[:meta.get("n_content", len(tokens))]
-            ends = np.flatnonzero(content == eod)
-            i = docs.index(key) if key in docs else 0
-            start = int(ends[i - 1]) + 1 if i > 0 else 0
-            end = int(ends[i]) + 1 if i < len(ends) else len(content)
-            return sequence, content[start:end].astype(np.int64)
-    raise UserError(f"no document or sequence {key!r} in {manifest['root']}")
+
+    def sequences():
+        for shard in range(len(manifest["shards"])):
+            yield from read_shard(manifest["root"], manifest, shard)
+
+    doc = key
+    for sequence, _, meta in sequences():  # a sequence key names its first document
+        if sequence == key and meta.get("docs"):
+            doc = meta["docs"][0]
+            break
+    found, pieces = [], []
+    for sequence, tokens, meta in sequences():
+        docs = list(meta.get("docs", []))
+        if doc not in docs:
+            if found:
+                break
+            continue
+        content = tokens[:meta.get("n_content", len(tokens))]
+        ends = np.flatnonzero(content == eod)
+        i = docs.index(doc)
+        start = int(ends[i - 1]) + 1 if i > 0 else 0
+        end = int(ends[i]) + 1 if i < len(ends) else len(content)
+        found.append(sequence)
+        pieces.append(content[start:end].astype(np.int64))
+        if pieces[-1][-1] == eod:
+            break
+    if not found:
+        raise UserError(f"no document or sequence {key!r} in {manifest['root']}")
+    return found, np.concatenate(pieces)
 
 
 @torch.no_grad()
@@ -350,12 +367,14 @@ def sample_next(model, context: np.ndarray, n: int, stop: int, never: int, tempe
 
 
 def render(tokens: np.ndarray, packed: dict) -> str:
-    """Tokens as text: text ids through the set's text tokenizer (its tokenizer.json; `<id>` when it is not
-    there), each image as [image], markers other than EOD dropped, EOD as ⏎."""
+    """Tokens as text: text ids through the set's text tokenizer (its tokenizer.json, or the manifest's path
+    when that is the file; `<id>` when it is not there), each image as [image], markers other than EOD
+    dropped, EOD as ⏎."""
     s = packed["specials"]
-    path = Path(packed.get("text_tokenizer") or "") / "tokenizer.json"
+    path = Path(packed.get("text_tokenizer") or "")  # omnimill's sequence tokenizer folder, or the HF file
+    path = path if path.suffix == ".json" else path / "tokenizer.json"
     decode = None
-    if packed.get("text_tokenizer") and path.exists():
+    if packed.get("text_tokenizer") and path.is_file():
         from tokenizers import Tokenizer
 
         decode = Tokenizer.from_file(str(path)).decode
@@ -384,19 +403,20 @@ def continue_document(run: str | Path, key: str, new_tokens: int = 64, prefix: i
     """Continue the document `key` (a DOC_KEY, or a sample key: its first document) of the run's data: the
     model sees the document's first `prefix` tokens (default: half) and samples up to `new_tokens` more
     (stopping at EOD); returns the prefix, the continuation and the true rest, as tokens and rendered text,
-    and whether the document's sample was held out (a training sample is no evidence of generalisation)."""
+    and whether every sequence of the document was held out (a training sequence is no evidence of
+    generalisation)."""
     from omnimill.train.config import from_dict
 
     model, state = load_causal_run(run)
     config, packed = from_dict(state["config"]), state["packed"]
     manifest = open_packed(config.data.datasets[0])
-    sample_key, doc = find_document(manifest, key)
+    sequences, doc = find_document(manifest, key)
     cut = len(doc) // 2 if prefix is None else max(1, min(prefix, len(doc) - 1))
     new = sample_next(model, doc[:cut], new_tokens, packed["specials"]["EOD"], packed["specials"]["PAD"],
                       temperature, seed)
     rest = doc[cut:]
-    return {"key": key, "sample": sample_key, "held_out": bool(held_out([sample_key], config.data.holdout,
-                                                                        config.seed)[0]),
+    return {"key": key, "sequences": sequences, "held_out": bool(held_out(sequences, config.data.holdout,
+                                                                         config.seed).all()),
             "prefix_tokens": doc[:cut].tolist(), "tokens": new.tolist(), "truth_tokens": rest.tolist(),
             "prefix": render(doc[:cut], packed), "continuation": render(new, packed), "truth": render(rest, packed),
             "token_accuracy": float(np.mean(new[:len(rest)] == rest[:len(new)])) if len(new) and len(rest) else None}

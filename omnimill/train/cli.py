@@ -113,13 +113,13 @@ def _continue(run: Path, key: str, tokens: int, prefix: int | None, temperature:
     except UserError as e:
         fail(str(e))
     accuracy = facts["token_accuracy"]
-    console.print(f"{facts['key']} (sequence {facts['sample']}): {len(facts['prefix_tokens'])} tokens given, "
+    console.print(f"{facts['key']} (sequence {', '.join(facts['sequences'])}): {len(facts['prefix_tokens'])} tokens given, "
                   f"{len(facts['tokens'])} sampled" + (f", {accuracy:.1%} equal to the document's own"
                                                        if accuracy is not None else ""), highlight=False)
     console.print(f"  given:     {facts['prefix']!r}\n  continued: {facts['continuation']!r}\n"
                   f"  document:  {facts['truth']!r}", highlight=False)
-    console.print("  (a held-out sequence: the run never trained on it)" if facts["held_out"] else
-                  "  (a training sequence: the run saw it, so this is no evidence of generalisation)", highlight=False)
+    console.print("  (held out: the run never trained on it)" if facts["held_out"] else
+                  "  (the run trained on it, or on part of it: no evidence of generalisation)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
