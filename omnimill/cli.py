@@ -191,13 +191,14 @@ def cuts_command(
 
 @app.command()
 def status(
-    store: Annotated[str, typer.Argument(help="Label store, token store, cut store or fetched store.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store, cut store, fetched store or document store.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     errors: Annotated[int, typer.Option(help="How many errors to list per teacher.")] = 5,
 ):
     """Per teacher (or modality, or detector of a cut store, or fetched URLs): units done, samples ok/failed (with the first
     errors), provenance."""
     from omnimill.store.cuts import CutStore
+    from omnimill.store.documents import DocumentStore
     from omnimill.store.fetched import FetchedStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
@@ -206,6 +207,10 @@ def status(
         return _cut_status(CutStore.open(store).status(), as_json)
     if FetchedStore.state(store) == "store":
         return _fetched_status(FetchedStore.open(store).status(errors), as_json)
+    if DocumentStore.state(store) == "store":
+        from omnimill.documents_cli import status_command
+
+        return status_command(store, as_json, errors)
     cls = TokenStore if TokenStore.state(store) == "store" else LabelStore
     try:
         info = cls.open(store).status(**({"max_errors": errors} if cls is LabelStore else {}))
@@ -281,7 +286,7 @@ def _cut_status(info: dict, as_json: bool) -> None:
 
 @app.command()
 def verify(
-    store: Annotated[str, typer.Argument(help="Label store, token store, cut store, fetched store or shard set.")],
+    store: Annotated[str, typer.Argument(help="Label store, token store, cut store, fetched store, document store or shard set.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     max_problems: Annotated[int, typer.Option(help="List at most this many problems.")] = 100,
 ):
@@ -289,13 +294,14 @@ def verify(
     markers valid, every declared array there with its shape. Exit 1 on damage, naming unit, part and
     samples; `label`/`tokenize` with --repair then redo exactly the damaged units."""
     from omnimill.store.cuts import CutStore
+    from omnimill.store.documents import DocumentStore
     from omnimill.store.fetched import FetchedStore
     from omnimill.store.labels import LabelStore
     from omnimill.store.tokens import TokenStore
 
     if max_problems < 1:
         fail(f"--max-problems must be at least 1, not {max_problems}")
-    cls = next((c for c in (LabelStore, TokenStore, CutStore, FetchedStore) if c.state(store) == "store"), None)
+    cls = next((c for c in (LabelStore, TokenStore, CutStore, FetchedStore, DocumentStore) if c.state(store) == "store"), None)
     if cls is None:  # a shard set (or nothing): the shard verifier says which
         from omnimill.shards.cli import verify as verify_shards
 
@@ -405,6 +411,7 @@ def shards_text(
 
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
+    from omnimill.documents_cli import documents_app
     from omnimill.fetch_cli import fetch_command
     from omnimill.shards.cli import shards_app
     from omnimill.tokenize.cli import tokenizer_app
@@ -414,6 +421,7 @@ def _add_subcommands():
     register(app)
     app.command("fetch")(fetch_command)
     app.add_typer(audit_app, name="audit")
+    app.add_typer(documents_app, name="documents")
     app.add_typer(shards_app, name="shards")
     app.add_typer(tokenizer_app, name="tokenizer")
 

@@ -111,7 +111,7 @@ def package_of(module: str, names: tuple[str, ...] = ()) -> str | None:
         return LEAF if names == ("__version__",) else "cli"
     if parts[1] in PACKAGES - {"cli"}:
         return parts[1]
-    if parts[1] in ("cli", "__main__", "fetch_cli"):
+    if parts[1] in ("cli", "__main__", "fetch_cli", "documents_cli"):
         return "cli"
     return LEAF  # a top-level module: errors, files, faults, ...
 

@@ -118,3 +118,15 @@ def test_fetch_status_and_verify_through_omnimill(tmp_path):
     assert (info["ok"], info["failed"], sum(info["failed_by_stage"].values())) == (1, 1, 1)
     checked = invoke("verify", str(out))
     assert checked.exit_code == 0 and "fetched store, 0 problems" in checked.output, checked.output
+
+
+def test_documents_ingest_status_and_verify_through_omnimill(tmp_path):
+    from test_documents import mixed_corpus
+
+    out = tmp_path / "docs.zarr"
+    result = invoke("documents", "ingest", str(mixed_corpus(tmp_path)), str(out), "--workers", "1", "--no-progress")
+    assert result.exit_code == 3 and "1 malformed" in result.output, result.output
+    status = invoke("status", str(out))
+    assert status.exit_code == 0 and "mixed_0000004: layout: position 0 has both" in status.output, status.output
+    checked = invoke("verify", str(out))
+    assert checked.exit_code == 0 and "0 problems" in checked.output, checked.output
