@@ -6,11 +6,11 @@ The shards are synthetic documents packed and written by shards/interleave.py (o
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
+import os
 import shutil
-import tarfile
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +259,25 @@ def test_placeholder_documents_continue_as_words(tmp_path):
     assert facts["truth"] == "a small bird sings at dawn ⏎" and facts["truth_tokens"][-1] == vocab.EOD
     assert len(facts["sequences"]) == 2  # cut at the end of one sequence, its end in the next: joined
     assert len(facts["tokens"]) <= 4 and isinstance(facts["continuation"], str)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs a POSIX host")
+def test_two_processes_under_torchrun(packed, tmp_path):
+    """Each rank reads its own shards (InterleavedDataset splits them), DDP averages gradients (with
+    accumulation: no_sync), rank 0 writes both ranks' positions; the run resumes with both processes."""
+    from omnimill.train.loop import read_commit
+
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "omnimill",
+               "train", packed, "--out", str(run), "--no-progress", *[f"--{f}" for f in TINY], "--grad_accum=2",
+               "--steps=3", "--eval_every=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = read_commit(run)
+    assert state["step"] == 3 and [s["config"][5:] for s in state["loader"]] == [[0, 2], [1, 2]]  # rank, world
+    assert set(state["baseline"]) == {"text", "image", "marker"}
+    resumed = subprocess.run(command[:-2] + ["--steps=4", "--eval_every=4"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_commit(run)["step"] == 4

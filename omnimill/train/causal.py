@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -119,18 +120,24 @@ def causal_loss(model, tokens: torch.Tensor, manifest: dict, image_loss: bool = 
     return nll[counted].sum() / counted.sum().clamp_min(1), per
 
 
-def unigram_baseline(config: TrainConfig, manifest: dict, train: PackedLoader, heldout: PackedLoader
-                     ) -> dict[str, float]:
+def unigram_baseline(config: TrainConfig, manifest: dict, train: PackedLoader, heldout: PackedLoader,
+                     session) -> dict[str, float]:
     """Held-out cross-entropy (nats/token) per kind of predicting every target from the training tokens'
     frequencies over the whole vocabulary (add-one smoothed; PAD never predicted), the model's own id space:
-    the loss of a model that ignores all context."""
+    the loss of a model that ignores all context. Under several processes each counts its own shards and
+    the counts and totals are summed, so every rank gets one baseline."""
     from omnimill.train.loop import BASELINE_BATCHES
 
-    counts = np.ones(manifest["vocab"])
-    counts[manifest["specials"]["PAD"]] = 0
+    counts = np.zeros(manifest["vocab"])
     for _, batch in zip(range(BASELINE_BATCHES), train):
         targets = batch["tokens"][:, 1:]
         counts += np.bincount(targets[token_kinds(targets, manifest) >= 0].numpy(), minlength=len(counts))
+    if session.world > 1:
+        merged = torch.from_numpy(counts)
+        torch.distributed.all_reduce(merged)
+        counts = merged.numpy()
+    counts += 1
+    counts[manifest["specials"]["PAD"]] = 0
     with np.errstate(divide="ignore"):
         nll = -np.log(counts / counts.sum())
     totals: dict[str, list[float]] = {}
@@ -143,22 +150,25 @@ def unigram_baseline(config: TrainConfig, manifest: dict, train: PackedLoader, h
                 total = totals.setdefault(kind, [0.0, 0.0])
                 total[0] += float(nll[ids].sum())
                 total[1] += len(ids)
-    return {k: a / b for k, (a, b) in sorted(totals.items())}
+    totals = session.sum(totals)
+    return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
 
 
 @torch.no_grad()
-def evaluate(model, config: TrainConfig, manifest: dict, heldout: PackedLoader, device) -> dict[str, float]:
-    """Held-out loss per kind (nats/token) on the first eval_batches batches in stored order."""
+def evaluate(model, config: TrainConfig, manifest: dict, heldout: PackedLoader, session) -> dict[str, float]:
+    """Held-out loss per kind (nats/token) on each rank's first eval_batches batches in stored order, summed
+    over ranks."""
     model.eval()
     totals: dict[str, list[float]] = {}
     for _, batch in zip(range(config.eval_batches), heldout):
-        _, per = causal_loss(model, batch["tokens"].to(device), manifest)
+        _, per = causal_loss(model, batch["tokens"].to(session.device), manifest)
         for kind, (loss, n) in per.items():
             total = totals.setdefault(kind, [0.0, 0.0])
             total[0] += float(loss)
             total[1] += n
     model.train()
-    return {k: a / b for k, (a, b) in sorted(totals.items())}
+    totals = session.sum(totals)
+    return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
 
 
 def packed_facts(manifest: dict) -> dict:
@@ -171,7 +181,8 @@ def packed_facts(manifest: dict) -> dict:
 # ---------------------------------------------------------------------------- training
 def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
     """loop.train for `objective=causal`: train (or resume from OUT's checkpoint) and return the last held-out
-    losses per kind and the unigram baseline. One process (several: not yet)."""
+    losses per kind and the unigram baseline. Under torchrun each rank reads its own shards
+    (InterleavedDataset splits them), DDP averages gradients, rank 0 writes."""
     from omnimill.train.loop import (CHECKPOINT, Session, _StopOnSignal, _autocast, load_checkpoint, lr_at,
                                      optimizer_state, save_checkpoint)
     from omnimill.train.model import CausalModel
@@ -180,13 +191,12 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     if len(config.data.datasets) != 1:
         raise UserError(f"--objective causal trains on one packed set, not {len(config.data.datasets)}")
     session = Session(config.device)
-    if session.world > 1:
-        raise UserError("--objective causal runs in one process for now (no torchrun)")
     manifest = open_packed(config.data.datasets[0])
     d = config.data
 
     def loader(split: str, **kw) -> PackedLoader:
-        return PackedLoader(manifest["root"], split, d.holdout, config.seed, d.batch_size, **kw)
+        return PackedLoader(manifest["root"], split, d.holdout, config.seed, d.batch_size, session.rank,
+                            session.world, **kw)
 
     batches_of = loader("train")
 
@@ -206,37 +216,48 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
             raise UserError(f"{out / CHECKPOINT} was trained on another id space or length; use a new --out")
         model.load_state_dict(tensors["model"])
         optimizer.load_state_dict(optimizer_state(state, tensors["state"]))
-        batches_of.load_state_dict(state["loader"][0])
-        torch.set_rng_state(tensors["state"]["generator/0"])  # dropout's draws continue where they stopped
+        if len(state["loader"]) != session.world:
+            raise UserError(f"{out / CHECKPOINT} was written by {len(state['loader'])} process(es); resume it with "
+                            f"as many, not {session.world}")
+        batches_of.load_state_dict(state["loader"][session.rank])
+        # dropout's draws (CPU) continue where they stopped; on CUDA they are drawn by the CUDA RNG, not kept
+        torch.set_rng_state(tensors["state"][f"generator/{session.rank}"])
         step, history, baseline = state["step"], state["history"], state["baseline"]
-    else:
+    elif session.main:
         out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    if session.main:
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     if baseline is None:
-        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout())
-        (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout(), session)
+        if session.main:
+            (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
     n_params = sum(p.numel() for p in model.parameters())
-    if progress:
+    if session.main and progress:
         print(f"model: {n_params / 1e6:.2f} M parameters; causal over {manifest['vocab']} ids x {manifest['seq_len']} "
-              f"positions on {session.device}; starting at step {step}", flush=True)
+              f"positions; {session.world} process(es) on {session.device}; starting at step {step}", flush=True)
 
     def save(step: int) -> None:
-        meta = {"config": to_dict(config), "step": step, "loader": [batches_of.state_dict()], "baseline": baseline,
-                "modalities": [], "history": history, "datasets": {}, "packed": packed_facts(manifest)}
-        save_checkpoint(out, model.state_dict(), optimizer.state_dict(), [torch.get_rng_state()], meta)
+        loaders, generators = session.gather(batches_of.state_dict()), session.gather(torch.get_rng_state())
+        if session.main:
+            meta = {"config": to_dict(config), "step": step, "loader": loaders, "baseline": baseline,
+                    "modalities": [], "history": history, "datasets": {}, "packed": packed_facts(manifest)}
+            save_checkpoint(out, model.state_dict(), optimizer.state_dict(), generators, meta)
 
-    log = open(out / "log.jsonl", "a")
+    log = open(out / "log.jsonl", "a") if session.main else None
     batches = iter(batches_of)
     stop = _StopOnSignal()
     window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        for _ in range(config.optim.grad_accum):
+        for micro in range(config.optim.grad_accum):
             tokens = next(batches)["tokens"].to(session.device)
-            with _autocast(config, session):
-                loss, per = causal_loss(model, tokens, manifest, config.causal_image_loss)
-            (loss / config.optim.grad_accum).backward()
+            last = micro == config.optim.grad_accum - 1
+            with nullcontext() if last or session.world == 1 else ddp.no_sync():  # DDP syncs the last only
+                with _autocast(config, session):
+                    loss, per = causal_loss(ddp, tokens, manifest, config.causal_image_loss)
+                (loss / config.optim.grad_accum).backward()
             window["loss"] += float(loss.detach()) / config.optim.grad_accum
             window["tokens"] += int(tokens.numel())
             for kind, (value, n) in per.items():
@@ -250,33 +271,37 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
         step += 1
         if step % config.log_every == 0 or step == config.steps:
             steps_in_window = (step - 1) % config.log_every + 1
+            per, tokens_seen = session.sum(window["per"]), sum(session.gather(window["tokens"]))
             record = {"step": step, "loss": window["loss"] / steps_in_window, "lr": lr_at(step - 1, config),
-                      "tokens_per_s": window["tokens"] / (time.perf_counter() - window["time"]),
-                      "per_kind": {k: a / b for k, (a, b) in window["per"].items() if b}}
+                      "tokens_per_s": tokens_seen / (time.perf_counter() - window["time"]),
+                      "per_kind": {k: a / b for k, (a, b) in per.items() if b}}
             history.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if progress:
+            if session.main:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if session.main and progress:
                 print(f"step {step}/{config.steps} loss {record['loss']:.3f} lr {record['lr']:.2e} "
                       f"{record['tokens_per_s']:.0f} tok/s", flush=True)
             window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
         if step % config.eval_every == 0 or step == config.steps:
-            scores = evaluate(model, config, manifest, heldout(), session.device)
+            scores = evaluate(model, config, manifest, heldout(), session)
             history.append({"step": step, "heldout": scores})
-            log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
-            log.flush()
-            if progress:
+            if session.main:
+                log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
+                log.flush()
+            if session.main and progress:
                 print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
                                                 for k, v in scores.items()), flush=True)
         stopping = step == stop_at or stop.requested(session)
         if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             save(step)
         if stopping:
-            if progress:
+            if session.main and progress:
                 print(f"stopped at step {step}; checkpoint saved, run the same command to resume", flush=True)
             break
-    log.close()
-    if step == config.steps:
+    if session.main:
+        log.close()
+    if session.main and step == config.steps:
         from omnimill.train.plots import plot_curve
 
         plot_curve(history, baseline, out / "curve.png")
