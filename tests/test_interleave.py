@@ -155,13 +155,18 @@ def test_image_that_does_not_fit_moves_to_the_next_sequence(text_tok):
     assert second.images == ["d/img_00"] and second.n_content == 13  # BOI + 10 + EOI + EOD
 
 
-def test_empty_text_and_zero_documents(text_tok):
+def test_empty_text_and_zero_documents(text_tok, tmp_path):
     vocab = il.Vocab(text_tok.get_vocab_size())
     assert il.pack([], vocab).sequences == [] and il.pack([], vocab).padding_share == 0.0
     flat = flat_docs(text_tok, [("e", [{"text": ""}]), ("f", [])], vocab, slots=4)
     packed = il.pack(flat, vocab, seq_len=8)
     assert [s.tokens[:s.n_content].tolist() for s in packed.sequences] == [[vocab.EOD, vocab.EOD]]
     assert packed.sequences[0].docs == ["e", "f"]
+    head = il.header(vocab, 8, 16, "placeholders", 4, "tok", None)
+    empty = il.write_interleaved(str(tmp_path / "empty"), [], head, 0.0)
+    assert empty["n"] == 0 and empty["shards"] == [] and il.verify_interleaved(str(tmp_path / "empty"))["problems"] == []
+    with pytest.raises(UserError, match="holds no sequences"):
+        il.InterleavedDataset(str(tmp_path / "empty"))
 
 
 def test_document_longer_than_several_sequences(text_tok):

@@ -17,7 +17,9 @@ One id space per shard set (`Vocab`):
                   placeholders: BOI IMG_SLOT x slots EOI (MM1: 144 slots for its own vision encoder)
 
 An image the caller has no tokens for (not labelled, fetch failed) is dropped from the document and counted
-(`tally["images_without_tokens"]`); an empty text segment adds nothing.
+(`tally["images_without_tokens"]`); an empty text segment adds nothing. An image segment's alt text and meta
+are not put in the sequence: whoever wants a caption inline (alt-text or synthetic) makes it a text segment
+before packing, and records that choice.
 
 Packing rules (`Packer`), greedy, documents in order, one sequence open at a time:
   1. A document is a run of blocks: each image is one block (BOI .. EOI, never split), the text between
@@ -254,8 +256,8 @@ class Packer:
     of images longer than seq_len; `padding` and `content` count tokens of the finished sequences."""
 
     def __init__(self, vocab: Vocab, seq_len: int = SEQ_LEN, max_images: int = MAX_IMAGES):
-        if seq_len < 2 or max_images < 0:
-            raise UserError(f"pack: seq_len must be >= 2 and max_images >= 0, not {seq_len}, {max_images}")
+        if seq_len < 2 or max_images < 1:
+            raise UserError(f"pack: seq_len must be >= 2 and max_images >= 1, not {seq_len}, {max_images}")
         self.vocab, self.seq_len, self.max_images = vocab, seq_len, max_images
         self.dropped: list[tuple[str, str]] = []
         self.content = self.padding = self.sequences = self.documents = 0
@@ -289,9 +291,6 @@ class Packer:
                 key = images[image]
                 image += 1
                 if len(block) > self.seq_len:
-                    self.dropped.append((doc_key, key))
-                    continue
-                if self.max_images == 0:  # no image may ever go in
                     self.dropped.append((doc_key, key))
                     continue
                 if len(block) > self.seq_len - self._used or len(self._images) >= self.max_images:
@@ -636,6 +635,8 @@ class InterleavedDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.manifest = read_manifest(self.uri, storage_options)
         self.vocab = vocab_of(self.manifest)
+        if not self.manifest["n"]:
+            raise UserError(f"{uri} holds no sequences (no documents were packed)")
         if len(self.manifest["shards"]) < world_size:
             raise UserError(f"{uri} has {len(self.manifest['shards'])} shards, fewer than world_size {world_size}: "
                             f"pack with a smaller samples_per_shard")
