@@ -234,3 +234,38 @@ def test_the_run_record_says_what_the_run_did_and_with_which_settings(corpus, tm
     assert record["teachers"] == ["rgb"] and record["units_done"] == record["units_planned"] == 3
     assert record["started"].endswith("Z") and record["scheduler"] == "embedded"
     assert record["options"]["unit_size"] == 8 and "storage_options" not in record["options"]
+
+
+def test_the_client_counts_gpus_without_importing_torch(tmp_path):
+    """torch took 12.3 s to import in the client under load; the driver's list says as much."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    code = ("import sys; from omnimill.engine import cluster; n = cluster._cuda_devices(); "
+            "print(n, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[1] == "False", out
+    env["CUDA_VISIBLE_DEVICES"] = "0,1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2", "False"]
+
+
+def test_a_scheduler_is_knocked_on_not_joined_before_the_run(tmp_path):
+    import socket
+
+    from omnimill.engine import cluster
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    cluster.check_reachable(f"tcp://127.0.0.1:{port}")  # something listens: reachable, no Dask handshake
+    (tmp_path / "scheduler.json").write_text(json.dumps({"address": f"tcp://127.0.0.1:{port}"}))
+    cluster.check_reachable(str(tmp_path / "scheduler.json"))
+    listener.close()
+    with pytest.raises(UserError, match="cannot reach Dask scheduler"):
+        cluster.check_reachable(f"tcp://127.0.0.1:{port}")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="scheduler file"):
+        cluster.check_reachable(str(tmp_path / "bad.json"))

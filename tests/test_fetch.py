@@ -150,6 +150,10 @@ def test_every_failure_is_recorded_and_a_rerun_retries_only_the_transient_ones(s
     info = store.status()
     assert (info["units_done"], info["ok"], info["failed"], info["retryable"]) == (3, 3, failures, 3)
     assert info["failed_by_stage"] == {"http": 3, "connect": 1, "read": 1, "type": 1, "image": 1, "size": 2}
+    # status came from the run's unit summary (and kept bytes from the rows): the same as the markers say
+    assert store.has("_runs/fetch/summary") and info["bytes"] == sum(m["bytes"] for m in store.markers("fetch")) > 0
+    keys = store.read("keys")
+    assert [store.index_of(str(k)) for k in keys] == list(range(store.n))  # the key index
 
     before = dict(server.hits)
     again = fetch_images(str(urls), out, **FAST)  # flaky now answers; slow and truncated fail again
@@ -160,6 +164,8 @@ def test_every_failure_is_recorded_and_a_rerun_retries_only_the_transient_ones(s
     assert rows["flaky/1/a.jpg"]["ok"] and rows["flaky/1/a.jpg"]["sha256"] == hashlib.sha256(jpeg_bytes(3)).hexdigest()
     assert rows["good/1.jpg"]["ok"] and FetchedStore.open(out).verify() == []  # kept rows kept their bytes
     assert FetchedStore.open(out).history()[-1]["samples_retried"] == 3
+    info = FetchedStore.open(out).status()  # the retried unit's new marker replaced its summary row
+    assert (info["ok"], info["failed"], info["retryable"]) == (4, failures - 1, 2)
 
 
 def test_per_host_limit_holds_across_units_and_threads(server, tmp_path):

@@ -10,6 +10,7 @@ import zarr
 
 from conftest import write_images
 from omnimill.engine.label import label
+from omnimill.errors import UserError
 from omnimill.store.labels import LabelStore
 
 FAST = dict(workers=1, unit_size=4, view_size=32, progress=False)
@@ -89,6 +90,7 @@ def test_a_marker_emptied_by_hand_is_found_and_repaired(store, labelled):
 
 def test_a_retried_unit_is_read_again(store):
     """A retry replaces a committed marker: its row holds a retryable failure, so it is read again."""
+    LabelStore.open(str(store), "r+").unsummarize("palette", [1])  # as a marker not summarized yet
     units = zarr.open_group(str(store), mode="r+")["_runs/palette/units"]
     marker = json.loads(str(units[1]))
     failing = {**marker, "ok": marker["ok"] - 1, "failed": marker["failed"] + 1,
@@ -101,3 +103,32 @@ def test_a_retried_unit_is_read_again(store):
     assert palette(store)["samples_failed"] == 2  # status reads the unit again before any summarize
     assert opened.summarize() == {"palette": 1} and palette(store)["retryable"] == 0
     assert LabelStore.open(str(store)).verify() == []
+
+
+def test_a_run_leaves_its_summary_and_a_plan_reads_only_unsettled_markers(store):
+    """label summarized its markers (run_job): a plan then reads no marker of a clean teacher; without a
+    summary (a store of the previous omnimill) it reads them all, and a torn one is refused as before."""
+    opened = LabelStore.open(str(store), "r+")
+    assert opened.has("_runs/palette/summary") and opened.summarize() == {"palette": 0}
+    assert opened.unsettled_markers("palette") == {}  # decode errors are final: nothing to retry
+    held = opened.tally("palette", max_errors=0)
+    assert (held["units_done"], held["errors"], held["retryable"]) == (5, 2, 0)
+    del zarr.open_group(str(store), mode="r+")["_runs/palette/summary"]
+    assert sorted(opened.unsettled_markers("palette")) == [0, 1, 2, 3, 4]
+    zarr.open_group(str(store), mode="r+")["_runs/palette/units"][2] = '{"unit": 2, "ok": '
+    with pytest.raises(UserError, match="unit 2 is damaged.*--repair"):
+        opened.unsettled_markers("palette")
+
+
+def test_write_handles_are_opened_once_and_forgotten_when_a_part_is_made_again(store):
+    opened = LabelStore.open(str(store), "r+")
+    handle = opened.writable("_runs/palette/units")
+    assert opened.writable("_runs/palette/units") is handle and opened.writable("palette/ok") is not handle
+    marker = opened.raw_marker("palette", 0)
+    opened.new_part("palette")  # as --force does: the marker array is deleted, then made again
+    opened.commit_part("palette")
+    assert opened.writable("_runs/palette/units") is not handle
+    with pytest.raises(KeyError):  # the part's arrays are gone (prepare makes them again): no stale handle
+        opened.writable("palette/ok")
+    opened.write_marker("palette", 0, json.loads(marker))
+    assert LabelStore.open(str(store)).raw_marker("palette", 0) == json.dumps(json.loads(marker))

@@ -4,14 +4,21 @@ The embedded cluster runs worker processes, one thread each; a light job (tokeni
 threads in this process instead, which start in a moment and need no imports repeated per worker.
 
 GPU: with dask-cuda installed and CUDA visible, the embedded cluster is a LocalCUDACluster (one worker
-per GPU, CUDA_VISIBLE_DEVICES set per worker); on a real cluster start `dask cuda worker`.
+per GPU, CUDA_VISIBLE_DEVICES set per worker); on a real cluster start `dask cuda worker`. GPUs are
+counted without importing torch in the client (`_cuda_devices`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 
@@ -56,7 +63,26 @@ def connect(scheduler: str | None = None, workers: int | None = None, local_dire
 
 
 def check_reachable(scheduler: str) -> None:
-    """Connect once and leave: a wrong --scheduler is refused before a job writes anything."""
+    """Refuse a wrong --scheduler before a job writes anything. A TCP scheduler (address, or a scheduler
+    file naming one) is only knocked on (one socket opened and closed, milliseconds): the job's one Client
+    handshake is run_units' (a Client made here too cost a second connect per run). Other protocols
+    (tls://, ucx://) connect a Client once and leave."""
+    address = scheduler
+    if scheduler.endswith(".json"):
+        try:
+            with open(scheduler) as f:
+                address = json.load(f)["address"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read the Dask scheduler file {scheduler} ({type(e).__name__}: {e}); give the "
+                            "file `dask scheduler --scheduler-file` wrote, or leave out --scheduler") from None
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if address.startswith("tcp://") and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as e:
+            raise UserError(f"cannot reach Dask scheduler {scheduler} ({e}); start one with `dask scheduler` "
+                            "or leave out --scheduler to use an embedded cluster") from None
+        return
     with connect(scheduler, timeout="10s"):
         pass
 
@@ -73,9 +99,16 @@ def workers_per_host(client) -> dict[str, int]:
 
 
 def _cuda_devices() -> int:
+    """GPUs this host shows, without importing torch in the client (12.3 s under load, for nothing on a
+    CPU box): CUDA_VISIBLE_DEVICES when set, else the NVIDIA driver's own list (`_nvidia_gpus`). torch
+    decides only where it is imported already (free) or where a ROCm driver (/dev/kfd) is the GPU's."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])
+    if "torch" not in sys.modules:
+        found = _nvidia_gpus()
+        if found or not os.path.exists("/dev/kfd"):
+            return found
     try:
         import torch
 
@@ -84,10 +117,18 @@ def _cuda_devices() -> int:
         return 0
 
 
-def _has_dask_cuda() -> bool:
+@functools.cache
+def _nvidia_gpus() -> int:
+    """NVIDIA GPUs this process may use: one `GPU i: ...` line each from `nvidia-smi -L` (it lists only a
+    container's own GPUs), else one folder each in /proc/driver/nvidia/gpus (a Linux driver without the
+    tool); 0 without an NVIDIA driver. Cached: it does not change while the process lives."""
+    if shutil.which("nvidia-smi") is not None:
+        try:
+            listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+            return sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
-        import dask_cuda  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0

@@ -117,6 +117,7 @@ class UnitJob:
     work: ClassVar[Callable[[object], dict]]  # runs one task on a worker
     flush: ClassVar[Callable[[], list[str]] | None] = None  # runs on every worker after the tasks returned
     PROCESSES: ClassVar[bool] = True  # the embedded cluster's workers are processes (False: threads here)
+    run: str = ""  # this run's lock nonce, set by run_job: tasks carry it (a worker's store object per run)
 
     def __init__(self, store: UnitStore | None, parts: list[str], options: JobOptions):
         self.store, self.parts, self.options = store, parts, options
@@ -137,6 +138,7 @@ def run_job(job: UnitJob) -> JobResult:
     written (a full disk)."""
     opts, store = job.options, job.store
     token = store.acquire_lock(opts.break_lock, job.LOCKED_AS)
+    job.run = token["nonce"]
     result = JobResult(store.uri, list(job.parts))
     started, clock = now(), time.time()
     try:
@@ -173,17 +175,28 @@ def run_planned(job: UnitJob, result: JobResult) -> None:
     marker: a failure that stays is retried by the next command. Only the lock holder comes here with a
     store (run_job; text shards have none), so it may write the store's unit summary."""
     opts = job.options
+
+    def sweep() -> list:
+        summarize(job)  # the sweep's plan then reads only the markers still unsettled, not all of them
+        return job.plan(result, sweep=True)
+
     tasks = job.plan(result, sweep=False)
     result.units_planned = len(tasks)
     if tasks:
         result.units_failed = run_units(
-            tasks, job.work, lambda: job.plan(result, sweep=True), result.stats, scheduler=opts.scheduler,
+            tasks, job.work, sweep, result.stats, scheduler=opts.scheduler,
             workers=opts.workers, local_directory=opts.local_directory, max_in_flight=opts.max_in_flight,
             retries=opts.retries, progress=opts.progress, flush=job.flush, verb=job.VERB,
             processes=job.PROCESSES)
-    if job.store is not None:
-        job.store.summarize(job.parts)  # reads only the markers this run wrote (and retryable units')
+    summarize(job)
     job.tally(result)
+
+
+def summarize(job: UnitJob) -> None:
+    """Bring the store's unit summary up to date with the markers the workers wrote (store/summary.py):
+    reads only the units it did not settle yet. Only the lock holder (run_job) comes here with a store."""
+    if job.store is not None:
+        job.store.summarize(job.parts)
 
 
 def run_record(job: UnitJob, result: JobResult, started: str) -> dict:

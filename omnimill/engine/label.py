@@ -163,30 +163,35 @@ class LabelJob(UnitJob):
         self.store.prepare_teacher(part, self.teachers[part].fields(), self.provenance[part], force=force)
 
     def plan(self, result: JobResult, sweep: bool) -> list[UnitTask]:
-        tasks = plan(self.store, self.specs, self.parts, self.options, retry_failed=not sweep)
+        tasks = plan(self.store, self.specs, self.parts, self.options, retry_failed=not sweep, run=self.run)
         if not sweep:
             result.samples_retried = sum(len(rows) for t in tasks for rows in t.retry.values())
         return tasks
 
     def tally(self, result: JobResult) -> None:
+        """From the unit summary (run_planned has just brought it up to date) and the few markers it
+        does not settle: not every marker of every teacher."""
         for name in self.parts:
-            for marker in self.store.markers(name):
-                if marker is None:
-                    result.store_missing += 1
-                    continue
-                result.store_failed += marker["failed"]
-                result.store_final += sum(1 for e in marker.get("errors", []) if not retryable(e))
+            held = self.store.tally(name, max_errors=0)
+            result.store_missing += self.store.n_units - held["units_done"]
+            result.store_failed += held["failed"]
+            result.store_final += held["errors"] - held["retryable"]  # a file that does not decode
 
 
 def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: LabelOptions,
-         retry_failed: bool = True) -> list[UnitTask]:
+         retry_failed: bool = True, run: str = "") -> list[UnitTask]:
     """One task per unit that some teacher has not committed, carrying just those teachers; with
-    `retry_failed`, also the units holding retryable failures, carrying just those samples."""
-    markers = {name: labels.markers(name) for name in names}
+    `retry_failed`, also the units holding retryable failures, carrying just those samples.
+
+    Reads only the markers the store's unit summary does not settle (`unsettled_markers`: not summarized,
+    or holding retryable failures); a unit outside them is committed with nothing to retry."""
+    markers = {name: labels.unsettled_markers(name) for name in names}
     tasks = []
-    for u in range(labels.n_units):
+    for u in sorted(set().union(*markers.values())):
         todo, retry = [], {}
         for spec, name in zip(specs, names):  # dependency order is kept
+            if u not in markers[name]:
+                continue  # settled: committed, no retryable failure
             marker = markers[name][u]
             rows = sorted({e["index"] for e in marker.get("errors", []) if retryable(e)}) if marker else []
             if marker is None or (retry_failed and rows):
@@ -198,7 +203,8 @@ def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: L
             tasks.append(UnitTask(labels.uri, u, unit.start, unit.stop, todo, labels.view_size,
                                   batch_size=opts.batch_size, device=opts.device, dtype=opts.dtype,
                                   torch_threads=opts.torch_threads, decode_threads=opts.decode_threads,
-                                  max_pixels=opts.max_pixels, storage_options=opts.storage_options, retry=retry))
+                                  max_pixels=opts.max_pixels, storage_options=opts.storage_options, retry=retry,
+                                  run=run))
     return tasks
 
 
@@ -223,7 +229,8 @@ def _dependency_order(built: list, specs: list[TeacherSpec], labels: LabelStore 
         for dep in t.requires:
             if dep in names:
                 continue
-            if labels is None or dep not in labels.teachers() or not labels.done_units(dep).all():
+            if (labels is None or dep not in labels.teachers()
+                    or labels.tally(dep, max_errors=0)["units_done"] < labels.n_units):  # from the summary
                 raise UserError(f"teacher {t.name} needs {dep}: add --teacher {dep} to this run, "
                                 f"or finish labelling {dep} first")
     ordered, placed = [], set()

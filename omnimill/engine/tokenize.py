@@ -65,6 +65,7 @@ class TokenizeTask:
     workers_per_host: dict = field(default_factory=dict)
     label_markers: dict = field(default_factory=dict)  # directory -> sha256 of the label marker planned from
     storage_options: dict = field(default_factory=dict)
+    run: str = ""  # the run (job.py): a worker keeps one token store object, with its write handles, per run
 
 
 def marker_hash(text: str) -> str:
@@ -143,7 +144,7 @@ def tokenize_unit(task: TokenizeTask) -> dict:
     t0 = time.perf_counter()
     cached(("malloc",), undo_dask_malloc_trim)
     labels = cached(("labels", task.labels), lambda: LabelStore.open(task.labels, storage_options=task.storage_options))
-    store = cached(("tokens", task.tokens), lambda: TokenStore.open(task.tokens, "r+", task.storage_options))
+    store = cached(("tokens", task.tokens, task.run), lambda: TokenStore.open(task.tokens, "r+", task.storage_options))
     span = slice(task.start, task.stop)
     crops = store.read("crops", span)
     n = task.stop - task.start
@@ -219,7 +220,7 @@ class TokenizeJob(UnitJob):
                 unit = self.store.unit(u)
                 todo.append(TokenizeTask(self.store.uri, self.source.uri, u, unit.start, unit.stop, list(needed), 0,
                                          self.options.torch_threads, label_markers=needed,
-                                         storage_options=self.options.storage_options))
+                                         storage_options=self.options.storage_options, run=self.run))
         # Their markers will be replaced: out of the unit summary first, or it would keep the old rows
         # (summarize reads again only units it does not hold; store/summary.py)
         for name, units in remade.items():

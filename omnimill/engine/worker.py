@@ -64,6 +64,7 @@ class UnitTask:
     sync_commit: bool = False  # commit before returning (no overlap); for callers without a flush
     retry: dict = field(default_factory=dict)  # teacher -> sample indices to label again (retryable failures);
     #                                            a teacher not named here labels the whole unit
+    run: str = ""  # the run (job.py): a worker keeps one store object, with its write handles, per run
 
 
 def get_teacher(spec: TeacherSpec, view_size: int, device: str, dtype: str) -> Teacher:
@@ -91,7 +92,9 @@ def loaded_teachers() -> int:
 def run_unit(task: UnitTask) -> dict:
     t0, started = time.perf_counter(), time.time()
     cached(("malloc",), undo_dask_malloc_trim)
-    store = cached(("store", task.store), lambda: LabelStore.open(task.store, "r+", task.storage_options))
+    # One store object per run: its write handles (store/base.py `writable`) outlive a unit, not a run, so a
+    # teacher a later run remade (--force, on a cluster whose workers stay up) is opened afresh.
+    store = cached(("store", task.store, task.run), lambda: LabelStore.open(task.store, "r+", task.storage_options))
     pool = cached(("pool", task.decode_threads), lambda: ThreadPoolExecutor(task.decode_threads, "omnimill-decode"))
     kind = store.kind
     settings = DecodeSettings(task.view_size, task.max_pixels)

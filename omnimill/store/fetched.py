@@ -6,6 +6,7 @@ per unit; written by the fetch job (engine/fetch.py), listed as an image corpus 
       keys     (N,) str      each image's key (given in the list, else sha1(url)[:16]); WebDataset-safe
       url      (N,) str      the URL as listed
       caption  (N,) str      alt text given in the list ("" when none)
+                             (keys, url, caption: written once at creation, sharded: layout.py)
       fetch/                 attrs: created
         ok           (N,) bool    the image is in its unit's tar
         stage        (N,) str     where it failed: url | connect | http | type | size | read | image ("" ok)
@@ -22,10 +23,10 @@ per unit; written by the fetch job (engine/fetch.py), listed as an image corpus 
                              bytes: jpg png webp gif bmp tif) + `<key>.txt` (the caption, when the list
                              gave one); mtime 0; a unit without a good image has an empty tar. A WebDataset
                              shard
-      _runs/fetch/units, _lock, _history   commit markers, lock and run records (base.py); a marker (JSON):
-                             unit, start, stop, ok, failed, errors [{index, key, stage, error, retryable,
-                             http}], fetched (URLs requested by that run), bytes, seconds, attempt, worker,
-                             host, pid
+      _runs/fetch/units, summary, _keys, _lock, _history   commit markers, their summary (summary.py),
+                             the key index, lock and run records (base.py); a marker (JSON): unit,
+                             start, stop, ok, failed, errors [{index, key, stage, error, retryable, http}],
+                             fetched (URLs requested by that run), bytes, seconds, attempt, worker, host, pid
 
 A unit is committed by its marker, written after its tar and its rows. A marker lists the unit's failures
 ({index, key, stage, error, retryable, http}); the job's next run fetches only the retryable ones again
@@ -53,7 +54,8 @@ from omnimill import __version__
 from omnimill.corpus.fetch import Fetched
 from omnimill.corpus.listing import url_to_fs
 from omnimill.errors import UserError
-from omnimill.store.base import UnitStore, create_array, is_url, local_path, now
+from omnimill.store import layout
+from omnimill.store.base import RUNS, UnitStore, create_array, is_url, local_path, now
 
 FORMAT = "omnimill.fetched/1"
 PART = "fetch"
@@ -79,9 +81,10 @@ class FetchedStore(UnitStore):
                storage_options: dict | None = None) -> "FetchedStore":
         """A new store for `rows` [(key, url, caption)] of the URL list `source` {uri, ...}."""
         group = cls.new_group(uri, storage_options)
-        n, chunks = len(rows), (unit_size,)
+        n, once = len(rows), layout.once(unit_size)  # written here, once, by this process alone: sharded
         for i, name in enumerate(cls.TOP):
-            create_array(group, name, (n,), chunks, "str")[:] = np.array([r[i] for r in rows], dtype=object)
+            create_array(group, name, (n,), dtype="str", **once)[:] = np.array([r[i] for r in rows], dtype=object)
+        cls.index_keys(group, np.array([r[0] for r in rows], dtype=object), unit_size)
         cls.commit_create(group, {"format": FORMAT, "omnimill_version": __version__, "uuid": group.attrs["uuid"],
                                   "source": source, "n": n, "unit_size": unit_size})
         return cls(group, uri, storage_options)
@@ -114,8 +117,11 @@ class FetchedStore(UnitStore):
         span = self.unit(unit)
         if len(results) != span.stop - span.start:
             raise ValueError(f"unit {unit} has {span.stop - span.start} rows, got {len(results)} results")
-        if self.done_units(PART)[unit]:
-            self.clear_markers(PART, [unit])
+        if self.raw_marker(PART, unit):
+            # Only its marker, not the unit summary: that is the lock holder's (a worker thread writing it
+            # would race the others). A committed unit is written again only to retry its retryable
+            # failures, and the summary reads such units' markers again anyway (summary.py).
+            self.writable(f"{RUNS}/{PART}/units")[unit] = ""
         keys, captions = self.read("keys", slice(span.start, span.stop)), self.read("caption", slice(span.start,
                                                                                                       span.stop))
         blob, offsets = _tar([(str(k), r, str(c)) for k, r, c in zip(keys, results, captions)])
@@ -193,17 +199,23 @@ class FetchedStore(UnitStore):
         return f"{self.uri.rstrip('/')}/{IMAGES}/{names}"
 
     def status(self, max_errors: int = 5) -> dict:
-        """Units done, images ok, failures by stage (retryable or not), the first failures."""
-        markers = [m for m in self.markers(PART) if m] if PART in self.parts() else []
-        errors = [e for m in markers for e in m.get("errors", [])]
+        """Units done, images ok, failures by stage (retryable or not), the first failures, bytes kept.
+        Counts from the unit summary (`tally`); the failures from the markers of units that hold some;
+        the bytes from the `nbytes` column of committed units."""
+        if PART not in self.parts():
+            done, errors, kept = {"units_done": 0, "ok": 0, "retryable": 0}, [], 0
+        else:
+            done = self.tally(PART, max_errors=self.n)  # every failure: `failed_by_stage` counts them all
+            errors = done["first_errors"]
+            committed = np.repeat(done["committed"], self.unit_size)[:self.n]
+            kept = int(self.column("nbytes")[committed].sum())
         stages: dict[str, int] = {}
         for e in errors:
             stages[e["stage"]] = stages.get(e["stage"], 0) + 1
         return {"store": self.uri, "source": self.source, "n": self.n, "n_units": self.n_units,
-                "units_done": len(markers), "ok": sum(m["ok"] for m in markers), "failed": len(errors),
-                "retryable": sum(1 for e in errors if e["retryable"]), "failed_by_stage": stages,
-                "bytes": sum(m.get("bytes", 0) for m in markers), "first_errors": errors[:max_errors],
-                "lock": self.live_lock()}
+                "units_done": done["units_done"], "ok": done["ok"], "failed": len(errors),
+                "retryable": done["retryable"], "failed_by_stage": stages, "bytes": kept,
+                "first_errors": errors[:max_errors], "lock": self.live_lock()}
 
     # ---------------------------------------------------------------- verify: the Zarr arrays, then the tars
     def verify(self, parts: list[str] | None = None) -> list[dict]:
