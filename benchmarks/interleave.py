@@ -19,10 +19,11 @@ here by the real shard writer (shards/wds.write_shard) with random token values 
 `omnimill shards text` writes (the loader reads tars, not meanings).
 
 Per row: interleave s (text -> ids, image blocks), pack s (Packer), write s (tars + manifest), read s (one
-epoch of InterleavedDataset, sha256 checked; the second of two, the first warms the page cache and torch), documents/s and tokens/s through interleave + pack, sequences,
-padding share, images per sequence. One process, the rows one after the other; other processes share the
-cores, so the load is recorded and the ratios between rows in one run are the figure to read. Writes
-benchmarks/results/interleave.json; `table(results)` gives its markdown lines.
+epoch of InterleavedDataset, sha256 checked; the second of two, the first warms the page cache and torch),
+documents/s and tokens/s through interleave + pack, sequences, padding share, images per sequence. One
+process, the rows one after the other; other processes share the cores, so the load is recorded and the
+ratios between rows in one run are the figure to read. Writes benchmarks/results/interleave.json;
+`table(results)` gives its markdown lines.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ verified and streamed with exact resume."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
@@ -164,7 +163,8 @@ def test_empty_text_and_zero_documents(text_tok, tmp_path):
     assert packed.sequences[0].docs == ["e", "f"]
     head = il.header(vocab, 8, 16, "placeholders", 4, "tok", None)
     empty = il.write_interleaved(str(tmp_path / "empty"), [], head, 0.0)
-    assert empty["n"] == 0 and empty["shards"] == [] and il.verify_interleaved(str(tmp_path / "empty"))["problems"] == []
+    assert empty["n"] == 0 and empty["shards"] == []
+    assert il.verify_interleaved(str(tmp_path / "empty"))["problems"] == []
     with pytest.raises(UserError, match="holds no sequences"):
         il.InterleavedDataset(str(tmp_path / "empty"))
 
@@ -330,7 +330,8 @@ def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
     assert [k for k, _ in docs] == [f"docs_{i:07d}" for i in range(7)]  # the malformed line is left out
     assert docs[2][1][0] == {"text": "a cat sits 2"} and docs[2][1][1]["image"] == "docs_0000002/img_00"
     kept = [i % 3 > 0 for i in range(7)] + [False]  # a filter's verdict, written as a filter run writes it
-    DocumentStore.open(store, "r+").write_filter("some", {"min_images": 1}, kept, ["" if k else "min_images" for k in kept])
+    reasons = ["" if k else "min_images" for k in kept]
+    DocumentStore.open(store, "r+").write_filter("some", {"min_images": 1}, kept, reasons)
     kept = [k for k, _ in il.stored_documents(store, "some")]
     assert kept == [f"docs_{i:07d}" for i in range(7) if i % 3]
     with pytest.raises(UserError, match="no filter 'none'"):

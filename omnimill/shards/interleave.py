@@ -4,7 +4,9 @@ A document is an ordered list of segments, each {"text": str} or {"image": IMAGE
 "meta": dict}, IMAGE_KEY = f"{DOC_KEY}/img_{i:02d}". `interleave` turns one into ids, `Packer`/`pack` cut
 documents into sequences of `seq_len` tokens, `write_interleaved` writes them as WebDataset tars and
 `read_shard`/`verify_interleaved` read and check them back; `InterleavedDataset` streams them with exact
-resume.
+resume. `pack_documents` does it all in one stream (or `pack_part` + `finish_parts`, a part per unit of a
+job), from `stored_documents` (a document store's kept documents) with image tokens from a token store
+(`StoreImageTokens`) or placeholders.
 
 One id space per shard set (`Vocab`):
 
@@ -26,7 +28,8 @@ Packing rules (`Packer`), greedy, documents in order, one sequence open at a tim
      images is one block (text ids, and the document's EOD at its end).
   2. A text block that fits in what is left of the sequence goes in whole. One that does not fit fills
      the rest of the sequence (cut at a token boundary) and continues at the start of the next one: text
-     is the only thing ever cut, so sequences are full except where an image forced a close.
+     is the only thing ever cut, so sequences are full except where an image forced a close (rules 3, 4)
+     and the last one.
   3. An image block that does not fit in what is left closes the sequence (PAD to the end) and opens the
      next one. An image block longer than seq_len can never fit: it is dropped and recorded
      (`Packer.dropped`), and its document goes on without it.
@@ -134,7 +137,8 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
                tally: Counter | None = None) -> tuple[np.ndarray, list[str]]:
     """One document -> (ids int32, the IMAGE_KEYs of the images kept, in order). Exactly one of
     `image_tokens` (anything with `.get(IMAGE_KEY)` -> its g*g tokens in [0, v_image) or None: a dict, or
-    `StoreImageTokens` over a token store; "tokens" mode) and `slots` (placeholder mode) is given. An image with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
+    `StoreImageTokens` over a token store; "tokens" mode) and `slots` (placeholder mode) is given. An image
+    with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
     if (image_tokens is None) == (slots is None):
         raise UserError("interleave: give image_tokens (tokens mode) or slots (placeholder mode), not both or neither")
     if slots is not None and slots < 1:
@@ -592,7 +596,8 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
         if n != manifest["n"]:
             problems.append(f"{n} sequences in the shards, the manifest says {manifest['n']}")
         elif abs(measured - manifest["padding_share"]) > 1e-6:
-            problems.append(f"padding share {measured:.6f} in the shards, the manifest says {manifest['padding_share']}")
+            problems.append(f"padding share {measured:.6f} in the shards, the manifest says "
+                            f"{manifest['padding_share']}")
     return {"n": n, "shards": len(manifest["shards"]), "problems": problems}
 
 
@@ -621,9 +626,10 @@ class InterleavedDataset(torch.utils.data.IterableDataset):
 
     Order: each epoch the shards are permuted with (seed, epoch); rank r of world_size takes every
     world_size-th of them; within a shard the sequences are permuted with (seed, epoch, shard). shuffle=False
-    keeps the written order of both. So a position is two integers, (epoch, sequences consumed this epoch), and resuming recomputes the
-    plan from them (sample counts come from the manifest: no shard is read to skip it) and reads only the
-    shard it stopped in. Every shard is checked against its manifest sha256 when read (`read_shard`).
+    keeps the written order of both. So a position is two integers, (epoch, sequences consumed this epoch),
+    and resuming recomputes the plan from them (sample counts come from the manifest: no shard is read to
+    skip it) and reads only the shard it stopped in. Every shard is checked against its manifest sha256
+    when read (`read_shard`).
 
     Iterate it in the process that checkpoints (as MixtureLoader does, or DataLoader(num_workers=0)): the
     position it keeps is that of the last sequence it handed out, which a DataLoader worker's copy would

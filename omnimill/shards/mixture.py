@@ -79,7 +79,8 @@ class MixtureLoader:
             ranks = {(interleaved.rank, interleaved.world_size), (loaders[0].rank, loaders[0].world_size)}
             if len(ranks) > 1:
                 raise UserError(f"the InterleavedDataset reads rank {interleaved.rank} of {interleaved.world_size} "
-                                f"but the loaders rank {loaders[0].rank} of {loaders[0].world_size}; give both the same")
+                                f"but the loaders rank {loaders[0].rank} of {loaders[0].world_size}; "
+                                f"give both the same")
         self._batches = 0
         self._iters: dict = {}
 
