@@ -342,6 +342,13 @@ def test_a_document_store_packs_its_kept_documents(text_tok, tmp_path):
                                  il.text_encoder(text_tok), head)
     assert manifest["stats"]["documents"] == 4 and manifest["stats"]["images"] == sum(i % 3 for i in range(7))
     assert il.verify_interleaved(str(tmp_path / "packed"))["problems"] == []
+    by_paths = il.pack_store(store, str(tmp_path / "by_paths"), text_tok, "tok", slots=4, filter_name="some",
+                             seq_len=32)
+    assert by_paths["shards"] == manifest["shards"] and by_paths["v_text"] == text_tok.get_vocab_size()
+    with pytest.raises(UserError, match="inside the document store"):
+        il.pack_store(store, store + "/packed", text_tok, "tok", slots=4)
+    with pytest.raises(UserError, match="one of them"):
+        il.pack_store(store, str(tmp_path / "neither"), text_tok, "tok")
 
 
 def test_a_set_packed_in_parts(text_tok, tmp_path):

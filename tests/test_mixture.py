@@ -14,6 +14,7 @@ from omnimill.shards import interleave as il
 from omnimill.shards.loader import TokenDataset
 from omnimill.shards.mixture import MixtureLoader, PRESETS
 from omnimill.shards.wds import export_wds
+from omnimill.store.tokens import TokenStore
 from omnimill.tokenize.base import load_tokenizer
 
 
@@ -51,8 +52,6 @@ def test_documents_take_image_tokens_from_the_token_store(token_data, sources):
     seq = sources["packed"].sequences[0]
     vocab, first = sources["vocab"], seq.images[0]
     start = int(np.flatnonzero(seq.tokens == vocab.BOI)[0])
-    from omnimill.store.tokens import TokenStore
-
     store = TokenStore.open(token_data["tokens"])
     row = store.index_of(first)
     assert (seq.tokens[start + 1:start + 17] - vocab.v_text == store.read("rgb_image/tokens", row)[0]).all()
@@ -111,3 +110,23 @@ def test_mixture_refuses_wrong_setups(sources):
                 rank=0, world_size=2)
     only_text = MixtureLoader(batch_size=3, text=TokenDataset(sources["text"]), weights={"text": 1})
     assert {b["kind"] for b, _ in zip(only_text, range(5))} == {"text"}
+
+
+def test_pack_store_reads_image_tokens_from_a_token_store(token_data, tmp_path):
+    """pack_store in tokens mode: v_image and the image tokenizer come from the token store; a document store's
+    images that the token store does not hold (IMAGE_KEYs it never labelled) are dropped and counted."""
+    from omnimill.engine.documents import ingest_documents
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text_list": [f"boat {i}", "water"], "image_info": [
+        {"raw_url": f"https://x.org/{i}.jpg", "matched_text_index": 1}]}) + "\n" for i in range(4)))
+    store = str(tmp_path / "docs.zarr")
+    ingest_documents(str(corpus), store, workers=1, progress=False, docs_per_unit=2)
+    tokenizer = load_tokenizer(token_data["tokenizers"]["caption"])
+    manifest = il.pack_store(store, str(tmp_path / "packed"), tokenizer, token_data["tokenizers"]["caption"],
+                             tokens_uri=token_data["tokens"], seq_len=32)
+    info = TokenStore.open(token_data["tokens"]).tokenizer_info("rgb_image")
+    assert manifest["image_mode"] == "tokens" and manifest["v_text"] == tokenizer.vocab_size
+    assert manifest["v_image"] == info["vocab_size"] and manifest["image_tokenizer"] == str(info["path"])
+    assert manifest["stats"]["images_without_tokens"] == 4 and manifest["stats"]["documents"] == 4
+    assert il.verify_interleaved(str(tmp_path / "packed"))["problems"] == []

@@ -4,9 +4,9 @@ A document is an ordered list of segments, each {"text": str} or {"image": IMAGE
 "meta": dict}, IMAGE_KEY = f"{DOC_KEY}/img_{i:02d}". `interleave` turns one into ids, `Packer`/`pack` cut
 documents into sequences of `seq_len` tokens, `write_interleaved` writes them as WebDataset tars and
 `read_shard`/`verify_interleaved` read and check them back; `InterleavedDataset` streams them with exact
-resume. `pack_documents` does it all in one stream (or `pack_part` + `finish_parts`, a part per unit of a
-job), from `stored_documents` (a document store's kept documents) with image tokens from a token store
-(`StoreImageTokens`) or placeholders.
+resume. `pack_store` (paths in, for a CLI verb) and `pack_documents` do it all in one stream (or
+`pack_part` + `finish_parts`, a part per unit of a job), from `stored_documents` (a document store's kept
+documents) with image tokens from a token store (`StoreImageTokens`) or placeholders.
 
 One id space per shard set (`Vocab`):
 
@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from omnimill.errors import UserError
+from omnimill.paths import refuse_overlap
 from omnimill.shards.manifest import MANIFEST, join
 from omnimill.shards.wds import SHARD_NAME, atomic_write
 
@@ -462,6 +463,28 @@ def pack_documents(documents: Iterable[tuple[str, list[dict]]], out: str, encode
     writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
     stats = _pack_into(writer, documents, encode_text, head, image_tokens)
     return writer.close(stats["padding_tokens"] / max(stats["padding_tokens"] + stats["content_tokens"], 1), stats)
+
+
+def pack_store(documents_uri: str, out: str, text_tokenizer, text_tokenizer_path: str, tokens_uri: str | None = None,
+               image_modality: str = "rgb_image", slots: int | None = None, filter_name: str | None = None,
+               seq_len: int = SEQ_LEN, max_images: int = MAX_IMAGES, samples_per_shard: int = SAMPLES_PER_SHARD,
+               force: bool = False, storage_options: dict | None = None) -> dict:
+    """A document store -> a packed set in OUT, what a CLI verb calls with paths: its documents (those
+    `filter_name` kept) through `text_tokenizer` (loaded by the caller: omnimill's sequence tokenizer, or an
+    HF tokenizer; v_text is its vocabulary with added tokens) and either the image modality of the token
+    store `tokens_uri` ("tokens" mode) or `slots` placeholders per image. Returns the manifest."""
+    if (tokens_uri is None) == (slots is None):
+        raise UserError("give a token store of the images (tokens mode) or slots (placeholder mode), one of them")
+    inputs = {"the document store": documents_uri, **({"the token store": tokens_uri} if tokens_uri else {})}
+    refuse_overlap(out, inputs)
+    text = getattr(text_tokenizer, "text", text_tokenizer)
+    v_text = int(getattr(text_tokenizer, "vocab_size", 0) or text.get_vocab_size(with_added_tokens=True))
+    images = StoreImageTokens(tokens_uri, image_modality, storage_options) if tokens_uri else None
+    vocab = Vocab(v_text, images.v_image if images else 0)
+    head = header(vocab, seq_len, max_images, "tokens" if images else "placeholders", slots, text_tokenizer_path,
+                  images.tokenizer if images else None)
+    return pack_documents(stored_documents(documents_uri, filter_name, storage_options), out,
+                          text_encoder(text_tokenizer), head, images, samples_per_shard, force, storage_options)
 
 
 def pack_part(documents: Iterable[tuple[str, list[dict]]], out: str, part: int, encode_text: Callable[[str], list[int]],
