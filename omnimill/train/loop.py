@@ -168,8 +168,8 @@ def unigram_baseline(config: TrainConfig, session: Session, specs: list[Modality
             counts[name] = merged.numpy() + 1
     totals = {}
     for ds in heldout:
-        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
-                             rank=session.rank, world_size=session.world)
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=eval_passes(config), shuffle_buffer=0,
+                             crops="first", rank=session.rank, world_size=session.world)
         for i, batch in zip(range(config.eval_batches), loader):
             for s in specs:
                 if s.name in batch["tokens"]:
@@ -185,15 +185,17 @@ def unigram_baseline(config: TrainConfig, session: Session, specs: list[Modality
 @torch.no_grad()
 def evaluate(model, config: TrainConfig, session: Session, specs: list[ModalitySpec],
              heldout: list[TokenDataset]) -> dict[str, float]:
-    """Held-out loss per modality (nats/token) on the first eval_batches batches, whole views, masks drawn
-    from a fixed seed: the same inputs and targets at every evaluation."""
+    """Held-out loss per modality (nats/token) on eval_batches batches, whole views, masks drawn from a fixed
+    seed: the same inputs and targets at every evaluation. A held-out set smaller than eval_batches batches
+    is gone through again with new masks: a short modality (a transcript of 10 tokens beside 200 of frames)
+    is often all input under one draw, and one pass over 9 clips could leave it without a single target."""
     model.eval()
     names = [s.name for s in specs]
     generator = torch.Generator().manual_seed(config.seed + 1_000_003)
     totals: dict[str, list[float]] = {}
     for ds in heldout:
-        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
-                             rank=session.rank, world_size=session.world)
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=eval_passes(config), shuffle_buffer=0,
+                             crops="first", rank=session.rank, world_size=session.world)
         for _, batch in zip(range(config.eval_batches), loader):
             masked = sample_masks(complete(batch, specs), names, config.mask, generator).to(session.device)
             with _autocast(config, session):
@@ -205,6 +207,12 @@ def evaluate(model, config: TrainConfig, session: Session, specs: list[ModalityS
     model.train()
     totals = session.sum(totals)
     return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
+
+
+def eval_passes(config: TrainConfig) -> int:
+    """Passes over a held-out set enough to fill eval_batches batches even from one sample, and finite: a
+    slot whose share of the set is empty must end, not go round nothing forever."""
+    return config.eval_batches * config.data.batch_size
 
 
 def complete(batch: dict, specs: list[ModalitySpec]) -> dict:
