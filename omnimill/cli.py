@@ -409,6 +409,41 @@ def shards_text(
                   highlight=False)
 
 
+def shards_interleave(
+    documents: Annotated[str, typer.Argument(help="A document store (`omnimill documents ingest`).")],
+    out: Annotated[str, typer.Argument(help="Folder (or fsspec URL) for the packed shards and manifest.json.")],
+    text_tokenizer: Annotated[str, typer.Option(help="A sequence tokenizer directory (caption kind) for the text.")],
+    image_tokens: Annotated[Optional[str], typer.Option(
+        help="Token store of the documents' images (keys DOC/img_NN): images as their tokens.")] = None,
+    image_modality: Annotated[str, typer.Option(help="The image modality in --image-tokens.")] = "rgb_image",
+    slots: Annotated[Optional[int], typer.Option(
+        help="Instead of tokens: this many placeholder slots per image, for a model with its own vision "
+             "encoder (MM1: 144).")] = None,
+    filter: Annotated[Optional[str], typer.Option(help="Keep only the documents this filter kept.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per packed sequence.")] = 4096,
+    max_images: Annotated[int, typer.Option(help="Images per sequence at most.")] = 16,
+    samples_per_shard: Annotated[int, typer.Option(help="Sequences per tar.")] = 1000,
+    force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
+):
+    """Pack documents into interleaved token sequences (MM1): text, then each image as BOI + its tokens (or
+    placeholder slots) + EOI, EOD after each document; cut only at segment boundaries where possible
+    (docs/FORMATS.md, "Interleaved shards")."""
+    from omnimill.paths import positive
+    from omnimill.shards.interleave import pack_store
+    from omnimill.tokenize.base import load_tokenizer
+
+    with job(out):
+        for name, value in (("--seq-len", seq_len), ("--max-images", max_images),
+                            ("--samples-per-shard", samples_per_shard)):
+            positive(name, value)
+        tokenizer = load_tokenizer(text_tokenizer)
+        manifest = pack_store(documents, out, tokenizer, text_tokenizer, tokens_uri=image_tokens,
+                              image_modality=image_modality, slots=slots, filter_name=filter, seq_len=seq_len,
+                              max_images=max_images, samples_per_shard=samples_per_shard, force=force)
+    console.print(f"{manifest['n']} sequences of {seq_len} tokens, {len(manifest['shards'])} shards, padding "
+                  f"{manifest['padding_share']:.1%} -> {out}", highlight=False)
+
+
 def _add_subcommands():
     from omnimill.audit.cli import audit_app
     from omnimill.documents_cli import documents_app
@@ -417,7 +452,8 @@ def _add_subcommands():
     from omnimill.tokenize.cli import tokenizer_app
     from omnimill.train.cli import register
 
-    shards_app.command("text")(shards_text)  # here, not in shards/: it runs a tokenizer
+    shards_app.command("text")(shards_text)  # here, not in shards/: they run a tokenizer
+    shards_app.command("interleave")(shards_interleave)
     register(app)
     app.command("fetch")(fetch_command)
     app.add_typer(audit_app, name="audit")

@@ -130,3 +130,36 @@ def test_documents_ingest_status_and_verify_through_omnimill(tmp_path):
     assert status.exit_code == 0 and "mixed_0000004: layout: position 0 has both" in status.output, status.output
     checked = invoke("verify", str(out))
     assert checked.exit_code == 0 and "0 problems" in checked.output, checked.output
+
+
+def test_shards_interleave_packs_a_document_store_and_verify_reads_the_set(tmp_path):
+    import numpy as np
+
+    from omnimill.store.documents import DocumentStore
+    from omnimill.tokenize.base import TokenizerConfig
+    from omnimill.tokenize.sequence import SequenceTokenizer
+    from test_documents import mixed_corpus
+
+    docs = tmp_path / "docs.zarr"
+    assert invoke("documents", "ingest", str(mixed_corpus(tmp_path)), str(docs), "--workers", "1",
+                  "--no-progress").exit_code == 3  # one malformed row, recorded
+    store = DocumentStore.open(str(docs))
+    parsed = [store.document(i) for i in range(store.n)]
+    texts = [s["text"] for d in parsed if d["ok"] for s in d["segments"] if "text" in s]
+    values = {"captions": np.array([[t] for t in texts], dtype=object), "count": np.ones(len(texts), np.int32)}
+    SequenceTokenizer.train(TokenizerConfig("sequence", "caption", [], tokens_per_sample=64), values,
+                            view_size=32).save(tmp_path / "text-tok")
+    packed = tmp_path / "packed"
+    result = invoke("shards", "interleave", str(docs), str(packed), "--text-tokenizer", str(tmp_path / "text-tok"),
+                    "--slots", "4", "--seq-len", "64")
+    assert result.exit_code == 0 and "sequences of 64 tokens" in result.output, result.output
+    checked = invoke("shards", "verify", str(packed))
+    assert checked.exit_code == 0 and "ok interleaved shard set" in checked.output, checked.output
+    shard = next(packed.glob("*.tar"))
+    data = bytearray(shard.read_bytes())
+    data[520] ^= 0xFF  # a byte of the first sequence's tokens (its member's data starts after a 512-byte header)
+    shard.write_bytes(bytes(data))
+    assert invoke("shards", "verify", str(packed)).exit_code == 1
+    refused = invoke("shards", "interleave", str(docs), str(tmp_path / "p2"), "--text-tokenizer",
+                     str(tmp_path / "text-tok"))
+    assert refused.exit_code == 2 and "one of them" in refused.output and not (tmp_path / "p2").exists()

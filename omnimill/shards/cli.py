@@ -92,6 +92,8 @@ def verify(
     try:
         positive("--max-problems", max_problems)  # 0 would print "ok" for a damaged set
         check_exists(path)
+        if _is_interleaved(path):
+            return _verify_interleaved(path, as_json, max_problems)
         report = run_verify(path, max_problems=max_problems)
     except UserError as e:
         fail(str(e))
@@ -108,3 +110,31 @@ def verify(
                 where = p["where"] if p["key"] == "-" else f"{p['where']}: sample {p['key']}"
                 console.print(f"  {where}: {p['reason']}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if report["problems"] else 0)
+
+
+def _is_interleaved(path: str) -> bool:
+    from omnimill.shards.interleave import read_manifest
+
+    try:
+        read_manifest(path)
+        return True
+    except UserError:
+        return False
+
+
+def _verify_interleaved(path: str, as_json: bool, max_problems: int) -> None:
+    """A packed interleaved set (omnimill.interleaved/1): every shard against its manifest."""
+    from omnimill.shards.interleave import verify_interleaved
+
+    report = verify_interleaved(path)
+    problems = report["problems"]
+    if as_json:
+        print(json.dumps({"kind": "interleaved shard set", **report}, indent=1))
+    elif not problems:
+        console.print(f"[green]ok[/green] interleaved shard set {path}: {report['n']} sequences, "
+                      f"{report['shards']} shards", highlight=False)
+    else:
+        console.print(f"[red]damaged[/red] interleaved shard set {path}; {len(problems)} problems:", highlight=False)
+        for p in problems[:max_problems]:
+            console.print(f"  {p}", highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(1 if problems else 0)
