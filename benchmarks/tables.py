@@ -224,6 +224,10 @@ def _loads(values) -> str:
     return " / ".join(f"{v:.1f}" for v in values) if isinstance(values, list) else str(values)
 
 
+def interleave(d: dict) -> str:
+    return "\n".join(_script("interleave").table(d)) + source("interleave", "interleave.py")
+
+
 def store_scale(d: dict) -> str:
     rows = []
     for n, layouts in sorted(d["sizes"].items(), key=lambda kv: int(kv[0])):
@@ -252,6 +256,7 @@ TABLES = {
     "scale": ("scale", scale),
     "store-scale": ("store_scale", store_scale),
     "tokenizer-cpu": ("tokenizer_cpu", tokenizer_cpu),
+    "interleave": ("interleave", interleave),
 }
 
 
