@@ -376,8 +376,9 @@ class UnitStore:
 
     def summarize(self, parts: list[str] | None = None) -> dict[str, int]:
         """Bring the unit summary of each part up to date with its markers: reads only the markers of units
-        it does not hold yet or that hold retryable failures (`_unsettled`). For the client that holds the lock (the summary's only writer), at the end of
-        a run and as often as it likes during one. Returns {part: units whose rows changed}."""
+        it does not hold yet or that hold retryable failures (`_unsettled`). For the client that holds the
+        lock (the summary's only writer): run_job calls it before the sweep's plan and before the tally.
+        Returns {part: units whose rows changed}."""
         added = {}
         for part in parts if parts is not None else self.parts():
             table = self._summary(part)
