@@ -309,6 +309,17 @@ class UnitStore:
         create_array(self.group.require_group(RUNS).create_group(name, overwrite=True), "units",
                      (self.n_units,), (1,), "str")
 
+    def prepare_columns(self, part: str, types: dict[str, str], force: bool = False) -> None:
+        """A part of one (N,) column per name in `types` ({name: dtype}), one chunk per unit: created once (a
+        rerun resumes it); `force` makes it again, empty, so every unit starts over."""
+        if part in self.parts() and not force:
+            return
+        group = self.new_part(part)
+        for name, dtype in types.items():
+            create_array(group, name, (self.n,), (self.unit_size,), dtype)
+        group.attrs.update({"created": now()})
+        self.commit_part(part)
+
     def raw_markers(self, part: str) -> np.ndarray:
         return self.group[f"{RUNS}/{part}/units"][:]
 

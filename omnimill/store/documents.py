@@ -103,13 +103,7 @@ class DocumentStore(UnitStore):
     # ---------------------------------------------------------------- ingest (the part the job writes)
     def prepare(self, force: bool = False) -> None:
         """Create the ingest arrays once (resume otherwise); `force` starts every unit over."""
-        if PART in self.parts() and not force:
-            return
-        group = self.new_part(PART)
-        for name, kind in TYPES.items():
-            create_array(group, name, (self.n,), (self.unit_size,), kind)
-        group.attrs.update({"created": now()})
-        self.commit_part(PART)
+        self.prepare_columns(PART, TYPES, force)
 
     def declared(self, part: str) -> dict[str, tuple]:
         return {name: () for name in (TYPES if part == PART else FILTER_TYPES)}

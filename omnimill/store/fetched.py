@@ -55,7 +55,7 @@ from omnimill.corpus.fetch import Fetched
 from omnimill.corpus.listing import url_to_fs
 from omnimill.errors import UserError
 from omnimill.store import layout
-from omnimill.store.base import RUNS, UnitStore, create_array, is_url, local_path, now
+from omnimill.store.base import RUNS, UnitStore, create_array, is_url, local_path
 
 FORMAT = "omnimill.fetched/1"
 PART = "fetch"
@@ -97,13 +97,7 @@ class FetchedStore(UnitStore):
     # ---------------------------------------------------------------- the one part
     def prepare(self, force: bool = False) -> None:
         """Create the fetch arrays once (resume otherwise); `force` starts every unit over."""
-        if PART in self.parts() and not force:
-            return
-        group = self.new_part(PART)
-        for array, kind in TYPES.items():
-            create_array(group, array, (self.n,), (self.unit_size,), kind)
-        group.attrs.update({"created": now()})
-        self.commit_part(PART)
+        self.prepare_columns(PART, TYPES, force)
 
     def declared(self, part: str) -> dict[str, tuple]:
         return dict(DECLARED)
