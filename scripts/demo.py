@@ -15,11 +15,13 @@
                     their scenes and labelled per clip: frames with rgb/canny/dinov2, vad, asr, clap, log_mel;
                     status; a clip panel; frame, audio and transcript tokenizers; clip tokens and shards; one
                     4M run on the image shards + the clip shards; a held-out clip's transcript generated from
-                    its frames + audio (scripts/demo_clips.py, which also runs alone; measured 22 minutes more
-                    on 2 cores shared with other jobs, about 7 with 27 clips on a quieter machine)
+                    its frames + audio (scripts/demo_clips.py, which also runs alone; it added 15 minutes
+                    (923 s) to a run from nothing on 2 cores shared with other jobs (load 5-10), and
+                    1.5 minutes to a rerun that trained the mixed model again)
 
 Everything goes to demo-out/. Running it again resumes: the corpus, the checkpoint, every committed
-unit, trained tokenizers and the training run are kept. About 15 minutes on 2 CPU cores.
+unit, trained tokenizers and the training run are kept. About 15 minutes for the photos on 2 quiet CPU
+cores; the whole demo from nothing took 81 minutes on 2 cores shared with other jobs (load 5-20).
 """
 
 from __future__ import annotations
