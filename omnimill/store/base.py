@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import ClassVar
 
+import fsspec
 import numpy as np
 import zarr
 
@@ -79,6 +80,20 @@ def is_url(uri: str) -> bool:
 
 def local_path(uri: str) -> str:
     return os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def put_bytes(path: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Atomic: a local file is written beside and renamed into place; an object store's PUT is atomic."""
+    if is_url(path):
+        fs, where = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs.pipe_file(where, data)
+        return
+    path = local_path(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "wb") as f:
+        f.write(data)
+    os.replace(partial, path)
 
 
 def open_group(uri: str, mode: str, storage_options: dict | None = None) -> zarr.Group:

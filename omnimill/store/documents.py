@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import numpy as np
@@ -53,7 +52,7 @@ from omnimill import __version__
 from omnimill.corpus.listing import url_to_fs
 from omnimill.errors import UserError
 from omnimill.store import layout
-from omnimill.store.base import UnitStore, create_array, is_url, local_path, now, short
+from omnimill.store.base import UnitStore, create_array, now, put_bytes, short
 
 FORMAT = "omnimill.documents/1"
 PART = "ingest"
@@ -257,20 +256,6 @@ class DocumentStore(UnitStore):
 
     def unit_intact(self, part: str, unit: int, decode: bool = False) -> bool:
         return super().unit_intact(part, unit, decode) and (part != PART or not self._check_tar(unit))
-
-
-def put_bytes(path: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Atomic: a local file is written beside and renamed into place; an object store's PUT is atomic."""
-    if is_url(path):
-        fs, where = url_to_fs(path, storage_options)
-        fs.pipe_file(where, data)
-        return
-    path = local_path(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.{os.getpid()}.partial"
-    with open(partial, "wb") as f:
-        f.write(data)
-    os.replace(partial, path)
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:

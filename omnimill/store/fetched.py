@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import posixpath
 import tarfile
 
@@ -55,7 +54,7 @@ from omnimill.corpus.fetch import Fetched
 from omnimill.corpus.listing import url_to_fs
 from omnimill.errors import UserError
 from omnimill.store import layout
-from omnimill.store.base import RUNS, UnitStore, create_array, is_url, local_path
+from omnimill.store.base import RUNS, UnitStore, create_array, put_bytes
 
 FORMAT = "omnimill.fetched/1"
 PART = "fetch"
@@ -119,7 +118,7 @@ class FetchedStore(UnitStore):
         keys, captions = self.read("keys", slice(span.start, span.stop)), self.read("caption", slice(span.start,
                                                                                                       span.stop))
         blob, offsets = _tar([(str(k), r, str(c)) for k, r, c in zip(keys, results, captions)])
-        self._put(self.tar_path(unit), blob)
+        put_bytes(self.tar_path(unit), blob, self.storage_options)
         columns = {
             "ok": [r.ok for r in results], "stage": [r.stage for r in results], "reason": [r.reason for r in results],
             "retryable": [r.retryable for r in results], "http": [r.http for r in results],
@@ -131,19 +130,6 @@ class FetchedStore(UnitStore):
             kind = TYPES[name]
             self.writable(f"{PART}/{name}")[span.start:span.stop] = np.array(values, object if kind == "str" else kind)
         self.write_marker(PART, unit, marker)
-
-    def _put(self, path: str, data: bytes) -> None:
-        """Atomic: a local file is written beside and renamed into place; an object store's PUT is atomic."""
-        if is_url(path):
-            fs, where = url_to_fs(path, self.storage_options)
-            fs.pipe_file(where, data)
-            return
-        path = local_path(path)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = f"{path}.{os.getpid()}.partial"
-        with open(partial, "wb") as f:
-            f.write(data)
-        os.replace(partial, path)
 
     def _get_range(self, path: str, offset: int, size: int) -> bytes:
         fs, where = url_to_fs(path, self.storage_options)
