@@ -25,8 +25,6 @@ each split.
 from __future__ import annotations
 
 import json
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +181,8 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     """loop.train for `objective=causal`: train (or resume from OUT's checkpoint) and return the last held-out
     losses per kind and the unigram baseline. Under torchrun each rank reads its own shards
     (InterleavedDataset splits them), DDP averages gradients, rank 0 writes."""
-    from omnimill.train.loop import (CHECKPOINT, Session, _StopOnSignal, _autocast, load_checkpoint, lr_at,
-                                     optimizer_state, save_checkpoint)
+    from omnimill.train.loop import (CHECKPOINT, Session, _autocast, load_checkpoint, optimizer_state, run_steps,
+                                     save_checkpoint)
     from omnimill.train.model import CausalModel
 
     out = Path(out)
@@ -244,70 +242,15 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
                     "modalities": [], "history": history, "datasets": {}, "packed": packed_facts(manifest)}
             save_checkpoint(out, model.state_dict(), optimizer.state_dict(), generators, meta)
 
-    log = open(out / "log.jsonl", "a") if session.main else None
-    batches = iter(batches_of)
-    stop = _StopOnSignal()
-    window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
-    while step < config.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
-        for micro in range(config.optim.grad_accum):
-            tokens = next(batches)["tokens"].to(session.device)
-            last = micro == config.optim.grad_accum - 1
-            with nullcontext() if last or session.world == 1 else ddp.no_sync():  # DDP syncs the last only
-                with _autocast(config, session):
-                    loss, per = causal_loss(ddp, tokens, manifest, config.causal_image_loss)
-                (loss / config.optim.grad_accum).backward()
-            window["loss"] += float(loss.detach()) / config.optim.grad_accum
-            window["tokens"] += int(tokens.numel())
-            for kind, (value, n) in per.items():
-                acc = window["per"].setdefault(kind, [0.0, 0.0])
-                acc[0] += float(value)
-                acc[1] += n
-        if config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step % config.log_every == 0 or step == config.steps:
-            steps_in_window = (step - 1) % config.log_every + 1
-            per, tokens_seen = session.sum(window["per"]), sum(session.gather(window["tokens"]))
-            record = {"step": step, "loss": window["loss"] / steps_in_window, "lr": lr_at(step - 1, config),
-                      "tokens_per_s": tokens_seen / (time.perf_counter() - window["time"]),
-                      "per_kind": {k: a / b for k, (a, b) in per.items() if b}}
-            history.append(record)
-            if session.main:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if session.main and progress:
-                print(f"step {step}/{config.steps} loss {record['loss']:.3f} lr {record['lr']:.2e} "
-                      f"{record['tokens_per_s']:.0f} tok/s", flush=True)
-            window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
-        if step % config.eval_every == 0 or step == config.steps:
-            scores = evaluate(model, config, manifest, heldout(), session)
-            history.append({"step": step, "heldout": scores})
-            if session.main:
-                log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
-                log.flush()
-            if session.main and progress:
-                print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
-                                                for k, v in scores.items()), flush=True)
-        stopping = step == stop_at or stop.requested(session)
-        if step % config.checkpoint_every == 0 or step == config.steps or stopping:
-            save(step)
-        if stopping:
-            if session.main and progress:
-                print(f"stopped at step {step}; checkpoint saved, run the same command to resume", flush=True)
-            break
-    if session.main:
-        log.close()
-    if session.main and step == config.steps:
-        from omnimill.train.plots import plot_curve
+    def micro_step(batch: dict):
+        tokens = batch["tokens"].to(session.device)
+        with _autocast(config, session):
+            loss, per = causal_loss(ddp, tokens, manifest, config.causal_image_loss)
+        return loss, per, tokens.numel()
 
-        plot_curve(history, baseline, out / "curve.png")
-    stop.restore()
-    last = next((h["heldout"] for h in reversed(history) if "heldout" in h), {})
-    return {"step": step, "heldout": last, "baseline": baseline, "parameters": n_params}
+    return run_steps(config, session, model, ddp, optimizer, out, progress, stop_at, step, history, baseline,
+                     batches_of, micro_step, lambda: evaluate(model, config, manifest, heldout(), session), save,
+                     "per_kind")
 
 
 # ---------------------------------------------------------------------------- continuing a document

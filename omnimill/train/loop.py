@@ -440,6 +440,27 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
                     "datasets": {name: asdict_modality(m) for name, m in loader.modalities.items()}}
             save_checkpoint(out, model.state_dict(), optimizer.state_dict(), generators, meta)
 
+    def micro_step(batch: dict):
+        masked = sample_masks(batch, names, config.mask, generator).to(session.device)
+        with _autocast(config, session):
+            loss, per = ddp(*masked.model_inputs(), masked.dec_tok)
+        return loss, per, masked.enc_valid.sum() + masked.dec_valid.sum()
+
+    return run_steps(config, session, model, ddp, optimizer, out, progress, stop_at, step, history, baseline,
+                     loader, micro_step, lambda: evaluate(model, config, session, specs, heldout), save,
+                     "per_modality")
+
+
+def run_steps(config: TrainConfig, session: Session, model, ddp, optimizer, out: Path, progress: bool,
+              stop_at: int | None, step: int, history: list, baseline: dict, loader, micro_step, scores, save,
+              per_key: str) -> dict:
+    """The training loop both objectives share, from `step` to config.steps (or stop_at, or a signal): lr
+    schedule, grad accumulation, clip and step, log.jsonl records and prints every log_every steps, held-out
+    scores every eval_every, a checkpoint every checkpoint_every and on stopping, the curve at the end.
+    What differs is given: `micro_step(batch)` -> (loss, {part: (summed loss, count)}, tokens counted), its
+    forward run under autocast, inside DDP's no_sync but for the last micro-batch; `scores()` -> held-out
+    losses; `save(step)` writes a checkpoint; `per_key` names the per-part losses in a log record. Returns
+    the last step, held-out losses, baseline and parameter count."""
     log = open(out / "log.jsonl", "a") if session.main else None
     batches = iter(loader)
     stop = _StopOnSignal()
@@ -449,15 +470,12 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
             group["lr"] = lr_at(step, config)
         for micro in range(config.optim.grad_accum):
             batch = next(batches)
-            masked = sample_masks(batch, names, config.mask, generator).to(session.device)
             last = micro == config.optim.grad_accum - 1
-            sync = nullcontext() if last or session.world == 1 else ddp.no_sync()
-            with sync:
-                with _autocast(config, session):
-                    loss, per = ddp(*masked.model_inputs(), masked.dec_tok)
+            with nullcontext() if last or session.world == 1 else ddp.no_sync():  # DDP syncs the last only
+                loss, per, tokens = micro_step(batch)
                 (loss / config.optim.grad_accum).backward()
             window["loss"] += float(loss.detach()) / config.optim.grad_accum
-            window["tokens"] += int(masked.enc_valid.sum() + masked.dec_valid.sum())
+            window["tokens"] += int(tokens)
             for name, (value, n) in per.items():
                 acc = window["per"].setdefault(name, [0.0, 0.0])
                 acc[0] += float(value)
@@ -473,7 +491,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
             tokens = sum(session.gather(window["tokens"]))
             steps_in_window = (step - 1) % config.log_every + 1
             record = {"step": step, "loss": window["loss"] / steps_in_window, "lr": lr_at(step - 1, config),
-                      "tokens_per_s": tokens / seconds, "per_modality": {k: a / b for k, (a, b) in per.items() if b}}
+                      "tokens_per_s": tokens / seconds, per_key: {k: a / b for k, (a, b) in per.items() if b}}
             history.append(record)
             if session.main:
                 log.write(json.dumps(record) + "\n")
@@ -483,14 +501,14 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
                           f"{record['tokens_per_s']:.0f} tok/s", flush=True)
             window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "per": {}}
         if step % config.eval_every == 0 or step == config.steps:
-            scores = evaluate(model, config, session, specs, heldout)
-            history.append({"step": step, "heldout": scores})
+            held = scores()
+            history.append({"step": step, "heldout": held})
             if session.main:
-                log.write(json.dumps({"step": step, "heldout": scores, "baseline": baseline}) + "\n")
+                log.write(json.dumps({"step": step, "heldout": held, "baseline": baseline}) + "\n")
                 log.flush()
                 if progress:
                     print("  held-out " + ", ".join(f"{k} {v:.2f} (unigram {baseline.get(k, float('nan')):.2f})"
-                                                    for k, v in scores.items()), flush=True)
+                                                    for k, v in held.items()), flush=True)
         stopping = step == stop_at or stop.requested(session)
         if step % config.checkpoint_every == 0 or step == config.steps or stopping:
             save(step)
@@ -506,7 +524,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
         plot_curve(history, baseline, out / "curve.png")
     stop.restore()
     last = next((h["heldout"] for h in reversed(history) if "heldout" in h), {})
-    return {"step": step, "heldout": last, "baseline": baseline, "parameters": n_params}
+    return {"step": step, "heldout": last, "baseline": baseline,
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def asdict_modality(m) -> dict:
