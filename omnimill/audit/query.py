@@ -4,8 +4,8 @@
     --key K       the stored vector of sample K (the index's field, read from the label store); on a
                   per-frame index of a clip store, `--frame t` asks with frame t of clip K, and without it
                   the clip asks with the mean of its frames' unit vectors (the clip as a whole)
-    --image FILE  the field's teacher, rebuilt from the store's provenance (spec, checkpoint path, options;
-                  its sha256 must still match), run on the file's canonical view
+    --image FILE  the field's teacher, rebuilt from the store's provenance (labelers/rebuild.py: spec,
+                  checkpoint path, options; its sha256 must still match), run on the file's canonical view
                   (only a built-in teacher, or the plug-in the user names with --teacher-plugin: a store
                   is data, and importing a module it names would run that module's code)
     --text "..."  the teacher's text tower, `embed_text`, for teachers whose text lives in the same space
@@ -26,7 +26,6 @@ frames of one shot do not fill the list.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from omnimill.audit.index import LoadedIndex, fingerprint, load_index, normalise
 from omnimill.errors import SampleError, UserError
+from omnimill.labelers.rebuild import rebuild_teacher, trusted_teacher  # audit's names since before the move
 from omnimill.store.labels import LabelStore
 
 DEFAULT_K = 10
@@ -196,62 +196,6 @@ def stored_vector(labels: LabelStore, teacher: str, name: str, i: int, key: str,
         raise UserError(f"sample {key!r} has a zero {teacher}/{name} vector (e.g. no caption to embed): "
                         "nothing to compare")
     return vector
-
-
-def trusted_teacher(labels: LabelStore, teacher: str, plugin: str | None = None) -> str:
-    """The teacher class the store's provenance names (a built-in name or module:Class), if it may be imported:
-    a registered built-in, a plug-in installed for omnimill (entry point `omnimill.teachers`), or the plug-in
-    the user named on the command line. Checked before any import: a store is data, and importing a module it
-    names would run that module's code (the same rule as labelers.registry.stored_teacher)."""
-    from omnimill.labelers.registry import BUILTIN, installed_plugins
-
-    name = str(labels.provenance(teacher).get("spec") or teacher).partition("=")[0]
-    plugins = installed_plugins()
-    if name in BUILTIN or name in BUILTIN.values() or name in plugins.values():
-        return name
-    if plugin is None:
-        raise UserError(f"{teacher} in {labels.uri} was labelled by {name!r}, not a built-in teacher, and a store "
-                        f"cannot choose code to import; if you trust it, add --teacher-plugin {name!r}, or query "
-                        "by --key")
-    if plugin != name:
-        raise UserError(f"--teacher-plugin {plugin!r} does not match the teacher that labelled {teacher} in "
-                        f"{labels.uri}, {name!r}")
-    return name
-
-
-def rebuild_teacher(labels: LabelStore, teacher: str, device: str = "auto", plugin: str | None = None):
-    """The teacher that labelled the store, rebuilt from its provenance and loaded; refused if it changed."""
-    from omnimill.labelers.base import TeacherSpec
-    from omnimill.labelers.registry import build
-
-    provenance = labels.provenance(teacher)
-    name = trusted_teacher(labels, teacher, plugin)
-    checkpoint = provenance.get("checkpoint_path") or provenance.get("checkpoint")
-    stored = provenance.get("config") or {}
-    spec = TeacherSpec(name, checkpoint)
-    built = build(spec, labels.view_size)
-    # Options given through the Python API show up in the config only: pass back what differs.
-    differs = {k: v for k, v in stored.items() if _plain(built.config()).get(k) != v}
-    if differs:
-        spec = TeacherSpec(name, checkpoint, {k: v for k, v in differs.items() if k != "version"})
-        built = build(spec, labels.view_size)
-        now = _plain(built.config())
-        differs = {k: (now.get(k), v) for k, v in stored.items() if now.get(k) != v}
-    if differs:
-        what = "; ".join(f"{k}: {now!r} now, {then!r} in the store" for k, (now, then) in list(differs.items())[:3])
-        raise UserError(f"teacher {teacher} rebuilt from the store's provenance differs from the one that "
-                        f"labelled it ({what}); query by --key instead")
-    sha = provenance.get("checkpoint_sha256")
-    if sha and built.provenance().get("checkpoint_sha256") != sha:
-        raise UserError(f"the checkpoint of {teacher} at {checkpoint} changed since the store was labelled "
-                        "(sha256 differs); query by --key, or relabel")
-    built.load(device, "auto")
-    return built
-
-
-def _plain(config: dict) -> dict:
-    """As stored in Zarr attributes (JSON): tuples become lists."""
-    return json.loads(json.dumps(config, default=str))
 
 
 def image_vector(labels: LabelStore, info: dict, path: Path, device: str,
