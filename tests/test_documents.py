@@ -184,7 +184,8 @@ def test_ingest_writes_documents_images_and_the_image_lists(tmp_path):
     bad = store.document("mixed_0000004")
     assert (bad["ok"], bad["stage"], bad["reason"]) == (False, "layout", "position 0 has both an image and a text")
     assert store.markers("ingest")[2]["errors"] == [{"index": 4, "key": "mixed_0000004", "stage": "layout",
-                                                     "error": bad["reason"]}]
+                                                     "error": bad["reason"], "retryable": False}]
+    assert done.result.store_final == 1  # recorded for good: a rerun does not try it again
     doc = store.document(2)
     assert [s.get("image") for s in doc["segments"]] == ["mixed_0000002/img_00", None, "mixed_0000002/img_01"]
     assert list(store.column("n_images")) == [1, 1, 2, 0, 0, 1]

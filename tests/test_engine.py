@@ -251,6 +251,20 @@ def test_the_client_counts_gpus_without_importing_torch(tmp_path):
     assert out.split() == ["2", "False"]
 
 
+def test_an_embedded_cluster_starts_on_a_host_that_shows_gpus(tmp_path):
+    """A GPU host without dask-cuda gets a plain LocalCluster (the check once named a function that was gone)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    code = ("from omnimill.engine import cluster\n"
+            f"with cluster.connect(workers=1, local_directory={str(tmp_path)!r}) as client:\n"
+            "    print(len(client.scheduler_info()['workers']), cluster._has_dask_cuda())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "False"]
+
+
 def test_a_scheduler_is_knocked_on_not_joined_before_the_run(tmp_path):
     import socket
 

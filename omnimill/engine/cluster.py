@@ -117,6 +117,13 @@ def _cuda_devices() -> int:
         return 0
 
 
+def _has_dask_cuda() -> bool:
+    """dask-cuda is installed (its LocalCUDACluster gives each GPU a worker); looked up, not imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("dask_cuda") is not None
+
+
 @functools.cache
 def _nvidia_gpus() -> int:
     """NVIDIA GPUs this process may use: one `GPU i: ...` line each from `nvidia-smi -L` (it lists only a

@@ -113,7 +113,8 @@ def cut_unit(task: CutTask) -> dict:
         frames.append(n)
         errors.append(error)
         if error:
-            failed.append({"index": task.start + i, "key": key, "stage": "cuts", "error": error})
+            failed.append({"index": task.start + i, "key": key, "stage": "cuts", "error": error,
+                           "retryable": False})  # a video that does not decode fails the same way again
     seconds = time.perf_counter() - t0
     marker = unit_marker(task, ok=len(errors) - len(failed), failed=len(failed), errors=failed, frames=sum(frames),
                          seconds=round(seconds, 3))
@@ -139,11 +140,3 @@ class CutJob(UnitJob):
         done = self.store.done_units(self.settings.detector)
         return [CutTask(self.store.uri, u, *_rows(self.store, u), self.settings, self.options.storage_options,
                         self.options.torch_threads) for u in range(self.store.n_units) if not done[u]]
-
-    def tally(self, result: JobResult) -> None:
-        for marker in self.store.markers(self.settings.detector):
-            if marker is None:
-                result.store_missing += 1
-            else:
-                result.store_failed += marker["failed"]
-                result.store_final += marker["failed"]

@@ -109,7 +109,8 @@ def ingest_unit(task: IngestTask) -> dict:
             rows.append(row)
         stage, reason = doc.error or ("", "")
         if doc.error:
-            failed.append({"index": task.start + i, "key": doc.key, "stage": stage, "error": reason})
+            failed.append({"index": task.start + i, "key": doc.key, "stage": stage, "error": reason,
+                           "retryable": False})  # a malformed document is malformed again
         for name, value in (("segments", json.dumps(doc.segments)), ("meta", json.dumps(doc.meta)),
                             ("images", json.dumps(rows)), ("n_images", len(doc.images)),
                             ("n_text_chars", text_chars(doc.segments)), ("ok", not doc.error), ("stage", stage),
@@ -165,11 +166,3 @@ class IngestJob(UnitJob):
         done = self.store.done_units(PART)
         return [IngestTask(self.store.uri, u, self.store.unit(u).start, self.store.unit(u).stop, self.form,
                            self.options.storage_options) for u in range(self.store.n_units) if not done[u]]
-
-    def tally(self, result: JobResult) -> None:
-        for marker in self.store.markers(PART):
-            if marker is None:
-                result.store_missing += 1
-            else:
-                result.store_failed += marker["failed"]
-                result.store_final += marker["failed"]

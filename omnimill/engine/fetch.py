@@ -144,11 +144,3 @@ class FetchJob(UnitJob):
         if not sweep:
             result.samples_retried = sum(len(t.retry) for t in tasks)
         return tasks
-
-    def tally(self, result: JobResult) -> None:
-        for marker in self.store.markers(PART):
-            if marker is None:
-                result.store_missing += 1
-            else:
-                result.store_failed += marker["failed"]
-                result.store_final += sum(1 for e in marker["errors"] if not e["retryable"])

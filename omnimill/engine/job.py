@@ -130,7 +130,14 @@ class UnitJob:
         raise NotImplementedError
 
     def tally(self, result: JobResult) -> None:
-        """Count what the store holds for these parts after the run (failed samples, missing units)."""
+        """Count what the store holds for these parts after the run (failed samples, missing units, failures
+        no rerun retries): from the unit summary (run_planned has just brought it up to date) and the few
+        markers it does not settle, not every marker of every part."""
+        for part in self.parts:
+            held = self.store.tally(part, max_errors=0)
+            result.store_missing += self.store.n_units - held["units_done"]
+            result.store_failed += held["failed"]
+            result.store_final += held["errors"] - held["retryable"]  # e.g. a file that does not decode
 
 
 def run_job(job: UnitJob) -> JobResult:

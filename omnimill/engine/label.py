@@ -168,15 +168,6 @@ class LabelJob(UnitJob):
             result.samples_retried = sum(len(rows) for t in tasks for rows in t.retry.values())
         return tasks
 
-    def tally(self, result: JobResult) -> None:
-        """From the unit summary (run_planned has just brought it up to date) and the few markers it
-        does not settle: not every marker of every teacher."""
-        for name in self.parts:
-            held = self.store.tally(name, max_errors=0)
-            result.store_missing += self.store.n_units - held["units_done"]
-            result.store_failed += held["failed"]
-            result.store_final += held["errors"] - held["retryable"]  # a file that does not decode
-
 
 def plan(labels: LabelStore, specs: list[TeacherSpec], names: list[str], opts: LabelOptions,
          retry_failed: bool = True, run: str = "") -> list[UnitTask]:
