@@ -45,7 +45,8 @@ def job(store: str):
 @app.command()
 def label(
     corpus: Annotated[str, typer.Argument(help="Folder of images, WebDataset tars (brace ranges) or a "
-                                               ".jsonl/.csv/.parquet manifest; local path or fsspec URL.")],
+                                               ".jsonl/.csv/.parquet manifest; local path or fsspec URL. With "
+                                               "--sample-kind document: a document store (documents.zarr).")],
     store: Annotated[str, typer.Argument(help="Label store to create or resume (Zarr v3), e.g. labels.zarr")],
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="NAME[=CHECKPOINT], repeatable. "
                                                "`omnimill teachers` lists them.")] = [],
@@ -60,9 +61,17 @@ def label(
                                                           "default 128).")] = None,
     view_size: Annotated[Optional[int], typer.Option(help="Side of the canonical view in pixels (new stores; "
                                                           "default 384).")] = None,
-    sample_kind: Annotated[Optional[str], typer.Option(help="What a sample is: image or clip (new stores; "
-                                                            "default image). `omnimill teachers` lists the kinds.")]
+    sample_kind: Annotated[Optional[str], typer.Option(help="What a sample is: image, clip, or document (the "
+                                                            "images of a document store, keyed DOC_KEY/img_NN) (new "
+                                                            "stores; default image). `omnimill teachers` lists the "
+                                                            "kinds.")]
     = None,
+    fetched: Annotated[Optional[str], typer.Option(help="Document stores: the fetched store of CORPUS's URL images "
+                                                        "(`omnimill fetch CORPUS/image_urls.jsonl FETCHED`); needed "
+                                                        "when some images are URLs (new stores).")] = None,
+    doc_filter: Annotated[Optional[str], typer.Option(help="Document stores: label only the images of the documents "
+                                                           "this `omnimill documents filter --name` kept (new "
+                                                           "stores).")] = None,
     clips: Annotated[Optional[str], typer.Option(help="Clip stores: fixed:SECONDS cuts each video into pieces, "
                                                       "spans takes a manifest's start/end, scenes[:DETECTOR] cuts "
                                                       "at shot boundaries (content or transnetv2; runs the cut "
@@ -95,11 +104,19 @@ def label(
 ):
     """Run teachers over CORPUS and write aligned labels to STORE. Resumes where it stopped, and retries
     samples whose recorded failure may be transient."""
+    from dataclasses import fields
+
     from omnimill.engine.label import LabelOptions
     from omnimill.engine.label import label as run_label
 
+    # The document kind's listing options, passed only when given: an engine without them still labels the rest
+    documents = {name: value for name, value in (("fetched", fetched), ("doc_filter", doc_filter)) if value is not None}
+    unknown = sorted(set(documents) - {f.name for f in fields(LabelOptions)})
+    if unknown:
+        fail(f"--{unknown[0].replace('_', '-')} is not supported by this omnimill's label engine (LabelOptions has no "
+             f"{unknown[0]}); label DocumentStore.local_corpus() and FetchedStore.image_corpus() instead")
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
-                           view_size=view_size, sample_kind=sample_kind, clips=clips, cuts=cuts,
+                           view_size=view_size, sample_kind=sample_kind, clips=clips, cuts=cuts, **documents,
                            min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds, frames=frames,
                            audio_segments=audio_segments, audio_seconds=audio_seconds,
                            device=device, dtype=dtype, force=force, max_in_flight=max_in_flight, retries=retries,

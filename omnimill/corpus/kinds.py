@@ -4,9 +4,10 @@ A label store records its kind (attribute `sample_kind`; "image" for stores made
 corpus listing picks up the kind's file extensions, and the engine fetches, decodes, batches and
 writes per-sample arrays through it (see `omnimill.corpus.sample.SampleKind` for what a kind says).
 
-Registered: image (corpus/image.py) and clip (corpus/clip.py: T frames per sample, frame_axes (T,)).
+Registered: image (corpus/image.py), clip (corpus/clip.py: T frames per sample, frame_axes (T,)) and
+document (corpus/document_kind.py: the images of a document store, keyed IMAGE_KEY, decoded as images).
 
-Adding a kind (the clip issue did exactly this; the document issue is to):
+Adding a kind (the clip and document issues did exactly this):
   1. Write `omnimill/corpus/<kind>.py` with `class ClipKind(SampleKind)`: set `name = "clip"`, `noun`, `plural`,
      `extensions` (and `sample_arrays` if it writes per-sample arrays at the top of the label store,
      with `sample_values`; `index_columns`, `frame_axes`, `settings`/`configured` and `index` if it needs
@@ -66,3 +67,4 @@ def all_sample_arrays() -> tuple[str, ...]:
 # ---------------------------------------------------------------- registrations: one line per kind
 register(ImageKind())
 from omnimill.corpus.clip import ClipKind; register(ClipKind())  # noqa: E402, E702
+from omnimill.corpus.document_kind import DocumentKind; register(DocumentKind())  # noqa: E402, E702
