@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 
-from omnimill.corpus.fetch import EXTENSIONS
 from omnimill.corpus.image import Decoded, ImageKind
 from omnimill.corpus.sample import DecodeSettings, SampleArray
 from omnimill.errors import SampleError, UserError
@@ -131,6 +130,7 @@ def _kept(documents, filter: str | None):
 def _fetched_by_url(fetched_store, documents) -> dict[str, tuple]:
     """{url: ((tar, offset, size), "") for a good image, or (None, why not)}, from a complete fetched store of
     this document store's URL list."""
+    from omnimill.corpus.fetch import EXTENSIONS  # not at import: fetch imports listing, which imports the registry
     from omnimill.corpus.listing import MEMBER_SEP, normalise_uri
 
     wanted = normalise_uri(f"{documents.uri.rstrip('/')}/{URL_LIST}")
