@@ -1,0 +1,364 @@
+"""The document part of `make demo` (steps (q)-(y), after the clip part), also runnable alone:
+`python scripts/demo_docs.py`. Interleaved image-text documents (MM1's data) from the bundled photos, end to end.
+
+    (q) corpus     ~100 short documents written now from templates about the scikit-image photos of the image
+                   part (demo-out/corpus: each photo and its crops), as one OBELICS-style parquet: paragraphs
+                   with 1-4 of one photo's pictures between them; about half the pictures are local files, the
+                   rest URLs served by an HTTP server this script starts on 127.0.0.1 (one of them 404s); a few
+                   documents made to fail the filters (no image, a single line, a picture an earlier one holds)
+    (r) ingest     `omnimill documents ingest` -> the document store (segments, image table, local images' tars)
+    (s) fetch      `omnimill fetch` on the store's URL list -> the fetched store (per-image status: the 404 shows)
+    (t) label      the documents' images with rgb + metadata (no model teachers: nothing on random weights here)
+    (u) filter     `omnimill documents filter`: at least 1 image, 120 characters, short side >= 64 px, no image
+                   an earlier document holds (sha256 of local and fetched bytes); then `documents status`
+    (v) tokenize   the images with the image part's rgb tokenizer (demo-out/tokenizers/rgb: 8 x 8 tokens)
+    (w) interleave `omnimill shards interleave` (tokens mode, seq_len 512, the image part's caption tokenizer for
+                   the text), `shards verify`
+    (x) train      `omnimill train --objective causal`: held-out loss per kind beside its unigram baseline
+    (y) generate   `omnimill generate RUN --continue DOC_KEY` on a held-out document
+
+Everything goes to demo-out/ (the corpus to demo-out/docs-corpus/). Running it again keeps the corpus, the
+committed units of every store, the packed set and the training run. The part needs the image part's photos
+(scripts/demo.py makes them; made here when missing) and reuses its rgb and caption tokenizers when they are
+there, else trains the same recipes on the documents' images and alt text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from demo import CORPUS, OUT, PHOTOS, SEED, TOKENIZER_RECIPES, TOKENIZERS, build_corpus, heading, omnimill
+
+DOCS_CORPUS = OUT / "docs-corpus"  # docs.parquet, images/ (the local files), served/ (what the server serves)
+PARQUET = DOCS_CORPUS / "docs.parquet"
+PORT_FILE = DOCS_CORPUS / "port"  # the URLs in the parquet name this port: a rerun serves on it again
+DOCS = OUT / "documents.zarr"
+FETCHED = OUT / "fetched.zarr"
+DOC_IMAGES = OUT / "doc-images"  # the label corpus until the document sample kind lands: local + fetched tars
+DOC_LABELS = OUT / "doc-labels.zarr"
+DOC_TOKENIZERS = OUT / "doc-tokenizers"  # only when the image part's tokenizers are missing
+DOC_TOKENS = OUT / "doc-tokens.zarr"
+PACKED = OUT / "docs-packed"
+DOC_RUN = OUT / "docs-run"
+FILTER = "default"
+SEQ_LEN = 512  # a document is ~150-400 text tokens + 66 per image (8 x 8 + BOI/EOI): 1-3 documents a sequence
+MAX_IMAGES = 8
+HOLDOUT = 0.2  # of the packed sequences (or documents, once packing splits by document): ~20 to measure on
+N_DOCS = 96  # written from templates; + the documents made to fail a filter
+MISSING = "missing.jpg"  # the one URL the server answers with 404
+# About a minute on 2 CPU cores: a 0.1 M-parameter decoder, 300 steps of 8 x 512 tokens.
+TRAIN_SETTINGS = ["--objective=causal", "--steps=300", "--dim=64", "--decoder_layers=2", "--heads=4",
+                  "--batch_size=8", f"--holdout={HOLDOUT}", "--lr=3e-3", "--warmup_steps=20", "--eval_every=100",
+                  "--log_every=50", "--eval_batches=4", "--checkpoint_every=100"]
+
+# photo -> (topic, one sentence about it): the facts a document repeats, so a small model can learn them.
+FACTS = {
+    "astronaut": ("space", "Eileen Collins was the first woman to pilot the space shuttle."),
+    "coffee": ("the kitchen", "The cup of coffee sits on a white saucer."),
+    "chelsea": ("animals", "Chelsea the cat likes to sleep in the sun."),
+    "cat": ("animals", "Chelsea the cat likes to sleep in the sun."),
+    "rocket": ("space", "The rocket stands ready on the launch pad."),
+    "camera": ("people", "The man looks through the camera on its tripod."),
+    "coins": ("history", "The coins were found in the ruins of Pompeii."),
+    "moon": ("space", "The moon is covered with old craters."),
+    "hubble_deep_field": ("space", "Every small light in the deep field is a galaxy."),
+    "immunohistochemistry": ("medicine", "The stain shows the cells of the colon in brown and blue."),
+    "retina": ("medicine", "The doctor looks at the vessels of the retina."),
+    "clock": ("objects", "The hands of the clock are blurred by motion."),
+    "page": ("books", "The page holds lines of printed words."),
+    "text": ("books", "The printed letters lean away from the camera."),
+    "cell": ("medicine", "The cell floats in a drop of saline."),
+    "microaneurysms": ("medicine", "Small red spots mark the microaneurysms."),
+    "brick": ("textures", "The bricks are laid in straight rows."),
+    "grass": ("textures", "The grass grows in thin blades."),
+    "gravel": ("textures", "The gravel is made of small round stones."),
+    "stereo_motorcycle": ("objects", "The motorcycle stands in a quiet studio."),
+    "eagle": ("animals", "The eagle watches the river from a branch."),
+    "lily": ("plants", "The lily opens its petals in the morning."),
+    "skin": ("medicine", "The biopsy shows the layers of the skin."),
+}
+OPENINGS = ("Notes on {topic}, page {n}.", "A short page about {topic}, number {n}.", "From our album of {topic}, "
+            "page {n}.")
+BEFORE = ("Here is {caption}.", "The next picture shows {caption}.", "Look at {caption}.")
+AFTER = ("{fact} The picture is {colour}.", "The picture is {colour}. {fact}", "{fact} We took it {how}.")
+CLOSINGS = ("That is all about {topic} on this page.", "More about {topic} on the next page.", "Thank you for reading "
+            "about {topic}.")
+
+
+def main() -> int:
+    """Write the corpus, then ingest, fetch, label, filter, tokenize, pack, train and continue; 0 when every step
+    worked."""
+    os.chdir(Path(__file__).resolve().parent.parent)
+    started = time.time()
+    heading("q", "documents: ~100 written now about the bundled photos, OBELICS-style parquet; local files and URLs")
+    build_corpus()  # the image part's photos and crops (kept when they are there)
+    write_documents()
+    server = serve(DOCS_CORPUS / "served")
+    try:
+        code = pipeline()
+    finally:
+        server.shutdown()
+    print(f"the document part took {time.time() - started:.0f}s in all")
+    return code
+
+
+def pipeline() -> int:
+    heading("r", "ingest: every document's segments and image table; the local images as a corpus, the URLs as a list")
+    if omnimill("documents", "ingest", str(PARQUET), str(DOCS), "--docs-per-unit", "32") != 0:
+        return 1
+
+    heading("s", "fetch: the URL images from the local server, each with its status (one 404 on purpose)")
+    from omnimill.store.documents import DocumentStore
+
+    code = omnimill("fetch", DocumentStore.open(str(DOCS)).url_list(), str(FETCHED), "--urls-per-unit", "64",
+                    "--retries", "0")
+    if code == 3:
+        print(f"exit code 3 = completed with failures: expected, {MISSING} is not on the server (404, final)")
+    elif code != 0:
+        return 1
+    if omnimill("status", str(FETCHED)) != 0:
+        return 1
+
+    heading("t", "label the documents' images (keys DOC_KEY/img_NN): rgb and metadata")
+    print("teachers here run no model, so none runs on random weights (the image part's dinov2 does)")
+    if label_images() not in (0, 3):
+        return 1
+
+    heading("u", "filter: >= 1 image, >= 120 characters, short side >= 64 px, no image an earlier document holds")
+    if omnimill("documents", "filter", str(DOCS), "--name", FILTER, "--min-images", "1", "--min-chars", "120",
+                "--min-side", "64", "--dedup", "--fetched", str(FETCHED)) != 0:
+        return 1
+    if omnimill("documents", "status", str(DOCS)) != 0:
+        return 1
+
+    heading("v", "tokenize the images with the image part's rgb tokenizer (the whole view: 1 crop)")
+    rgb, caption = tokenizers()
+    if rgb is None:
+        return 1
+    if omnimill("tokenize", str(DOC_LABELS), str(DOC_TOKENS), "--crops", "1", "--tokenizer", str(rgb)) != 0:
+        return 1
+
+    heading("w", f"interleave: text + BOI <64 image tokens> EOI, packed into {SEQ_LEN}-token sequences; verify")
+    if not (PACKED / "manifest.json").exists() and omnimill(
+            "shards", "interleave", str(DOCS), str(PACKED), "--text-tokenizer", str(caption), "--image-tokens",
+            str(DOC_TOKENS), "--filter", FILTER, "--seq-len", str(SEQ_LEN), "--max-images", str(MAX_IMAGES),
+            "--samples-per-shard", "16", *holdout_flags()) != 0:
+        return 1
+    if omnimill("shards", "verify", str(PACKED)) != 0:
+        return 1
+    manifest = json.loads((PACKED / "manifest.json").read_text())
+    print(f"{manifest['n']} sequences of {SEQ_LEN} tokens, padding share {manifest['padding_share']:.1%}")
+
+    heading("x", "train: next-token prediction over the packed documents, image tokens included (about a minute)")
+    if omnimill("train", str(PACKED), "--out", str(DOC_RUN), *TRAIN_SETTINGS) != 0:
+        return 1
+    import demo_clips  # here: it imports demo's helpers, as this module does
+
+    demo_clips.print_heldout(DOC_RUN)
+
+    heading("y", "generate: continue a held-out document from its first half")
+    key = held_out_document(manifest)
+    if key is None:
+        print("no document is held out whole at this holdout share: nothing to continue honestly")
+        return 0
+    if omnimill("generate", str(DOC_RUN), "--continue", key, "--tokens", "48") != 0:
+        return 1
+    print(f"{N_DOCS} documents and a minute of CPU: expect the templates' words and where images go, not this "
+          "document's own sentences")
+    return 0
+
+
+# ---------------------------------------------------------------------------- (q) the corpus
+def write_documents() -> None:
+    """docs.parquet + images/ + served/, written to docs-corpus.tmp/ and renamed when complete. The server's
+    port is chosen now and kept in docs-corpus/port (the parquet's URLs name it)."""
+    if PARQUET.exists():
+        print(f"{DOCS_CORPUS} exists: kept")
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = DOCS_CORPUS.with_name(DOCS_CORPUS.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "served").mkdir()
+    port = free_port()
+    rows = [row_of(texts_images, port, tmp) for texts_images in documents()]
+    table = pa.table({"images": [r[0] for r in rows], "texts": [r[1] for r in rows],
+                      "metadata": [r[2] for r in rows], "general_metadata": [r[3] for r in rows]})
+    pq.write_table(table, tmp / "docs.parquet", row_group_size=32)
+    (tmp / "port").write_text(f"{port}\n")
+    tmp.rename(DOCS_CORPUS)
+    n_images = sum(1 for r in rows for i in r[0] if i)
+    n_urls = sum(1 for r in rows for i in r[0] if i and "://" in i)
+    print(f"{PARQUET}: {len(rows)} documents, {n_images} images ({n_urls} by URL on 127.0.0.1:{port}, "
+          f"{n_images - n_urls} local files)")
+
+
+def documents() -> list[list[tuple[str, str | None]]]:
+    """Each document as positions: ("text", paragraph) or ("image", photo file name, and where: local | url).
+    Seeded. N_DOCS documents about one photo each, its pictures drawn without replacement (no duplicates
+    among them), then the documents made to fail a filter."""
+    rng = np.random.default_rng(SEED)
+    pictures = {name: sorted(p.name for p in CORPUS.glob(f"{name}*.jpg") if p.stem == name or
+                             p.stem.startswith(f"{name}_crop")) for name in FACTS}
+    pools = {name: list(rng.permutation(files)) for name, files in pictures.items() if files}
+    names = sorted(pools)
+    docs = []
+    for n in range(N_DOCS):
+        name = names[n % len(names)]
+        topic, fact = FACTS[name]
+        k = min(int(rng.integers(1, 5)), len(pools[name]))
+        doc = [("text", pick(OPENINGS, rng).format(topic=topic, n=n + 1))]
+        for _ in range(k):
+            picture = pools[name].pop()
+            caption = caption_of(picture)
+            doc.append(("text", pick(BEFORE, rng).format(caption=caption)))
+            doc.append(("image", picture, "url" if rng.random() < 0.5 else "local"))
+            how = "with a tripod" if "crop" not in picture else "as a crop of a larger photo"
+            colour = "in grey" if "greyscale" in PHOTOS.get(name, "") else "in colour"
+            doc.append(("text", pick(AFTER, rng).format(fact=fact, colour=colour, how=how)))
+        doc.append(("text", pick(CLOSINGS, rng).format(topic=topic)))
+        docs.append(doc)
+    first = docs[0][2][1]  # the first document's first picture
+    docs.append([("text", "A page with no picture at all. " + " ".join([FACTS["moon"][1]] + [FACTS["coins"][1]] * 3))])
+    docs.append([("image", pictures[names[1]][0], "local"), ("text", "Too short.")])
+    docs.append([("text", " ".join(["The same picture once more."] + [FACTS[names[0]][1]] * 3)), ("image", first, "local"),
+                 ("text", "It was on the first page too.")])
+    docs.append([("text", " ".join(["A picture the server does not have."] + [FACTS["grass"][1]] * 3)), ("image", MISSING, "url"),
+                 ("text", "The fetch records its 404.")])
+    return docs
+
+
+def pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def caption_of(picture: str) -> str:
+    """The image part's caption of a photo file (its .txt sidecar), without the crop number: 'a cup of coffee on
+    a saucer, mirrored'."""
+    text = (CORPUS / picture).with_suffix(".txt").read_text().strip()
+    return ", ".join(part for part in text.split(", ") if not part.startswith("crop "))
+
+
+def row_of(doc: list[tuple], port: int, folder: Path) -> tuple[list, list, str, str]:
+    """One OBELICS row: images and texts of equal length (one non-null per position), metadata per position
+    (alt text), general metadata. A local picture is copied to images/, a URL picture to served/."""
+    images, texts, metadata = [], [], []
+    for kind, what, *where in doc:
+        if kind == "text":
+            images.append(None), texts.append(what), metadata.append(None)
+            continue
+        if what != MISSING:
+            shutil.copyfile(CORPUS / what, folder / ("served" if where[0] == "url" else "images") / what)
+        images.append(f"http://127.0.0.1:{port}/{what}" if where[0] == "url" else f"images/{what}")
+        texts.append(None)
+        metadata.append({"alt_text": caption_of(what) if what != MISSING else "a picture that is not there"})
+    return images, texts, json.dumps(metadata), json.dumps({"source": "omnimill demo", "language": "en"})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # the fetch records every request's outcome: no access log here
+        pass
+
+
+def serve(folder: Path) -> ThreadingHTTPServer:
+    """The served/ folder on 127.0.0.1 at the corpus's port, in a daemon thread (404 for what is not there)."""
+    port = int(PORT_FILE.read_text())
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"serving {folder} on http://127.0.0.1:{port}/")
+    return server
+
+
+# ---------------------------------------------------------------------------- (t) label, (v) tokenizers
+def label_images() -> int:
+    """The document sample kind when omnimill has it (one command over the document store and the fetched
+    store); before that, the local images' tars and the fetched tars copied into one folder, a corpus whose
+    keys are the IMAGE_KEYs. Returns `omnimill label`'s exit code."""
+    import importlib.util
+
+    teachers = ["--teacher", "rgb", "--teacher", "metadata", "--unit-size", "32"]
+    if importlib.util.find_spec("omnimill.corpus.document_kind") is not None:
+        return omnimill("label", str(DOCS), str(DOC_LABELS), "--sample-kind", "document", "--fetched", str(FETCHED),
+                        *teachers)
+    from omnimill.store.documents import DocumentStore
+    from omnimill.store.fetched import FetchedStore
+
+    if not DOC_IMAGES.exists():
+        tmp = DOC_IMAGES.with_name(DOC_IMAGES.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for prefix, store in (("local", DocumentStore.open(str(DOCS))), ("fetched", FetchedStore.open(str(FETCHED)))):
+            corpus = store.local_corpus() if prefix == "local" else store.image_corpus()
+            for tar in sorted(Path(corpus).parent.glob("*.tar")) if corpus else []:
+                shutil.copyfile(tar, tmp / f"{prefix}-{tar.name}")
+        tmp.rename(DOC_IMAGES)
+    print(f"{DOC_IMAGES}: the local images' tars and the fetched ones, one corpus keyed DOC_KEY/img_NN")
+    return omnimill("label", f"{DOC_IMAGES}/*.tar", str(DOC_LABELS), *teachers)
+
+
+def tokenizers() -> tuple[Path | None, Path | None]:
+    """The image part's rgb (spatial) and caption (sequence) tokenizers; trained on the documents' label store
+    with the same recipes when the image part has not run."""
+    found = []
+    for name in ("rgb", "caption"):
+        directory = TOKENIZERS / name
+        if not (directory / "config.json").exists():
+            directory = DOC_TOKENIZERS / name
+            _, field, kind, flags = next(r for r in TOKENIZER_RECIPES if r[0] == name)
+            if not (directory / "config.json").exists() and omnimill(
+                    "tokenizer", "train", str(DOC_LABELS), "--field", field, "--kind", kind, "--out", str(directory),
+                    *flags) != 0:
+                return None, None
+        print(f"{name} tokenizer: {directory}")
+        found.append(directory)
+    return found[0], found[1]
+
+
+# ---------------------------------------------------------------------------- (w)-(y) the packed set
+def holdout_flags() -> list[str]:
+    """Packing splits by document once `shards interleave` has --holdout (the set records it in its manifest)."""
+    import subprocess
+
+    helped = subprocess.run([sys.executable, "-m", "omnimill.cli", "shards", "interleave", "--help"],
+                            capture_output=True, text=True).stdout
+    return ["--holdout", str(HOLDOUT), "--seed", "0"] if "--holdout" in helped else []
+
+
+def held_out_document(manifest: dict) -> str | None:
+    """A document all of whose sequences the run held out: by the set's own split when it has one (manifest
+    "holdout"), else by the trainer's split of sequence keys (data.holdout, seed 0)."""
+    from omnimill.shards.interleave import InterleavedDataset
+    from omnimill.store.base import held_out
+
+    if "holdout" in manifest:  # split by document at packing: every sequence of a held-out document is held out
+        first = next(iter(InterleavedDataset(str(PACKED), shuffle=False, epochs=1, split="heldout")), None)
+        return first["docs"][0] if first else None
+    by_doc: dict[str, list[bool]] = {}
+    for sample in InterleavedDataset(str(PACKED), shuffle=False, epochs=1):
+        for doc in sample["docs"]:
+            by_doc.setdefault(doc, []).append(bool(held_out([sample["key"]], HOLDOUT, 0)[0]))
+    return next((doc for doc, outs in sorted(by_doc.items()) if all(outs)), None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
