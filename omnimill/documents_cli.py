@@ -1,5 +1,6 @@
 """`omnimill documents ingest CORPUS OUT` and `omnimill documents filter STORE`: the commands of the document
-store (engine/documents.py). Thin: parse, call, print.
+store (engine/documents.py, engine/document_filters.py). Thin: parse, call, print; `filter --near-dups` asks
+the auditor (audit/dups.py) for the index's near-duplicate groups and hands them to the engine.
 
 cli.py adds `documents_app` as the `documents` group; `python -m omnimill.documents_cli ingest ...` runs it
 alone. Exit codes of ingest as every job's: 0 every document parsed; 3 some documents are malformed (each
@@ -79,16 +80,38 @@ def filter_command(
     fetched: Annotated[Optional[str], typer.Option(help="Fetched store of the URL images (sizes, hashes).")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Label store of the images with the metadata teacher "
                                                        "(sizes).")] = None,
+    clip_labels: Annotated[Optional[str], typer.Option(help="Label store of the images (keys DOC_KEY/img_NN) with "
+                                                            "the clip teacher, for --min-clip-sim.")] = None,
+    min_clip_sim: Annotated[Optional[float], typer.Option(help="Drop documents with an image whose CLIP cosine with "
+                                                               "its neighbouring text (the better of the text "
+                                                               "before and after) is lower, or that has no "
+                                                               "embedding or no text; the checkpoint that "
+                                                               "labelled --clip-labels embeds the text.")] = None,
+    near_dups: Annotated[Optional[str], typer.Option(help="An `omnimill audit index` of the documents' image label "
+                                                          "store: drop documents holding a near-duplicate of an "
+                                                          "earlier document's image.")] = None,
+    near_threshold: Annotated[float, typer.Option(help="Cosine at which two images are near-duplicates "
+                                                       "(--near-dups).")] = 0.95,
+    device: Annotated[str, typer.Option(help="Where the CLIP text tower runs (--min-clip-sim): auto, cpu, "
+                                             "cuda.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace a filter of this name run with other "
                                                         "settings.")] = False,
 ):
     """Judge every document: kept, or the first check it fails. Recorded per document with the settings."""
-    from omnimill.engine.document_filters import FilterSettings, filter_documents
+    from omnimill.engine.document_filters import FilterSettings, NearDuplicates, filter_documents
 
     settings = FilterSettings(min_images=min_images, max_images=max_images, min_chars=min_chars, min_side=min_side,
-                              min_sim=min_sim, dedup=dedup, fetched=fetched, labels=labels)
+                              min_sim=min_sim, dedup=dedup, fetched=fetched, labels=labels, clip_labels=clip_labels,
+                              min_clip_sim=min_clip_sim, near_dups=near_dups,
+                              near_threshold=near_threshold if near_dups else None)
     try:
-        done = filter_documents(store, name, settings, force)
+        near = None
+        if near_dups:
+            from omnimill.audit.dups import find_duplicates
+
+            groups, info = find_duplicates(near_dups, near_threshold)
+            near = NearDuplicates([group.keys for group in groups], info)
+        done = filter_documents(store, name, settings, force, near=near, device=device)
     except UserError as e:
         fail(str(e))
     dropped = ", ".join(f"{check} {n}" for check, n in sorted(done["dropped_by"].items())) or "none"

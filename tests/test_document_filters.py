@@ -1,12 +1,19 @@
 """Document filters (engine/document_filters.py): each check recorded per document with its reason, on real
-document stores, a real fetched store (local HTTP server) and a real label store (metadata teacher)."""
+document stores, a real fetched store (local HTTP server), real label stores (metadata teacher; a tiny real
+CLIP with random weights) and a real FAISS index (`omnimill audit index`)."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
+from test_clip import CLIP as CLIP_SPEC
+from test_clip import tiny_clip  # noqa: F401  (a fixture: a tiny real CLIP checkpoint)
 from test_documents import FAST, jpeg_bytes, mixed_corpus, mmc4, obelics, png_bytes, wds
 
-from omnimill.engine.document_filters import FilterSettings, filter_documents
+from omnimill.engine.document_filters import FilterSettings, clip_similarities, filter_documents
 from omnimill.engine.documents import ingest_documents
 from omnimill.engine.label import label
 from omnimill.errors import UserError
@@ -92,3 +99,145 @@ def test_the_local_images_label_under_their_image_keys_and_their_sizes_filter(tm
     store = DocumentStore.open(out)
     assert list(store.column("reason", part="filter_big")) == ["min_side: d0/img_01 is 40x30, side 30 < 35", "", ""]
     assert store.filter_settings("big")["labels_uuid"] == LabelStore.open(labels).uuid
+
+
+# ---------------------------------------------------------------------------- CLIP and near-duplicates
+LONG_BEFORE = "q " * 30 + "red ball"  # the tiny CLIP's text tower takes 16 tokens: BOS, 14, EOS
+LONG_AFTER = "green tree " + "w " * 30
+# what survives the cut, by hand: one token per "q"/"w" word, per letter of the others ("d</w>", "l</w>" end them)
+BEFORE_CUT = "q q q q q q q red ball"  # 7 + 3 + 4 = 14 tokens: the END of the text before the image
+AFTER_CUT = "green tree w w w w w"  # 5 + 4 + 5 = 14 tokens: the START of the text after it
+
+
+def clip_corpus(tmp_path):
+    """d0: long text, then its image; d1: an image, then long text; d2: two images between two short texts;
+    d3: an image alone (no text); d4: a re-encoded copy of d2's first image, with text."""
+    def doc(*segments):
+        images = {f"i{i}.{name.rsplit('.', 1)[1]}": data for i, (name, data) in enumerate(
+            s for s in segments if isinstance(s, tuple))}
+        order, n = [], 0
+        for s in segments:
+            if isinstance(s, tuple):
+                order.append({"image": f"i{n}.{s[0].rsplit('.', 1)[1]}"})
+                n += 1
+            else:
+                order.append({"text": s})
+        return {"segments": order}, images
+
+    copy = Image.open(io.BytesIO(jpeg_bytes(12)))
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=60)  # the same picture, re-encoded
+    return wds(tmp_path, {"d0": doc(LONG_BEFORE, ("a.jpg", jpeg_bytes(10))),
+                          "d1": doc(("a.jpg", jpeg_bytes(11)), LONG_AFTER),
+                          "d2": doc("a cat", ("a.jpg", jpeg_bytes(12)), ("b.png", png_bytes(13, (80, 60))), "a dog"),
+                          "d3": doc(("a.jpg", jpeg_bytes(14))),
+                          "d4": doc("the cat again", ("a.jpg", buf.getvalue()))})
+
+
+@pytest.fixture(scope="module")
+def clip_docs(tmp_path_factory, tiny_clip):
+    """The document store and its local images labelled by a tiny real CLIP (random weights) on a LocalCluster."""
+    tmp = tmp_path_factory.mktemp("clipdocs")
+    out = str(tmp / "docs.zarr")
+    done = ingest_documents(str(clip_corpus(tmp)), out, **FAST)
+    labels = str(tmp / "clip.zarr")
+    result = label(done.local_corpus, labels, [f"{CLIP_SPEC}={tiny_clip}"], workers=1, unit_size=4, view_size=32,
+                   progress=False)
+    assert result.exit_code == 0
+    return out, labels, tiny_clip
+
+
+def by_hand(checkpoint, texts):
+    """CLIP's text embeddings straight from the model: tokenizer (no cut needed), text tower, projection."""
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    model, tokenizer = CLIPModel.from_pretrained(checkpoint).eval(), AutoTokenizer.from_pretrained(checkpoint)
+    with torch.no_grad():
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        assert tokens["input_ids"].shape[1] <= 16  # nothing here is cut
+        pooled = model.text_projection(model.text_model(**tokens).pooler_output)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+def test_clip_similarity_is_the_best_cosine_with_the_neighbouring_texts(clip_docs):
+    out, labels, checkpoint = clip_docs
+    store = DocumentStore.open(out)
+    scores, identity = clip_similarities(store, store.images(), labels, "cpu")
+    stored = LabelStore.open(labels)
+    image = dict(zip(stored.keys(), stored.read("clip/embedding")))
+    before, after, cat, dog = by_hand(checkpoint, [BEFORE_CUT, AFTER_CUT, "a cat", "a dog"])
+    assert scores["d0/img_00"] == pytest.approx(float(image["d0/img_00"] @ before), abs=1e-5)
+    assert scores["d1/img_00"] == pytest.approx(float(image["d1/img_00"] @ after), abs=1e-5)
+    for key in ("d2/img_00", "d2/img_01"):  # the other image between is skipped: both see "a cat" and "a dog"
+        assert scores[key] == pytest.approx(max(float(image[key] @ cat), float(image[key] @ dog)), abs=1e-5)
+    assert scores["d3/img_00"] == "no neighbouring text"
+    assert identity["labels_uuid"] == stored.uuid and len(identity["checkpoint_sha256"]) == 64
+
+    # every image must reach T: the threshold between d2's two scores drops d2 for its weaker image
+    weak, strong = sorted(["d2/img_00", "d2/img_01"], key=scores.get)
+    t = round((scores[weak] + scores[strong]) / 2, 6)
+    result = filter_documents(out, "clip", FilterSettings(clip_labels=labels, min_clip_sim=t), device="cpu")
+    reasons = list(store.column("reason", part="filter_clip"))
+    assert reasons[2] == f"clip_sim: {weak} {scores[weak]:.3f} < {t}"
+    assert reasons[3] == "clip_sim: d3/img_00 has no neighbouring text"
+    for row, key in ((0, "d0/img_00"), (1, "d1/img_00"), (4, "d4/img_00")):
+        assert (reasons[row] == "") == (scores[key] >= t), (key, scores[key], reasons[row])
+    assert result["dropped_by"]["clip_sim"] == sum(1 for r in reasons if r)
+    settings = store.filter_settings("clip")
+    assert settings["min_clip_sim"] == t and settings["clip"] == identity
+
+
+def test_near_duplicates_drop_the_later_document(clip_docs, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+
+    out, labels, _ = clip_docs
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    built = runner.invoke(app, ["audit", "index", labels, "--field", "clip/embedding", "--out", index])
+    assert built.exit_code == 0, built.output
+    vectors = dict(zip(LabelStore.open(labels).keys(), LabelStore.open(labels).read("clip/embedding")))
+    keys = sorted(vectors)
+    cosine = {(a, b): float(vectors[a] @ vectors[b] / np.linalg.norm(vectors[a]) / np.linalg.norm(vectors[b]))
+              for a in keys for b in keys if a < b}
+    copy = cosine[("d2/img_00", "d4/img_00")]
+    others = max(c for pair, c in cosine.items() if pair != ("d2/img_00", "d4/img_00"))
+    assert copy > others  # the re-encoded copy is the closest pair (else the threshold below means nothing)
+    t = round((copy + others) / 2, 6)
+    filtered = runner.invoke(app, ["documents", "filter", out, "--name", "near", "--near-dups", index,
+                                   "--near-threshold", str(t)])
+    assert filtered.exit_code == 0, filtered.output
+    store = DocumentStore.open(out)
+    assert list(store.column("reason", part="filter_near")) == [
+        "", "", "", "", f"near_duplicate: d4/img_00 ~ d2/img_00 cosine {copy:.3f}"]  # the earlier document kept
+    settings = store.filter_settings("near")
+    assert settings["near_dups"] == index and settings["near_threshold"] == t
+    assert settings["near_index"]["labels_uuid"] == LabelStore.open(labels).uuid
+    assert settings["near_index"]["field"] == "clip/embedding" and settings["near_index"]["created"]
+
+
+def test_wrong_clip_labels_or_index_exit_2_with_one_line(clip_docs, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnimill.cli import app
+
+    out, labels, _ = clip_docs
+    other = str(tmp_path / "other.zarr")  # another document store: its image keys are not the label store's
+    ingest_documents(str(wds(tmp_path, {"x0": ({"segments": [{"text": "t"}, {"image": "a.jpg"}]},
+                                               {"a.jpg": jpeg_bytes(3)})})), other, **FAST)
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    assert runner.invoke(app, ["audit", "index", labels, "--field", "clip/embedding", "--out", index]).exit_code == 0
+    metadata = str(tmp_path / "meta.zarr")
+    assert label(DocumentStore.open(out).local_corpus(), metadata, ["metadata"], workers=1, unit_size=4,
+                 view_size=32, progress=False).exit_code == 0
+    for args, message in [([out, "--clip-labels", metadata, "--min-clip-sim", "0.2"], "has no clip teacher"),
+                          ([other, "--clip-labels", labels, "--min-clip-sim", "0.2"], "is not a label store of the images of"),
+                          ([other, "--near-dups", index], "is not a label store of the images of"),
+                          ([out, "--min-clip-sim", "0.2"], "go together"),
+                          ([out, "--near-dups", str(tmp_path)], "no info.json")]:
+        bad = runner.invoke(app, ["documents", "filter", *args])
+        lines = bad.stderr.strip().splitlines()
+        assert bad.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, bad.output)
