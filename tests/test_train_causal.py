@@ -1,8 +1,12 @@
 """The causal objective (`--objective causal`) on packed interleaved shards: the causal mask, PAD and image
 targets in the loss, a task it must learn (the text after an image copies the image's tokens) with held-out
 text loss well below the unigram baseline, resume identical to a straight run, and continuing a document.
+MM1's mixture: the packed set with a pair shard set (the caption copies the image) and a text shard set
+(runs of successive words), each kind's batches in the log, held-out loss per source below its unigram,
+resume identical, and the refusals of sets made by other tokenizers.
 
-The shards are synthetic documents packed and written by shards/interleave.py (omnimill.interleaved/1)."""
+The shards are synthetic documents packed and written by shards/interleave.py (omnimill.interleaved/1); the
+pair and text sets are written by shards/wds.write_shard with a real (word-level) text tokenizer's ids."""
 
 from __future__ import annotations
 
@@ -29,11 +33,17 @@ TINY = ["dim=32", "decoder_layers=2", "heads=2", "batch_size=16", "holdout=0.2",
         "eval_batches=4", "log_every=10", "objective=causal"]
 
 
-def document(rng: np.random.Generator) -> list[int]:
+def document(rng: np.random.Generator, words: int | None = None) -> list[int]:
     """5 random text ids, an image of 4 random image ids, then 4 text ids that copy the image (image id
-    V_TEXT + j -> text id j), EOD: 16 tokens, of which the 4 copies are known only from the image."""
+    V_TEXT + j -> text id j), EOD: 16 tokens, of which the 4 copies are known only from the image. With
+    `words`: the 5 text ids are a run of successive ids (a random start, then +1 modulo `words`)."""
     image = rng.integers(0, V_IMAGE, GRID)
-    return [*rng.integers(0, V_TEXT, 5), BOI, *(V_TEXT + image), EOI, *image, EOD]
+    text = rng.integers(0, V_TEXT, 5) if words is None else successive(rng, words, 5)
+    return [*text, BOI, *(V_TEXT + image), EOI, *image, EOD]
+
+
+def successive(rng: np.random.Generator, words: int, n: int) -> np.ndarray:
+    return (rng.integers(0, words) + np.arange(n)) % words
 
 
 def write_packed(out: Path, n_docs: int = 801, seed: int = 0) -> str:
@@ -281,3 +291,205 @@ def test_two_processes_under_torchrun(packed, tmp_path):
                              env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_commit(run)["step"] == 4
+
+
+# ---------------------------------------------------------------------------- MM1's mixture
+WORDS = [f"w{i}" for i in range(13)]  # text ids 0..12; then the sequence tokenizer's specials
+T_PAD, T_EOS, T_CUT = 13, 14, 15
+CAPTION_L = 8
+MIX = [*TINY, "num_workers=0", "shuffle_buffer=16"]
+
+
+def word_tokenizer(folder: Path, specials=("<pad>", "<eos>", "<cut>")) -> Path:
+    """A real tokenizer folder (a word-level HF tokenizer.json, V_TEXT ids, the sequence tokenizer's
+    specials last): what the packed set and the caption modality name."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate([*WORDS, *specials])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    folder.mkdir(parents=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def image_tokenizer(folder: Path, grid: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"kind": "spatial", "grid": grid, "vocab": V_IMAGE}))
+    return folder
+
+
+def modality_info(folder: Path, vocab: int, length: int, pad_id: int) -> dict:
+    from omnimill.tokenize.base import directory_hash
+
+    return {"kind": "test", "path": str(folder), "sha256": directory_hash(folder), "vocab_size": vocab,
+            "tokens_per_sample": length, "pad_id": pad_id, "dtype": "uint16"}
+
+
+def token_set(out: Path, samples: list[dict[str, np.ndarray]], info: dict[str, dict], per_shard: int = 50) -> str:
+    """A token shard set (omnimill.wds/1) of the given samples, by the real shard writer."""
+    from omnimill.shards.wds import FORMAT, MANIFEST, atomic_write, write_shard
+
+    rows = []
+    for first in range(0, len(samples), per_shard):
+        chunk = [(f"k{i:06d}", i, np.zeros((1, 5), np.int32), {m: t[None].astype(np.uint16) for m, t in tokens.items()})
+                 for i, tokens in enumerate(samples[first:first + per_shard], first)]
+        rows.append(write_shard(str(out), len(rows), chunk))
+    manifest = {"format": FORMAT, "n": len(samples), "n_crops": 1, "shards": rows,
+                "modalities": {m: {**i, "samples": len(samples)} for m, i in info.items()}}
+    atomic_write(str(out / MANIFEST), json.dumps(manifest).encode())
+    return str(out)
+
+
+def caption(ids) -> np.ndarray:
+    """A caption row as the sequence tokenizer fits it: the ids, <eos>, <pad> to CAPTION_L."""
+    return np.array([*ids, T_EOS] + [T_PAD] * (CAPTION_L - len(ids) - 1))
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory) -> dict:
+    """The packed set (naming its text and image tokenizers; its documents' text is a run of successive
+    words), a pair set (4 image tokens; the caption copies them) and a text set (6 successive words), 300
+    samples each: a rule in every source that a model learns and a unigram cannot."""
+    from omnimill.shards.interleave import Vocab, header, pack, write_interleaved
+
+    root = tmp_path_factory.mktemp("mixture")
+    text_tok, image_tok = word_tokenizer(root / "text-tok"), image_tokenizer(root / "image-tok")
+    rng = np.random.default_rng(7)
+    vocab = Vocab(V_TEXT, V_IMAGE)
+    docs = [(f"d{i:06d}", np.array(document(rng, len(WORDS))), [f"d{i:06d}/img_00"]) for i in range(401)]
+    packed = pack(docs, vocab, SEQ_LEN)
+    head = header(vocab, SEQ_LEN, 16, "tokens", None, str(text_tok), str(image_tok))
+    write_interleaved(str(root / "packed"), packed.sequences, head, packed.padding_share, samples_per_shard=50)
+    images = [rng.integers(0, V_IMAGE, GRID) for _ in range(300)]
+    text_info = modality_info(text_tok, V_TEXT, CAPTION_L, T_PAD)
+    pairs = token_set(root / "pairs", [{"rgb_image": im, "caption": caption(im)} for im in images],
+                      {"rgb_image": modality_info(image_tok, V_IMAGE, GRID, -1), "caption": text_info})
+    text = token_set(root / "text", [{"caption": caption(successive(rng, len(WORDS), 6))} for _ in range(300)],
+                     {"caption": text_info})
+    return {"root": root, "packed": str(root / "packed"), "pairs": pairs, "text": text, "text_tok": text_tok,
+            "image_tok": image_tok, "text_info": text_info}
+
+
+def mixed(m: dict, *flags: str) -> TrainConfig:
+    return tiny(m["packed"], f"pairs={m['pairs']}", f"text={m['text']}", *MIX[1:], *flags)
+
+
+def test_mixture_rows_are_the_packed_sets_ids(mixture):
+    """A pair is BOI <image + v_text> EOI <caption without <eos>/<pad>> EOD, text <ids> EOD, padded with PAD to
+    the batch's longest row; interleaved batches pass as they are."""
+    from omnimill.shards.mixture import MixtureLoader
+    from omnimill.train.causal import MixedBatches, open_packed, rows_of, split_sequences, token_datasets, \
+        mixture_sets
+
+    config = mixed(mixture)
+    manifest = open_packed(mixture["packed"])
+    sets = mixture_sets(manifest, config)
+    assert sets == {"pairs": [(mixture["pairs"], ["rgb_image", "caption"])], "text": [(mixture["text"], ["caption"])]}
+    loader = MixedBatches(MixtureLoader(4, interleaved=split_sequences(mixture["packed"], "train", 0.2, 0),
+                                        preset="mm1", num_workers=0, **{k: token_datasets(v, "train", config)
+                                                                        for k, v in sets.items()}),
+                          rows_of(manifest, config))
+    seen = {}
+    for _, batch in zip(range(30), loader):
+        seen.setdefault(batch["kind"], batch)
+    assert set(seen) == {"interleaved", "pairs", "text"}
+    assert seen["interleaved"]["tokens"].shape == (4, SEQ_LEN)
+    pair = seen["pairs"]["tokens"]
+    assert pair.shape == (4, 1 + GRID + 1 + GRID + 1)  # every pair is 11 tokens: no padding to seq_len
+    assert (pair[:, 0] == BOI).all() and (pair[:, 5] == EOI).all() and (pair[:, -1] == EOD).all()
+    assert torch.equal(pair[:, 1:5] - V_TEXT, pair[:, 6:10])  # the caption copies the image
+    text = seen["text"]["tokens"]
+    assert text.shape == (4, 7) and (text[:, -1] == EOD).all()
+    assert ((text[:, 1:6] - text[:, :5]) % len(WORDS) == 1).all()  # the words, without <eos> and <pad>
+    assert not np.isin(torch.cat([pair.flatten(), text.flatten()]).numpy(), [T_EOS, T_PAD]).any()
+
+
+def test_mixture_learns_each_source_and_logs_each_kind(mixture, tmp_path):
+    """mm1 over 60 steps: each kind's batches show in the log (its training loss per source), the held-out loss
+    of every source is finite and below that source's unigram; a document of the packed set continues."""
+    from omnimill.train.loop import train
+
+    run = tmp_path / "run"
+    result = train(mixed(mixture, "steps=60", "eval_every=60", "lr=3e-3", "min_lr=3e-3"), run, progress=False)
+    heldout, baseline = result["heldout"], result["baseline"]
+    print("held-out", heldout, "unigram", baseline)
+    sources = {"source/interleaved", "source/pairs", "source/text"}
+    assert set(heldout) == set(baseline) == {"text", "image", "marker", *sources}
+    for source in sources:
+        assert np.isfinite(heldout[source]) and heldout[source] < baseline[source], source
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    logged = {k for record in log for k in record.get("per_kind", {})}
+    assert sources <= logged
+    assert log[-1]["heldout"] == heldout
+    facts = continue_via_cli(run, "d000001")
+    assert "d000001 (sequence " in facts
+
+
+def continue_via_cli(run: Path, key: str) -> str:
+    result = invoke("generate", run, "--continue", key, "--tokens", 3, "--prefix", 11)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_mixture_resume_is_identical_to_a_straight_run(mixture, tmp_path):
+    from omnimill.train.loop import load_checkpoint, read_commit, train
+
+    settings = mixed(mixture, "steps=10", "eval_every=5", "checkpoint_every=100", "dropout=0.1", "batch_size=4",
+                     "log_every=1")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(settings, straight, progress=False)
+    train(settings, stopped, progress=False, stop_at=4)
+    assert read_commit(stopped)["step"] == 4
+    train(settings, stopped, progress=False)
+    (a_commit, a), (b_commit, b) = load_checkpoint(straight), load_checkpoint(stopped)
+    assert a_commit["step"] == b_commit["step"] == 10
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    kinds = [k for record in log for k in record.get("per_kind", {}) if k.startswith("source/")]
+    assert len(kinds) == 10 and set(kinds[4:]) == {"source/interleaved", "source/pairs", "source/text"}  # one
+    #                                                     kind per batch; every kind after the stop at step 4
+    for part in ("model", "state"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), name
+    assert a_commit["loader"] == b_commit["loader"]
+    assert [h["heldout"] for h in a_commit["history"] if "heldout" in h] == \
+        [h["heldout"] for h in b_commit["history"] if "heldout" in h]
+
+
+def test_mixture_refuses_sets_of_other_tokenizers(mixture, tmp_path):
+    """Pairs or text whose text or image tokenizer is not the packed set's, or whose images have another token
+    count, or a packed set of placeholders: refused in one line (exit 2) through the CLI, saying what to do."""
+    from omnimill.shards.interleave import Vocab, header, pack, write_interleaved
+
+    root = tmp_path
+    other_text = word_tokenizer(root / "other-tok", specials=("<eos>", "<pad>", "<cut>"))
+    other_info = modality_info(other_text, V_TEXT, CAPTION_L, T_EOS)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, V_IMAGE, GRID) for _ in range(20)]
+    text_other = token_set(root / "text-other", [{"caption": caption([1, 2])} for _ in range(20)],
+                           {"caption": other_info})
+    image_other = token_set(root / "pairs-other", [{"rgb_image": im, "caption": caption(im)} for im in images],
+                            {"rgb_image": modality_info(image_tokenizer(root / "img-other", grid=3), V_IMAGE, GRID, -1),
+                             "caption": mixture["text_info"]})
+    nine = np.zeros(9, int)
+    image_nine = token_set(root / "pairs-nine", [{"rgb_image": nine, "caption": caption([1])}] * 20,
+                           {"rgb_image": modality_info(mixture["image_tok"], V_IMAGE, 9, -1),
+                            "caption": mixture["text_info"]})
+    vocab = Vocab(V_TEXT, 0)
+    docs = [("d0", np.array([1, 2, vocab.BOI, vocab.IMG_SLOT, vocab.EOI, vocab.EOD]), ["d0/img_00"])]
+    slots = pack(docs, vocab, SEQ_LEN)
+    write_interleaved(str(root / "slots"), slots.sequences, header(vocab, SEQ_LEN, 16, "placeholders", 1,
+                                                                    str(mixture["text_tok"]), None),
+                      slots.padding_share, samples_per_shard=1)
+
+    def refused(packed: str, fragment: str, *flags: str) -> None:
+        result = invoke("train", packed, "--out", root / "run", *[f"--{f}" for f in MIX], "--steps=1", *flags)
+        one_line_error(result, fragment)
+
+    refused(mixture["packed"], "not by the interleaved set's text tokenizer", f"--text={text_other}")
+    refused(mixture["packed"], "not by the interleaved set's image tokenizer", f"--pairs={image_other}")
+    refused(mixture["packed"], "has 9 tokens per image, the interleaved set's images 4", f"--pairs={image_nine}")
+    refused(str(root / "slots"), "holds image placeholders, not image tokens", f"--pairs={mixture['pairs']}")
+    refused(mixture["packed"], "has no modality depth", f"--pairs={mixture['pairs']}", "--image_modality=depth")
+    refused(mixture["packed"], "but no source was given for it", f"--text={mixture['text']}")  # mm1 needs pairs
+    assert not (root / "run").exists()

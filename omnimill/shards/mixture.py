@@ -21,6 +21,18 @@ packed interleaved sample is one seq_len row with lists of image and document ke
 different objective on it (causal over the sequence vs 4M's masking of modalities). One batch of mixed
 kinds would pad a caption pair to 4096 tokens or give an interleaved sequence modalities it has not. So
 each kind keeps its own reader, unchanged, and this module only chooses which one gives the next batch.
+
+One id space for a causal model (`CausalRows`): pairs and text batches become rows of the interleaved set's
+ids, the set's own rules for an image and a document end:
+
+    pair   BOI <image tokens + v_text> EOI <caption text ids> EOD
+    text   <text ids> EOD
+
+The caption's `<pad>` (its modality's pad_id) and its end tokens (`<eos>`, `<cut>`: the sequence
+tokenizer's, given as `text_ends`) are dropped; EOD ends the sample as it ends a document. A part the sample
+lacks (absent in its batch) is left out. Rows are padded with PAD to the batch's longest row, not to
+seq_len: a 16-token caption pair in a 4096-token row would be 99% padding. Interleaved batches pass
+unchanged. Whether the pairs' tokenizers are the interleaved set's is the caller's check (train/causal.py).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import numpy as np
 import torch
 
 from omnimill.errors import UserError
-from omnimill.shards.interleave import InterleavedDataset
+from omnimill.shards.interleave import InterleavedDataset, Vocab
 from omnimill.shards.loader import TokenDataset, TokenLoader
 
 KINDS = ("interleaved", "pairs", "text")
@@ -39,14 +51,15 @@ MIX_BLOCK = 1024  # kinds are drawn in seeded blocks of this many batches
 
 class MixtureLoader:
     """Batches of one kind each from up to three sources; see the module docstring for order and resume.
-    `pairs` and `text` are TokenDatasets (or lists of them) read by a TokenLoader each, with `num_workers`;
-    `interleaved` is an InterleavedDataset read in this process."""
+    `pairs` and `text` are TokenDatasets (or lists of them) read by a TokenLoader each, with `num_workers`
+    and `crops`; `interleaved` is an InterleavedDataset (or anything that streams its samples with its
+    epochs, rank, world_size and state_dict: one split of it, train/causal.py) read in this process."""
 
     def __init__(self, batch_size: int, interleaved: InterleavedDataset | None = None,
                  pairs: TokenDataset | list[TokenDataset] | None = None,
                  text: TokenDataset | list[TokenDataset] | None = None, weights: dict[str, float] | None = None,
                  preset: str | None = None, seed: int = 0, num_workers: int = 0, shuffle_buffer: int = 1000,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, crops: str = "random"):
         if (weights is None) == (preset is None):
             raise UserError("MixtureLoader: give weights {kind: weight} or a preset (mm1), one of them")
         if preset is not None and preset not in PRESETS:
@@ -73,7 +86,8 @@ class MixtureLoader:
                 self.sources[kind] = interleaved
             else:
                 self.sources[kind] = TokenLoader(given[kind], batch_size, seed=seed, num_workers=num_workers,
-                                                 shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size)
+                                                 shuffle_buffer=shuffle_buffer, rank=rank, world_size=world_size,
+                                                 crops=crops)
         loaders = [s for s in self.sources.values() if isinstance(s, TokenLoader)]
         if "interleaved" in self.sources and loaders:  # every source reads this rank's share, not another's
             ranks = {(interleaved.rank, interleaved.world_size), (loaders[0].rank, loaders[0].world_size)}
@@ -118,3 +132,34 @@ class MixtureLoader:
         return {"keys": [s["key"] for s in samples], "tokens": torch.stack([s["tokens"] for s in samples]),
                 "n_content": torch.tensor([s["n_content"] for s in samples]),
                 "images": [s["images"] for s in samples], "docs": [s["docs"] for s in samples]}
+
+
+class CausalRows:
+    """MixtureLoader batches -> {"kind", "keys", "tokens": (B, T) int64} in one id space (see the module
+    docstring): interleaved batches as they are (T = seq_len), pairs and text as rows padded with PAD to
+    their longest (T <= 1 + image tokens + 1 + caption length). `image` is the pairs' image modality (its
+    tokens in [0, v_image)), `caption` the text modality of both (ids in [0, v_text))."""
+
+    def __init__(self, vocab: Vocab, image: str, caption: str, text_ends: set[int]):
+        self.vocab, self.image, self.caption, self.ends = vocab, image, caption, np.array(sorted(text_ends), np.int64)
+
+    def __call__(self, batch: dict) -> dict:
+        if batch["kind"] == "interleaved":
+            return {"kind": "interleaved", "keys": batch["keys"], "tokens": batch["tokens"]}
+        rows = [self.row(batch, i, with_image=batch["kind"] == "pairs") for i in range(len(batch["keys"]))]
+        tokens = torch.full((len(rows), max(len(r) for r in rows)), self.vocab.PAD, dtype=torch.int64)
+        for i, row in enumerate(rows):
+            tokens[i, :len(row)] = torch.from_numpy(row)
+        return {"kind": batch["kind"], "keys": batch["keys"], "tokens": tokens}
+
+    def row(self, batch: dict, i: int, with_image: bool) -> np.ndarray:
+        v = self.vocab
+        parts = []
+        if with_image and bool(batch["present"][self.image][i]):
+            image = batch["tokens"][self.image][i].numpy()
+            parts.append(np.concatenate([[v.BOI], image + v.v_text, [v.EOI]]))
+        if bool(batch["present"][self.caption][i]):
+            text = batch["tokens"][self.caption][i][batch["masks"][self.caption][i]].numpy()
+            parts.append(text[~np.isin(text, self.ends)])
+        parts.append(np.array([v.EOD]))
+        return np.concatenate(parts).astype(np.int64)

@@ -16,10 +16,25 @@ markers only with `causal_image_loss=false` (image kinds are still evaluated and
 The model (model.CausalModel) sees a whole packed sample: a document may attend to the end of the document
 before it in the same sample (EOD between them), as in GPT-style packing.
 
-The loader (PackedLoader) is shards.interleave.InterleavedDataset's order with a train / held-out split by
-sequence key (store.base.held_out, as for 4M); its position is the checkpoint's loader state, so a resumed
-run reads what a straight run would have read. A document cut across two sequences may have one part in
-each split.
+The loader (PackedLoader) is shards.interleave.InterleavedDataset's order over one split of the set; its
+position is the checkpoint's loader state, so a resumed run reads what a straight run would have read.
+The split (`split_sequences`): a set packed with a "holdout" record in its manifest was split by DOC_KEY
+before packing (fraction and seed chosen at pack time; data.holdout does not apply): no sequence mixes the
+two, and a document cut across sequences is in one split whole. A set packed before that has no record and
+is split by sequence key (store.base.held_out with data.holdout and the run's seed, as for 4M): there a
+document cut across two sequences may have one part in each split.
+
+MM1's mixture (data.pairs, data.text): image-caption pairs and text-only token shard sets (or token stores:
+the 4M trainer's data) beside the packed set, one kind per batch by weight (shards/mixture.MixtureLoader,
+data.preset mm1 = 45/45/10 or data.mix), each pair or text sample turned into the packed set's ids
+(shards/mixture.CausalRows: BOI image EOI caption EOD; text EOD), padded to its batch's longest row.
+Their modalities must come from the tokenizers the packed set names (`check_source`: the text modality from
+its text tokenizer, the image modality from its image tokenizer with as many tokens per image), or the run
+is refused. Pairs and text are held out by sample key (store.base.held_out with data.holdout and the seed,
+as the 4M trainer holds out token shards). Held-out loss is reported per kind over all sources, and per
+source (`source/interleaved`, `source/pairs`, `source/text`: every non-PAD target of that source), each
+beside the unigram model of that source's own training tokens; the training log's per-kind records carry
+the per-source training loss too, so each kind's batches show in it.
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ from omnimill.store.base import held_out
 from omnimill.train.config import TrainConfig, to_dict
 
 KINDS = ("text", "image", "marker")
+SOURCE = "source/"  # prefix of the per-source losses: source/interleaved, source/pairs, source/text
 
 
 # ---------------------------------------------------------------------------- the packed shard set
@@ -58,18 +74,58 @@ def token_kinds(tokens: torch.Tensor, manifest: dict) -> torch.Tensor:
     return kinds
 
 
+class KeySplit:
+    """One split of an InterleavedDataset by sequence key (store.base.held_out with `holdout` and `seed`): how
+    sets packed without a "holdout" record are split. Streams the dataset's samples of `split` only, with
+    its position (state_dict), epochs, rank and world_size, so MixtureLoader reads it as the dataset."""
+
+    def __init__(self, dataset, split: str, holdout: float, seed: int):
+        self.dataset, self.split, self.holdout, self.seed = dataset, split, holdout, seed
+        self.manifest, self.epochs = dataset.manifest, dataset.epochs
+        self.rank, self.world_size = dataset.rank, dataset.world_size
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+
+    def __iter__(self):
+        skipped = 0
+        for sample in self.dataset:
+            if held_out([sample["key"]], self.holdout, self.seed)[0] != (self.split == "heldout"):
+                skipped += 1
+                if skipped > self.manifest["n"]:  # a whole pass without one: it would never end
+                    raise UserError(f"{self.dataset.uri} has no {self.split} sequences for this process "
+                                    f"(data.holdout={self.holdout})")
+                continue
+            skipped = 0
+            yield sample
+
+
+def split_sequences(uri: str, split: str, holdout: float, seed: int, rank: int = 0, world: int = 1,
+                    epochs: int | None = None, shuffle: bool = True):
+    """The sequences of one split of a packed set, in InterleavedDataset's order for this rank: the split
+    recorded at pack time (manifest "holdout", by document) when the set has one, else by sequence key."""
+    from omnimill.shards.interleave import InterleavedDataset, read_manifest
+
+    if "holdout" in read_manifest(uri):
+        return InterleavedDataset(uri, seed=seed, shuffle=shuffle, rank=rank, world_size=world, epochs=epochs,
+                                  split=split)
+    dataset = InterleavedDataset(uri, seed=seed, shuffle=shuffle, rank=rank, world_size=world, epochs=epochs)
+    return KeySplit(dataset, split, holdout, seed)
+
+
 class PackedLoader:
-    """Batches {"tokens": (B, seq_len) long, "keys": [...]} of one split (train / heldout, by sequence key) of a
-    packed set, for one rank: shards.interleave.InterleavedDataset's order (shards per epoch in a seeded order,
-    split over ranks; sequences of a shard in a seeded order), the other split's sequences skipped. Its
-    position is the dataset's, taken between batches (a checkpoint keeps it). `epochs=None` repeats forever;
-    `shuffle=False` reads in written order (evaluation)."""
+    """Batches {"tokens": (B, seq_len) long, "keys": [...]} of one split (train / heldout: `split_sequences`) of
+    a packed set, for one rank: shards.interleave.InterleavedDataset's order (shards per epoch in a seeded
+    order, split over ranks; sequences of a shard in a seeded order). Its position is the dataset's, taken
+    between batches (a checkpoint keeps it). `epochs=None` repeats forever; `shuffle=False` reads in written
+    order (evaluation)."""
 
     def __init__(self, uri: str, split: str, holdout: float, seed: int, batch_size: int, rank: int = 0,
                  world: int = 1, epochs: int | None = None, shuffle: bool = True):
-        from omnimill.shards.interleave import InterleavedDataset
-
-        self.dataset = InterleavedDataset(uri, seed=seed, shuffle=shuffle, rank=rank, world_size=world, epochs=epochs)
+        self.dataset = split_sequences(uri, split, holdout, seed, rank, world, epochs, shuffle)
         self.uri, self.split, self.holdout, self.seed, self.batch_size = uri, split, holdout, seed, batch_size
 
     def state_dict(self) -> dict:
@@ -79,15 +135,8 @@ class PackedLoader:
         self.dataset.load_state_dict(state)
 
     def __iter__(self):
-        batch, skipped = [], 0
+        batch = []
         for sample in self.dataset:
-            if held_out([sample["key"]], self.holdout, self.seed)[0] != (self.split == "heldout"):
-                skipped += 1
-                if skipped > self.dataset.manifest["n"]:  # a whole pass without one: it would never end
-                    raise UserError(f"{self.uri} has no {self.split} sequences for this process "
-                                    f"(data.holdout={self.holdout})")
-                continue
-            skipped = 0
             batch.append((sample["key"], sample["tokens"]))
             if len(batch) == self.batch_size:
                 yield _batch(batch)
@@ -98,6 +147,142 @@ class PackedLoader:
 
 def _batch(rows: list[tuple[str, torch.Tensor]]) -> dict:
     return {"keys": [k for k, _ in rows], "tokens": torch.stack([t for _, t in rows])}
+
+
+# ---------------------------------------------------------------------------- MM1's mixture: pairs and text
+def mixing(config: TrainConfig) -> bool:
+    """Whether the run mixes pair or text sets into the packed set."""
+    return bool(config.data.pairs or config.data.text)
+
+
+def same_tokenizer(recorded: str | None, modality) -> bool:
+    """Whether a shard set's modality was made by the tokenizer a packed set's manifest names (a path: an
+    omnimill tokenizer folder, or an HF tokenizer.json). The token store records each modality's tokenizer
+    folder and its sha256 (tokenize.base.directory_hash): when the named folder is here, its hash is
+    compared; when it is not (another machine's path), the paths are."""
+    from omnimill.tokenize.base import directory_hash
+
+    if not recorded:
+        return False
+    folder = Path(recorded).parent if recorded.endswith(".json") else Path(recorded)
+    if folder.is_dir() and modality.sha256:
+        return directory_hash(folder) == modality.sha256
+    return Path(recorded) == Path(str(modality.info.get("path", "")))
+
+
+def text_ends(manifest: dict) -> set[int]:
+    """The ids of `<eos>` and `<cut>` in the packed set's text tokenizer: what ends a caption's row in a token
+    store (sequence tokenizer: items, then <eos> or <cut>, then <pad>)."""
+    from tokenizers import Tokenizer
+
+    path = Path(manifest.get("text_tokenizer") or "")
+    path = path if path.suffix == ".json" else path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"the packed set's text tokenizer {path} is not here: mixing pairs or text needs it (to "
+                        f"know its <eos>); run where it is")
+    tokenizer = Tokenizer.from_file(str(path))
+    return {i for i in (tokenizer.token_to_id("<eos>"), tokenizer.token_to_id("<cut>")) if i is not None}
+
+
+def tokens_per_image(manifest: dict) -> int | None:
+    """Image tokens between BOI and EOI in the packed set (its first image), or None: no image in it."""
+    from omnimill.shards.interleave import read_shard
+
+    s = manifest["specials"]
+    for shard in range(len(manifest["shards"])):
+        for _, tokens, meta in read_shard(manifest["root"], manifest, shard):
+            starts, ends = np.flatnonzero(tokens == s["BOI"]), np.flatnonzero(tokens == s["EOI"])
+            if len(starts) and len(ends):
+                return int(ends[0] - starts[0] - 1)
+    return None
+
+
+def check_source(manifest: dict, kind: str, uri: str, config: TrainConfig, per_image: int | None) -> list[str]:
+    """Refuse (UserError, one line) a pair or text set whose text modality (and, for pairs, image modality)
+    was not made by the packed set's tokenizers, or whose images have another token count; returns the
+    modalities to read."""
+    from omnimill.shards.loader import TokenDataset
+
+    d = config.data
+    wanted = [d.image_modality, d.text_modality] if kind == "pairs" else [d.text_modality]
+    have = TokenDataset(uri).modalities
+    fix = "tokenize it with that one, or pack the interleaved set with this one"
+    for role, name in zip(("image", "text") if kind == "pairs" else ("text",), wanted):
+        if name not in have:
+            raise UserError(f"{kind} set {uri} has no modality {name} (it has {', '.join(have)}); name its {role} "
+                            f"modality with --data.{role}_modality")
+    text = have[d.text_modality]
+    if not same_tokenizer(manifest.get("text_tokenizer"), text) or text.vocab_size != manifest["v_text"]:
+        raise UserError(f"{kind} set {uri}: {d.text_modality} was tokenized by {text.info.get('path')} "
+                        f"({text.vocab_size} ids), not by the interleaved set's text tokenizer "
+                        f"{manifest.get('text_tokenizer')} ({manifest['v_text']} ids): {fix}")
+    if kind == "pairs":
+        image = have[d.image_modality]
+        if manifest["image_mode"] != "tokens":
+            raise UserError(f"{manifest['root']} holds image placeholders, not image tokens: pairs need an "
+                            f"interleaved set packed with image tokens (the image modality of a token store)")
+        if (not same_tokenizer(manifest.get("image_tokenizer"), image) or image.vocab_size != manifest["v_image"]
+                or image.time_steps):
+            raise UserError(f"pairs set {uri}: {d.image_modality} was tokenized by {image.info.get('path')} "
+                            f"({image.vocab_size} ids), not by the interleaved set's image tokenizer "
+                            f"{manifest.get('image_tokenizer')} ({manifest['v_image']} ids): {fix}")
+        if per_image is not None and image.length != per_image:
+            raise UserError(f"pairs set {uri}: {d.image_modality} has {image.length} tokens per image, the "
+                            f"interleaved set's images {per_image}: {fix}")
+    longest = (image.length + 2 if kind == "pairs" else 0) + text.length  # caption's <eos> becomes EOD
+    if longest > manifest["seq_len"]:
+        raise UserError(f"{kind} set {uri}: a sample of up to {longest} tokens does not fit the interleaved "
+                        f"set's seq_len {manifest['seq_len']}")
+    return wanted
+
+
+def mixture_sets(manifest: dict, config: TrainConfig) -> dict[str, list[tuple[str, list[str]]]]:
+    """{"pairs" | "text": [(uri, modalities to read)]} of the run's mixture, every set checked (`check_source`)."""
+    per_image = tokens_per_image(manifest) if config.data.pairs else None
+    return {kind: [(uri, check_source(manifest, kind, uri, config, per_image)) for uri in uris]
+            for kind, uris in (("pairs", config.data.pairs), ("text", config.data.text)) if uris}
+
+
+def token_datasets(sets: list[tuple[str, list[str]]], split: str, config: TrainConfig) -> list:
+    """One split of pair or text sets: by sample key, data.holdout and the seed, as the 4M trainer's."""
+    from omnimill.shards.loader import TokenDataset
+
+    return [TokenDataset(uri, modalities=names, split=split, holdout=config.data.holdout, holdout_seed=config.seed)
+            for uri, names in sets]
+
+
+def rows_of(manifest: dict, config: TrainConfig):
+    from omnimill.shards.interleave import vocab_of
+    from omnimill.shards.mixture import CausalRows
+
+    return CausalRows(vocab_of(manifest), config.data.image_modality, config.data.text_modality, text_ends(manifest))
+
+
+class MixedBatches:
+    """The MixtureLoader's batches as rows of the packed set's ids (CausalRows), with its position."""
+
+    def __init__(self, mixture, rows):
+        self.mixture, self.rows = mixture, rows
+
+    def state_dict(self) -> dict:
+        return self.mixture.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mixture.load_state_dict(state)
+
+    def __iter__(self):
+        return map(self.rows, self.mixture)
+
+
+def token_batches(datasets: list, kind: str, rows, config: TrainConfig, session):
+    """One pass over pair or text datasets in stored order, whole views, as rows: baseline and evaluation."""
+    from omnimill.shards.loader import TokenLoader
+
+    for ds in datasets:
+        loader = TokenLoader(ds, batch_size=config.data.batch_size, epochs=1, shuffle_buffer=0, crops="first",
+                             rank=session.rank, world_size=session.world)
+        for batch in loader:
+            yield rows({"kind": kind, **batch})
 
 
 # ---------------------------------------------------------------------------- loss, baseline, evaluation
@@ -118,52 +303,63 @@ def causal_loss(model, tokens: torch.Tensor, manifest: dict, image_loss: bool = 
     return nll[counted].sum() / counted.sum().clamp_min(1), per
 
 
-def unigram_baseline(config: TrainConfig, manifest: dict, train: PackedLoader, heldout: PackedLoader,
-                     session) -> dict[str, float]:
+def unigram_baseline(config: TrainConfig, manifest: dict, sources: dict, session) -> dict[str, float]:
     """Held-out cross-entropy (nats/token) per kind of predicting every target from the training tokens'
     frequencies over the whole vocabulary (add-one smoothed; PAD never predicted), the model's own id space:
-    the loss of a model that ignores all context. Under several processes each counts its own shards and
-    the counts and totals are summed, so every rank gets one baseline."""
+    the loss of a model that ignores all context. `sources`: {source: (training batches, held-out batches)},
+    each source's unigram counted from its own first BASELINE_BATCHES training batches and scored on its
+    held-out batches; per kind over all sources, and per source (SOURCE + name) when there are several.
+    Under several processes each counts its own shards and the counts and totals are summed, so every rank
+    gets one baseline."""
     from omnimill.train.loop import BASELINE_BATCHES
 
-    counts = np.zeros(manifest["vocab"])
-    for _, batch in zip(range(BASELINE_BATCHES), train):
-        targets = batch["tokens"][:, 1:]
-        counts += np.bincount(targets[token_kinds(targets, manifest) >= 0].numpy(), minlength=len(counts))
-    if session.world > 1:
-        merged = torch.from_numpy(counts)
-        torch.distributed.all_reduce(merged)
-        counts = merged.numpy()
-    counts += 1
-    counts[manifest["specials"]["PAD"]] = 0
-    with np.errstate(divide="ignore"):
-        nll = -np.log(counts / counts.sum())
     totals: dict[str, list[float]] = {}
-    for _, batch in zip(range(config.eval_batches), heldout):
-        targets = batch["tokens"][:, 1:]
-        kinds = token_kinds(targets, manifest)
-        for i, kind in enumerate(KINDS):
-            ids = targets[kinds == i].numpy()
-            if len(ids):
-                total = totals.setdefault(kind, [0.0, 0.0])
-                total[0] += float(nll[ids].sum())
-                total[1] += len(ids)
+    for source, (train, heldout) in sources.items():
+        counts = np.zeros(manifest["vocab"])
+        for _, batch in zip(range(BASELINE_BATCHES), train):
+            targets = batch["tokens"][:, 1:]
+            counts += np.bincount(targets[token_kinds(targets, manifest) >= 0].numpy(), minlength=len(counts))
+        if session.world > 1:
+            merged = torch.from_numpy(counts)
+            torch.distributed.all_reduce(merged)
+            counts = merged.numpy()
+        counts += 1
+        counts[manifest["specials"]["PAD"]] = 0
+        with np.errstate(divide="ignore"):
+            nll = -np.log(counts / counts.sum())
+        for _, batch in zip(range(config.eval_batches), heldout):
+            targets = batch["tokens"][:, 1:]
+            kinds = token_kinds(targets, manifest)
+            for i, kind in enumerate(KINDS):
+                ids = targets[kinds == i].numpy()
+                if len(ids):
+                    _add(totals, kind, float(nll[ids].sum()), len(ids))
+                    if len(sources) > 1:
+                        _add(totals, SOURCE + source, float(nll[ids].sum()), len(ids))
     totals = session.sum(totals)
     return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
 
 
+def _add(totals: dict[str, list[float]], name: str, loss: float, n: int) -> None:
+    total = totals.setdefault(name, [0.0, 0.0])
+    total[0] += loss
+    total[1] += n
+
+
 @torch.no_grad()
-def evaluate(model, config: TrainConfig, manifest: dict, heldout: PackedLoader, session) -> dict[str, float]:
-    """Held-out loss per kind (nats/token) on each rank's first eval_batches batches in stored order, summed
-    over ranks."""
+def evaluate(model, config: TrainConfig, manifest: dict, sources: dict, session) -> dict[str, float]:
+    """Held-out loss per kind (nats/token) on each rank's first eval_batches batches of each source
+    ({source: held-out batches}) in stored order, summed over ranks; per source (SOURCE + name, every
+    non-PAD target) too when there are several."""
     model.eval()
     totals: dict[str, list[float]] = {}
-    for _, batch in zip(range(config.eval_batches), heldout):
-        _, per = causal_loss(model, batch["tokens"].to(session.device), manifest)
-        for kind, (loss, n) in per.items():
-            total = totals.setdefault(kind, [0.0, 0.0])
-            total[0] += float(loss)
-            total[1] += n
+    for source, heldout in sources.items():
+        for _, batch in zip(range(config.eval_batches), heldout):
+            _, per = causal_loss(model, batch["tokens"].to(session.device), manifest)
+            for kind, (loss, n) in per.items():
+                _add(totals, kind, float(loss), n)
+                if len(sources) > 1:
+                    _add(totals, SOURCE + source, float(loss), n)
     model.train()
     totals = session.sum(totals)
     return {k: a / b for k, (a, b) in sorted(totals.items()) if b}
@@ -185,21 +381,45 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
                                      save_checkpoint)
     from omnimill.train.model import CausalModel
 
+    from omnimill.shards.mixture import MixtureLoader
+
     out = Path(out)
     if len(config.data.datasets) != 1:
-        raise UserError(f"--objective causal trains on one packed set, not {len(config.data.datasets)}")
+        raise UserError(f"--objective causal trains on one packed set, not {len(config.data.datasets)} (mix in "
+                        f"pair and text shard sets with --data.pairs / --data.text)")
     session = Session(config.device)
     manifest = open_packed(config.data.datasets[0])
     d = config.data
+    sets = mixture_sets(manifest, config) if mixing(config) else {}
+    rows = rows_of(manifest, config) if sets else None
 
     def loader(split: str, **kw) -> PackedLoader:
         return PackedLoader(manifest["root"], split, d.holdout, config.seed, d.batch_size, session.rank,
                             session.world, **kw)
 
-    batches_of = loader("train")
+    if sets:  # one kind per batch, by weight; pairs and text as rows of the packed set's ids
+        train_sets = {kind: token_datasets(given, "train", config) for kind, given in sets.items()}
+        batches_of = MixedBatches(MixtureLoader(
+            d.batch_size, interleaved=split_sequences(manifest["root"], "train", d.holdout, config.seed,
+                                                      session.rank, session.world),
+            weights=d.mix or None, preset=None if d.mix else d.preset, seed=config.seed,
+            num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer, rank=session.rank,
+            world_size=session.world, crops=d.crops, **train_sets), rows)
+        heldout_sets = {kind: token_datasets(given, "heldout", config) for kind, given in sets.items()}
+    else:
+        batches_of = loader("train")
 
-    def heldout() -> PackedLoader:  # a new one per evaluation: the same first eval_batches batches every time
-        return loader("heldout", epochs=1, shuffle=False)
+    def heldout() -> dict:  # new loaders per evaluation: the same first eval_batches batches every time
+        sources = {"interleaved": loader("heldout", epochs=1, shuffle=False)}
+        for kind, datasets in (heldout_sets if sets else {}).items():
+            sources[kind] = token_batches(datasets, kind, rows, config, session)
+        return sources
+
+    def baseline_sources() -> dict:
+        train = {"interleaved": loader("train", epochs=1)}
+        for kind, datasets in (train_sets if sets else {}).items():
+            train[kind] = token_batches(datasets, kind, rows, config, session)
+        return {kind: (batches, held) for (kind, batches), held in zip(train.items(), heldout().values())}
 
     torch.manual_seed(config.seed)
     model = CausalModel(config.model, manifest["vocab"], manifest["seq_len"]).to(session.device)
@@ -226,7 +446,7 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     if session.main:
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     if baseline is None:
-        baseline = unigram_baseline(config, manifest, loader("train", epochs=1), heldout(), session)
+        baseline = unigram_baseline(config, manifest, baseline_sources(), session)
         if session.main:
             (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
@@ -246,6 +466,8 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
         tokens = batch["tokens"].to(session.device)
         with _autocast(config, session):
             loss, per = causal_loss(ddp, tokens, manifest, config.causal_image_loss)
+        if sets:  # which source this batch came from, in the log: its loss over every non-PAD target
+            per[SOURCE + batch["kind"]] = (sum(v for v, _ in per.values()), sum(n for _, n in per.values()))
         return loss, per, tokens.numel()
 
     return run_steps(config, session, model, ddp, optimizer, out, progress, stop_at, step, history, baseline,
@@ -272,10 +494,11 @@ def load_causal_run(run: str | Path, device: str = "cpu"):
     return model.to(device).eval(), state
 
 
-def find_document(manifest: dict, key: str) -> tuple[list[str], np.ndarray]:
-    """(the sequences holding it, the document's tokens up to and with its EOD) for a DOC_KEY, or for a
-    sequence key its first document. A sequence's `docs` name its content's EOD-separated spans in order;
-    a document cut at a sequence's end goes on at the start of the next sequence, so its pieces are joined."""
+def find_document(manifest: dict, key: str) -> tuple[list[str], np.ndarray, list[str | None]]:
+    """(the sequences holding it, the document's tokens up to and with its EOD, each sequence's pack-time
+    split or None) for a DOC_KEY, or for a sequence key its first document. A sequence's `docs` name its
+    content's EOD-separated spans in order; a document cut at a sequence's end goes on at the start of the
+    next sequence, so its pieces are joined."""
     from omnimill.shards.interleave import read_shard
 
     eod = manifest["specials"]["EOD"]
@@ -289,7 +512,7 @@ def find_document(manifest: dict, key: str) -> tuple[list[str], np.ndarray]:
         if sequence == key and meta.get("docs"):
             doc = meta["docs"][0]
             break
-    found, pieces = [], []
+    found, pieces, splits = [], [], []
     for sequence, tokens, meta in sequences():
         docs = list(meta.get("docs", []))
         if doc not in docs:
@@ -302,12 +525,13 @@ def find_document(manifest: dict, key: str) -> tuple[list[str], np.ndarray]:
         start = int(ends[i - 1]) + 1 if i > 0 else 0
         end = int(ends[i]) + 1 if i < len(ends) else len(content)
         found.append(sequence)
+        splits.append(meta.get("split"))
         pieces.append(content[start:end].astype(np.int64))
         if pieces[-1][-1] == eod:
             break
     if not found:
         raise UserError(f"no document or sequence {key!r} in {manifest['root']}")
-    return found, np.concatenate(pieces)
+    return found, np.concatenate(pieces), splits
 
 
 @torch.no_grad()
@@ -372,19 +596,22 @@ def continue_document(run: str | Path, key: str, new_tokens: int = 64, prefix: i
     model sees the document's first `prefix` tokens (default: half) and samples up to `new_tokens` more
     (stopping at EOD); returns the prefix, the continuation and the true rest, as tokens and rendered text,
     and whether every sequence of the document was held out (a training sequence is no evidence of
-    generalisation)."""
+    generalisation). A mixture run's document is one of its packed set's."""
     from omnimill.train.config import from_dict
 
     model, state = load_causal_run(run)
     config, packed = from_dict(state["config"]), state["packed"]
     manifest = open_packed(config.data.datasets[0])
-    sequences, doc = find_document(manifest, key)
+    sequences, doc, splits = find_document(manifest, key)
+    if "holdout" in manifest:  # split by document at pack time: its sequences say which
+        held = all(split == "heldout" for split in splits)
+    else:
+        held = bool(held_out(sequences, config.data.holdout, config.seed).all())
     cut = len(doc) // 2 if prefix is None else max(1, min(prefix, len(doc) - 1))
     new = sample_next(model, doc[:cut], new_tokens, packed["specials"]["EOD"], packed["specials"]["PAD"],
                       temperature, seed)
     rest = doc[cut:]
-    return {"key": key, "sequences": sequences, "held_out": bool(held_out(sequences, config.data.holdout,
-                                                                         config.seed).all()),
+    return {"key": key, "sequences": sequences, "held_out": held,
             "prefix_tokens": doc[:cut].tolist(), "tokens": new.tolist(), "truth_tokens": rest.tolist(),
             "prefix": render(doc[:cut], packed), "continuation": render(new, packed), "truth": render(rest, packed),
             "token_accuracy": float(np.mean(new[:len(rest)] == rest[:len(new)])) if len(new) and len(rest) else None}

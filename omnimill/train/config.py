@@ -27,6 +27,13 @@ class DataConfig:
     shuffle_buffer: int = 1000
     holdout: float = 0.05  # share of keys held out for evaluation (by key hash)
     crops: str = "random"
+    # objective=causal: DATA is one packed interleaved set; MM1's mixture adds token shard sets (or stores)
+    pairs: list[str] = field(default_factory=list)  # image-caption pairs: image_modality + text_modality
+    text: list[str] = field(default_factory=list)  # text only: text_modality
+    image_modality: str = "rgb_image"  # the pairs' image tokens (the interleaved set's image tokenizer)
+    text_modality: str = "caption"  # the pairs' and text sets' text (the interleaved set's text tokenizer)
+    preset: str = "mm1"  # batches per kind when pairs or text are given: mm1 = interleaved 45 / pairs 45 / text 10
+    mix: dict[str, float] = field(default_factory=dict)  # {kind: weight} instead of the preset, counting batches
 
 
 @dataclass
@@ -74,7 +81,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     objective: str = "4m"  # "4m": masked modelling over token stores / shard sets (data, mask); "causal": next-token
-    #                        prediction over packed interleaved sequences (one shard set; model.decoder_layers blocks)
+    #                        prediction over packed interleaved sequences (one shard set, optionally mixed with
+    #                        pair and text shard sets: data.pairs, data.text; model.decoder_layers blocks)
     causal_image_loss: bool = True  # causal: image tokens (ids or placeholder slots) count in the loss
 
 
