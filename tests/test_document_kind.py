@@ -122,6 +122,9 @@ def test_each_sample_reads_its_own_bytes_through_the_engine_reader_and_decodes_a
             image = ImageKind().decode(data, sample, SETTINGS)  # exactly the image kind's view
             assert (decoded.view == image.view).all() and decoded.info == image.info
             assert decoded.info.width == Image.open(io.BytesIO(expected[key])).width
+            other = next(v for k, v in expected.items() if v != expected[key])  # what a moved offset would read
+            with pytest.raises(SampleError, match="not the ones listed"):
+                kind.decode(other, sample, SETTINGS)
 
 
 def test_url_images_without_a_fetched_store_or_with_another_lists_store_are_refused(stores, tmp_path):
@@ -201,3 +204,25 @@ def test_wrong_input_exits_2_with_one_line(stores, tmp_path):
     assert images.exit_code == 2 and "--fetched applies to document stores" in one_line_error(images)
     for out in ("a.zarr", "b.zarr", "c.zarr"):
         assert not (tmp_path / out).exists()
+
+
+@ENGINE
+def test_a_resume_against_a_fetched_store_made_again_is_refused(stores, tmp_path):
+    import shutil
+
+    docs, _, _ = stores
+    own = tmp_path / "f.zarr"
+
+    def fetch():  # the test server is gone: every URL fails to connect, recorded (the store is complete)
+        return invoke("fetch", Path(docs) / "image_urls.jsonl", own, "--workers", "1", "--no-progress", "--retries",
+                      "0", "--timeout", "0.5")
+
+    assert fetch().exit_code == 3
+    args = (docs, tmp_path / "l.zarr", "--sample-kind", "document", "--fetched", own, "--teacher", "metadata",
+            "--workers", "1", "--no-progress")
+    first = invoke("label", *args)
+    assert first.exit_code == 3 and "4 failed labels" in first.output, first.output  # 3 URL images, bad.jpg
+    shutil.rmtree(own)
+    assert fetch().exit_code == 3  # the same path, another store
+    again = invoke("label", *args)
+    assert again.exit_code == 2 and "is not the fetched store this label store was listed from" in one_line_error(again)

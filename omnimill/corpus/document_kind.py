@@ -19,13 +19,16 @@ reason at stage "decode", which is final: the next run does not try it again (fe
 what to run; a fetched store of another URL list, or one not fetched to the end, is refused.
 
 Index columns (kept per sample in the label store): document (DOC_KEY), position (the image's place among
-its document's images: IMAGE_KEY's NN), url ("" for a local image), error ("" when the bytes are there).
+its document's images: IMAGE_KEY's NN), url ("" for a local image), error ("" when the bytes are there),
+sha256 (of the bytes as listed: `decode` fails bytes that hash otherwise, for good, instead of labelling
+another image: a fetched unit fetched again is a new tar whose offsets moved).
 The caption is the image's alt text from the document's segments.
 
 Index options: `fetched` (the fetched store's URI, as given) and `filter` (a `documents filter` name: only
 the images of the documents it kept are listed, so the cheap filters run first and fewer images are
 labelled). What was read is recorded in `CorpusIndex.listing["stores"]`: the document store's uri and
-uuid, the fetched store's uri, uuid and URL list, the filter and its settings.
+uuid, the fetched store's uri, uuid and URL list, the filter and its settings; `check_stores` refuses a
+resumed run whose stores at those paths were made again (another uuid: the recorded offsets are stale).
 
 corpus/ imports no store (tests/test_architecture.py: store imports corpus). `index` is therefore handed
 the opened stores by whoever may open them (the label engine): `documents` (a DocumentStore) and
@@ -36,6 +39,7 @@ tar_path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from omnimill.corpus.image import Decoded, ImageKind
@@ -56,6 +60,7 @@ class DocumentKind(ImageKind):
         SampleArray("position", (), "int32", "the image's place among its document's images (IMAGE_KEY's NN)"),
         SampleArray("url", (), "str", "the URL it was fetched from; '' for a local image"),
         SampleArray("error", (), "str", "why its bytes are not there (the sample fails); '' when they are"),
+        SampleArray("sha256", (), "str", "of the bytes when listed: bytes read later must hash to it"),
     )
     index_options = {"fetched": None, "filter": None}
 
@@ -70,6 +75,15 @@ class DocumentKind(ImageKind):
             raise UserError(f"--fetched {fetched} was given but not opened by the label engine")
         return image_index(documents, fetched_store, filter, storage_options)
 
+    def check_stores(self, recorded: dict, documents=None, fetched_store=None) -> None:
+        """A resumed run reads bytes where the listing pointed: refuse when the store at a recorded path is not
+        the one listed (`recorded`: the listing's "stores"; a store ingested or fetched again has a new uuid)."""
+        for name, store in (("documents", documents), ("fetched", fetched_store)):
+            was = recorded.get(name)
+            if was and store is not None and store.uuid != was["uuid"]:
+                raise UserError(f"{store.uri} is not the {store.WHAT} this label store was listed from (uuid "
+                                f"{store.uuid}, listed {was['uuid']}: made again since?); label into a new store")
+
     def fetch(self, reader, sample: dict) -> bytes:
         """The image's bytes; none for a row that records why it has none (decode fails it)."""
         return b"" if sample.get("error") else super().fetch(reader, sample)
@@ -77,6 +91,10 @@ class DocumentKind(ImageKind):
     def decode(self, data: bytes, sample: dict, settings: DecodeSettings) -> Decoded:
         if sample.get("error"):
             raise SampleError("decode", str(sample["error"]))
+        if sample.get("sha256") and hashlib.sha256(data).hexdigest() != sample["sha256"]:
+            # A fetched unit fetched again is a new tar: its offsets moved. Wrong bytes must not be labelled.
+            raise SampleError("decode", "the bytes at its offset are not the ones listed (its store was written "
+                                        "again since); label into a new store")
         return super().decode(data, sample, settings)
 
 
@@ -105,10 +123,10 @@ def image_index(documents, fetched_store=None, filter: str | None = None, storag
         key = image["key"]
         where, error = (fetched.get(image["source"], _NOT_FETCHED) if image["kind"] == "url"
                         else _local_source(image, local))
-        source, offset, size = where or ("", -1, -1)
+        source, offset, size, sha256 = where or ("", -1, -1, "")
         index.add(key, source, offset, size, alts.get(key) or "",
                   {"document": str(doc_keys[image["doc"]]), "position": position,
-                   "url": image["source"] if image["kind"] == "url" else "", "error": error})
+                   "url": image["source"] if image["kind"] == "url" else "", "error": error, "sha256": sha256})
     index.listing = {"stores": _provenance(documents, fetched_store, filter)}
     return index
 
@@ -128,7 +146,7 @@ def _kept(documents, filter: str | None):
 
 
 def _fetched_by_url(fetched_store, documents) -> dict[str, tuple]:
-    """{url: ((tar, offset, size), "") for a good image, or (None, why not)}, from a complete fetched store of
+    """{url: ((tar, offset, size, sha256), "") for a good image, or (None, why not)}, from a complete fetched store of
     this document store's URL list."""
     from omnimill.corpus.fetch import EXTENSIONS  # not at import: fetch imports listing, which imports the registry
     from omnimill.corpus.listing import MEMBER_SEP, normalise_uri
@@ -141,8 +159,8 @@ def _fetched_by_url(fetched_store, documents) -> dict[str, tuple]:
         raise UserError(f"{fetched_store.uri} is not fetched to the end; run `omnimill fetch {wanted} "
                         f"{fetched_store.uri}` again first")
     keys, urls = fetched_store.read("keys"), fetched_store.read("url")
-    ok, stage, reason, offset, nbytes, kind = (fetched_store.column(c) for c in
-                                               ("ok", "stage", "reason", "offset", "nbytes", "content_type"))
+    ok, stage, reason, offset, nbytes, kind, sha = (fetched_store.column(c) for c in ("ok", "stage", "reason", "offset",
+                                                                                  "nbytes", "content_type", "sha256"))
     found = {}
     for row, url in enumerate(urls):
         if not ok[row]:
@@ -150,7 +168,7 @@ def _fetched_by_url(fetched_store, documents) -> dict[str, tuple]:
             continue
         tar = fetched_store.tar_path(row // fetched_store.unit_size)
         member = f"{keys[row]}.{EXTENSIONS.get(str(kind[row]), 'img')}"  # as the fetched store names it
-        found[str(url)] = ((f"{tar}{MEMBER_SEP}{member}", int(offset[row]), int(nbytes[row])), "")
+        found[str(url)] = ((f"{tar}{MEMBER_SEP}{member}", int(offset[row]), int(nbytes[row]), str(sha[row])), "")
     return found
 
 
@@ -170,7 +188,7 @@ def _local_source(image: dict, local: dict) -> tuple:
         return None, f"ingest: {image.get('error') or 'the image was not read'}"
     if image["key"] not in local:
         return None, "not in the document store's local tars; run `omnimill verify` on the document store"
-    return local[image["key"]], ""
+    return (*local[image["key"]], image["sha256"]), ""
 
 
 def _alts(documents) -> dict[str, str]:
