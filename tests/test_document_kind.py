@@ -226,3 +226,17 @@ def test_a_resume_against_a_fetched_store_made_again_is_refused(stores, tmp_path
     assert fetch().exit_code == 3  # the same path, another store
     again = invoke("label", *args)
     assert again.exit_code == 2 and "is not the fetched store this label store was listed from" in one_line_error(again)
+
+
+@ENGINE
+def test_doc_filter_labels_only_the_kept_documents_images(stores, tmp_path):
+    docs, fetched, _ = stores
+    assert invoke("documents", "filter", docs, "--name", "two", "--min-images", "2").exit_code == 0
+    out = tmp_path / "kept.zarr"
+    done = invoke("label", docs, out, "--sample-kind", "document", "--fetched", fetched, "--doc-filter", "two",
+                  "--teacher", "metadata", "--workers", "1", "--no-progress")
+    assert done.exit_code == 3, done.output  # web_0000001's URL is a 404
+    labels = LabelStore.open(str(out))
+    assert [str(k) for k in labels.read("keys")] == [e[0] for e in EXPECTED[:4]]
+    assert labels.corpus["listing"]["filter"] == "two"
+    assert labels.corpus["listing"]["stores"]["filter"]["settings"]["min_images"] == 2
