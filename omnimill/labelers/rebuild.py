@@ -47,15 +47,14 @@ def rebuild_teacher(labels, teacher: str, device: str = "auto", plugin: str | No
     name = trusted_teacher(labels, teacher, plugin, instead)
     checkpoint = provenance.get("checkpoint_path") or provenance.get("checkpoint")
     stored = provenance.get("config") or {}
-    spec = TeacherSpec(name, checkpoint)
-    built = build(spec, labels.view_size)
-    # Options given through the Python API show up in the config only: pass back what differs.
-    differs = {k: v for k, v in stored.items() if plain(built.config()).get(k) != v}
-    if differs:
-        spec = TeacherSpec(name, checkpoint, {k: v for k, v in differs.items() if k != "version"})
-        built = build(spec, labels.view_size)
-        now = plain(built.config())
-        differs = {k: (now.get(k), v) for k, v in stored.items() if now.get(k) != v}
+    built = build(TeacherSpec(name, checkpoint), labels.view_size)
+    # Options given through the Python API show up in the config only: pass back those that differ (any
+    # other difference, as a checkpoint's image size, is refused below).
+    options = {k: v for k, v in stored.items() if k in type(built).options and plain(built.config()).get(k) != v}
+    if options:
+        built = build(TeacherSpec(name, checkpoint, options), labels.view_size)
+    now = plain(built.config())
+    differs = {k: (now.get(k), v) for k, v in stored.items() if now.get(k) != v}
     if differs:
         what = "; ".join(f"{k}: {now!r} now, {then!r} in the store" for k, (now, then) in list(differs.items())[:3])
         raise UserError(f"teacher {teacher} rebuilt from the store's provenance differs from the one that "
