@@ -2,7 +2,7 @@
 after the other in one run, and the whole), the packed set's padding share, and the loader's samples/s
 (InterleavedDataset alone, and MixtureLoader's mm1 preset over it).
 
-    python benchmarks/documents.py [--docs 200] [--workers 1] [--unit 64] [--seq-len 4096] [--max-images 16]
+    python benchmarks/documents.py [--docs 1000] [--workers 1] [--unit 64] [--seq-len 4096] [--max-images 16]
                                    [--slots 144] [--mixture-batches 200] [--seed 0]
 
 Corpus (written to a temporary folder, not timed): `--docs` OBELICS-style documents in one parquet, the
@@ -22,7 +22,9 @@ running the command pays it):
           its own vision encoder; tokens mode would add `omnimill tokenize` and a trained image tokenizer),
           the text through a byte-level BPE trained here on the corpus (benchmarks/interleave.py's)
 
-Documents/s = documents / seconds of the stage; end to end = documents / the four stages' seconds. Then
+Documents/s = documents / seconds of the stage; images/s = all the corpus's images / seconds of the stage
+(label and pack handle every image; ingest copies the local half and lists the rest; fetch gets the URL
+half); end to end = documents (images) / the four stages' seconds. Then
 the packed set: InterleavedDataset read rate (the second of two passes; the first warms the page cache)
 and MixtureLoader mm1 (benchmarks/interleave.run_mixture: batch 16, pair and text shard sets written there).
 Other processes share the cores: the load before and after is recorded, and the stages' ratios in one run
@@ -187,7 +189,7 @@ def read_rates(packed: Path, batches: int, rng: np.random.Generator, root: Path)
 # ---------------------------------------------------------------------------- results
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=200)
+    parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--unit", type=int, default=64, help="documents per ingest unit, URLs per fetch unit")
     parser.add_argument("--seq-len", type=int, default=4096)
@@ -220,9 +222,10 @@ def table(results: dict) -> list[str]:
     lines = [f"{d['docs']} synthetic OBELICS-style documents ({d['images']} images, half local, half by URL from "
              f"127.0.0.1), {d['workers']} worker(s); load {d['load_before'][0]:.1f} -> {d['load_after'][0]:.1f} on "
              f"{d['cpus']} CPUs. Each stage includes its embedded cluster's start.", "",
-             "| stage | seconds | documents/s |", "|---|---:|---:|"]
-    lines += [f"| {s} | {sec[s]:.1f} | {rate[s]:,.0f} |" for s in STAGES]
-    lines.append(f"| end to end | {d['end_to_end_s']:.1f} | {rate['end_to_end']:,.0f} |")
+             "| stage | seconds | documents/s | images/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {s} | {sec[s]:.1f} | {rate[s]:,.0f} | {d['images'] / sec[s]:,.0f} |" for s in STAGES]
+    lines.append(f"| end to end | {d['end_to_end_s']:.1f} | {rate['end_to_end']:,.0f} | "
+                 f"{d['images'] / d['end_to_end_s']:,.0f} |")
     loader, mix = d["loader"], d["loader"]["mixture"]
     kinds = ", ".join(f"{k} {v['samples_per_s']:,.0f}" for k, v in mix["kinds"].items())
     lines += ["", f"Packed (placeholders, {d['slots']} slots per image, seq_len {d['seq_len']}, at most "
