@@ -130,3 +130,37 @@ def test_pack_store_reads_image_tokens_from_a_token_store(token_data, tmp_path):
     assert manifest["v_image"] == info["vocab_size"] and manifest["image_tokenizer"] == str(info["path"])
     assert manifest["stats"]["images_without_tokens"] == 4 and manifest["stats"]["documents"] == 4
     assert il.verify_interleaved(str(tmp_path / "packed"))["problems"] == []
+
+
+def test_causal_rows_put_pairs_and_text_in_the_packed_sets_ids(token_data, sources):
+    """Pairs exported from the real token store and text shards of the real caption tokenizer, as rows of the
+    interleaved set's ids: BOI <the image's tokens + v_text> EOI <the caption's ids without <eos> and <pad>>
+    EOD, text <ids> EOD, PAD after a row to the batch's longest. The packed set names the same tokenizers, so
+    train/causal.py's check lets both sets in."""
+    from omnimill.train.causal import open_packed, rows_of, mixture_sets
+    from omnimill.train.config import TrainConfig
+
+    tokenizer = load_tokenizer(token_data["tokenizers"]["caption"])
+    config = TrainConfig()
+    config.data.pairs, config.data.text = [sources["pairs"]], [sources["text"]]
+    manifest = open_packed(sources["interleaved"])
+    assert mixture_sets(manifest, config) == {"pairs": [(sources["pairs"], ["rgb_image", "caption"])],
+                                              "text": [(sources["text"], ["caption"])]}
+    rows, vocab = rows_of(manifest, config), sources["vocab"]
+    loader = mixture(sources, preset=None, weights={"pairs": 1, "text": 1})
+    seen = {}
+    for batch, _ in zip(loader, range(20)):
+        seen.setdefault(batch["kind"], (batch, rows(batch)))
+    batch, row = seen["pairs"]
+    for i in range(4):
+        image, text = batch["tokens"]["rgb_image"][i].numpy(), batch["tokens"]["caption"][i].numpy()
+        words = text[(text != tokenizer.pad_id) & (text != tokenizer.eos_id) & (text != tokenizer.cut_id)]
+        want = [vocab.BOI, *(image + vocab.v_text), vocab.EOI, *words, vocab.EOD] if batch["present"]["rgb_image"][i] \
+            else [*words, vocab.EOD]
+        got = row["tokens"][i].numpy()
+        assert got[:len(want)].tolist() == want and (got[len(want):] == vocab.PAD).all()
+    assert row["tokens"].shape[1] < 64 and (row["tokens"][:, -1] != vocab.PAD).any()  # to the longest, not seq_len
+    batch, row = seen["text"]
+    decoded = [tokenizer.text.decode(r[r < vocab.EOD].tolist()) for r in row["tokens"].numpy()]
+    assert decoded == [f"a note on boat {key[1:]}" for key in batch["keys"]]
+    assert all(vocab.EOD in r for r in row["tokens"].tolist())

@@ -493,3 +493,52 @@ def test_mixture_refuses_sets_of_other_tokenizers(mixture, tmp_path):
     refused(mixture["packed"], "has no modality depth", f"--pairs={mixture['pairs']}", "--image_modality=depth")
     refused(mixture["packed"], "but no source was given for it", f"--text={mixture['text']}")  # mm1 needs pairs
     assert not (root / "run").exists()
+    result = invoke("train", mixture["packed"], "--out", root / "run", *[f"--{f}" for f in MIX], "--steps=2",
+                    f"--data.pairs={mixture['pairs']}", f"--data.text={mixture['text']}", "--data.preset=mm1")
+    assert result.exit_code == 0 and "/6 token kinds and" in result.output, result.output
+    result = invoke("train", mixture["packed"], "--out", root / "run", *[f"--{f}" for f in MIX], "--steps=3",
+                    f"--data.pairs={mixture['pairs']}", f"--data.text={mixture['text']}",
+                    '--data.mix={"interleaved": 1, "pairs": 1, "text": 1}')
+    one_line_error(result, "holds a run with other settings (data.mix)")  # a mixture resumes as it began
+
+
+def test_a_set_split_by_document_at_pack_time(mixture, tmp_path):
+    """A set packed with a "holdout" record (pack_documents: documents split by DOC_KEY before packing) is read
+    by its recorded split, not data.holdout: the held-out loader holds exactly the held-out documents' sequences,
+    a mixture trains on it, and a continued document says the split its sequences were packed in."""
+    from omnimill.shards.interleave import Vocab, header, pack_documents, text_encoder
+    from omnimill.store.base import held_out
+    from tokenizers import Tokenizer
+
+    from omnimill.train.causal import PackedLoader, continue_document, split_sequences
+    from omnimill.train.loop import train
+
+    rng = np.random.default_rng(11)
+    encode = text_encoder(Tokenizer.from_file(str(mixture["text_tok"] / "tokenizer.json")))
+    images, documents = {}, []
+    for i in range(120):
+        key = f"d{i:06d}"
+        images[f"{key}/img_00"] = rng.integers(0, V_IMAGE, GRID)
+        words = " ".join(WORDS[j] for j in successive(rng, len(WORDS), 5))
+        documents.append((key, [{"text": words}, {"image": f"{key}/img_00", "alt": None, "meta": {}},
+                                {"text": " ".join(WORDS[j] for j in images[f"{key}/img_00"])}]))
+    head = header(Vocab(V_TEXT, V_IMAGE), SEQ_LEN, 16, "tokens", None, str(mixture["text_tok"]),
+                  str(mixture["image_tok"]))
+    out = str(tmp_path / "by-document")
+    manifest = pack_documents(documents, out, encode, head, images, samples_per_shard=10, holdout=0.25, seed=3)
+    assert manifest["holdout"]["by"] == "document"
+    truth = [d for d, _ in documents if held_out([d], 0.25, 3)[0]]
+    split = {name: {d for s in split_sequences(out, name, 0.9, 0, epochs=1, shuffle=False) for d in s["docs"]}
+             for name in ("train", "heldout")}
+    assert split["heldout"] == set(truth) and split["train"] == {d for d, _ in documents} - set(truth)
+    assert 10 < len(truth) < 60
+    keys = [k for b in PackedLoader(out, "heldout", 0.9, 0, 8, epochs=1, shuffle=False) for k in b["keys"]]
+    assert keys == [s["key"] for s in split_sequences(out, "heldout", 0.9, 0, epochs=1, shuffle=False)]
+
+    run = tmp_path / "run"
+    result = train(tiny(out, f"pairs={mixture['pairs']}", f"text={mixture['text']}", *MIX[1:], "steps=3",
+                        "holdout=0.9"), run, progress=False)
+    assert np.isfinite(result["heldout"]["source/interleaved"])
+    for doc in (truth[0], next(d for d, _ in documents if d not in truth)):
+        facts = continue_document(run, doc, new_tokens=2, prefix=3)
+        assert facts["held_out"] == (doc in truth)

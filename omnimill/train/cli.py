@@ -18,14 +18,16 @@ def train_command(
     ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Token stores / shard sets, comma-separated (weights: "
                                              "--data.weights=0.8,0.2); --objective causal: one packed "
-                                             "interleaved set.")],
+                                             "interleaved set, mixed with pair and text shard sets by "
+                                             "--data.pairs=A,B --data.text=C (MM1: --data.preset=mm1).")],
     out: Annotated[Path, typer.Option(help="Run directory; when it holds a checkpoint, training resumes.")],
     config: Annotated[Optional[Path], typer.Option(help="JSON file shaped like the TrainConfig dataclasses.")] = None,
     progress: Annotated[bool, typer.Option(help="Print progress.")] = True,
 ):
     """Masked multimodal pretraining (4M) on token shards, or next-token prediction on one packed interleaved set
-    (--objective causal). Settings: --section.key=value (e.g. --optim.lr=3e-4, --model.dim=384, --steps=5000)
-    or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
+    (--objective causal), alone or in MM1's mixture with image-caption pair and text-only shard sets (--data.pairs,
+    --data.text; --data.preset=mm1 or --data.mix='{"interleaved": 0.5, ...}'). Settings: --section.key=value (e.g.
+    --optim.lr=3e-4, --model.dim=384, --steps=5000) or a unique key (--lr=3e-4); `docs/TRAINING.md` lists them."""
     from omnimill.train.config import RESUMABLE, changed_settings, from_dict, load_config
     from omnimill.train.loop import read_commit, train
 
@@ -44,7 +46,8 @@ def train_command(
         fail(str(e))
     if progress:
         below = [k for k, v in result["heldout"].items() if v < result["baseline"].get(k, float("inf"))]
-        what = "token kinds" if cfg.objective == "causal" else "modalities"
+        what = ("token kinds and sources" if cfg.data.pairs or cfg.data.text else "token kinds") \
+            if cfg.objective == "causal" else "modalities"
         console.print(f"done: step {result['step']}; held-out loss below the unigram baseline for "
                       f"{len(below)}/{len(result['heldout'])} {what}; {out}/curve.png", highlight=False)
 
@@ -73,7 +76,8 @@ def generate_command(
     out: Annotated[Optional[Path], typer.Option(help="PNG to write; a 4M run.")] = None,
     continue_: Annotated[Optional[str], typer.Option("--continue", help="A causal run: continue this document "
                                                      "(DOC_KEY, or a sequence key: its first document) of the "
-                                                     "run's packed set from its first half.")] = None,
+                                                     "run's packed set (a mixture run's too) from its first "
+                                                     "half.")] = None,
     tokens: Annotated[int, typer.Option(help="--continue: tokens to sample at most (stops at EOD).")] = 64,
     prefix: Annotated[Optional[int], typer.Option(help="--continue: tokens of the document the model sees "
                                                        "(default: half).")] = None,
