@@ -111,7 +111,8 @@ AFTER_CUT = "green tree w w w w w"  # 5 + 4 + 5 = 14 tokens: the START of the te
 
 def clip_corpus(tmp_path):
     """d0: long text, then its image; d1: an image, then long text; d2: two images between two short texts;
-    d3: an image alone (no text); d4: a re-encoded copy of d2's first image, with text."""
+    d3: an image alone (no text); d4: a re-encoded copy of d2's first image, with text; d5: bytes that are no
+    image."""
     def doc(*segments):
         images = {f"i{i}.{name.rsplit('.', 1)[1]}": data for i, (name, data) in enumerate(
             s for s in segments if isinstance(s, tuple))}
@@ -131,7 +132,8 @@ def clip_corpus(tmp_path):
                           "d1": doc(("a.jpg", jpeg_bytes(11)), LONG_AFTER),
                           "d2": doc("a cat", ("a.jpg", jpeg_bytes(12)), ("b.png", png_bytes(13, (80, 60))), "a dog"),
                           "d3": doc(("a.jpg", jpeg_bytes(14))),
-                          "d4": doc("the cat again", ("a.jpg", buf.getvalue()))})
+                          "d4": doc("the cat again", ("a.jpg", buf.getvalue())),
+                          "d5": doc("broken", ("a.jpg", b"not an image"))})  # no image: never labelled
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,7 @@ def clip_docs(tmp_path_factory, tiny_clip):
     labels = str(tmp / "clip.zarr")
     result = label(done.local_corpus, labels, [f"{CLIP_SPEC}={tiny_clip}"], workers=1, unit_size=4, view_size=32,
                    progress=False)
-    assert result.exit_code == 0
+    assert result.exit_code == 0 and "d5/img_00" not in LabelStore.open(labels).keys()  # ingest left it out
     return out, labels, tiny_clip
 
 
@@ -172,6 +174,7 @@ def test_clip_similarity_is_the_best_cosine_with_the_neighbouring_texts(clip_doc
     for key in ("d2/img_00", "d2/img_01"):  # the other image between is skipped: both see "a cat" and "a dog"
         assert scores[key] == pytest.approx(max(float(image[key] @ cat), float(image[key] @ dog)), abs=1e-5)
     assert scores["d3/img_00"] == "no neighbouring text"
+    assert scores["d5/img_00"] == "no clip embedding (not labelled, or its labelling failed)"
     assert identity["labels_uuid"] == stored.uuid and len(identity["checkpoint_sha256"]) == 64
 
     # every image must reach T: the threshold between d2's two scores drops d2 for its weaker image
@@ -181,6 +184,7 @@ def test_clip_similarity_is_the_best_cosine_with_the_neighbouring_texts(clip_doc
     reasons = list(store.column("reason", part="filter_clip"))
     assert reasons[2] == f"clip_sim: {weak} {scores[weak]:.3f} < {t}"
     assert reasons[3] == "clip_sim: d3/img_00 has no neighbouring text"
+    assert reasons[5] == "clip_sim: d5/img_00 has no clip embedding (not labelled, or its labelling failed)"
     for row, key in ((0, "d0/img_00"), (1, "d1/img_00"), (4, "d4/img_00")):
         assert (reasons[row] == "") == (scores[key] >= t), (key, scores[key], reasons[row])
     assert result["dropped_by"]["clip_sim"] == sum(1 for r in reasons if r)
@@ -198,7 +202,8 @@ def test_near_duplicates_drop_the_later_document(clip_docs, tmp_path):
     runner = CliRunner()
     built = runner.invoke(app, ["audit", "index", labels, "--field", "clip/embedding", "--out", index])
     assert built.exit_code == 0, built.output
-    vectors = dict(zip(LabelStore.open(labels).keys(), LabelStore.open(labels).read("clip/embedding")))
+    stored = LabelStore.open(labels)
+    vectors = dict(zip(stored.keys(), stored.read("clip/embedding")))
     keys = sorted(vectors)
     cosine = {(a, b): float(vectors[a] @ vectors[b] / np.linalg.norm(vectors[a]) / np.linalg.norm(vectors[b]))
               for a in keys for b in keys if a < b}
@@ -211,7 +216,7 @@ def test_near_duplicates_drop_the_later_document(clip_docs, tmp_path):
     assert filtered.exit_code == 0, filtered.output
     store = DocumentStore.open(out)
     assert list(store.column("reason", part="filter_near")) == [
-        "", "", "", "", f"near_duplicate: d4/img_00 ~ d2/img_00 cosine {copy:.3f}"]  # the earlier document kept
+        "", "", "", "", f"near_duplicate: d4/img_00 ~ d2/img_00 cosine {copy:.3f}", ""]  # the earlier one kept
     settings = store.filter_settings("near")
     assert settings["near_dups"] == index and settings["near_threshold"] == t
     assert settings["near_index"]["labels_uuid"] == LabelStore.open(labels).uuid

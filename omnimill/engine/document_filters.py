@@ -102,27 +102,26 @@ def filter_documents(store_uri: str, name: str, settings: FilterSettings, force:
                         "as `omnimill documents filter` does")
     store = DocumentStore.open(store_uri, "r+", storage_options)
     images = store.images()  # refuses an incomplete store
-    record = {k: v for k, v in vars(settings).items() if v is not None or k not in NEWER}
-    clip_sims = {}
-    if settings.clip_labels:
-        clip_sims, record["clip"] = clip_similarities(store, images, settings.clip_labels, device, storage_options)
-    near_facts = {}
-    if settings.near_dups:
-        near_facts, record["near_index"] = near_duplicates(store, images, near, storage_options)
     fetched = _fetched_facts(settings.fetched, storage_options) if settings.fetched else {}
     sizes = _label_sizes(settings.labels, storage_options) if settings.labels else {}
     if settings.min_side and any(i["kind"] == "url" for i in images) and not (fetched or sizes):
         raise UserError("the store has URL images: give --fetched FETCHED_STORE (from `omnimill fetch` of its "
                         "image_urls.jsonl) or --labels LABEL_STORE (its metadata teacher) for their sizes")
     sims = _matched_sims(store) if settings.min_sim is not None else {}
+    record = {k: v for k, v in vars(settings).items() if v is not None or k not in NEWER}
+    clip_sims, near_facts = {}, {}
+    if settings.near_dups:  # before the text tower loads: a wrong index is refused at once
+        near_facts, record["near_index"] = near_duplicates(store, images, near, storage_options)
+    if settings.clip_labels:
+        scores, record["clip"] = clip_similarities(store, images, settings.clip_labels, device, storage_options)
+        clip_sims = {key: {"clip_sim": score} for key, score in scores.items()}
     by_doc: dict[int, list[dict]] = {}
     for image in images:  # what is known of each image: local header or fetched store, then the label store's size
         facts = fetched.get(image["source"], {}) if image["kind"] == "url" else image
         known = {k: facts[k] for k in ("sha256", "width", "height") if k in facts}
         by_doc.setdefault(image["doc"], []).append({**image, **known, **sizes.get(image["key"], {}),
-                                                    **sims.get(image["key"], {}), **near_facts.get(image["key"], {}),
-                                                    **({"clip_sim": clip_sims[image["key"]]}
-                                                       if image["key"] in clip_sims else {})})
+                                                    **sims.get(image["key"], {}), **clip_sims.get(image["key"], {}),
+                                                    **near_facts.get(image["key"], {})})
     ok, n_images, chars = store.column("ok"), store.column("n_images"), store.column("n_text_chars")
     first_holder: dict[str, str] = {}  # sha256 -> IMAGE_KEY of its first document
     kept, reasons, dropped_by = [], [], {}
