@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demo import CORPUS, OUT, PHOTOS, SEED, TOKENIZER_RECIPES, TOKENIZERS, build_corpus, heading, omnimill
+from demo import CORPUS, OUT, PHOTOS, SEED, SHARDS, TOKENIZER_RECIPES, TOKENIZERS, build_corpus, heading, omnimill
 
 DOCS_CORPUS = OUT / "docs-corpus"  # docs.parquet, images/ (the local files), served/ (what the server serves)
 PARQUET = DOCS_CORPUS / "docs.parquet"
@@ -49,6 +49,9 @@ DOC_LABELS = OUT / "doc-labels.zarr"
 DOC_TOKENIZERS = OUT / "doc-tokenizers"  # only when the image part's tokenizers are missing
 DOC_TOKENS = OUT / "doc-tokens.zarr"
 PACKED = OUT / "docs-packed"
+TEXT_ONLY = DOCS_CORPUS / "text.txt"  # text-only documents (one a line) for MM1's 10% of text batches
+TEXT_SHARDS = OUT / "docs-text-shards"
+N_TEXT = 200
 DOC_RUN = OUT / "docs-run"
 FILTER = "default"
 SEQ_LEN = 512  # a document is ~150-400 text tokens + 66 per image (8 x 8 + BOI/EOI): 1-3 documents a sequence
@@ -160,8 +163,11 @@ def pipeline() -> int:
     manifest = json.loads((PACKED / "manifest.json").read_text())
     print(f"{manifest['n']} sequences of {SEQ_LEN} tokens, padding share {manifest['padding_share']:.1%}")
 
-    heading("x", "train: next-token prediction over the packed documents, image tokens included (about a minute)")
-    if omnimill("train", str(PACKED), "--out", str(DOC_RUN), *TRAIN_SETTINGS) != 0:
+    heading("x", "train: next-token prediction, MM1's mixture: packed documents 45%, caption pairs 45%, text 10%")
+    mixture = text_only(caption)
+    if mixture is None:
+        return 1
+    if omnimill("train", str(PACKED), "--out", str(DOC_RUN), *TRAIN_SETTINGS, *mixture) != 0:
         return 1
     import demo_clips  # here: it imports demo's helpers, as this module does
 
@@ -340,6 +346,32 @@ def tokenizers() -> tuple[Path | None, Path | None]:
         print(f"{name} tokenizer: {directory}")
         found.append(directory)
     return found[0], found[1]
+
+
+# ---------------------------------------------------------------------------- (x) the mixture
+def text_only(caption: Path) -> list[str] | None:
+    """The trainer's mixture flags: --text= a text-only shard set written here (N_TEXT paragraphs from the
+    documents' templates, no picture), and --pairs= the image part's token shards (rgb_image + caption, the
+    same two tokenizers as the packed set) when they are there. None when a command failed."""
+    if not TEXT_ONLY.exists():
+        rng = np.random.default_rng(SEED + 1)
+        lines = []
+        for n in range(N_TEXT):
+            topic, fact = FACTS[sorted(FACTS)[n % len(FACTS)]]
+            lines.append(" ".join([pick(OPENINGS, rng).format(topic=topic, n=n + 1), fact,
+                                   pick(CLOSINGS, rng).format(topic=topic)]))
+        TEXT_ONLY.write_text("\n".join(lines) + "\n")
+    if not (TEXT_SHARDS / "manifest.json").exists() and omnimill(
+            "shards", "text", str(TEXT_ONLY), str(TEXT_SHARDS), "--tokenizer", str(caption),
+            "--samples-per-shard", "64") != 0:
+        return None
+    flags = [f"--text={TEXT_SHARDS}"]
+    if (SHARDS / "manifest.json").exists() and caption.parent == TOKENIZERS:
+        flags.append(f"--pairs={SHARDS}")
+        print(f"pairs: {SHARDS} (the image part's photos: rgb_image 8 x 8 tokens + caption)")
+    else:
+        print(f"no pairs: {SHARDS} (scripts/demo.py makes it) is missing or of other tokenizers")
+    return flags
 
 
 # ---------------------------------------------------------------------------- (w)-(y) the packed set
