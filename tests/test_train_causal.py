@@ -491,7 +491,9 @@ def test_mixture_refuses_sets_of_other_tokenizers(mixture, tmp_path):
     refused(mixture["packed"], "has 9 tokens per image, the interleaved set's images 4", f"--pairs={image_nine}")
     refused(str(root / "slots"), "holds image placeholders, not image tokens", f"--pairs={mixture['pairs']}")
     refused(mixture["packed"], "has no modality depth", f"--pairs={mixture['pairs']}", "--image_modality=depth")
-    refused(mixture["packed"], "but no source was given for it", f"--text={mixture['text']}")  # mm1 needs pairs
+    refused(mixture["packed"], "data.preset=mm1 weighs pairs, which this run does not give", f"--text={mixture['text']}")
+    refused(mixture["packed"], "data.pairs and data.text mix pair and text sets into a causal run",
+            f"--text={mixture['text']}", "--objective=4m")
     assert not (root / "run").exists()
     result = invoke("train", mixture["packed"], "--out", root / "run", *[f"--{f}" for f in MIX], "--steps=2",
                     f"--data.pairs={mixture['pairs']}", f"--data.text={mixture['text']}", "--data.preset=mm1")

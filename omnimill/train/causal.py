@@ -285,6 +285,62 @@ def token_batches(datasets: list, kind: str, rows, config: TrainConfig, session)
             yield rows({"kind": kind, **batch})
 
 
+class CausalData:
+    """A causal run's data for this rank: the packed set alone, or MM1's mixture with the pair and text sets
+    (checked: `mixture_sets`). `train()`: the training batches, with their position; `heldout()` and
+    `baseline_sources()`: new loaders per call, {source: batches} in stored order (the same first batches
+    every time)."""
+
+    def __init__(self, config: TrainConfig, manifest: dict, session):
+        self.config, self.manifest, self.session = config, manifest, session
+        self.sets = mixture_sets(manifest, config) if mixing(config) else {}
+        self.rows = rows_of(manifest, config) if self.sets else None
+        d = config.data
+        if self.sets and not d.mix:
+            from omnimill.shards.mixture import PRESETS
+
+            lacking = [k for k in PRESETS.get(d.preset, {}) if k != "interleaved" and k not in self.sets]
+            if lacking:
+                raise UserError(f"data.preset={d.preset} weighs {', '.join(lacking)}, which this run does not give "
+                                f"(--data.{lacking[0]}); give it, or weights for what you have: "
+                                f"--data.mix='{{\"interleaved\": 0.9, \"{next(iter(self.sets))}\": 0.1}}'")
+
+    def packed(self, split: str, **kw) -> PackedLoader:
+        c, s = self.config, self.session
+        return PackedLoader(self.manifest["root"], split, c.data.holdout, c.seed, c.data.batch_size, s.rank, s.world,
+                            **kw)
+
+    def train(self):
+        """PackedLoader of the train split, or the mixture (one kind per batch, by weight; pairs and text as
+        rows of the packed set's ids)."""
+        if not self.sets:
+            return self.packed("train")
+        from omnimill.shards.mixture import MixtureLoader
+
+        c, d, s = self.config, self.config.data, self.session
+        return MixedBatches(MixtureLoader(
+            d.batch_size, interleaved=split_sequences(self.manifest["root"], "train", d.holdout, c.seed, s.rank,
+                                                      s.world),
+            weights=d.mix or None, preset=None if d.mix else d.preset, seed=c.seed, num_workers=d.num_workers,
+            shuffle_buffer=d.shuffle_buffer, rank=s.rank, world_size=s.world, crops=d.crops,
+            **{kind: token_datasets(given, "train", c) for kind, given in self.sets.items()}), self.rows)
+
+    def _sources(self, split: str, packed: PackedLoader) -> dict:
+        sources = {"interleaved": packed}
+        for kind, given in self.sets.items():
+            sources[kind] = token_batches(token_datasets(given, split, self.config), kind, self.rows, self.config,
+                                          self.session)
+        return sources
+
+    def heldout(self) -> dict:
+        return self._sources("heldout", self.packed("heldout", epochs=1, shuffle=False))
+
+    def baseline_sources(self) -> dict:
+        """{source: (training batches, held-out batches)}: what unigram_baseline counts and scores."""
+        train, held = self._sources("train", self.packed("train", epochs=1)), self.heldout()
+        return {kind: (train[kind], held[kind]) for kind in train}
+
+
 # ---------------------------------------------------------------------------- loss, baseline, evaluation
 def causal_loss(model, tokens: torch.Tensor, manifest: dict, image_loss: bool = True
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, int]]]:
@@ -374,14 +430,13 @@ def packed_facts(manifest: dict) -> dict:
 
 # ---------------------------------------------------------------------------- training
 def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: int | None = None) -> dict:
-    """loop.train for `objective=causal`: train (or resume from OUT's checkpoint) and return the last held-out
-    losses per kind and the unigram baseline. Under torchrun each rank reads its own shards
-    (InterleavedDataset splits them), DDP averages gradients, rank 0 writes."""
+    """loop.train for `objective=causal`: train (or resume from OUT's checkpoint) on the packed set, or on MM1's
+    mixture (CausalData), and return the last held-out losses per kind (and per source) and the unigram
+    baseline. Under torchrun each rank reads its own shards (InterleavedDataset and TokenLoader split them),
+    DDP averages gradients, rank 0 writes."""
     from omnimill.train.loop import (CHECKPOINT, Session, _autocast, load_checkpoint, optimizer_state, run_steps,
                                      save_checkpoint)
     from omnimill.train.model import CausalModel
-
-    from omnimill.shards.mixture import MixtureLoader
 
     out = Path(out)
     if len(config.data.datasets) != 1:
@@ -389,38 +444,8 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
                         f"pair and text shard sets with --data.pairs / --data.text)")
     session = Session(config.device)
     manifest = open_packed(config.data.datasets[0])
-    d = config.data
-    sets = mixture_sets(manifest, config) if mixing(config) else {}
-    rows = rows_of(manifest, config) if sets else None
-
-    def loader(split: str, **kw) -> PackedLoader:
-        return PackedLoader(manifest["root"], split, d.holdout, config.seed, d.batch_size, session.rank,
-                            session.world, **kw)
-
-    if sets:  # one kind per batch, by weight; pairs and text as rows of the packed set's ids
-        train_sets = {kind: token_datasets(given, "train", config) for kind, given in sets.items()}
-        batches_of = MixedBatches(MixtureLoader(
-            d.batch_size, interleaved=split_sequences(manifest["root"], "train", d.holdout, config.seed,
-                                                      session.rank, session.world),
-            weights=d.mix or None, preset=None if d.mix else d.preset, seed=config.seed,
-            num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer, rank=session.rank,
-            world_size=session.world, crops=d.crops, **train_sets), rows)
-        heldout_sets = {kind: token_datasets(given, "heldout", config) for kind, given in sets.items()}
-    else:
-        batches_of = loader("train")
-
-    def heldout() -> dict:  # new loaders per evaluation: the same first eval_batches batches every time
-        sources = {"interleaved": loader("heldout", epochs=1, shuffle=False)}
-        for kind, datasets in (heldout_sets if sets else {}).items():
-            sources[kind] = token_batches(datasets, kind, rows, config, session)
-        return sources
-
-    def baseline_sources() -> dict:
-        train = {"interleaved": loader("train", epochs=1)}
-        for kind, datasets in (train_sets if sets else {}).items():
-            train[kind] = token_batches(datasets, kind, rows, config, session)
-        return {kind: (batches, held) for (kind, batches), held in zip(train.items(), heldout().values())}
-
+    data = CausalData(config, manifest, session)
+    batches_of = data.train()
     torch.manual_seed(config.seed)
     model = CausalModel(config.model, manifest["vocab"], manifest["seq_len"]).to(session.device)
     optimizer = torch.optim.AdamW(model.parameter_groups(config.optim.weight_decay), lr=config.optim.lr,
@@ -446,7 +471,7 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     if session.main:
         (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
     if baseline is None:
-        baseline = unigram_baseline(config, manifest, baseline_sources(), session)
+        baseline = unigram_baseline(config, manifest, data.baseline_sources(), session)
         if session.main:
             (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
@@ -466,12 +491,12 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
         tokens = batch["tokens"].to(session.device)
         with _autocast(config, session):
             loss, per = causal_loss(ddp, tokens, manifest, config.causal_image_loss)
-        if sets:  # which source this batch came from, in the log: its loss over every non-PAD target
+        if data.sets:  # which source this batch came from, in the log: its loss over every non-PAD target
             per[SOURCE + batch["kind"]] = (sum(v for v, _ in per.values()), sum(n for _, n in per.values()))
         return loss, per, tokens.numel()
 
     return run_steps(config, session, model, ddp, optimizer, out, progress, stop_at, step, history, baseline,
-                     batches_of, micro_step, lambda: evaluate(model, config, manifest, heldout(), session), save,
+                     batches_of, micro_step, lambda: evaluate(model, config, manifest, data.heldout(), session), save,
                      "per_kind")
 
 

@@ -34,6 +34,9 @@ def train_command(
     try:
         cfg = load_config(config, ctx.args)
         cfg.data.datasets = [d for d in data.split(",") if d]
+        if cfg.objective != "causal" and (cfg.data.pairs or cfg.data.text):
+            raise UserError("data.pairs and data.text mix pair and text sets into a causal run (--objective causal); "
+                            "for 4M list every dataset in DATA")
         commit = read_commit(out)  # the checkpoint's own config: config.json is for people, never read back
         if commit is not None:
             old = from_dict(commit["config"])
