@@ -5,6 +5,8 @@ CLIP with random weights) and a real FAISS index (`omnimill audit index`)."""
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from test_clip import CLIP as CLIP_SPEC
 from test_clip import tiny_clip  # noqa: F401  (a fixture: a tiny real CLIP checkpoint)
 from test_documents import FAST, jpeg_bytes, mixed_corpus, mmc4, obelics, png_bytes, wds
 
-from omnimill.engine.document_filters import FilterSettings, clip_similarities, filter_documents
+from omnimill.engine.document_filters import (FilterSettings, NearDuplicates, clip_similarities, filter_documents,
+                                              near_duplicates)
 from omnimill.engine.documents import ingest_documents
 from omnimill.engine.label import label
 from omnimill.errors import UserError
@@ -40,6 +43,11 @@ def test_filters_record_each_document_with_its_reason(tmp_path):
     with pytest.raises(UserError, match="another --name"):
         filter_documents(out, "dups", FilterSettings(dedup=True))
     assert sorted(store.filters()) == ["dups", "local"]
+
+
+def test_a_threshold_of_zero_is_asked():
+    assert FilterSettings(min_chars=0).asked() and FilterSettings(min_clip_sim=0.0, clip_labels="l.zarr").asked()
+    assert not FilterSettings(clip_labels="l.zarr", near_threshold=0.9).asked()
 
 
 def test_min_side_reads_local_headers_and_a_fetched_store(tmp_path):
@@ -217,6 +225,13 @@ def test_near_duplicates_drop_the_later_document(clip_docs, tmp_path):
     store = DocumentStore.open(out)
     assert list(store.column("reason", part="filter_near")) == [
         "", "", "", "", f"near_duplicate: d4/img_00 ~ d2/img_00 cosine {copy:.3f}", ""]  # the earlier one kept
+    # the rule on groups given by hand: every document but the group's earliest goes; one document's own do not
+    info = json.loads((Path(index) / "info.json").read_text())
+    groups = [["d2/img_00", "d4/img_00", "d0/img_00"], ["d2/img_00", "d2/img_01"]]
+    facts, _ = near_duplicates(store, store.images(), NearDuplicates(groups, info))
+    assert facts == {key: {"near_duplicate": f"near_duplicate: {key} ~ d0/img_00 cosine "
+                                             f"{cosine[tuple(sorted((key, 'd0/img_00')))]:.3f}"}
+                     for key in ("d2/img_00", "d4/img_00")}
     settings = store.filter_settings("near")
     assert settings["near_dups"] == index and settings["near_threshold"] == t
     assert settings["near_index"]["labels_uuid"] == LabelStore.open(labels).uuid

@@ -31,10 +31,10 @@ only (its keys IMAGE_KEYs of it) and the built-in clip teacher (CLIP or SigLIP);
 Near-duplicate images across documents (`near_dups`: an `omnimill audit index` of the documents' image
 label store; its groups from audit.dups.find_duplicates, which the command module computes and hands in as
 `NearDuplicates`): as with the exact dedup, a document holding an image grouped with an image of an EARLIER
-document is dropped; the reason names the image, the earlier document's image closest to it and their
-cosine ("near_duplicate: d7/img_00 ~ d2/img_01 cosine 0.981"; groups are transitive, so a member reached
-through a chain may be below the threshold). A group within one document drops nothing. Every grouped
-image counts as held whatever its document's verdict. The index's label store must hold images of this
+document is dropped: every document of a group but its earliest; the reason names the image, the earliest
+document's image closest to it and their cosine ("near_duplicate: d7/img_00 ~ d2/img_01 cosine 0.981";
+groups are transitive, so a member reached through a chain may be below the threshold). A group within one
+document drops nothing. Every grouped image counts as held whatever its document's verdict. The index's label store must hold images of this
 document store only; the index dir, its creation time and fingerprint, the label store's uuid and the
 threshold are in the settings.
 """
@@ -74,7 +74,8 @@ class FilterSettings:
 
     def asked(self) -> bool:
         helpers = ("fetched", "labels", "clip_labels", "near_threshold")
-        return any(v not in (None, False) for k, v in vars(self).items() if k not in helpers)
+        # `is`, not `in (None, False)`: 0 == False, and a threshold of 0 is asked
+        return any(v is not None and v is not False for k, v in vars(self).items() if k not in helpers)
 
 
 @dataclass
@@ -295,7 +296,7 @@ def _require_clip(labels) -> None:
 def near_duplicates(store: DocumentStore, images: list[dict], near: NearDuplicates,
                     storage_options: dict | None = None) -> tuple[dict[str, dict], dict]:
     """IMAGE_KEY -> {near_duplicate: reason} for each image grouped with an image of an earlier document (the
-    earlier image closest to it named, with their cosine); and the index's identity."""
+    group's earliest document's image closest to it named, with their cosine); and the index's identity."""
     from omnimill.store.labels import LabelStore
 
     info = near.info
@@ -304,14 +305,18 @@ def near_duplicates(store: DocumentStore, images: list[dict], near: NearDuplicat
     doc_of = {image["key"]: image["doc"] for image in images}
     facts = {}
     for group in near.groups:
-        vectors = unit_rows(labels.read(info["field"], [rows[key] for key in group]))
-        cosine = vectors @ vectors.T
-        docs = [doc_of[key] for key in group]
-        for i, key in enumerate(group):
-            earlier = [j for j in range(len(group)) if docs[j] < docs[i]]
-            if earlier:
-                j = max(earlier, key=lambda j: cosine[i, j])
-                facts[key] = {"near_duplicate": f"near_duplicate: {key} ~ {group[j]} cosine {cosine[i, j]:.3f}"}
+        docs = np.array([doc_of[key] for key in group])
+        first = np.flatnonzero(docs == docs.min())  # the group's earliest document's images: they stay
+        later = np.flatnonzero(docs > docs.min())
+        if not len(later):
+            continue  # a group within one document drops nothing
+        # each later image against the first document's few: g x m cosines, not g x g (a logo on every
+        # page of a site makes one group of thousands)
+        vectors = unit_rows(labels.read(info["field"], [rows[group[i]] for i in np.r_[first, later]]))
+        cosine = vectors[len(first):] @ vectors[:len(first)].T
+        for i, best, score in zip(later, cosine.argmax(1), cosine.max(1)):
+            facts[group[i]] = {"near_duplicate": f"near_duplicate: {group[i]} ~ {group[first[best]]} "
+                                                 f"cosine {score:.3f}"}
     return facts, {"created": info.get("created"), "field": info["field"], "store": info["store"],
                    "labels_uuid": labels.uuid, "fingerprint": info.get("fingerprint")}
 
