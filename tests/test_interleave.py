@@ -294,7 +294,8 @@ def test_dataset_ranks_split_the_shards_and_epochs_end(text_tok, tmp_path):
 
 
 def test_pack_documents_streams_to_the_same_set_as_pack(text_tok, tmp_path):
-    """pack_documents (streaming) writes what pack + write_interleaved write, and records what it dropped."""
+    """pack_documents (streaming, nothing held out) writes the sequences pack + write_interleaved write, each
+    marked "train", and records what it dropped."""
     rng = np.random.default_rng(5)
     vocab = il.Vocab(text_tok.get_vocab_size())
     docs = [(f"d{i}", document(f"d{i}", [words(int(n)) for n in rng.integers(0, 50, 3)],
@@ -302,11 +303,18 @@ def test_pack_documents_streams_to_the_same_set_as_pack(text_tok, tmp_path):
     docs.append(("huge", [{"text": "a cat"}, {"image": "huge/img_00", "alt": None, "meta": {}}]))
     head = il.header(vocab, 40, 2, "placeholders", 30, "tok", None)
     manifest = il.pack_documents(docs, str(tmp_path / "streamed"), il.text_encoder(text_tok), head,
-                                 samples_per_shard=4)
+                                 samples_per_shard=4, holdout=0.0)
     packed = il.pack(flat_docs(text_tok, docs, vocab, slots=30), vocab, seq_len=40, max_images=2)
     batch = il.write_interleaved(str(tmp_path / "batch"), packed.sequences, head, packed.padding_share,
                                  samples_per_shard=4)
-    assert manifest["shards"] == batch["shards"] and manifest["padding_share"] == batch["padding_share"]
+    assert [r["n"] for r in manifest["shards"]] == [r["n"] for r in batch["shards"]]
+    assert manifest["padding_share"] == batch["padding_share"] and "holdout" not in batch
+    assert manifest["holdout"] == {"fraction": 0.0, "seed": 0, "by": "document", "n": {"train": batch["n"],
+                                                                                     "heldout": 0}}
+    streamed = [s for i in range(len(manifest["shards"])) for s in il.read_shard(str(tmp_path / "streamed"), manifest, i)]
+    assert [(k, t.tolist(), m) for k, t, m in streamed] == [
+        (il.sequence_key(i), seq.tokens.tolist(), {**seq.meta(), "split": "train"})
+        for i, seq in enumerate(packed.sequences)]
     assert manifest["stats"]["images_too_long"] == [] and manifest["stats"]["documents"] == 26
     head = il.header(vocab, 30, 2, "placeholders", 30, "tok", None)  # 32-token image blocks: all too long
     manifest = il.pack_documents(docs, str(tmp_path / "short"), il.text_encoder(text_tok), head)
@@ -361,8 +369,11 @@ def test_a_set_packed_in_parts(text_tok, tmp_path):
     out = str(tmp_path / "parts")
     il.prepare_set(out)
     enc = il.text_encoder(text_tok)
-    rows = [il.pack_part(docs[10 * p:10 * p + 10], out, p, enc, head, samples_per_shard=4) for p in (2, 0, 1)]
-    manifest = il.finish_parts(out, head, rows)
+    rows = [il.pack_part(docs[10 * p:10 * p + 10], out, p, enc, head, samples_per_shard=4, holdout=0.0)
+            for p in (2, 0, 1)]
+    with pytest.raises(UserError, match="pack it again"):
+        il.finish_parts(out, head, rows)  # split with 0.0, finished as 0.05
+    manifest = il.finish_parts(out, head, rows, holdout=0.0)
     assert [r["url"] for r in manifest["shards"]][:2] == ["part-000000-000000.tar", "part-000000-000001.tar"]
     assert manifest["stats"]["documents"] == 30 and il.verify_interleaved(out)["problems"] == []
     streamed = [s for s in il.InterleavedDataset(out, shuffle=False, epochs=1)]
@@ -373,7 +384,7 @@ def test_a_set_packed_in_parts(text_tok, tmp_path):
     pads = sum(48 - seq.n_content for packed in alone for seq in packed.sequences)
     assert manifest["padding_share"] == round(pads / (48 * manifest["n"]), 6)
     with pytest.raises(UserError, match="listed twice"):
-        il.finish_parts(out, head, rows + rows[:1])
+        il.finish_parts(out, head, rows + rows[:1], holdout=0.0)
     il.prepare_set(out, force=True)  # removes the parts' shards and the manifest
     assert list((tmp_path / "parts").iterdir()) == []
 
@@ -387,3 +398,127 @@ def test_verify_checks_keys_and_the_padding_share(text_tok, tmp_path):
     path.write_text(json.dumps(twice))
     problems = il.verify_interleaved(out)["problems"]
     assert len(problems) == 7 and all("also in an earlier shard" in p for p in problems)
+
+
+# ---------------------------------------------------------------------------------------------- held-out split
+def split_corpus(text_tok, tmp_path, holdout=0.3, per_shard=3, seed=0):
+    """40 documents packed with a held-out share; the first of each split is long enough to span 5+
+    sequences."""
+    from omnimill.store.base import held_out
+
+    rng = np.random.default_rng(11)
+    docs = [(f"doc{i:03d}", document(f"doc{i:03d}", [words(int(n)) for n in rng.integers(0, 40, 3)],
+                                     rng.integers(0, 3, rng.integers(0, 4)).tolist())) for i in range(40)]
+    mask = held_out([k for k, _ in docs], holdout, seed).tolist()
+    for i in {mask.index(h) for h in set(mask)}:
+        docs[i] = (docs[i][0], document(docs[i][0], [words(150), words(150)], [0]))
+    head = il.header(il.Vocab(text_tok.get_vocab_size()), 48, 3, "placeholders", 6, "tok", None)
+    out = str(tmp_path / "split")
+    manifest = il.pack_documents(docs, out, il.text_encoder(text_tok), head, samples_per_shard=per_shard,
+                                 holdout=holdout, seed=seed)
+    return out, manifest, docs
+
+
+def test_documents_are_split_by_key_before_packing(text_tok, tmp_path):
+    """Every document is wholly in one split (long ones too), the split is store.base.held_out on DOC_KEY,
+    each shard and sequence says its split, and the manifest counts them."""
+    from omnimill.store.base import held_out
+
+    out, manifest, docs = split_corpus(text_tok, tmp_path, seed=1)
+    keys = [k for k, _ in docs]
+    expected = {k: "heldout" if h else "train" for k, h in zip(keys, held_out(keys, 0.3, 1))}
+    assert 5 <= sum(v == "heldout" for v in expected.values()) <= 20
+    long = [k for k, doc in docs if len(doc) == 3 and len(doc[0]["text"]) > 400]
+    assert sorted(expected[k] for k in long) == ["heldout", "train"]
+    sequences = [(row, meta) for i, row in enumerate(manifest["shards"])
+                 for _, _, meta in il.read_shard(out, manifest, i)]
+    assert all(meta["split"] == row["split"] for row, meta in sequences)
+    for key in keys:
+        splits = [meta["split"] for _, meta in sequences if key in meta["docs"]]
+        assert splits and set(splits) == {expected[key]}, key
+    assert all(sum(k in meta["docs"] for _, meta in sequences) >= 5 for k in long)
+    assert manifest["holdout"] == {"fraction": 0.3, "seed": 1, "by": "document", "n": {
+        name: sum(meta["split"] == name for _, meta in sequences) for name in il.SPLITS}}
+    assert manifest["stats"]["documents_by_split"] == {name: list(expected.values()).count(name) for name in il.SPLITS}
+    splits = [row["split"] for row in manifest["shards"]]
+    assert splits == sorted(splits, key=il.SPLITS.index)  # train shards first, then held-out ones
+    # a split's sequences in manifest order are its packing order: a long document is in consecutive ones
+    for k in long:
+        same = [meta["docs"] for _, meta in sequences if meta["split"] == expected[k]]
+        spans = [i for i, d in enumerate(same) if k in d]
+        assert spans == list(range(spans[0], spans[0] + len(spans)))
+    assert il.verify_interleaved(out)["problems"] == []
+
+
+def test_verify_checks_the_splits(text_tok, tmp_path):
+    out, manifest, _ = split_corpus(text_tok, tmp_path)
+    path = tmp_path / "split" / "manifest.json"
+    counts = manifest["holdout"]["n"]
+    path.write_text(json.dumps({**manifest, "holdout": {**manifest["holdout"], "n": {
+        "train": counts["train"] + 1, "heldout": counts["heldout"] - 1}}}))
+    assert il.verify_interleaved(out)["problems"][0].startswith("sequences per split")
+    moved = [{**row, "split": "train"} for row in manifest["shards"]]  # a held-out shard listed as train
+    path.write_text(json.dumps({**manifest, "shards": moved}))
+    problems = il.verify_interleaved(out)["problems"]
+    assert problems and all("split 'heldout' in a shard of split 'train'" in p for p in problems)
+
+
+def test_dataset_reads_one_split_and_resumes_within_it(text_tok, tmp_path):
+    out, manifest, _ = split_corpus(text_tok, tmp_path)
+    every = {s["key"]: s["split"] for s in il.InterleavedDataset(out, epochs=1)}
+    assert len(every) == manifest["n"]
+    for name in il.SPLITS:
+        n = manifest["holdout"]["n"][name]
+        reference = take(iter(il.InterleavedDataset(out, seed=2, split=name)), 2 * n + 3)
+        assert sorted(reference[:n]) == sorted(k for k, v in every.items() if v == name)
+        for stop in (1, n - 1, n + 2):
+            first = il.InterleavedDataset(out, seed=2, split=name)
+            it = iter(first)
+            assert take(it, stop) == reference[:stop]
+            state = json.loads(json.dumps(first.state_dict()))
+            again = il.InterleavedDataset(out, seed=2, split=name)
+            again.load_state_dict(state)
+            assert take(iter(again), 2 * n + 3 - stop) == reference[stop:]
+        other = "train" if name == "heldout" else "heldout"
+        with pytest.raises(UserError, match="another interleaved set or setup"):
+            il.InterleavedDataset(out, seed=2, split=other).load_state_dict(state)
+    ranks = [[s["key"] for s in il.InterleavedDataset(out, split="heldout", rank=r, world_size=2, epochs=1)]
+             for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(k for k, v in every.items() if v == "heldout")
+    with pytest.raises(UserError, match="split is one of"):
+        il.InterleavedDataset(out, split="test")
+
+
+def test_nothing_held_out_and_old_sets(text_tok, tmp_path):
+    """holdout 0 leaves the held-out split empty (refused when asked for); a set packed before splits by
+    document (no "holdout") reads as before and refuses a split with one line that says what to do."""
+    out, manifest, _ = split_corpus(text_tok, tmp_path, holdout=0.0)
+    assert manifest["holdout"]["n"]["heldout"] == 0 and {r["split"] for r in manifest["shards"]} == {"train"}
+    assert il.verify_interleaved(out)["problems"] == []
+    with pytest.raises(UserError, match="holds no heldout sequences"):
+        il.InterleavedDataset(out, split="heldout")
+    with pytest.raises(UserError, match=r"in \[0, 1\)"):
+        split_corpus(text_tok, tmp_path / "bad", holdout=1.0)
+    old, old_manifest, _ = packed_set(text_tok, tmp_path)
+    assert "holdout" not in old_manifest and il.verify_interleaved(old)["problems"] == []
+    assert len(list(il.InterleavedDataset(old, epochs=1))) == old_manifest["n"]
+    with pytest.raises(UserError, match="packed before splits by document"):
+        il.InterleavedDataset(old, split="train")
+
+
+def test_parts_split_by_document_too(text_tok, tmp_path):
+    rng = np.random.default_rng(4)
+    docs = [(f"d{i:02d}", document(f"d{i:02d}", [words(int(n)) for n in rng.integers(0, 50, 3)], [0]))
+            for i in range(30)]
+    head = il.header(il.Vocab(text_tok.get_vocab_size()), 48, 3, "placeholders", 6, "tok", None)
+    out = str(tmp_path / "parts")
+    il.prepare_set(out)
+    enc = il.text_encoder(text_tok)
+    rows = [il.pack_part(docs[10 * p:10 * p + 10], out, p, enc, head, samples_per_shard=2, holdout=0.25, seed=3)
+            for p in range(3)]
+    manifest = il.finish_parts(out, head, rows, holdout=0.25, seed=3)
+    assert il.verify_interleaved(out)["problems"] == []
+    splits = [(r["split"], r["url"]) for r in manifest["shards"]]
+    assert splits == sorted(splits, key=lambda s: (il.SPLITS.index(s[0]), s[1]))  # by split, then part order
+    assert manifest["holdout"]["n"] == {name: sum(r["holdout"]["n"][name] for r in rows) for name in il.SPLITS}
+    assert manifest["holdout"]["n"]["heldout"] > 0

@@ -15,13 +15,21 @@ One id space per shard set (`Vocab`):
                                   v_image = 0 in "placeholders" mode
     BOI = v_text + v_image, EOI = +1, PAD = +2, IMG_SLOT = +3, EOD = +4;  vocab = v_text + v_image + 5
 
-    a document:   text ids ... BOI <g*g image ids> EOI ... text ids ... BOI ... EOI ... EOD
+    a document:   text ids ... BOI <g*g image ids> EOI [caption ids] ... text ids ... BOI ... EOI ... EOD
                   placeholders: BOI IMG_SLOT x slots EOI (MM1: 144 slots for its own vision encoder)
 
 An image the caller has no tokens for (not labelled, fetch failed) is dropped from the document and counted
-(`tally["images_without_tokens"]`); an empty text segment adds nothing. An image segment's alt text and meta
-are not put in the sequence: whoever wants a caption inline (alt-text or synthetic) makes it a text segment
-before packing, and records that choice.
+(`tally["images_without_tokens"]`); an empty text segment adds nothing. An image segment's meta is never put
+in the sequence.
+
+Captions (VeCap-style, `Captions`, rule `captions` none | alt | synthetic | both, default none): right after
+an image's EOI comes its caption as text ids, then the document goes on. none: no caption (the alt text stays
+out); alt: the segment's alt text; synthetic: the `captioner` teacher's caption (captions[0]) of IMAGE_KEY in
+an image label store (`StoreCaptions`); both: alt + "\n" + synthetic. An image without the chosen caption
+gets none; under both, an image with only one of them gets that one. Each sequence's json records the source
+each of its images got ("alt" | "synthetic" | "both" | "none"); the manifest records the rule, the
+separator and the label store (uri, uuid, teacher, labels_id), and stats["captions"] the images per source.
+A dropped image (no tokens, too long) takes its caption with it.
 
 Packing rules (`Packer`), greedy, documents in order, one sequence open at a time:
   1. A document is a run of blocks: each image is one block (BOI .. EOI, never split), the text between
@@ -32,22 +40,41 @@ Packing rules (`Packer`), greedy, documents in order, one sequence open at a tim
      and the last one.
   3. An image block that does not fit in what is left closes the sequence (PAD to the end) and opens the
      next one. An image block longer than seq_len can never fit: it is dropped and recorded
-     (`Packer.dropped`), and its document goes on without it.
+     (`Packer.dropped`; `pack_documents` drops it before packing, with its caption, in
+     stats["images_too_long"]), and its document goes on without it.
   4. At most `max_images` images per sequence: the next image closes a sequence that holds max_images.
   5. A sequence holds the end of one document and the start of the next when both fit; each document's
      DOC_KEY is listed in `docs` of every sequence it has tokens in, in order.
   Padding share = PAD tokens / all tokens of the written sequences (the last sequence is padded too).
 
+Held-out split, by document (`pack_documents`, `pack_part`: `holdout` F, default 0.05, and `seed` S): before
+packing, a document goes to "heldout" when store.base.held_out(DOC_KEY, F, S) says so, else to "train" (the
+same rule as every other omnimill split, so one corpus splits the same way everywhere). Each split has its
+own Packer and its own shards: no sequence, and no shard, mixes the two, and a document cut across
+sequences is wholly in one split. `InterleavedDataset(split=...)` reads one split's shards.
+
 The shard set (format omnimill.interleaved/1), a folder OUT:
 
     OUT/manifest.json   {"format", "seq_len", "max_images", "image_mode": "tokens" | "placeholders", "slots",
                          "v_text", "v_image", "specials": {BOI, EOI, PAD, IMG_SLOT, EOD}, "vocab",
-                         "text_tokenizer", "image_tokenizer", "shards": [{"url", "n", "sha256"}], "n",
+                         "text_tokenizer", "image_tokenizer",
+                         "holdout": {"fraction": F, "seed": S, "by": "document",
+                                     "n": {"train": sequences, "heldout": sequences}},
+                         "captions": {"rule", "separator", and for synthetic / both: "labels", "labels_uuid",
+                                      "teacher", "labels_id"},
+                         "shards": [{"url", "n", "sha256", "split"}], "n",
                          "padding_share", "stats" (from pack_documents: what was packed and dropped)}
-                         written last: a folder without one is unfinished
+                         written last: a folder without one is unfinished. The shards are listed by split,
+                         train then heldout, each in packing order.
     OUT/shard-000000.tar  per sequence, in order:
                             <key>.tokens   seq_len x int32, raw little-endian bytes
-                            <key>.json     {"images": [IMAGE_KEY...], "docs": [DOC_KEY...], "n_content": int}
+                            <key>.json     {"images": [IMAGE_KEY...], "docs": [DOC_KEY...], "n_content": int,
+                                            "split": "train" | "heldout",
+                                            "captions": {IMAGE_KEY: source} (not under rule none)}
+
+A set written before splits by document (or by `write_interleaved`, from `pack`) has no "holdout", no
+shard "split" and no sequence "split": it reads as before with split=None, and its readers split by
+sequence key themselves (train/causal.py's PackedLoader did).
 
 A set may also be packed in parts (`pack_part`, one per unit of a parallel or resumable job, then
 `finish_parts`): each part packs its documents on its own (one padded sequence at its end) into
@@ -88,6 +115,11 @@ IMAGE_MODES = ("tokens", "placeholders")
 TOKENS, META = "tokens", "json"  # member extensions
 KEY = re.compile(r"(p\d{6})?s\d{9}")  # s<number>, or p<part>s<number> (pack_part)
 PART_NAME = "part-{:06d}-{:06d}.tar"  # part, shard within the part
+CAPTION_RULES = ("none", "alt", "synthetic", "both")  # which caption follows an image (Captions)
+CAPTION_SOURCES = ("alt", "synthetic", "both", "none")  # what each image got, recorded per sequence
+CAPTION_SEPARATOR = "\n"  # between alt text and synthetic caption under "both"
+SPLITS = ("train", "heldout")  # a packed set's splits, by document (store.base.held_out on DOC_KEY)
+HOLDOUT = 0.05  # share of documents held out, by default
 OURS = re.compile(r"\.?(shard-\d{6,}|part-\d{6,}-\d{6,})\.tar(\.tmp)?")  # what force may remove, and manifest.json
 
 
@@ -134,12 +166,16 @@ def image_key(doc_key: str, i: int) -> str:
 
 
 def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vocab: Vocab,
-               image_tokens=None, slots: int | None = None,
-               tally: Counter | None = None) -> tuple[np.ndarray, list[str]]:
+               image_tokens=None, slots: int | None = None, tally: Counter | None = None,
+               captions: Captions | None = None, chosen: dict[str, str] | None = None,
+               max_block: int | None = None, too_long: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """One document -> (ids int32, the IMAGE_KEYs of the images kept, in order). Exactly one of
     `image_tokens` (anything with `.get(IMAGE_KEY)` -> its g*g tokens in [0, v_image) or None: a dict, or
     `StoreImageTokens` over a token store; "tokens" mode) and `slots` (placeholder mode) is given. An image
-    with no tokens is dropped and counted in `tally["images_without_tokens"]`."""
+    with no tokens is dropped and counted in `tally["images_without_tokens"]`; with `max_block` (the
+    sequence length), an image whose block (BOI .. EOI) is longer is dropped and its key added to
+    `too_long`. With `captions`, each kept image's caption (`Captions.choose`) follows its EOI as text, and
+    `chosen[IMAGE_KEY]` records its source; a dropped image takes its caption with it."""
     if (image_tokens is None) == (slots is None):
         raise UserError("interleave: give image_tokens (tokens mode) or slots (placeholder mode), not both or neither")
     if slots is not None and slots < 1:
@@ -148,10 +184,7 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
     pieces, images = [], []
     for segment in document:
         if "text" in segment:
-            ids = encode_text(segment["text"])
-            if len(ids) and (min(ids) < 0 or max(ids) >= vocab.v_text):
-                raise UserError(f"text ids outside [0, {vocab.v_text}): the tokenizer is not the one of v_text")
-            pieces.append(np.asarray(ids, np.int32))
+            pieces.append(text_ids(segment["text"], encode_text, vocab))
             continue
         key = segment["image"]
         if slots is not None:
@@ -165,12 +198,103 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
             if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab.v_image):
                 raise UserError(f"{key}: image tokens outside [0, {vocab.v_image})")
             body = tokens.astype(np.int32) + vocab.v_text
+        if max_block is not None and len(body) + 2 > max_block:
+            if too_long is not None:
+                too_long.append(key)
+            continue
         pieces.append(np.concatenate([[vocab.BOI], body, [vocab.EOI]]).astype(np.int32))
         images.append(key)
+        if captions is not None:
+            source, caption = captions.choose(segment)
+            pieces.append(text_ids(caption, encode_text, vocab))
+            if chosen is not None:
+                chosen[key] = source
     tally["images"] += len(images)
     pieces.append(np.array([vocab.EOD], np.int32))
     return np.concatenate(pieces), images
 
+
+def text_ids(text: str, encode_text: Callable[[str], list[int]], vocab: Vocab) -> np.ndarray:
+    ids = encode_text(text)
+    if len(ids) and (min(ids) < 0 or max(ids) >= vocab.v_text):
+        raise UserError(f"text ids outside [0, {vocab.v_text}): the tokenizer is not the one of v_text")
+    return np.asarray(ids, np.int32)
+
+
+# ---------------------------------------------------------------------------------------------- captions
+class Captions:
+    """Which caption follows each image in a packed sequence (VeCap-style: alt-text, synthetic, or both).
+
+    rule "none": no caption (an image's alt text stays out of the sequence); "alt": the image segment's alt
+    text; "synthetic": the captioner's caption of the image (`synthetic.get(IMAGE_KEY)`: `StoreCaptions`
+    over a label store, or a dict); "both": alt + CAPTION_SEPARATOR + synthetic. Fallbacks, per image: an
+    image without the chosen caption gets none ("alt" without alt text, "synthetic" without a synthetic
+    caption); "both" with only one of them gets that one. `choose` says which source was used: "alt",
+    "synthetic", "both" or "none"."""
+
+    def __init__(self, rule: str = "none", synthetic=None):
+        if rule not in CAPTION_RULES:
+            raise UserError(f"captions is one of {', '.join(CAPTION_RULES)}, not {rule!r}")
+        if (synthetic is not None) != (rule in ("synthetic", "both")):
+            raise UserError(f"captions {rule}: " + ("give a label store of the captioner (caption labels)"
+                                                    if synthetic is None else
+                                                    "caption labels are read only with synthetic or both"))
+        self.rule, self.synthetic = rule, synthetic
+
+    def choose(self, segment: dict) -> tuple[str, str]:
+        """(source, text) of an image segment's caption under the rule; text "" when source is "none"."""
+        alt = (segment.get("alt") or "").strip() if self.rule in ("alt", "both") else ""
+        synthetic = (self.synthetic.get(segment["image"]) or "").strip() if self.synthetic is not None else ""
+        if alt and synthetic:
+            return "both", alt + CAPTION_SEPARATOR + synthetic
+        if alt:
+            return "alt", alt
+        if synthetic:
+            return "synthetic", synthetic
+        return "none", ""
+
+    def record(self) -> dict:
+        """The manifest's "captions": the rule, the separator, and where synthetic captions came from."""
+        source = getattr(self.synthetic, "record", None)
+        return {"rule": self.rule, "separator": CAPTION_SEPARATOR, **(source() if source else {})}
+
+
+class StoreCaptions:
+    """IMAGE_KEY -> its synthetic caption in a label store (the `captioner` teacher's `captions[0]`, its
+    beam-search caption), the `synthetic` of `Captions`: `get(key)` is None for a key the store lacks, did
+    not label, or gave no caption. Read a unit at a time, as StoreImageTokens reads tokens."""
+
+    def __init__(self, labels_uri: str, teacher: str = "captioner", storage_options: dict | None = None):
+        from omnimill.store.labels import LabelStore
+
+        self.store = LabelStore.open(labels_uri, storage_options=storage_options)
+        if teacher not in self.store.teachers():
+            raise UserError(f"{labels_uri} has no teacher {teacher}; label its images with `--teacher captioner` "
+                            f"(it has {', '.join(self.store.teachers()) or 'none'})")
+        shape, _ = self.store.array_info(f"{teacher}/captions") if self.store.has(f"{teacher}/captions") else ((), None)
+        if len(shape) != 2:
+            raise UserError(f"{labels_uri}: teacher {teacher} has no per-image captions (N, K) array; it is not "
+                            "the captioner of an image or document store")
+        self.uri, self.teacher = labels_uri, teacher
+        self._unit, self._captions, self._ok = None, None, None
+
+    def get(self, key: str) -> str | None:
+        try:
+            row = self.store.index_of(key)
+        except UserError:
+            return None
+        unit = self.store.unit(row // self.store.unit_size)
+        if unit != self._unit:
+            rows = slice(unit.start, unit.stop)
+            self._ok = self.store.ok(self.teacher, rows)
+            self._captions = self.store.read(f"{self.teacher}/captions", rows)[:, 0]
+            self._unit = unit
+        i = row - unit.start
+        return (str(self._captions[i]) or None) if self._ok[i] else None
+
+    def record(self) -> dict:
+        return {"labels": str(self.uri), "labels_uuid": self.store.uuid, "teacher": self.teacher,
+                "labels_id": self.store.teacher_id(self.teacher)}
 
 
 class StoreImageTokens:
@@ -230,12 +354,22 @@ def stored_documents(uri: str, filter_name: str | None = None, storage_options: 
 # ---------------------------------------------------------------------------------------------- packing
 @dataclass
 class PackedSequence:
-    """One packed sample: `tokens` (seq_len,) int32, PAD after the first n_content."""
+    """One packed sample: `tokens` (seq_len,) int32, PAD after the first n_content. `split` ("train" |
+    "heldout") and `captions` ({IMAGE_KEY: caption source}) are set by `pack_documents` / `pack_part` and
+    written to the sequence's json when set."""
 
     tokens: np.ndarray
     images: list[str]
     docs: list[str]
     n_content: int
+    split: str | None = None
+    captions: dict[str, str] | None = None
+
+    def meta(self) -> dict:
+        """The sequence's `<key>.json`."""
+        return {"images": self.images, "docs": self.docs, "n_content": int(self.n_content),
+                **({"split": self.split} if self.split is not None else {}),
+                **({"captions": self.captions} if self.captions is not None else {})}
 
 
 def blocks(ids: np.ndarray, vocab: Vocab) -> Iterator[tuple[bool, np.ndarray]]:
@@ -357,8 +491,7 @@ def shard_bytes(first: int, sequences: list[PackedSequence], part: int | None = 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for number, seq in enumerate(sequences, first):
-            meta = {"images": seq.images, "docs": seq.docs, "n_content": int(seq.n_content)}
-            for ext, data in ((TOKENS, seq.tokens.astype("<i4").tobytes()), (META, json.dumps(meta).encode())):
+            for ext, data in ((TOKENS, seq.tokens.astype("<i4").tobytes()), (META, json.dumps(seq.meta()).encode())):
                 info = tarfile.TarInfo(f"{sequence_key(number, part)}.{ext}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -383,7 +516,12 @@ class InterleavedWriter:
     (last) and returns it. OUT must be empty or hold an earlier interleaved set (then `force` replaces
     it: `prepare_set`). With `part` it writes part `part` of a set packed in parts (`pack_part`): shards
     part-PPPPPP-KKKKKK.tar, keys pPPPPPPs#########, into an OUT prepared by whoever planned the parts, and
-    `shards` is all it leaves (`finish_parts` writes the manifest)."""
+    `shards` is all it leaves (`finish_parts` writes the manifest).
+
+    A shard holds sequences of one split only (a sequence's `split`; None for a set without splits): each
+    split fills its own shard, and the shard's row says its split. Shards and keys are numbered in the order
+    shards fill; `shards` lists them grouped by split (SPLITS order), so a split's sequences read in packing
+    order, and a document cut across sequences is in consecutive ones."""
 
     def __init__(self, out: str, head: dict, samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
                  storage_options: dict | None = None, part: int | None = None):
@@ -391,35 +529,51 @@ class InterleavedWriter:
             raise UserError(f"samples_per_shard must be >= 1, not {samples_per_shard}")
         self.out, self.head, self.per_shard, self.options = out, head, samples_per_shard, storage_options or {}
         self.part = part
-        self.shards: list[dict] = []
-        self._pending: list[PackedSequence] = []
+        self._written: list[dict] = []  # shard rows in the order they were written
+        self._pending: dict[str | None, list[PackedSequence]] = {}
         self.n = 0
         if part is None:
             prepare_set(out, force, self.options)
 
+    @property
+    def shards(self) -> list[dict]:
+        """The rows of the shards written, grouped by split: no split, then SPLITS in order."""
+        rank = {None: -1, **{split: i for i, split in enumerate(SPLITS)}}
+        return sorted(self._written, key=lambda row: rank[row.get("split")])  # sorted is stable
+
     def add(self, seq: PackedSequence) -> None:
         if len(seq.tokens) != self.head["seq_len"]:
             raise UserError(f"a sequence of {len(seq.tokens)} tokens in a set of seq_len {self.head['seq_len']}")
-        self._pending.append(seq)
-        if len(self._pending) == self.per_shard:
-            self.flush()
+        if seq.split not in (None, *SPLITS):
+            raise UserError(f"a sequence's split is one of {SPLITS}, not {seq.split!r}")
+        pending = self._pending.setdefault(seq.split, [])
+        pending.append(seq)
+        if len(pending) == self.per_shard:
+            self._write(seq.split)
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        data = shard_bytes(self.n, self._pending, self.part)
-        name = (SHARD_NAME.format(len(self.shards)) if self.part is None
-                else PART_NAME.format(self.part, len(self.shards)))
-        atomic_write(join(self.out, name), data, self.options)
-        self.shards.append({"url": name, "n": len(self._pending), "sha256": hashlib.sha256(data).hexdigest()})
-        self.n += len(self._pending)
-        self._pending = []
+        """Write every split's partly filled shard."""
+        for split in (None, *SPLITS):
+            self._write(split)
 
-    def close(self, padding_share: float, stats: dict | None = None) -> dict:
-        """Write the last shard and the manifest; `stats` (what was packed and dropped) goes in as "stats"."""
+    def _write(self, split: str | None) -> None:
+        pending = self._pending.pop(split, [])
+        if not pending:
+            return
+        data = shard_bytes(self.n, pending, self.part)
+        number = len(self._written)
+        name = SHARD_NAME.format(number) if self.part is None else PART_NAME.format(self.part, number)
+        atomic_write(join(self.out, name), data, self.options)
+        self._written.append({"url": name, "n": len(pending), "sha256": hashlib.sha256(data).hexdigest(),
+                              **({"split": split} if split is not None else {})})
+        self.n += len(pending)
+
+    def close(self, padding_share: float, stats: dict | None = None, extra: dict | None = None) -> dict:
+        """Write the last shards and the manifest; `stats` (what was packed and dropped) goes in as "stats",
+        `extra` (the "holdout" and "captions" records) as it is."""
         self.flush()
-        manifest = {**self.head, "shards": self.shards, "n": self.n, "padding_share": round(float(padding_share), 6),
-                    **({"stats": stats} if stats is not None else {})}
+        manifest = {**self.head, **(extra or {}), "shards": self.shards, "n": self.n,
+                    "padding_share": round(float(padding_share), 6), **({"stats": stats} if stats is not None else {})}
         atomic_write(join(self.out, MANIFEST), json.dumps(manifest, indent=1).encode(), self.options)
         return manifest
 
@@ -454,29 +608,45 @@ def write_interleaved(out: str, sequences: Iterable[PackedSequence], head: dict,
 
 def pack_documents(documents: Iterable[tuple[str, list[dict]]], out: str, encode_text: Callable[[str], list[int]],
                    head: dict, image_tokens=None, samples_per_shard: int = SAMPLES_PER_SHARD, force: bool = False,
-                   storage_options: dict | None = None) -> dict:
+                   storage_options: dict | None = None, holdout: float = HOLDOUT, seed: int = 0,
+                   captions: Captions | None = None) -> dict:
     """(DOC_KEY, segments) per document -> `interleave` -> `Packer` -> a shard set in OUT, streaming (one open
-    sequence and one shard in memory). `head` (`header`) gives the id space, seq_len, max_images and the image
-    mode: "tokens" reads `image_tokens`, "placeholders" puts head["slots"] IMG_SLOTs per image. The manifest's
-    "stats" records {"documents", "images" (kept), "images_without_tokens", "images_too_long": [IMAGE_KEY],
-    "content_tokens", "padding_tokens"}; returns the manifest."""
+    sequence per split and one shard per split in memory). `head` (`header`) gives the id space, seq_len,
+    max_images and the image mode: "tokens" reads `image_tokens`, "placeholders" puts head["slots"] IMG_SLOTs
+    per image. Documents are split by DOC_KEY before packing (`holdout`, `seed`: store.base.held_out) and
+    each split is packed on its own. `captions` (default: rule "none") puts a caption after each image. The
+    manifest's "stats" records {"documents", "images" (kept), "images_without_tokens", "images_too_long":
+    [IMAGE_KEY], "content_tokens", "padding_tokens", "documents_by_split", "captions": {source: images}};
+    returns the manifest."""
+    split, captions = holdout_record(holdout, seed), captions or Captions()
     writer = InterleavedWriter(out, head, samples_per_shard, force, storage_options)
-    stats = _pack_into(writer, documents, encode_text, head, image_tokens)
-    return writer.close(stats["padding_tokens"] / max(stats["padding_tokens"] + stats["content_tokens"], 1), stats)
+    stats, n = _pack_into(writer, documents, encode_text, head, image_tokens, split, captions)
+    return writer.close(stats["padding_tokens"] / max(stats["padding_tokens"] + stats["content_tokens"], 1), stats,
+                        {"holdout": {**split, "n": n}, "captions": captions.record()})
 
 
 def pack_store(documents_uri: str, out: str, text_tokenizer, text_tokenizer_path: str, tokens_uri: str | None = None,
                image_modality: str = "rgb_image", slots: int | None = None, filter_name: str | None = None,
                seq_len: int = SEQ_LEN, max_images: int = MAX_IMAGES, samples_per_shard: int = SAMPLES_PER_SHARD,
-               force: bool = False, storage_options: dict | None = None) -> dict:
+               force: bool = False, storage_options: dict | None = None, holdout: float = HOLDOUT,
+               seed: int = 0, captions: str = "none", caption_labels: str | None = None) -> dict:
     """A document store -> a packed set in OUT, what a CLI verb calls with paths: its documents (those
     `filter_name` kept) through `text_tokenizer` (loaded by the caller: omnimill's sequence tokenizer, or an
     HF tokenizer; v_text is its vocabulary with added tokens) and either the image modality of the token
-    store `tokens_uri` ("tokens" mode) or `slots` placeholders per image. Returns the manifest."""
+    store `tokens_uri` ("tokens" mode) or `slots` placeholders per image, `holdout` of the documents (by
+    DOC_KEY and `seed`) in the held-out split, and after each image the caption that `captions` (rule)
+    chooses, synthetic ones from the captioner of the label store `caption_labels` (keys IMAGE_KEY).
+    Returns the manifest."""
     if (tokens_uri is None) == (slots is None):
         raise UserError("give a token store of the images (tokens mode) or slots (placeholder mode), one of them")
-    inputs = {"the document store": documents_uri, **({"the token store": tokens_uri} if tokens_uri else {})}
+    holdout_record(holdout, seed)  # a bad fraction or rule is refused before anything is read
+    if captions not in CAPTION_RULES or (caption_labels is not None) != (captions in ("synthetic", "both")):
+        Captions(captions, caption_labels)  # raises, saying what is missing or extra
+    inputs = {"the document store": documents_uri, **({"the token store": tokens_uri} if tokens_uri else {}),
+              **({"the caption label store": caption_labels} if caption_labels else {})}
     refuse_overlap(out, inputs)
+    rule = Captions(captions, StoreCaptions(caption_labels, storage_options=storage_options) if caption_labels
+                    else None)
     text = getattr(text_tokenizer, "text", text_tokenizer)
     v_text = int(getattr(text_tokenizer, "vocab_size", 0) or text.get_vocab_size(with_added_tokens=True))
     images = StoreImageTokens(tokens_uri, image_modality, storage_options) if tokens_uri else None
@@ -484,60 +654,113 @@ def pack_store(documents_uri: str, out: str, text_tokenizer, text_tokenizer_path
     head = header(vocab, seq_len, max_images, "tokens" if images else "placeholders", slots, text_tokenizer_path,
                   images.tokenizer if images else None)
     return pack_documents(stored_documents(documents_uri, filter_name, storage_options), out,
-                          text_encoder(text_tokenizer), head, images, samples_per_shard, force, storage_options)
+                          text_encoder(text_tokenizer), head, images, samples_per_shard, force, storage_options,
+                          holdout, seed, rule)
 
 
 def pack_part(documents: Iterable[tuple[str, list[dict]]], out: str, part: int, encode_text: Callable[[str], list[int]],
               head: dict, image_tokens=None, samples_per_shard: int = SAMPLES_PER_SHARD,
-              storage_options: dict | None = None) -> dict:
-    """Part `part` of a set packed in parts (units of a parallel, resumable job): its documents packed on
-    their own, the part's last sequence padded, shards part-PPPPPP-KKKKKK.tar in OUT (made ready once by
-    `prepare_set`). Returns the part's row {"part", "shards", "stats"}; `finish_parts` joins the rows into
-    the manifest. A part written again (a retried unit) overwrites its own shards with the same bytes."""
+              storage_options: dict | None = None, holdout: float = HOLDOUT, seed: int = 0,
+              captions: Captions | None = None) -> dict:
+    """Part `part` of a set packed in parts (units of a parallel, resumable job): its documents split by
+    DOC_KEY and each split packed on its own, each split's last sequence padded, shards part-PPPPPP-KKKKKK.tar
+    in OUT (made ready once by `prepare_set`). Returns the part's row {"part", "shards", "stats", "holdout",
+    "captions"}; `finish_parts` joins the rows into the manifest. A part written again (a retried unit)
+    overwrites its own shards with the same bytes."""
+    split, captions = holdout_record(holdout, seed), captions or Captions()
     writer = InterleavedWriter(out, head, samples_per_shard, storage_options=storage_options, part=part)
-    stats = _pack_into(writer, documents, encode_text, head, image_tokens)
+    stats, n = _pack_into(writer, documents, encode_text, head, image_tokens, split, captions)
     writer.flush()
-    return {"part": int(part), "shards": writer.shards, "stats": stats}
+    return {"part": int(part), "shards": writer.shards, "stats": stats, "holdout": {**split, "n": n},
+            "captions": captions.record()}
 
 
-def finish_parts(out: str, head: dict, rows: list[dict], storage_options: dict | None = None) -> dict:
-    """The manifest of a set packed in parts: the parts' shards in part order, stats summed, padding share of
-    them all; written last. Returns it."""
+def finish_parts(out: str, head: dict, rows: list[dict], storage_options: dict | None = None,
+                 holdout: float = HOLDOUT, seed: int = 0, captions: Captions | None = None) -> dict:
+    """The manifest of a set packed in parts: the parts' shards grouped by split (train, then heldout), in
+    part order within a split; stats summed, padding share of them all; written last. Every part must have
+    been split with `holdout` and `seed`, and captioned with `captions`. Returns the manifest."""
+    split, caption_record = holdout_record(holdout, seed), (captions or Captions()).record()
     rows = sorted(rows, key=lambda row: row["part"])
     if len({row["part"] for row in rows}) != len(rows):
         raise UserError("finish_parts: a part is listed twice")
-    shards = [shard for row in rows for shard in row["shards"]]
-    stats = {"documents": 0, "images": 0, "images_without_tokens": 0, "images_too_long": [], "content_tokens": 0,
-             "padding_tokens": 0}
     for row in rows:
-        for name in stats:
-            stats[name] += row["stats"][name]
+        if {k: row["holdout"][k] for k in split} != split:
+            raise UserError(f"finish_parts: part {row['part']} was split with {row['holdout']}, not {split}; "
+                            "pack it again")
+        if row["captions"] != caption_record:
+            raise UserError(f"finish_parts: part {row['part']} was captioned with {row['captions']}, not "
+                            f"{caption_record}; pack it again")
+    shards = [shard for name in SPLITS for row in rows for shard in row["shards"] if shard.get("split") == name]
+    stats = _sum_stats([row["stats"] for row in rows])
+    n = {name: sum(row["holdout"]["n"][name] for row in rows) for name in SPLITS}
     total = stats["content_tokens"] + stats["padding_tokens"]
-    manifest = {**head, "shards": shards, "n": sum(shard["n"] for shard in shards),
+    manifest = {**head, "holdout": {**split, "n": n}, "captions": caption_record, "shards": shards, "n": sum(shard["n"] for shard in shards),
                 "padding_share": round(stats["padding_tokens"] / total if total else 0.0, 6), "stats": stats}
     atomic_write(join(out, MANIFEST), json.dumps(manifest, indent=1).encode(), storage_options)
     return manifest
 
 
-def _pack_into(writer: InterleavedWriter, documents, encode_text, head: dict, image_tokens) -> dict:
-    """interleave -> Packer -> writer for each document; the stats of what was packed and dropped."""
+def holdout_record(holdout: float, seed: int) -> dict:
+    """The manifest's "holdout" record, without its counts: the split is by document."""
+    if not 0 <= holdout < 1:
+        raise UserError(f"holdout is the share of documents held out, in [0, 1), not {holdout}")
+    return {"fraction": float(holdout), "seed": int(seed), "by": "document"}
+
+
+def _sum_stats(parts: list[dict]) -> dict:
+    """Stats of several packings as one: numbers and lists added, dicts of numbers added key by key."""
+    total: dict = {}
+    for stats in parts:
+        for name, value in stats.items():
+            if isinstance(value, dict):
+                into = total.setdefault(name, {})
+                for k, v in value.items():
+                    into[k] = into.get(k, 0) + v
+            else:
+                total[name] = total[name] + value if name in total else value
+    return total
+
+
+def _pack_into(writer: InterleavedWriter, documents, encode_text, head: dict, image_tokens,
+               split: dict, captions: Captions) -> tuple[dict, dict[str, int]]:
+    """interleave -> a Packer per split -> writer for each document, the document's split decided by its
+    DOC_KEY (`split`: holdout_record), each image's caption by `captions` (recorded per sequence unless the
+    rule is "none"). Returns the stats of what was packed and dropped, and the sequences written per split."""
+    from omnimill.store.base import held_out
+
     vocab = vocab_of(head)
     slots = head["slots"] if head["image_mode"] == "placeholders" else None
     if slots is None and image_tokens is None:
         raise UserError("tokens mode needs image_tokens (a token store's image modality: StoreImageTokens)")
-    packer = Packer(vocab, head["seq_len"], head["max_images"])
-    tally = Counter()
-    for doc_key, segments in documents:
-        ids, images = interleave(segments, encode_text, vocab, image_tokens=None if slots else image_tokens,
-                                 slots=slots, tally=tally)
-        for seq in packer.add(doc_key, ids, images):
+    packers = {name: Packer(vocab, head["seq_len"], head["max_images"]) for name in SPLITS}
+    tally, n, too_long = Counter(), dict.fromkeys(SPLITS, 0), []
+    chosen, sources = {}, Counter({source: 0 for source in CAPTION_SOURCES})  # IMAGE_KEY -> source until written
+
+    def write(sequences: list[PackedSequence], name: str) -> None:
+        for seq in sequences:
+            seq.split = name
+            picked = {key: chosen.pop(key) for key in seq.images}
+            sources.update(picked.values())
+            seq.captions = picked if captions.rule != "none" else None
             writer.add(seq)
-    for seq in packer.close():
-        writer.add(seq)
-    too_long = [key for _, key in packer.dropped]
-    return {"documents": packer.documents, "images": tally["images"] - len(too_long),
-            "images_without_tokens": tally["images_without_tokens"], "images_too_long": too_long,
-            "content_tokens": packer.content, "padding_tokens": packer.padding}
+            n[name] += 1
+
+    for doc_key, segments in documents:
+        name = SPLITS[int(held_out([doc_key], split["fraction"], split["seed"])[0])]
+        ids, images = interleave(segments, encode_text, vocab, image_tokens=None if slots else image_tokens,
+                                 slots=slots, tally=tally, captions=captions, chosen=chosen,
+                                 max_block=head["seq_len"], too_long=too_long)
+        write(packers[name].add(doc_key, ids, images), name)
+    for name, packer in packers.items():
+        write(packer.close(), name)
+    stats = {"documents": sum(p.documents for p in packers.values()), "images": tally["images"],
+             "images_without_tokens": tally["images_without_tokens"], "images_too_long": too_long,
+             "content_tokens": sum(p.content for p in packers.values()),
+             "padding_tokens": sum(p.padding for p in packers.values()),
+             "documents_by_split": {name: packer.documents for name, packer in packers.items()},
+             "captions": dict(sources)}
+    return stats, n
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
@@ -594,12 +817,16 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
     """Read every shard and check it against the manifest: sha256, counts, ids inside the vocabulary, PAD
     exactly after n_content, BOI/EOI pairs, images per sequence <= max_images and matching the image blocks
     (an image cut off at a sequence end is impossible: blocks are never split), keys unique across the set,
-    and, once every shard reads, n and padding_share as the manifest says. Returns {"n", "shards",
-    "problems": [str]}; the first problem of each sequence is listed."""
+    and, once every shard reads, n and padding_share as the manifest says. A set split by document
+    ("holdout" in its manifest) is checked too: each sequence's split is its shard's, no document is in
+    both splits, and the sequences per split are the manifest's. Returns {"n", "shards", "problems": [str]};
+    the first problem of each sequence is listed."""
     manifest = read_manifest(uri, storage_options)
     vocab = vocab_of(manifest)
+    split_by_document = "holdout" in manifest
     problems, n, content, seen = [], 0, 0, set()
-    for s in range(len(manifest["shards"])):
+    per_split, docs = Counter(), {name: set() for name in SPLITS}
+    for s, row in enumerate(manifest["shards"]):
         try:
             samples = read_shard(uri, manifest, s, storage_options)
         except UserError as e:
@@ -610,10 +837,19 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
             problem = _sequence_problem(tokens, meta, vocab, int(manifest["max_images"]))
             if key in seen:
                 problem = "the key is also in an earlier shard"
+            if split_by_document and not problem:
+                if row.get("split") not in SPLITS or meta.get("split") != row["split"]:
+                    problem = f"split {meta.get('split')!r} in a shard of split {row.get('split')!r}"
+                else:
+                    per_split[row["split"]] += 1
+                    docs[row["split"]].update(meta["docs"])
             seen.add(key)
             if problem:
-                problems.append(f"{manifest['shards'][s]['url']}:{key}: {problem}")
+                problems.append(f"{row['url']}:{key}: {problem}")
             content += int(meta.get("n_content") or 0)
+    if split_by_document and docs["train"] & docs["heldout"]:
+        both = sorted(docs["train"] & docs["heldout"])
+        problems.append(f"{len(both)} documents in both splits, first {both[0]}")
     if not problems:
         measured = 1 - content / (n * int(manifest["seq_len"])) if n else 0.0
         if n != manifest["n"]:
@@ -621,6 +857,9 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
         elif abs(measured - manifest["padding_share"]) > 1e-6:
             problems.append(f"padding share {measured:.6f} in the shards, the manifest says "
                             f"{manifest['padding_share']}")
+        elif split_by_document and dict(per_split) != {k: v for k, v in manifest["holdout"]["n"].items() if v}:
+            problems.append(f"sequences per split {dict(per_split)} in the shards, the manifest says "
+                            f"{manifest['holdout']['n']}")
     return {"n": n, "shards": len(manifest["shards"]), "problems": problems}
 
 
@@ -654,26 +893,38 @@ class InterleavedDataset(torch.utils.data.IterableDataset):
     skip it) and reads only the shard it stopped in. Every shard is checked against its manifest sha256
     when read (`read_shard`).
 
+    `split` ("train" | "heldout") reads only that split's shards, of a set split by document ("holdout" in its
+    manifest: each shard holds one split); None reads every shard. A set packed before splits by document is
+    refused with a split: its readers split by sequence key themselves.
+
     Iterate it in the process that checkpoints (as MixtureLoader does, or DataLoader(num_workers=0)): the
     position it keeps is that of the last sequence it handed out, which a DataLoader worker's copy would
     keep out of reach; a worker refuses to run it. Sequences are read as whole shards, one tar read each."""
 
     def __init__(self, uri: str, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 epochs: int | None = None, storage_options: dict | None = None):
+                 epochs: int | None = None, storage_options: dict | None = None, split: str | None = None):
         self.uri, self.seed, self.shuffle, self.options = str(uri), seed, shuffle, storage_options
-        self.rank, self.world_size, self.epochs = rank, world_size, epochs
+        self.rank, self.world_size, self.epochs, self.split = rank, world_size, epochs, split
         self.manifest = read_manifest(self.uri, storage_options)
         self.vocab = vocab_of(self.manifest)
-        if not self.manifest["n"]:
-            raise UserError(f"{uri} holds no sequences (no documents were packed)")
-        if len(self.manifest["shards"]) < world_size:
-            raise UserError(f"{uri} has {len(self.manifest['shards'])} shards, fewer than world_size {world_size}: "
+        if split not in (None, *SPLITS):
+            raise UserError(f"split is one of {SPLITS} or None (every sequence), not {split!r}")
+        if split is not None and "holdout" not in self.manifest:
+            raise UserError(f"{uri} was packed before splits by document (no \"holdout\" in its manifest): read it "
+                            "with split=None and split by sequence key, or pack it again")
+        self.shards = [i for i, row in enumerate(self.manifest["shards"]) if split in (None, row.get("split"))]
+        what = f"{split} sequences" if split else "sequences"
+        if not sum(self.manifest["shards"][i]["n"] for i in self.shards):
+            raise UserError(f"{uri} holds no {what} (no documents were packed{' in it' if split else ''})")
+        if len(self.shards) < world_size:
+            raise UserError(f"{uri} has {len(self.shards)} shards of {what}, fewer than world_size {world_size}: "
                             f"pack with a smaller samples_per_shard")
         self.epoch = self.consumed = 0
 
     def _fingerprint(self) -> list:
-        return [self.uri, self.manifest["n"], [r["sha256"] for r in self.manifest["shards"]], self.seed,
-                self.shuffle, self.rank, self.world_size]
+        setup = [self.uri, self.manifest["n"], [r["sha256"] for r in self.manifest["shards"]], self.seed,
+                 self.shuffle, self.rank, self.world_size]
+        return setup if self.split is None else [*setup, self.split]  # positions saved before splits still load
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "config": self._fingerprint()}
@@ -681,14 +932,14 @@ class InterleavedDataset(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict) -> None:
         if state["config"] != self._fingerprint():
             raise UserError("the saved position belongs to another interleaved set or setup (uri, shards, seed, "
-                            "shuffle, rank, world_size); resume with the same ones")
+                            "shuffle, rank, world_size, split); resume with the same ones")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
 
     def plan(self, epoch: int) -> list[int]:
-        """The shards this rank reads in `epoch`, in order."""
-        count = len(self.manifest["shards"])
+        """The shards (manifest indices) this rank reads in `epoch`, in order: the split's shards permuted."""
+        count = len(self.shards)
         order = np.random.default_rng([self.seed, epoch]).permutation(count) if self.shuffle else np.arange(count)
-        return order[self.rank::self.world_size].tolist()
+        return [self.shards[i] for i in order[self.rank::self.world_size]]
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None:
