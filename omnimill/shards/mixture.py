@@ -6,6 +6,8 @@
         batch["kind"]  "interleaved": batch["tokens"] (B, seq_len) int64, "images", "docs", "keys", "n_content"
                        "pairs" / "text": a TokenLoader batch (per-modality tokens, masks, present, keys)
         state = loader.state_dict()     # MixtureLoader(...same...).load_state_dict(state) goes on exactly
+    rows = CausalRows(vocab_of(manifest), "rgb_image", "caption", {eos_id, cut_id})
+    rows(batch)                         # {"kind", "keys", "tokens" (B, T)}: every kind in the packed set's ids
 
 Each batch holds one kind. Batch b's kind is drawn with probability weights[kind] / sum(weights) from a
 generator seeded with (seed, b // MIX_BLOCK): the draws are a pure function of (seed, b), so the position of
