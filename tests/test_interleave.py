@@ -12,6 +12,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from test_caption import tiny_blip  # noqa: F401  (a fixture: a tiny real BLIP checkpoint, random weights)
+
 from omnimill.errors import UserError
 from omnimill.shards import interleave as il
 
@@ -522,3 +524,104 @@ def test_parts_split_by_document_too(text_tok, tmp_path):
     assert splits == sorted(splits, key=lambda s: (il.SPLITS.index(s[0]), s[1]))  # by split, then part order
     assert manifest["holdout"]["n"] == {name: sum(r["holdout"]["n"][name] for r in rows) for name in il.SPLITS}
     assert manifest["holdout"]["n"]["heldout"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- captions
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory, tiny_blip):
+    """A document store (WDS: local images with and without alt text, URL images never labelled) and a label
+    store of its local images labelled by a tiny real BLIP `captioner` (and `metadata`, no captions)."""
+    from test_caption import CAPTION
+    from test_documents import FAST, jpeg_bytes, wds
+
+    from omnimill.engine.documents import ingest_documents
+    from omnimill.engine.label import label
+    from omnimill.labelers.base import TeacherSpec
+
+    tmp = tmp_path_factory.mktemp("captioned")
+    docs = {"d0": ({"segments": [{"text": "a cat sits"}, {"image": "img0.jpg", "alt": "a red cat"},
+                                 {"text": "on the mat"}, {"image": "img1.jpg"}]},
+                   {"img0.jpg": jpeg_bytes(0), "img1.jpg": jpeg_bytes(1)}),
+            "d1": ({"segments": [{"text": "the dog"}, {"image": "https://x.org/1.jpg", "alt": "a remote dog"},
+                                 {"image": "https://x.org/2.jpg"}, {"text": "runs in the park"}]}, {})}
+    store = str(tmp / "docs.zarr")
+    done = ingest_documents(str(wds(tmp, docs)), store, **FAST)
+    labels = str(tmp / "labels.zarr")
+    result = label(done.local_corpus, labels, ["metadata", TeacherSpec(CAPTION, str(tiny_blip),
+                                                                       {"max_new_tokens": 8})],
+                   workers=1, unit_size=4, view_size=32, progress=False)
+    assert result.exit_code == 0
+    return store, labels
+
+
+@pytest.mark.parametrize("rule", ["none", "alt", "synthetic", "both"])
+def test_captions_follow_their_images_as_the_rule_says(rule, captioned, text_tok, tmp_path):
+    from omnimill.store.labels import LabelStore
+
+    store, labels = captioned
+    synthetic = il.StoreCaptions(labels)
+    generated = {k: synthetic.get(k) for k in ("d0/img_00", "d0/img_01")}
+    assert all(generated.values()) and synthetic.get("d1/img_00") is None  # URL images: never labelled
+    alt = {"d0/img_00": "a red cat", "d1/img_00": "a remote dog"}
+    expected = {  # what each image gets under each rule: the fallbacks of Captions
+        "none": dict.fromkeys(["d0/img_00", "d0/img_01", "d1/img_00", "d1/img_01"], "none"),
+        "alt": {"d0/img_00": "alt", "d0/img_01": "none", "d1/img_00": "alt", "d1/img_01": "none"},
+        "synthetic": {"d0/img_00": "synthetic", "d0/img_01": "synthetic", "d1/img_00": "none", "d1/img_01": "none"},
+        "both": {"d0/img_00": "both", "d0/img_01": "synthetic", "d1/img_00": "alt", "d1/img_01": "none"},
+    }[rule]
+    text = {"alt": lambda k: alt[k], "synthetic": lambda k: generated[k], "none": lambda k: "",
+            "both": lambda k: alt[k] + il.CAPTION_SEPARATOR + generated[k]}
+    out = str(tmp_path / "packed")
+    manifest = il.pack_store(store, out, text_tok, "tok", slots=3, seq_len=512, holdout=0.0, captions=rule,
+                             caption_labels=labels if rule in ("synthetic", "both") else None)
+    assert il.verify_interleaved(out)["problems"] == []
+    (_, tokens, meta), = il.read_shard(out, manifest, 0)  # both documents fit one sequence
+    assert meta.get("captions") == (None if rule == "none" else expected)
+    # the sequence is the documents with each caption as a text segment right after its image
+    enc, vocab = il.text_encoder(text_tok), il.vocab_of(manifest)
+    with_captions = []
+    for doc_key, segments in il.stored_documents(store):
+        spliced = []
+        for segment in segments:
+            spliced.append(segment)
+            if "image" in segment:
+                spliced.append({"text": text[expected[segment["image"]]](segment["image"])})
+        with_captions.append(il.interleave(spliced, enc, vocab, slots=3)[0])
+    assert tokens[:meta["n_content"]].tolist() == np.concatenate(with_captions).tolist()
+    assert manifest["stats"]["captions"] == {source: list(expected.values()).count(source)
+                                             for source in il.CAPTION_SOURCES}
+    record = {"rule": rule, "separator": "\n"}
+    if rule in ("synthetic", "both"):
+        record.update(labels=labels, labels_uuid=LabelStore.open(labels).uuid, teacher="captioner",
+                      labels_id=LabelStore.open(labels).teacher_id("captioner"))
+    assert manifest["captions"] == record
+
+
+def test_caption_options_are_checked(captioned, text_tok, tmp_path):
+    store, labels = captioned
+    for captions, caption_labels, message in [("synthetic", None, "give a label store of the captioner"),
+                                              ("alt", labels, "read only with synthetic or both"),
+                                              ("all", None, "captions is one of")]:
+        with pytest.raises(UserError, match=message):
+            il.pack_store(store, str(tmp_path / "p"), text_tok, "tok", slots=3, captions=captions,
+                          caption_labels=caption_labels)
+    with pytest.raises(UserError, match="no per-image captions"):
+        il.StoreCaptions(labels, teacher="metadata")
+    with pytest.raises(UserError, match="no teacher clip"):
+        il.StoreCaptions(labels, teacher="clip")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_dropped_image_takes_its_caption_with_it(text_tok):
+    """An image too long for the sequence and one without tokens are dropped with their captions."""
+    vocab = il.Vocab(text_tok.get_vocab_size(), V_IMAGE)
+    enc = il.text_encoder(text_tok)
+    doc = [{"text": "a cat"}, {"image": "d/img_00", "alt": "first"}, {"image": "d/img_01", "alt": "second"},
+           {"image": "d/img_02", "alt": "third"}]
+    image_tokens = {"d/img_00": np.zeros((G, G), int), "d/img_01": np.zeros((8, 8), int)}  # 66-token block
+    chosen, too_long, tally = {}, [], Counter()
+    ids, images = il.interleave(doc, enc, vocab, image_tokens=image_tokens, tally=tally,
+                                captions=il.Captions("alt"), chosen=chosen, max_block=40, too_long=too_long)
+    assert images == ["d/img_00"] and too_long == ["d/img_01"] and tally["images_without_tokens"] == 1
+    assert chosen == {"d/img_00": "alt"}
+    assert ids.tolist() == [*enc("a cat"), vocab.BOI, *[vocab.v_text] * 16, vocab.EOI, *enc("first"), vocab.EOD]
