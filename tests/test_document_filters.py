@@ -254,7 +254,8 @@ def test_wrong_clip_labels_or_index_exit_2_with_one_line(clip_docs, tmp_path):
     assert label(DocumentStore.open(out).local_corpus(), metadata, ["metadata"], workers=1, unit_size=4,
                  view_size=32, progress=False).exit_code == 0
     for args, message in [([out, "--clip-labels", metadata, "--min-clip-sim", "0.2"], "has no clip teacher"),
-                          ([other, "--clip-labels", labels, "--min-clip-sim", "0.2"], "is not a label store of the images of"),
+                          ([other, "--clip-labels", labels, "--min-clip-sim", "0.2"],
+                           "is not a label store of the images of"),
                           ([other, "--near-dups", index], "is not a label store of the images of"),
                           ([out, "--min-clip-sim", "0.2"], "go together"),
                           ([out, "--near-dups", str(tmp_path)], "no info.json")]:

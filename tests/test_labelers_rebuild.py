@@ -46,7 +46,8 @@ def test_a_changed_checkpoint_or_config_is_refused_with_the_callers_alternative(
     store = store_of(tmp_path, copy)
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")  # a byte of the weights changed after labelling
-    with pytest.raises(UserError, match=r"changed since the store was labelled \(sha256 differs\); drop it, or relabel"):
+    with pytest.raises(UserError, match=r"changed since the store was labelled \(sha256 differs\); drop it, or "
+                                        "relabel"):
         rebuild_teacher(store, "clip", "cpu", instead="drop it")
     config = {**store.provenance("clip")["config"], "embed_dim": 99}
     other = store_of(tmp_path, tiny_clip, "other.zarr", config=config)

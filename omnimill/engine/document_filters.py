@@ -12,13 +12,15 @@ text) drops its document and says so. Written as the part `filter_<name>` with i
 
 Image-text similarity with CLIP (`clip_labels` + `min_clip_sim`, OBELICS/MMC4 practice):
 
-    label store keyed IMAGE_KEY, clip teacher ──clip/embedding (unit vector)────────────────┐
-    document segments ──nearest text before / after each image (images between skipped)──┐  │
-        ──cut to the text tower's context (77 tokens for CLIP): the text before keeps its  │  │
-          END, the text after its START (the words next to the image)──▶ the SAME checkpoint,  │
-          rebuilt from the store's provenance (labelers/rebuild.py), TEXT_BATCH texts a call ──▶ cosine
+    label store (keys IMAGE_KEY), clip teacher ──clip/embedding────────────────────────────┐
+    segments ──nearest text before / after each image (images between skipped)             │
+        ──cut to the text tower's context (77 tokens for CLIP): the text before keeps its  │
+          END, the text after its START, the words next to the image                       │
+        ──text tower of the SAME checkpoint, rebuilt from the store's provenance            │
+          (labelers/rebuild.py), TEXT_BATCH distinct texts a call ──────────────────────▶ cosine
     score = the better of the two cosines; a document is dropped when ANY of its images scores below T
-    ("clip_sim: DOC/img_01 0.123 < 0.2").
+    ("clip_sim: DOC/img_01 0.123 < 0.2"). T belongs to a checkpoint: MMC4 kept images at 0.15 with ViT-L/14
+    and a matched sentence; SigLIP's cosines sit lower.
 
 Every image must pass, as with the corpus's matched_sim: verdicts are per document, and a kept document
 goes whole into packing, so an off-topic image in it would be trained on (MMC4 and OBELICS drop such an
@@ -34,9 +36,9 @@ label store; its groups from audit.dups.find_duplicates, which the command modul
 document is dropped: every document of a group but its earliest; the reason names the image, the earliest
 document's image closest to it and their cosine ("near_duplicate: d7/img_00 ~ d2/img_01 cosine 0.981";
 groups are transitive, so a member reached through a chain may be below the threshold). A group within one
-document drops nothing. Every grouped image counts as held whatever its document's verdict. The index's label store must hold images of this
-document store only; the index dir, its creation time and fingerprint, the label store's uuid and the
-threshold are in the settings.
+document drops nothing. Every grouped image counts as held whatever its document's verdict. The index's
+label store must hold images of this document store only; the index dir, its creation time and
+fingerprint, the label store's uuid and the threshold are in the settings.
 """
 
 from __future__ import annotations
