@@ -5,16 +5,21 @@
                    part (demo-out/corpus: each photo and its crops), as one OBELICS-style parquet: paragraphs
                    with 1-4 of one photo's pictures between them; about half the pictures are local files, the
                    rest URLs served by an HTTP server this script starts on 127.0.0.1 (one of them 404s); a few
-                   documents made to fail the filters (no image, a single line, a picture an earlier one holds)
+                   documents made to fail the filters (no image, a single line, a picture an earlier one holds,
+                   the 404)
     (r) ingest     `omnimill documents ingest` -> the document store (segments, image table, local images' tars)
     (s) fetch      `omnimill fetch` on the store's URL list -> the fetched store (per-image status: the 404 shows)
-    (t) label      the documents' images with rgb + metadata (no model teachers: nothing on random weights here)
+    (t) label      the documents' images with rgb, metadata and clip (a tiny CLIP on RANDOM weights, built here:
+                   no CLIP can be downloaded), then a FAISS index of the clip embeddings (`omnimill audit index`)
     (u) filter     `omnimill documents filter`: at least 1 image, 120 characters, short side >= 64 px, no image
-                   an earlier document holds (sha256 of local and fetched bytes); then `documents status`
+                   an earlier document holds (sha256 of local and fetched bytes), no near-duplicate (the index),
+                   CLIP similarity of each image with its neighbouring text; then `documents status`
     (v) tokenize   the images with the image part's rgb tokenizer (demo-out/tokenizers/rgb: 8 x 8 tokens)
     (w) interleave `omnimill shards interleave` (tokens mode, seq_len 512, the image part's caption tokenizer for
                    the text), `shards verify`
-    (x) train      `omnimill train --objective causal`: held-out loss per kind beside its unigram baseline
+    (x) train      `omnimill train --objective causal` on MM1's mixture (45/45/10): the packed documents, the
+                   image part's caption pairs (demo-out/shards, when there) and a text-only set written from the
+                   templates (`omnimill shards text`); held-out loss per kind and source beside its unigram
     (y) generate   `omnimill generate RUN --continue DOC_KEY` on a held-out document
 
 Everything goes to demo-out/ (the corpus to demo-out/docs-corpus/). Running it again keeps the corpus, the
@@ -46,6 +51,9 @@ DOCS = OUT / "documents.zarr"
 FETCHED = OUT / "fetched.zarr"
 DOC_IMAGES = OUT / "doc-images"  # the label corpus until the document sample kind lands: local + fetched tars
 DOC_LABELS = OUT / "doc-labels.zarr"
+CLIP_CHECKPOINT = OUT / "checkpoints" / "clip-tiny-random"
+CLIP_INDEX = OUT / "index-doc-clip"  # the auditor's index of the images' clip embeddings: near-duplicates
+MIN_CLIP_SIM, NEAR_THRESHOLD = -0.2, 0.99995  # for a CLIP on random weights: see step (u)
 DOC_TOKENIZERS = OUT / "doc-tokenizers"  # only when the image part's tokenizers are missing
 DOC_TOKENS = OUT / "doc-tokens.zarr"
 PACKED = OUT / "docs-packed"
@@ -133,14 +141,24 @@ def pipeline() -> int:
     if omnimill("status", str(FETCHED)) != 0:
         return 1
 
-    heading("t", "label the documents' images (keys DOC_KEY/img_NN): rgb and metadata")
-    print("teachers here run no model, so none runs on random weights (the image part's dinov2 does)")
+    heading("t", "label the documents' images (keys DOC_KEY/img_NN): rgb, metadata, clip; index the clip embeddings")
+    build_clip_checkpoint()
+    print(f"teachers on RANDOM weights (the pipeline is real, their outputs are not): clip ({CLIP_CHECKPOINT}); "
+          "rgb and metadata run no model")
     if label_images() not in (0, 3):
         return 1
+    if not (CLIP_INDEX / "info.json").exists() and omnimill("audit", "index", str(DOC_LABELS), "--field",
+                                                            "clip/embedding", "--out", str(CLIP_INDEX)) != 0:
+        return 1
 
-    heading("u", "filter: >= 1 image, >= 120 characters, short side >= 64 px, no image an earlier document holds")
+    heading("u", "filter: images, text, image size, exact and near duplicates, CLIP image-text similarity")
+    # A random CLIP: image-text cosines spread about 0 (-0.18 to 0.28 measured on these images) and any two
+    # images score 0.25-0.9999, so these thresholds keep almost everything and which documents they drop is
+    # noise. With a real CLIP: MMC4's 0.15 (ViT-L/14) for --min-clip-sim, ~0.95-0.99 for --near-threshold.
     if omnimill("documents", "filter", str(DOCS), "--name", FILTER, "--min-images", "1", "--min-chars", "120",
-                "--min-side", "64", "--dedup", "--fetched", str(FETCHED)) != 0:
+                "--min-side", "64", "--dedup", "--fetched", str(FETCHED), "--clip-labels", str(DOC_LABELS),
+                "--min-clip-sim", str(MIN_CLIP_SIM), "--near-dups", str(CLIP_INDEX), "--near-threshold",
+                str(NEAR_THRESHOLD)) != 0:
         return 1
     if omnimill("documents", "status", str(DOCS)) != 0:
         return 1
@@ -302,6 +320,36 @@ def serve(folder: Path) -> ThreadingHTTPServer:
 
 
 # ---------------------------------------------------------------------------- (t) label, (v) tokenizers
+def build_clip_checkpoint() -> None:
+    """A real transformers CLIP (ViT on 32 px views, 8 px patches; a 2-layer text tower) with RANDOM weights and
+    a word-level tokenizer of the documents' words: the clip teacher and the CLIP filter run offline."""
+    if (CLIP_CHECKPOINT / "config.json").exists():
+        print(f"{CLIP_CHECKPOINT} exists: kept")
+        return
+    import torch
+    from transformers import BertTokenizerFast, CLIPConfig, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    words = sorted({w.strip(".,").lower() for doc in documents() for kind, what, *_ in doc if kind == "text"
+                    for w in what.split()} | {w.lower() for c in PHOTOS.values() for w in c.replace(",", " ").split()})
+    tmp = CLIP_CHECKPOINT.with_name(CLIP_CHECKPOINT.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(str(tmp / "vocab.txt"))
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=64,
+                                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                         pad_token_id=tokenizer.pad_token_id, **small),
+                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=32)
+    torch.manual_seed(SEED)
+    hf_logging.disable_progress_bar()
+    CLIPModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(CLIP_CHECKPOINT)
+    print(f"wrote {CLIP_CHECKPOINT} (a tiny CLIP with random weights: no CLIP can be downloaded here)")
+
+
 def label_images() -> int:
     """The document sample kind when omnimill's label engine takes it (one command over the document store and
     the fetched store); before that, the local images' tars and the fetched tars copied into one folder, a corpus whose
@@ -310,7 +358,8 @@ def label_images() -> int:
 
     from omnimill.engine.label import LabelOptions
 
-    teachers = ["--teacher", "rgb", "--teacher", "metadata", "--unit-size", "32"]
+    teachers = ["--teacher", "rgb", "--teacher", "metadata", "--teacher", f"clip={CLIP_CHECKPOINT}",
+                "--unit-size", "32"]
     if "fetched" in {f.name for f in dataclasses.fields(LabelOptions)}:  # the engine reads document stores
         return omnimill("label", str(DOCS), str(DOC_LABELS), "--sample-kind", "document", "--fetched", str(FETCHED),
                         *teachers)
