@@ -6,23 +6,17 @@ through LabelStore as the engine writes them, with label arrays made by hand so 
 checked: a known instance map, a stick figure with two low-confidence joints, named classes, named boxes.
 
 The HTML report is opened in Debian's Chromium (/usr/bin/chromium), driven over the DevTools protocol
-(`websocket-client`): the page loads, every <img> decoded (complete, naturalWidth > 0), no exception or
+(`websocket-client`, tests/chromium.py): the page loads, every <img> decoded (complete, naturalWidth > 0), no exception or
 console error; a full-page screenshot is kept next to the report in the test's tmp dir.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import shutil
-import subprocess
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import open_in_chromium
 from conftest import write_images
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -38,9 +32,6 @@ from omnimill.cli import app
 from omnimill.labelers.base import Field
 from omnimill.store.labels import LabelStore
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 S = 64  # view size
 CLASS_NAMES = ["wall", "building", "sky", "floor", "tree", "grass", "road", "water", "car", "person"]
 ID2LABEL = {"0": "person", "1": "bicycle", "2": "car", "3": "dog"}
@@ -273,73 +264,6 @@ def test_show_panel_with_every_teacher(store, tmp_path):
 
 
 # ---------------------------------------------------------------------------- HTML report
-def open_in_chromium(page: Path, screenshot: Path, timeout: float = 60.0) -> dict:
-    """Load `page` in headless Chromium over the DevTools protocol; report its images and errors, screenshot it."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: `apt-get install chromium` (make test installs it)")
-    import websocket  # websocket-client
-
-    profile = Path(tempfile.mkdtemp(prefix="omnimill-chromium-"))
-    browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                "--window-size=1280,1000", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        port_file = profile / "DevToolsActivePort"  # Chromium writes the port it picked here
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if browser.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("chromium did not start: " + browser.stderr.read1().decode()[-2000:])
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
-            target = next(t for t in json.load(response) if t["type"] == "page")
-        ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
-        events, counter = [], iter(range(1, 1 << 30))
-
-        def call(method, **params):
-            n = next(counter)
-            ws.send(json.dumps({"id": n, "method": method, "params": params}))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("id") == n:
-                    if "error" in message:
-                        raise RuntimeError(f"{method}: {message['error']}")
-                    return message["result"]
-                events.append(message)
-
-        for domain in ("Page", "Runtime", "Log"):
-            call(f"{domain}.enable")
-        call("Page.navigate", url=page.resolve().as_uri())
-        while not any(e.get("method") == "Page.loadEventFired" for e in events):
-            events.append(json.loads(ws.recv()))
-        images = call("Runtime.evaluate", returnByValue=True, expression=(
-            "Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0,"
-            " width: i.naturalWidth}))"))["result"]["value"]
-        size = call("Page.getLayoutMetrics")["cssContentSize"]
-        shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                    clip={"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 8000), "scale": 1})
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        title = call("Runtime.evaluate", expression="document.title", returnByValue=True)["result"]["value"]
-        ws.close()
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-        shutil.rmtree(profile, ignore_errors=True)
-    errors = []
-    for event in events:
-        method, params = event.get("method"), event.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            errors.append(params["exceptionDetails"].get("text"))
-        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            errors.append(json.dumps(params.get("args")))
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            errors.append(params["entry"].get("text"))
-    return {"images": images, "errors": errors, "size": size, "title": title}
-
-
 def test_report_renders_in_chromium(store, index, tmp_path):
     result = query(index, key="img0002", k=3)
     page = write_report(result, tmp_path / "report" / "img0002.html")

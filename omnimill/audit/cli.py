@@ -117,20 +117,34 @@ def audit_query(
 
 @audit_app.command("report")
 def audit_report(
-    store: Annotated[str, typer.Argument(help="Label store of clips.")],
-    key: Annotated[str, typer.Argument(help="Clip key (see the store's `keys` array), e.g. VIDEO/clip_0003.")],
-    out: Annotated[Path, typer.Option(help="HTML page to write (one file: pictures and audio inline).")] = Path(
-        "clip.html"),
+    store: Annotated[str, typer.Argument(help="Label store of clips, or a document store.")],
+    key: Annotated[str, typer.Argument(help="Clip key (see the store's `keys` array), e.g. VIDEO/clip_0003; or "
+                                            "a document's DOC_KEY.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML page to write (one file: pictures and audio inline); "
+                                                     "default clip.html, or document.html.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Document store only: the label store of its images "
+                                                       "(keys DOC_KEY/img_NN).")] = None,
+    fetched: Annotated[Optional[str], typer.Option(help="Document store only: the fetched store of its URL "
+                                                        "images (`omnimill fetch`).")] = None,
 ):
-    """One clip as an HTML page: frame strip with every per-frame label, audio player, waveform, spectrogram,
-    speech segments, transcript with times, captions."""
-    from omnimill.audit.clip_report import write_clip_report
+    """One clip, or one document, as an HTML page. A clip: frame strip with every per-frame label, audio player,
+    waveform, spectrogram, speech segments, transcript with times, captions. A document: its metadata and filter
+    verdicts, its text with each image inline, each image's labels a click away."""
+    from omnimill.audit.doc_report import is_document_store, write_doc_report
 
     try:
-        write_clip_report(store, key, out)
+        if is_document_store(store):
+            out = write_doc_report(store, key, out or Path("document.html"), labels, fetched)
+        elif labels or fetched:
+            raise UserError(f"--labels and --fetched go with a document store; {store} is not one (a clip store's "
+                            "page needs neither)")
+        else:
+            from omnimill.audit.clip_report import write_clip_report
+
+            out = write_clip_report(store, key, out or Path("clip.html"))
     except UserError as e:
         fail(str(e))
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)", highlight=False)
 
 
 @audit_app.command("dups")
