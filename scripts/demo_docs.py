@@ -119,7 +119,8 @@ def main() -> int:
     try:
         code = pipeline()
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
     print(f"the document part took {time.time() - started:.0f}s in all")
     return code
 
@@ -310,10 +311,16 @@ class QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def serve(folder: Path) -> ThreadingHTTPServer:
-    """The served/ folder on 127.0.0.1 at the corpus's port, in a daemon thread (404 for what is not there)."""
+def serve(folder: Path) -> ThreadingHTTPServer | None:
+    """The served/ folder on 127.0.0.1 at the corpus's port, in a daemon thread (404 for what is not there);
+    None when that port is taken (a rerun whose fetched store is complete asks the server for nothing)."""
     port = int(PORT_FILE.read_text())
-    server = ThreadingHTTPServer(("127.0.0.1", port), partial(QuietHandler, directory=str(folder)))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), partial(QuietHandler, directory=str(folder)))
+    except OSError as e:
+        print(f"cannot serve on 127.0.0.1:{port} ({e}): URL images not fetched yet will fail to connect; "
+              f"remove {DOCS_CORPUS} to write the corpus again on a free port")
+        return None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"serving {folder} on http://127.0.0.1:{port}/")
     return server
@@ -360,7 +367,8 @@ def label_images() -> int:
 
     teachers = ["--teacher", "rgb", "--teacher", "metadata", "--teacher", f"clip={CLIP_CHECKPOINT}",
                 "--unit-size", "32"]
-    if "fetched" in {f.name for f in dataclasses.fields(LabelOptions)}:  # the engine reads document stores
+    takes_documents = "fetched" in {f.name for f in dataclasses.fields(LabelOptions)}
+    if takes_documents and not DOC_IMAGES.exists():  # (a store labelled from DOC_IMAGES resumes from it)
         return omnimill("label", str(DOCS), str(DOC_LABELS), "--sample-kind", "document", "--fetched", str(FETCHED),
                         *teachers)
     from omnimill.store.documents import DocumentStore
