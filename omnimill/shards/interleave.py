@@ -120,7 +120,10 @@ CAPTION_SOURCES = ("alt", "synthetic", "both", "none")  # what each image got, r
 CAPTION_SEPARATOR = "\n"  # between alt text and synthetic caption under "both"
 SPLITS = ("train", "heldout")  # a packed set's splits, by document (store.base.held_out on DOC_KEY)
 HOLDOUT = 0.05  # share of documents held out, by default
-OURS = re.compile(r"\.?(shard-\d{6,}|part-\d{6,}-\d{6,})\.tar(\.tmp)?")  # what force may remove, and manifest.json
+PART_ROW = "part-{:06d}.json"  # a part's row (what pack_part returns), written after its shards: its marker
+JOB = "pack.json"  # a packing job's settings (engine/pack.py), written before its first part
+# what force may remove, and manifest.json: shards, parts' shards and rows, the job's settings, their temp files
+OURS = re.compile(r"\.?((shard-\d{6,}|part-\d{6,}-\d{6,})\.tar|(part-\d{6,}|pack)\.json)(\.tmp)?")
 
 
 # ---------------------------------------------------------------------------------------------- ids
@@ -331,10 +334,11 @@ class StoreImageTokens:
         return self._tokens[i] if self._ok[i] else None
 
 
-def stored_documents(uri: str, filter_name: str | None = None, storage_options: dict | None = None
-                     ) -> Iterator[tuple[str, list[dict]]]:
-    """(DOC_KEY, segments) of a document store (store/documents.py), in store order, a unit at a time: the
-    documents that parsed (ok) and, with `filter_name`, that the filter kept; `pack_documents`' input."""
+def stored_documents(uri: str, filter_name: str | None = None, storage_options: dict | None = None,
+                     units: Iterable[int] | None = None) -> Iterator[tuple[str, list[dict]]]:
+    """(DOC_KEY, segments) of a document store (store/documents.py), in store order, a unit at a time (those
+    of `units`, default all): the documents that parsed (ok) and, with `filter_name`, that the filter kept;
+    `pack_documents`' input."""
     from omnimill.store.documents import FILTER, DocumentStore
 
     store = DocumentStore.open(uri, storage_options=storage_options)
@@ -342,7 +346,7 @@ def stored_documents(uri: str, filter_name: str | None = None, storage_options: 
         raise UserError(f"{uri} is not fully ingested; run `omnimill documents ingest` on it again first")
     if filter_name is not None and filter_name not in store.filters():
         raise UserError(f"{uri} has no filter {filter_name!r}; it has {', '.join(store.filters()) or 'none'}")
-    for u in range(store.n_units):
+    for u in range(store.n_units) if units is None else units:
         unit = store.unit(u)
         rows = slice(unit.start, unit.stop)
         keep = store.column("ok", rows) & (store.column("kept", rows, part=FILTER + filter_name)
@@ -580,7 +584,8 @@ class InterleavedWriter:
 
 def prepare_set(out: str, force: bool = False, storage_options: dict | None = None) -> None:
     """Make OUT ready for a new set: created when absent; an empty folder as it is; a folder holding an
-    interleaved set only with `force`, which removes that set's shards and manifest (no other file)."""
+    interleaved set (or a packing job's parts) only with `force`, which removes that set's shards, parts'
+    rows, job settings and manifest (no other file)."""
     options = storage_options or {}
     fs, root = fsspec.core.url_to_fs(out, **options)
     names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)} if fs.isdir(root) else {}
@@ -589,7 +594,7 @@ def prepare_set(out: str, force: bool = False, storage_options: dict | None = No
         return
     if not force:
         raise UserError(f"{out} is not empty; choose another folder or pass force=True to replace an interleaved set")
-    if MANIFEST not in names or read_manifest(out, options) is None:
+    if not (read_manifest(out, options) if MANIFEST in names else read_job(out, options) if JOB in names else None):
         raise UserError(f"{out} holds no interleaved set (no {MANIFEST} of {FORMAT}); choose another folder")
     for name, path in names.items():
         if name == MANIFEST or OURS.fullmatch(name):
@@ -637,25 +642,38 @@ def pack_store(documents_uri: str, out: str, text_tokenizer, text_tokenizer_path
     DOC_KEY and `seed`) in the held-out split, and after each image the caption that `captions` (rule)
     chooses, synthetic ones from the captioner of the label store `caption_labels` (keys IMAGE_KEY).
     Returns the manifest."""
-    if (tokens_uri is None) == (slots is None):
-        raise UserError("give a token store of the images (tokens mode) or slots (placeholder mode), one of them")
-    holdout_record(holdout, seed)  # a bad fraction or rule is refused before anything is read
-    if captions not in CAPTION_RULES or (caption_labels is not None) != (captions in ("synthetic", "both")):
-        Captions(captions, caption_labels)  # raises, saying what is missing or extra
-    inputs = {"the document store": documents_uri, **({"the token store": tokens_uri} if tokens_uri else {}),
-              **({"the caption label store": caption_labels} if caption_labels else {})}
-    refuse_overlap(out, inputs)
+    check_inputs(documents_uri, out, tokens_uri, slots, holdout, captions, caption_labels)
     rule = Captions(captions, StoreCaptions(caption_labels, storage_options=storage_options) if caption_labels
                     else None)
-    text = getattr(text_tokenizer, "text", text_tokenizer)
-    v_text = int(getattr(text_tokenizer, "vocab_size", 0) or text.get_vocab_size(with_added_tokens=True))
     images = StoreImageTokens(tokens_uri, image_modality, storage_options) if tokens_uri else None
-    vocab = Vocab(v_text, images.v_image if images else 0)
-    head = header(vocab, seq_len, max_images, "tokens" if images else "placeholders", slots, text_tokenizer_path,
-                  images.tokenizer if images else None)
+    head = tokenizer_header(text_tokenizer, text_tokenizer_path, images, slots, seq_len, max_images)
     return pack_documents(stored_documents(documents_uri, filter_name, storage_options), out,
                           text_encoder(text_tokenizer), head, images, samples_per_shard, force, storage_options,
                           holdout, seed, rule)
+
+
+def check_inputs(documents_uri: str, out: str, tokens_uri: str | None, slots: int | None, holdout: float,
+                 captions: str, caption_labels: str | None) -> None:
+    """Refuse, before anything is read or written, what pack_store (or a packing job) cannot do: neither or
+    both image modes, a bad holdout or caption rule, caption labels missing or extra, OUT inside an input."""
+    if (tokens_uri is None) == (slots is None):
+        raise UserError("give a token store of the images (tokens mode) or slots (placeholder mode), one of them")
+    holdout_record(holdout, seed=0)
+    if captions not in CAPTION_RULES or (caption_labels is not None) != (captions in ("synthetic", "both")):
+        Captions(captions, caption_labels)  # raises, saying what is missing or extra
+    refuse_overlap(out, {"the document store": documents_uri, **({"the token store": tokens_uri} if tokens_uri else {}),
+                         **({"the caption label store": caption_labels} if caption_labels else {})})
+
+
+def tokenizer_header(text_tokenizer, text_tokenizer_path: str, images: StoreImageTokens | None, slots: int | None,
+                     seq_len: int, max_images: int) -> dict:
+    """`header` for a loaded text tokenizer (v_text: its vocabulary with added tokens) and the images' token
+    store (tokens mode) or `slots` placeholders."""
+    text = getattr(text_tokenizer, "text", text_tokenizer)
+    v_text = int(getattr(text_tokenizer, "vocab_size", 0) or text.get_vocab_size(with_added_tokens=True))
+    vocab = Vocab(v_text, images.v_image if images else 0)
+    return header(vocab, seq_len, max_images, "tokens" if images else "placeholders", slots, text_tokenizer_path,
+                  images.tokenizer if images else None)
 
 
 def pack_part(documents: Iterable[tuple[str, list[dict]]], out: str, part: int, encode_text: Callable[[str], list[int]],
@@ -761,6 +779,39 @@ def _pack_into(writer: InterleavedWriter, documents, encode_text, head: dict, im
              "documents_by_split": {name: packer.documents for name, packer in packers.items()},
              "captions": dict(sources)}
     return stats, n
+
+
+def write_part_row(out: str, row: dict, storage_options: dict | None = None) -> None:
+    """A part's marker: its row, written (atomically) once its shards are."""
+    atomic_write(join(out, PART_ROW.format(row["part"])), json.dumps(row).encode(), storage_options)
+
+
+def read_part_row(out: str, part: int, storage_options: dict | None = None) -> dict | None:
+    """A part's row, or None while it has no marker."""
+    return _read_json(join(out, PART_ROW.format(part)), storage_options)
+
+
+def write_job(out: str, settings: dict, storage_options: dict | None = None) -> None:
+    """A packing job's settings, which a rerun must match to resume: {"format", "job": settings}."""
+    atomic_write(join(out, JOB), json.dumps({"format": FORMAT, "job": settings}, indent=1).encode(), storage_options)
+
+
+def read_job(out: str, storage_options: dict | None = None) -> dict | None:
+    """A packing job's settings as written by `write_job`, or None when OUT has none."""
+    data = _read_json(join(out, JOB), storage_options)
+    if data is not None and (not isinstance(data, dict) or data.get("format") != FORMAT or "job" not in data):
+        raise UserError(f"{out}/{JOB} is not a packing job's settings (format {FORMAT} expected)")
+    return data["job"] if data is not None else None
+
+
+def _read_json(path: str, storage_options: dict | None) -> dict | None:
+    try:
+        with fsspec.open(path, "r", **(storage_options or {})) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
