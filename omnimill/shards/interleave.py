@@ -77,8 +77,10 @@ shard "split" and no sequence "split": it reads as before with split=None, and i
 sequence key themselves (train/causal.py's PackedLoader did).
 
 A set may also be packed in parts (`pack_part`, one per unit of a parallel or resumable job, then
-`finish_parts`): each part packs its documents on its own (one padded sequence at its end) into
-part-PPPPPP-KKKKKK.tar with keys pPPPPPPs#########; the manifest lists the parts' shards in part order.
+`finish_parts`): each part packs its documents on its own (one padded sequence per split at its end) into
+part-PPPPPP-KKKKKK.tar with keys pPPPPPPs#########; the manifest lists the parts' shards by split, in part
+order within a split. engine/pack.py's job also leaves OUT/part-PPPPPP.json (a part's row, its marker:
+`write_part_row`) and OUT/pack.json (the job's settings: `write_job`); readers ignore both.
 
 Keys are `s` + the sequence number (9 digits): no dots, so WebDataset's split at the first dot gives back
 `tokens` and `json`. Tars are written as shards/wds.py writes them (GNU format, mtime 0, uid/gid 0): the
