@@ -169,3 +169,16 @@ def test_a_malformed_document_and_a_document_store_without_filters(tmp_path):
     text = write_doc_report(docs, "bad_0000000", tmp_path / "bad.html").read_text()
     assert "not parsed: layout: position 0 has both an image and a text" in text
     assert "no segments: it was not parsed" in text and "no filter has run on this store" in text
+
+
+def test_a_tile_goes_as_the_smaller_of_png_and_jpeg(stores):
+    from omnimill.audit.doc_report import tile_picture
+    from omnimill.audit.render import message_tile, sample_tiles, tile_png
+
+    labels = LabelStore.open(stores["labels"])
+    photo_tile = next(t for t in sample_tiles(labels, 0) if t.title.startswith("rgb"))
+    png = tile_png(photo_tile)
+    kind, data = tile_picture(png)
+    assert kind == "jpeg" and data[:3] == b"\xff\xd8\xff" and len(data) < len(png)
+    flat = tile_png(message_tile("nothing", "not labelled"))
+    assert tile_picture(flat) == ("png", flat)
