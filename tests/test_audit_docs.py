@@ -10,6 +10,7 @@ fetched images labelled too (rgb), as a second label store; two filters run on t
 from __future__ import annotations
 
 import base64
+import io
 import re
 from pathlib import Path
 
@@ -95,10 +96,9 @@ def test_the_page_holds_metadata_verdicts_text_images_and_reasons(page, stores):
     for tile in ("rgb · canonical view 64px", "canny · edges", "canny over rgb"):
         assert text.count(f"<figcaption>{tile}") == 2  # big.jpg and small.png, each with its panel
     assert "metadata/orig_width" in text and "<td>400</td>" in text  # text labels as text
-    thumbs = [base64.b64decode(s.split(",", 1)[1]) for s in re.findall(r"class='thumb' alt='[^']*' src='([^']*)'", text)]
+    thumbs = [base64.b64decode(s.split(",", 1)[1])
+              for s in re.findall(r"class='thumb' alt='[^']*' src='([^']*)'", text)]
     assert len(thumbs) == 3 and all(t[:3] == b"\xff\xd8\xff" for t in thumbs)  # JPEG thumbnails
-    import io
-
     with Image.open(io.BytesIO(thumbs[0])) as big:
         assert big.size == (THUMB_PIXELS, THUMB_PIXELS * 3 // 4)  # 400 x 300 -> 320 x 240
 

@@ -7,8 +7,9 @@
                THUMB_PIXELS on its longer side), its alt text as caption, where its bytes came from; under
                it a <details> whose summary opens the image's labels: the same tiles `audit report` and
                `audit query --html` draw for one image sample (render.sample_tiles, drawn by
-               report._tile_png; each the smaller of PNG and JPEG), the label store's caption and every text or number label as text, and the corpus's own facts of
-               the image (OBELICS metadata, MMC4's matched_sim)
+               report._tile_png; each the smaller of PNG and JPEG), the label store's caption and every
+               text or number label as text, and the corpus's own facts of the image (OBELICS metadata,
+               MMC4's matched_sim)
 
 Where an image's picture comes from, first found:
     path / member image   the document store's local tar (the bytes ingest copied, `local/<unit>.tar`)
@@ -177,7 +178,7 @@ class DocumentPage:
             return None, "not in the image table", "the document's image table does not list it"
         origin = f"{image['kind']} {image['source']}"
         if image["kind"] == "url":
-            data, problem = self.fetched_bytes(image["source"])
+            data, problem = self.fetched_bytes(image["source"], key)
         elif "error" in image:
             data, problem = None, f"not read at ingest: {image['error']}"
         else:
@@ -198,21 +199,29 @@ class DocumentPage:
         with fs.open(where, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             return tar.extractfile(tar.getmember(f"{key}.{image['ext']}")).read()
 
-    def fetched_row(self, url: str) -> int | None:
+    def fetched_row(self, url: str, key: str) -> int | None:
+        """The fetched store's row of `url`. The document store's URL list names each URL by the IMAGE_KEY of
+        the first document that holds it, so `key` is looked up first (the key index: two small reads); a URL
+        shared with an earlier document falls back to reading the store's `url` column once per page."""
         if self.fetched is None:
             return None
+        try:
+            row = self.fetched.index_of(key)
+            if str(self.fetched.read("url", row)) == url:
+                return row
+        except UserError:
+            pass
         if self._urls is None:
-            urls = self.fetched.read("url")
             self._urls = {}
-            for i, u in enumerate(urls):
+            for i, u in enumerate(self.fetched.read("url")):
                 self._urls.setdefault(str(u), i)  # the fetch keeps one row per URL (the first listed)
         return self._urls.get(url)
 
-    def fetched_bytes(self, url: str) -> tuple[bytes | None, str]:
+    def fetched_bytes(self, url: str, key: str) -> tuple[bytes | None, str]:
         """(the fetched bytes, "") or (None, why there are none)."""
         if self.fetched is None:
             return None, "not fetched here (give --fetched FETCHED_STORE)"
-        row = self.fetched_row(url)
+        row = self.fetched_row(url, key)
         if row is None:
             return None, f"not in the fetched store {self.fetched.uri}"
         if not self.fetched.done_units("fetch")[row // self.fetched.unit_size]:
@@ -229,7 +238,7 @@ class DocumentPage:
         if self.labels is None:
             return None, "no label store given (--labels LABEL_STORE)"
         tried = [key]
-        if image.get("kind") == "url" and (row := self.fetched_row(image["source"])) is not None:
+        if image.get("kind") == "url" and (row := self.fetched_row(image["source"], key)) is not None:
             tried.append(str(self.fetched.read("keys", row)))
         for candidate in dict.fromkeys(tried):
             try:
@@ -254,7 +263,8 @@ class DocumentPage:
         facts = f"<h3>the corpus's facts of the image</h3><table class='kv'>{facts}</table>" if facts else ""
         if i is None:
             return f"<p class='reason'>no labels: {e(note)}</p>{facts}"
-        texts = "".join(f"<tr><td>{e(name)}</td><td>{e(value)}</td></tr>" for name, value in text_labels(self.labels, i))
+        texts = "".join(f"<tr><td>{e(name)}</td><td>{e(value)}</td></tr>"
+                        for name, value in text_labels(self.labels, i))
         texts = (f"<table class='kv'>{texts}</table>" if texts else "<p class='note'>no text labels</p>")
         labelled = str(self.labels.read("keys", i))
         under = f" (labelled under <code>{e(labelled)}</code>)" if labelled != key else ""
