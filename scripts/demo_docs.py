@@ -1,4 +1,4 @@
-"""The document part of `make demo` (steps (q)-(y), after the clip part), also runnable alone:
+"""The document part of `make demo` (steps (q)-(z), after the clip part), also runnable alone:
 `python scripts/demo_docs.py`. Interleaved image-text documents (MM1's data) from the bundled photos, end to end.
 
     (q) corpus     ~100 short documents written now from templates about the scikit-image photos of the image
@@ -21,6 +21,7 @@
                    image part's caption pairs (demo-out/shards, when there) and a text-only set written from the
                    templates (`omnimill shards text`); held-out loss per kind and source beside its unigram
     (y) generate   `omnimill generate RUN --continue DOC_KEY` on a held-out document
+    (z) page       `omnimill audit report` of that document -> demo-out/document.html (text, images inline, labels)
 
 Everything goes to demo-out/ (the corpus to demo-out/docs-corpus/). Running it again keeps the corpus, the
 committed units of every store, the packed set and the training run. The part needs the image part's photos
@@ -61,6 +62,7 @@ TEXT_ONLY = DOCS_CORPUS / "text.txt"  # text-only documents (one a line) for MM1
 TEXT_SHARDS = OUT / "docs-text-shards"
 N_TEXT = 200
 DOC_RUN = OUT / "docs-run"
+DOC_PAGE = OUT / "document.html"
 FILTER = "default"
 SEQ_LEN = 512  # a document is ~150-400 text tokens + 66 per image (8 x 8 + BOI/EOI): 1-3 documents a sequence
 MAX_IMAGES = 8
@@ -196,11 +198,18 @@ def pipeline() -> int:
     key = held_out_document(manifest)
     if key is None:
         print("no document is held out whole at this holdout share: nothing to continue honestly")
-        return 0
-    if omnimill("generate", str(DOC_RUN), "--continue", key, "--tokens", "48") != 0:
+    elif omnimill("generate", str(DOC_RUN), "--continue", key, "--tokens", "48") != 0:
         return 1
-    print(f"{N_DOCS} documents and a minute of CPU: expect the templates' words and where images go, not this "
-          "document's own sentences")
+    else:
+        print(f"{N_DOCS} documents and a minute of CPU: expect the templates' words and where images go, not "
+              "this document's own sentences")
+
+    heading("z", "a document as a page: its text with the images inline, each image's labels a click away")
+    page_key = key or "docs_0000000"
+    if omnimill("audit", "report", str(DOCS), page_key, "--labels", str(DOC_LABELS), "--fetched", str(FETCHED),
+                "--out", str(DOC_PAGE)) != 0:
+        return 1
+    print(f"open {DOC_PAGE} in a browser ({page_key}: metadata, filter verdicts, paragraphs and pictures)")
     return 0
 
 
