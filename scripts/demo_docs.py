@@ -166,7 +166,7 @@ def pipeline() -> int:
     if omnimill("documents", "status", str(DOCS)) != 0:
         return 1
 
-    heading("v", "tokenize the images with the image part's rgb tokenizer (the whole view: 1 crop)")
+    heading("v", "tokenize the images with the rgb tokenizer (the image part's, when it ran): the whole view, 1 crop")
     rgb, caption = tokenizers()
     if rgb is None:
         return 1
