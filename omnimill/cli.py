@@ -440,6 +440,18 @@ def shards_interleave(
     seq_len: Annotated[int, typer.Option(help="Tokens per packed sequence.")] = 4096,
     max_images: Annotated[int, typer.Option(help="Images per sequence at most.")] = 16,
     samples_per_shard: Annotated[int, typer.Option(help="Sequences per tar.")] = 1000,
+    holdout: Annotated[float, typer.Option(
+        help="Share of documents held out (by DOC_KEY), packed into their own sequences and shards.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    captions: Annotated[str, typer.Option(
+        help="Caption after each image: none, alt (its alt text), synthetic (the captioner teacher's), "
+             "both (alt, newline, synthetic); the choice per image is recorded.")] = "none",
+    caption_labels: Annotated[Optional[str], typer.Option(
+        help="Label store of the documents' images (keys DOC/img_NN) labelled with the captioner teacher: "
+             "for --captions synthetic or both.")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Pack a part per document unit on this many Dask workers, resumable (a rerun keeps finished "
+             "parts); without it, one stream in this process.")] = None,
     force: Annotated[bool, typer.Option(help=FORCE_HELP)] = False,
 ):
     """Pack documents into interleaved token sequences (MM1): text, then each image as BOI + its tokens (or
@@ -451,14 +463,28 @@ def shards_interleave(
 
     with job(out):
         for name, value in (("--seq-len", seq_len), ("--max-images", max_images),
-                            ("--samples-per-shard", samples_per_shard)):
+                            ("--samples-per-shard", samples_per_shard)) + ((("--workers", workers),) if workers else ()):
             positive(name, value)
-        tokenizer = load_tokenizer(text_tokenizer)
-        manifest = pack_store(documents, out, tokenizer, text_tokenizer, tokens_uri=image_tokens,
-                              image_modality=image_modality, slots=slots, filter_name=filter, seq_len=seq_len,
-                              max_images=max_images, samples_per_shard=samples_per_shard, force=force)
+        common = dict(tokens_uri=image_tokens, image_modality=image_modality, slots=slots, filter_name=filter,
+                      seq_len=seq_len, max_images=max_images, samples_per_shard=samples_per_shard,
+                      holdout=holdout, seed=seed, captions=captions, caption_labels=caption_labels)
+        if workers:
+            from omnimill.engine.pack import pack_job
+
+            result = pack_job(documents, out, text_tokenizer, workers=workers, force=force,
+                              progress=sys.stderr.isatty(), **common)
+            if result.manifest is None:
+                fail(f"{len(result.parts_failed)} of {result.parts} parts failed "
+                     f"({result.parts_failed[0]['error'] if result.parts_failed else 'no note'}); run the same "
+                     "command again: finished parts are kept", result.exit_code)
+            manifest = result.manifest
+        else:
+            manifest = pack_store(documents, out, load_tokenizer(text_tokenizer), text_tokenizer, force=force,
+                                  **common)
+    held = manifest.get("holdout", {}).get("n", {})
     console.print(f"{manifest['n']} sequences of {seq_len} tokens, {len(manifest['shards'])} shards, padding "
-                  f"{manifest['padding_share']:.1%} -> {out}", highlight=False)
+                  f"{manifest['padding_share']:.1%} ({held.get('train', 0)} train, {held.get('heldout', 0)} held out by "
+                  f"document) -> {out}", highlight=False)
 
 
 def _add_subcommands():

@@ -163,3 +163,23 @@ def test_shards_interleave_packs_a_document_store_and_verify_reads_the_set(tmp_p
     refused = invoke("shards", "interleave", str(docs), str(tmp_path / "p2"), "--text-tokenizer",
                      str(tmp_path / "text-tok"))
     assert refused.exit_code == 2 and "one of them" in refused.output and not (tmp_path / "p2").exists()
+    for bad, what in ((["--captions", "sometimes"], "sometimes"), (["--holdout", "1.5"], "1.5"),
+                      (["--captions", "synthetic"], "--caption-labels")):
+        refused = invoke("shards", "interleave", str(docs), str(tmp_path / "p3"), "--text-tokenizer",
+                         str(tmp_path / "text-tok"), "--slots", "4", *bad)
+        assert refused.exit_code == 2 and what in refused.output and not (tmp_path / "p3").exists(), refused.output
+
+    # in parts on a Dask worker, resumable, alt text after each image, a third of the documents held out
+    parts = tmp_path / "parts"
+    args = ("shards", "interleave", str(docs), str(parts), "--text-tokenizer", str(tmp_path / "text-tok"),
+            "--slots", "4", "--seq-len", "64", "--workers", "1", "--captions", "alt", "--holdout", "0.34")
+    result = invoke(*args)
+    assert result.exit_code == 0 and "held out by document" in " ".join(result.output.split()), result.output
+    manifest = json.loads((parts / "manifest.json").read_text())
+    assert manifest["holdout"]["fraction"] == 0.34 and manifest["captions"]["rule"] == "alt"
+    assert sum(manifest["holdout"]["n"].values()) == manifest["n"]
+    assert invoke("shards", "verify", str(parts)).exit_code == 0
+    stamps = {f.name: f.stat().st_mtime_ns for f in parts.iterdir()}
+    assert invoke(*args).exit_code == 0  # every part is in: nothing packed again
+    assert {f.name: f.stat().st_mtime_ns for f in parts.iterdir() if f.name != "manifest.json"} == \
+        {k: v for k, v in stamps.items() if k != "manifest.json"}

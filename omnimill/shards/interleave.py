@@ -241,9 +241,11 @@ class Captions:
         if rule not in CAPTION_RULES:
             raise UserError(f"captions is one of {', '.join(CAPTION_RULES)}, not {rule!r}")
         if (synthetic is not None) != (rule in ("synthetic", "both")):
-            raise UserError(f"captions {rule}: " + ("give a label store of the captioner (caption labels)"
+            raise UserError(f"captions {rule}: " + ("give --caption-labels LABEL_STORE, the documents' images "
+                                                    "labelled with the captioner teacher"
                                                     if synthetic is None else
-                                                    "caption labels are read only with synthetic or both"))
+                                                    "--caption-labels are read only with --captions synthetic "
+                                                    "or both"))
         self.rule, self.synthetic = rule, synthetic
 
     def choose(self, segment: dict) -> tuple[str, str]:
