@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -200,6 +201,30 @@ def test_ingest_writes_documents_images_and_the_image_lists(tmp_path):
     index = index_corpus(done.local_corpus)
     assert sorted(index.keys) == ["mixed_0000000/img_00", "mixed_0000001/img_00", "mixed_0000002/img_00"]
     assert store.status()["malformed"] == 1
+
+
+def test_local_image_is_the_bytes_ingest_copied_and_any_other_key_is_one_line_that_says_why(tmp_path):
+    out = tmp_path / "docs.zarr"
+    ingest_documents(str(mixed_corpus(tmp_path)), str(out), **FAST)
+    store = DocumentStore.open(str(out))
+    assert store.local_image("mixed_0000000/img_00") == (tmp_path / "imgs" / "big.jpg").read_bytes()
+    assert store.local_image("mixed_0000001/img_00") == (tmp_path / "imgs" / "small.png").read_bytes()
+    assert store.local_image("mixed_0000002/img_00") == (tmp_path / "imgs" / "copy.jpg").read_bytes()  # unit 1
+    cases = [("mixed_0000002/img_01", r"it is a URL image \(https://x.org/1.jpg\); its bytes are in the fetched"),
+             ("mixed_0000005/img_00", r"ingest could not read it \(.*not an image"),
+             ("mixed_0000003/img_00", "document mixed_0000003 has no image mixed_0000003/img_00"),
+             ("nope/img_00", "no document 'nope'"), ("mixed_0000000", "no document ''")]
+    for key, why in cases:
+        with pytest.raises(UserError, match=f"^{key} is not a local image of {re.escape(str(out))}: {why}") as error:
+            store.local_image(key)
+        assert "\n" not in str(error.value)
+    with tarfile.open(out / "local" / "000000.tar", "w", format=tarfile.GNU_FORMAT):
+        pass  # unit 0's tar, emptied: the member is gone
+    with pytest.raises(UserError, match="mixed_0000000/img_00.jpg is missing from .*000000.tar; run `omnimill verify"):
+        store.local_image("mixed_0000000/img_00")
+    DocumentStore.open(str(out), "r+").clear_markers("ingest", [1])  # as a run killed before unit 1 committed
+    with pytest.raises(UserError, match="its unit 1 is not ingested yet"):
+        DocumentStore.open(str(out)).local_image("mixed_0000002/img_00")
 
 
 def test_a_changed_corpus_is_refused_and_verify_finds_a_damaged_tar(tmp_path):

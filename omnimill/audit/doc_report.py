@@ -12,7 +12,7 @@
                MMC4's matched_sim)
 
 Where an image's picture comes from, first found:
-    path / member image   the document store's local tar (the bytes ingest copied, `local/<unit>.tar`)
+    path / member image   the document store's local tar (the bytes ingest copied: `DocumentStore.local_image`)
     URL image             the fetched store, looked up by URL (its key is the first document's IMAGE_KEY)
     either                the label store's canonical view (its rgb teacher's), when that is all there is
 Labels are the label store's sample keyed IMAGE_KEY (a label store of `DocumentStore.local_corpus()`, or of
@@ -32,14 +32,12 @@ import base64
 import html
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from omnimill.audit.render import _failure_reason, _field_names, _scalar_or_array, _view_field, sample_tiles
 from omnimill.audit.report import STYLE, _tile_png
-from omnimill.corpus.listing import url_to_fs
 from omnimill.errors import UserError
 from omnimill.store.documents import DocumentStore
 from omnimill.store.fetched import FetchedStore
@@ -182,7 +180,10 @@ class DocumentPage:
         elif "error" in image:
             data, problem = None, f"not read at ingest: {image['error']}"
         else:
-            data, problem = self.local_bytes(key, image), ""
+            try:
+                data, problem = self.store.local_image(key), ""
+            except UserError as error:  # a damaged tar: said in the image's place
+                data, problem = None, str(error)
         if data is not None:
             try:
                 return thumbnail(data), origin + (", fetched" if image["kind"] == "url" else ", local tar"), ""
@@ -192,12 +193,6 @@ class DocumentPage:
         if view is not None:
             return thumbnail_of(view), origin, f"{problem}; shown: the label store's canonical view"
         return None, origin, problem
-
-    def local_bytes(self, key: str, image: dict) -> bytes:
-        """The bytes ingest copied into the unit's tar, member `<IMAGE_KEY>.<ext>`."""
-        fs, where = url_to_fs(self.store.tar_path(self.row // self.store.unit_size), self.store.storage_options)
-        with fs.open(where, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            return tar.extractfile(tar.getmember(f"{key}.{image['ext']}")).read()
 
     def fetched_row(self, url: str, key: str) -> int | None:
         """The fetched store's row of `url`. The document store's URL list names each URL by the IMAGE_KEY of

@@ -161,6 +161,35 @@ class DocumentStore(UnitStore):
         names = f"{0:06d}.tar" if last == 0 else f"{{{0:06d}..{last:06d}}}.tar"
         return f"{self.uri.rstrip('/')}/{LOCAL}/{names}"
 
+    def local_image(self, key: str) -> bytes:
+        """The bytes ingest copied of the local image `key` (IMAGE_KEY = DOC_KEY/img_NN): its unit tar's member
+        `<IMAGE_KEY>.<ext>`. A key that is not a local image of this store (no such document or image, a URL
+        image, one ingest could not read, its unit not ingested, its member gone) is a one-line UserError."""
+        doc_key = key.rpartition("/")[0]
+        not_here = f"{key} is not a local image of {self.uri}"
+        try:
+            row = self.index_of(doc_key)
+        except UserError:
+            raise UserError(f"{not_here}: no document {doc_key!r} (an image key is DOC_KEY/img_NN)") from None
+        unit = row // self.unit_size
+        if not self.done_units(PART)[unit]:
+            raise UserError(f"{not_here}: its unit {unit} is not ingested yet; run `omnimill documents ingest` again")
+        image = next((i for i in json.loads(str(self.column("images", row)) or "[]") if i["key"] == key), None)
+        if image is None:
+            raise UserError(f"{not_here}: document {doc_key} has no image {key}")
+        if image["kind"] == "url":
+            raise UserError(f"{not_here}: it is a URL image ({image['source']}); its bytes are in the fetched store")
+        if "sha256" not in image:
+            raise UserError(f"{not_here}: ingest could not read it ({image.get('error')})")
+        member = f"{key}.{image['ext']}"
+        fs, where = url_to_fs(self.tar_path(unit), self.storage_options)
+        with fs.open(where, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            try:
+                return tar.extractfile(tar.getmember(member)).read()
+            except KeyError:
+                raise UserError(f"{not_here}: {member} is missing from {self.tar_path(unit)}; run `omnimill verify "
+                                f"{self.uri}`") from None
+
     def url_list(self) -> str | None:
         """Write the URL images as a URL list for `omnimill fetch` ({url, key: IMAGE_KEY, alt} per line) and
         return its path; None when there is none. The same URL in two documents is listed twice: the fetch
