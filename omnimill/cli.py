@@ -104,19 +104,12 @@ def label(
 ):
     """Run teachers over CORPUS and write aligned labels to STORE. Resumes where it stopped, and retries
     samples whose recorded failure may be transient."""
-    from dataclasses import fields
-
     from omnimill.engine.label import LabelOptions
     from omnimill.engine.label import label as run_label
 
-    # The document kind's listing options, passed only when given: an engine without them still labels the rest
-    documents = {name: value for name, value in (("fetched", fetched), ("doc_filter", doc_filter)) if value is not None}
-    unknown = sorted(set(documents) - {f.name for f in fields(LabelOptions)})
-    if unknown:
-        fail(f"--{unknown[0].replace('_', '-')} is not supported by this omnimill's label engine (LabelOptions has no "
-             f"{unknown[0]}); label DocumentStore.local_corpus() and FetchedStore.image_corpus() instead")
     options = LabelOptions(workers=workers, scheduler=scheduler, batch_size=batch_size, unit_size=unit_size,
-                           view_size=view_size, sample_kind=sample_kind, clips=clips, cuts=cuts, **documents,
+                           view_size=view_size, sample_kind=sample_kind, clips=clips, cuts=cuts, fetched=fetched,
+                           doc_filter=doc_filter,
                            min_clip_seconds=min_clip_seconds, max_clip_seconds=max_clip_seconds, frames=frames,
                            audio_segments=audio_segments, audio_seconds=audio_seconds,
                            device=device, dtype=dtype, force=force, max_in_flight=max_in_flight, retries=retries,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,12 @@ from omnimill.corpus.image import ImageKind
 from omnimill.corpus.kinds import kind_of
 from omnimill.corpus.listing import ByteReader
 from omnimill.corpus.sample import DecodeSettings
-from omnimill.engine.label import LabelOptions
 from omnimill.errors import SampleError, UserError
 from omnimill.store.documents import DocumentStore
 from omnimill.store.fetched import FetchedStore
 from omnimill.store.labels import LabelStore
 
 SETTINGS = DecodeSettings(view_size=32, max_pixels=10**8)
-# The label engine opens the stores the kind reads (corpus/ opens none): until engine/label.py forwards
-# --fetched/--doc-filter and opens them, labelling a document store through the CLI cannot run.
-ENGINE = pytest.mark.skipif("fetched" not in {f.name for f in fields(LabelOptions)},
-                            reason="engine/label.py does not forward --fetched / open the document stores yet")
-
 # Document order then position: (IMAGE_KEY, document, position, url path or "", error fragment or "")
 EXPECTED = [
     ("web_0000000/img_00", "web_0000000", 0, "", ""),
@@ -159,7 +152,6 @@ def test_a_filter_lists_only_the_images_of_the_documents_it_kept(stores):
 
 
 # ---------------------------------------------------------------- through `omnimill label`
-@ENGINE
 def test_label_a_document_store_through_the_cli_once_then_resume_does_nothing(stores, tmp_path):
     docs, fetched, _ = stores
     out = tmp_path / "labels.zarr"
@@ -191,7 +183,6 @@ def test_label_a_document_store_through_the_cli_once_then_resume_does_nothing(st
     assert moved.exit_code == 2 and "--fetched" in one_line_error(moved)
 
 
-@ENGINE
 def test_wrong_input_exits_2_with_one_line(stores, tmp_path):
     docs, fetched, _ = stores
     base = ("--sample-kind", "document", "--teacher", "metadata", "--workers", "1", "--no-progress")
@@ -208,7 +199,6 @@ def test_wrong_input_exits_2_with_one_line(stores, tmp_path):
         assert not (tmp_path / out).exists()
 
 
-@ENGINE
 def test_a_resume_against_a_fetched_store_made_again_is_refused(stores, tmp_path):
     import shutil
 
@@ -230,7 +220,6 @@ def test_a_resume_against_a_fetched_store_made_again_is_refused(stores, tmp_path
     assert again.exit_code == 2 and "is not the fetched store this label store was listed from" in one_line_error(again)
 
 
-@ENGINE
 def test_doc_filter_labels_only_the_kept_documents_images(stores, tmp_path):
     docs, fetched, _ = stores
     assert invoke("documents", "filter", docs, "--name", "two", "--min-images", "2").exit_code == 0

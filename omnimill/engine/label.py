@@ -27,7 +27,7 @@ from omnimill.errors import UserError
 from omnimill.labelers.base import TeacherSpec
 from omnimill.labelers.registry import build
 from omnimill.corpus.image import DEFAULT_MAX_PIXELS
-from omnimill.corpus.kinds import DEFAULT_KIND, kind_of
+from omnimill.corpus.kinds import DEFAULT_KIND, kind_of, known
 from omnimill.corpus.clip_index import scene_detector
 from omnimill.corpus.listing import normalise_uri
 from omnimill.store.cuts import CutStore
@@ -53,6 +53,8 @@ class LabelOptions(JobOptions):
     cuts: str | None = None  # --clips scenes: the cut store to read or fill (default: beside STORE, cut_store_for)
     min_clip_seconds: float | None = None  # clip stores: shorter clips are dropped (corpus/clip_index.py)
     max_clip_seconds: float | None = None  # clip stores: longer clips are split
+    fetched: str | None = None  # document stores: the fetched store of their URL images; used when created
+    doc_filter: str | None = None  # document stores: only the images of the documents this filter kept
     frames: int | None = None  # clip stores: frames per clip (8); fixed when created
     audio_segments: int | None = None  # clip stores: audio segments per clip (3); fixed when created
     audio_seconds: float | None = None  # clip stores: seconds per audio segment (2.0); fixed when created
@@ -89,6 +91,9 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
         _check_same_corpus(labels, corpus)
         _check_fixed(labels, opts)
         _check_recorded(labels, _listing_options(labels.kind, opts), _kind_settings(labels.kind, opts))
+        if "fetched" in labels.kind.index_options:  # the document kind: its samples point into these stores
+            recorded = labels.corpus.get("listing") or {}
+            labels.kind.check_stores(recorded.get("stores") or {}, **_document_stores(corpus, recorded, opts))
         index, kind = None, labels.kind
     else:
         kind = kind_of(opts.sample_kind or DEFAULT_KIND)
@@ -109,8 +114,9 @@ def label(corpus: str, store: str, teachers: list[str | TeacherSpec], options: L
     if not exists:
         detector = scene_detector(listing["clips"]) if "clips" in listing else None
         cuts, used = _scene_cuts(corpus, opts.cuts or cut_store_for(store), detector, opts) if detector else ({}, {})
-        index = kind.index(corpus, opts.storage_options, **listing, **({"cuts": cuts} if detector else {}))
-        index.listing = {**listing, **used}  # recorded in the store: a later run is checked against it
+        stores = _document_stores(corpus, listing, opts) if "fetched" in kind.index_options else {}
+        index = kind.index(corpus, opts.storage_options, **listing, **({"cuts": cuts} if detector else {}), **stores)
+        index.listing = {**index.listing, **listing, **used}  # recorded in the store: later runs are checked
         labels = LabelStore.create(store, index, view_size, opts.unit_size or DEFAULT_UNIT_SIZE,
                                    opts.storage_options, kind)
     return run_job(LabelJob(labels, built, specs, provenance, opts))
@@ -138,6 +144,17 @@ def _scene_cuts(corpus: str, where: str, detector: str, opts: LabelOptions) -> t
     uri = where if is_url(where) else os.path.abspath(local_path(where))
     return store.cuts(detector), {"cuts": {"store": uri, "uuid": store.uuid, "detector": detector,
                                            "settings": store.settings(detector)}}
+
+
+def _document_stores(corpus: str, listing: dict, opts: LabelOptions) -> dict:
+    """The stores the document kind lists its images from (corpus/document_kind.py), opened here: corpus/ opens
+    no store. CORPUS is the document store; --fetched, the fetched store of its URL images."""
+    from omnimill.store.documents import DocumentStore
+    from omnimill.store.fetched import FetchedStore
+
+    fetched, so = listing.get("fetched"), opts.storage_options
+    return {"documents": DocumentStore.open(normalise_uri(corpus), "r", so),
+            "fetched_store": FetchedStore.open(normalise_uri(fetched), "r", so) if fetched else None}
 
 
 def _has_cuts(where: str, detector: str, storage_options: dict) -> bool:
@@ -259,7 +276,8 @@ def _check_options(opts: LabelOptions) -> None:
 
 # Listing options of `label` -> the kind's `index` keywords (SampleKind.index_options) and the flag that gives them
 _LISTING = {"clips": ("clips", "--clips"), "min_clip_seconds": ("min_seconds", "--min-clip-seconds"),
-            "max_clip_seconds": ("max_seconds", "--max-clip-seconds")}
+            "max_clip_seconds": ("max_seconds", "--max-clip-seconds"), "fetched": ("fetched", "--fetched"),
+            "doc_filter": ("filter", "--doc-filter")}
 
 
 def _listing_options(kind, opts: LabelOptions) -> dict:
@@ -268,8 +286,9 @@ def _listing_options(kind, opts: LabelOptions) -> dict:
     given = {key: getattr(opts, name) for name, (key, _) in _LISTING.items() if getattr(opts, name) is not None}
     for name, (key, flag) in _LISTING.items():
         if key in given and key not in kind.index_options:
-            raise UserError(f"{flag} applies to clip stores, and this is a store of {kind.plural} "
-                            f"(sample kind {kind.name}); drop {flag} or give --sample-kind clip")
+            takes = next(name for name in known() if key in kind_of(name).index_options)
+            raise UserError(f"{flag} applies to {takes} stores, and this is a store of {kind.plural} "
+                            f"(sample kind {kind.name}); drop {flag} or give --sample-kind {takes}")
     return given
 
 

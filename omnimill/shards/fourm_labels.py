@@ -35,7 +35,7 @@ def open_labels(tokens: TokenStore, storage_options: dict | None = None, given: 
     if not tokens.made_from(labels):
         raise UserError(f"the label store at {uri} is not the one {tokens.uri} was made from (uuid "
                         f"{labels.uuid} vs {tokens.source.get('uuid')}); put that store back or tokenize again")
-    if labels.sample_kind != "image":
+    if labels.kind.frames_per_sample != 1:  # images, and the images of documents
         raise UserError(f"{uri} holds {labels.sample_kind} samples; ml-4m shards need images (ml-4m has no time "
                         f"axis): export clips with --format wds, which omnimill's loader and trainer read")
     return labels
