@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from omnimill.audit.render import _failure_reason, _field_names, _scalar_or_array, _view_field, sample_tiles
-from omnimill.audit.report import STYLE, _tile_png
+from omnimill.audit.report import STYLE, _figure, _tile_png
 from omnimill.errors import UserError
 from omnimill.store.documents import DocumentStore
 from omnimill.store.fetched import FetchedStore
@@ -269,13 +269,12 @@ class DocumentPage:
 
 def tiles_html(labels: LabelStore, i: int) -> str:
     """The sample's tiles as `audit report` / `audit query --html` draw them (render.sample_tiles, drawn by
-    report._tile_png), each a <figure> with its title; each picture the smaller of its PNG and JPEG."""
+    report._tile_png), each a <figure> with its title (report._figure); each picture the smaller of its PNG and
+    JPEG."""
     figures = []
     for tile in sample_tiles(labels, i):
         kind, data = tile_picture(_tile_png(tile))
-        title = html.escape(tile.title)
-        figures.append(f"<figure><img alt='{title}' src='data:image/{kind};base64,"
-                       f"{base64.b64encode(data).decode('ascii')}'><figcaption>{title}</figcaption></figure>")
+        figures.append(_figure(data, tile.title, kind))
     return "".join(figures)
 
 

@@ -133,10 +133,11 @@ def _tile_png(tile: Tile) -> bytes:
         return tile_png(message_tile(tile.title, reason, FAILED_FACE, color="#b71c1c"))
 
 
-def _figure(png: bytes, title: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
+def _figure(picture: bytes, title: str, kind: str = "png") -> str:
+    """A <figure> of one picture (its bytes as a data: URI of type image/`kind`: png, jpeg) and its title."""
+    data = base64.b64encode(picture).decode("ascii")
     title = html.escape(title)
-    return f"<figure><img alt='{title}' src='data:image/png;base64,{data}'><figcaption>{title}</figcaption></figure>"
+    return f"<figure><img alt='{title}' src='data:image/{kind};base64,{data}'><figcaption>{title}</figcaption></figure>"
 
 
 def _png(image: np.ndarray) -> bytes:
