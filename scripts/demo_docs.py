@@ -435,8 +435,10 @@ def text_only(caption: Path) -> list[str] | None:
     if (SHARDS / "manifest.json").exists() and caption.parent == TOKENIZERS:
         flags.append(f"--pairs={SHARDS}")
         print(f"pairs: {SHARDS} (the image part's photos: rgb_image 8 x 8 tokens + caption)")
-    else:
-        print(f"no pairs: {SHARDS} (scripts/demo.py makes it) is missing or of other tokenizers")
+    else:  # mm1 weighs pairs: without them, documents and text by the same 45 : 10 (rounded)
+        flags.append("--data.mix=" + json.dumps({"interleaved": 0.8, "text": 0.2}))
+        print(f"no pairs: {SHARDS} (scripts/demo.py makes it) is missing or of other tokenizers; "
+              "documents 80%, text 20%")
     return flags
 
 
