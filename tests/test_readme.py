@@ -68,3 +68,42 @@ def test_readme_clip_tour_runs(tmp_path):
         run = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, f"{line}\n{run.stdout}\n{run.stderr}"
     assert (tmp_path / "clip.png").stat().st_size > 10_000
+
+
+def test_readme_documents_tour_runs(tmp_path):
+    """The document tour: 12 OBELICS documents with local photos (one photo in two documents), labelled as the
+    document sample kind, filtered, packed with alt captions, trained on, continued, drawn as a page."""
+    import json
+
+    import numpy as np
+    from test_documents import obelics
+
+    from omnimill.tokenize.base import TokenizerConfig
+    from omnimill.tokenize.sequence import SequenceTokenizer
+
+    photos = write_images(tmp_path / "web" / "photos", 24)
+    colours = ["red", "green", "blue", "grey"]
+    rows, texts = [], []
+    for i in range(12):
+        words = [f"the {colours[i % 4]} photo number {i} shows a scene .", "it was taken on a walk ."]
+        second = photos[0] if i == 11 else photos[12 + i]  # document 11 repeats document 0's first photo
+        rows.append({"images": [f"photos/{photos[i].name}", None, f"photos/{second.name}", None],
+                     "texts": [None, words[0] * 2, None, words[1] * 3],
+                     "metadata": [{"alt_text": f"a {colours[i % 4]} photo"}, None, None, None]})
+        texts += words
+    obelics(tmp_path / "web", rows, name="docs.parquet")
+    values = {"captions": np.array([[t] for t in texts], dtype=object), "count": np.ones(len(texts), np.int32)}
+    SequenceTokenizer.train(TokenizerConfig("sequence", "caption", [], tokens_per_sample=64), values,
+                            view_size=32).save(tmp_path / "tokenizers" / "text")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
+    blocks = readme_blocks("documents")
+    assert [lang for lang, _ in blocks] == ["bash"]
+    for line in blocks[0][1].strip().splitlines():
+        run = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{line}\n{run.stdout}\n{run.stderr}"
+        if line.startswith("omnimill documents filter"):
+            assert "11/12 documents kept" in run.stdout and "duplicate 1" in run.stdout, run.stdout
+    manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert manifest["captions"]["rule"] == "alt" and manifest["holdout"]["by"] == "document"
+    assert (tmp_path / "document.html").stat().st_size > 10_000
