@@ -228,6 +228,10 @@ def interleave(d: dict) -> str:
     return "\n".join(_script("interleave").table(d)) + source("interleave", "interleave.py")
 
 
+def documents(d: dict) -> str:
+    return "\n".join(_script("documents").table(d)) + source("documents", "documents.py")
+
+
 def store_scale(d: dict) -> str:
     rows = []
     for n, layouts in sorted(d["sizes"].items(), key=lambda kv: int(kv[0])):
@@ -257,6 +261,7 @@ TABLES = {
     "store-scale": ("store_scale", store_scale),
     "tokenizer-cpu": ("tokenizer_cpu", tokenizer_cpu),
     "interleave": ("interleave", interleave),
+    "documents": ("documents", documents),
 }
 
 
