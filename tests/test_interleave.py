@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from test_caption import tiny_blip  # noqa: F401  (a fixture: a tiny real BLIP checkpoint, random weights)
+from test_engine_pack import inputs  # noqa: F401  (a fixture: a document store and a sequence tokenizer)
 
 from omnimill.errors import UserError
 from omnimill.shards import interleave as il
@@ -193,7 +194,7 @@ def packed_set(text_tok, tmp_path, n_docs=40, per_shard=7, seed=0):
     docs = [(f"doc{i:03d}", document(f"doc{i:03d}", [words(int(n)) for n in rng.integers(0, 40, 3)],
                                      rng.integers(0, 3, rng.integers(0, 4)).tolist())) for i in range(n_docs)]
     packed = il.pack(flat_docs(text_tok, docs, vocab, rng=rng), vocab, seq_len=48, max_images=3)
-    head = il.header(vocab, 48, 3, "tokens", None, "tok/", "img/")
+    head = il.header(vocab, 48, 3, "tokens", None, "tok/", "img/", G * G)
     out = str(tmp_path / "interleaved")
     manifest = il.write_interleaved(out, packed.sequences, head, packed.padding_share, samples_per_shard=per_shard)
     return out, manifest, packed
@@ -203,8 +204,8 @@ def test_write_read_verify_roundtrip(text_tok, tmp_path):
     out, manifest, packed = packed_set(text_tok, tmp_path)
     on_disk = json.loads((tmp_path / "interleaved" / "manifest.json").read_text())
     assert on_disk == manifest and manifest["format"] == il.FORMAT and manifest["n"] == len(packed.sequences)
-    assert set(manifest) == {"format", "seq_len", "max_images", "image_mode", "slots", "v_text", "v_image",
-                             "specials", "vocab", "text_tokenizer", "image_tokenizer", "shards", "n",
+    assert set(manifest) == {"format", "seq_len", "max_images", "image_mode", "slots", "image_tokens", "v_text",
+                             "v_image", "specials", "vocab", "text_tokenizer", "image_tokenizer", "shards", "n",
                              "padding_share"}
     assert [r["n"] for r in manifest["shards"]][:-1] == [7] * (len(manifest["shards"]) - 1)
     got = [s for i in range(len(manifest["shards"])) for s in il.read_shard(out, manifest, i)]
@@ -259,6 +260,56 @@ def test_verify_finds_a_bad_sequence(text_tok, tmp_path):
     (tmp_path / "interleaved" / "manifest.json").write_text(json.dumps(manifest))
     problems = il.verify_interleaved(out)["problems"]
     assert problems == ["shard-000000.tar:s000000000: PAD is not exactly the tokens after n_content"]
+
+
+def test_image_tokens_are_recorded_held_to_and_verified(text_tok, tmp_path):
+    """The manifest's image_tokens: slots in placeholder mode, the count given in tokens mode (None when not
+    told); packing refuses an image of another count; verify finds a block of another size; a set without
+    the field (packed before it) verifies as before."""
+    vocab, images = il.Vocab(text_tok.get_vocab_size(), V_IMAGE), il.Vocab(text_tok.get_vocab_size())
+    assert il.header(images, 48, 3, "placeholders", 6, "tok", None)["image_tokens"] == 6
+    assert il.header(vocab, 48, 3, "tokens", None, "tok", "img", 16)["image_tokens"] == 16
+    assert il.header(vocab, 48, 3, "tokens", None, "tok", "img")["image_tokens"] is None
+    with pytest.raises(UserError, match=r"placeholder mode has slots \(6\) tokens per image, not 5"):
+        il.header(images, 48, 3, "placeholders", 6, "tok", None, 5)
+    with pytest.raises(UserError, match="image_tokens must be >= 1, not 0"):
+        il.header(vocab, 48, 3, "tokens", None, "tok", "img", 0)
+    doc = document("d", [words(6), words(6)], [0, 1])
+    tokens = {"d/img_00": np.ones((G, G), int), "d/img_01": np.ones((3, 3), int)}
+    with pytest.raises(UserError, match="d/img_01: 9 image tokens, not the set's 16 per image"):
+        il.pack_documents([("d", doc)], str(tmp_path / "nine"), il.text_encoder(text_tok),
+                          il.header(vocab, 48, 3, "tokens", None, "tok", "img", G * G), tokens)
+
+    out, manifest, _ = packed_set(text_tok, tmp_path)
+    assert manifest["image_tokens"] == G * G and il.verify_interleaved(out)["problems"] == []
+    path = tmp_path / "interleaved" / "manifest.json"
+    path.write_text(json.dumps({**manifest, "image_tokens": G * G - 1}))
+    problems = il.verify_interleaved(out)["problems"]
+    with_images = [s for r in range(len(manifest["shards"])) for s in il.read_shard(out, manifest, r) if s[2]["images"]]
+    assert len(problems) == len(with_images) > 0
+    assert problems[0].endswith(f": an image block of {G * G} tokens, image_tokens {G * G - 1}")
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "image_tokens"}))
+    assert il.verify_interleaved(out)["problems"] == []
+
+
+def test_a_pack_job_begun_before_image_tokens_resumes(inputs, tmp_path):
+    """A pack.json whose head has no image_tokens (a job begun by the omnimill before it) is read with the
+    count its rerun computes, so the rerun resumes: no part packed again, the manifest records image_tokens."""
+    from omnimill.engine.pack import pack_job
+
+    store, tokenizer = inputs
+    out = tmp_path / "packed"
+    args = dict(slots=4, seq_len=32, samples_per_shard=2, workers=1, progress=False, retries=0)
+    first = pack_job(store, str(out), tokenizer, **args)
+    assert first.parts_packed == first.parts and first.manifest["image_tokens"] == 4
+    (out / "manifest.json").unlink()  # as if killed before finishing
+    job = json.loads((out / "pack.json").read_text())
+    del job["job"]["head"]["image_tokens"]
+    (out / "pack.json").write_text(json.dumps(job))
+    assert il.read_job(str(out))["head"]["image_tokens"] == 4
+    again = pack_job(store, str(out), tokenizer, **args)
+    assert again.parts_packed == 0 and again.manifest == first.manifest
+    assert il.verify_interleaved(str(out))["problems"] == []
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -599,8 +650,8 @@ def test_captions_follow_their_images_as_the_rule_says(rule, captioned, text_tok
 
 def test_caption_options_are_checked(captioned, text_tok, tmp_path):
     store, labels = captioned
-    for captions, caption_labels, message in [("synthetic", None, "give a label store of the captioner"),
-                                              ("alt", labels, "read only with synthetic or both"),
+    for captions, caption_labels, message in [("synthetic", None, "give --caption-labels LABEL_STORE, the docu"),
+                                              ("alt", labels, "read only with --captions synthetic or both"),
                                               ("all", None, "captions is one of")]:
         with pytest.raises(UserError, match=message):
             il.pack_store(store, str(tmp_path / "p"), text_tok, "tok", slots=3, captions=captions,

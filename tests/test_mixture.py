@@ -40,7 +40,7 @@ def sources(token_data, tmp_path_factory):
         ids, kept = il.interleave(doc, il.text_encoder(tokenizer), vocab, image_tokens=images, tally=tally)
         flat.append((f"doc{d:02d}", ids, kept))
     packed = il.pack(flat, vocab, seq_len=64, max_images=4)
-    head = il.header(vocab, 64, 4, "tokens", None, token_data["tokenizers"]["caption"], token_data["tokenizers"]["rgb"])
+    head = il.tokenizer_header(tokenizer, token_data["tokenizers"]["caption"], images, None, 64, 4)
     interleaved = root / "interleaved"
     il.write_interleaved(str(interleaved), packed.sequences, head, packed.padding_share, samples_per_shard=3)
     return {"pairs": str(pairs), "text": str(text), "interleaved": str(interleaved), "tally": tally,
@@ -56,6 +56,21 @@ def test_documents_take_image_tokens_from_the_token_store(token_data, sources):
     row = store.index_of(first)
     assert (seq.tokens[start + 1:start + 17] - vocab.v_text == store.read("rgb_image/tokens", row)[0]).all()
     assert il.verify_interleaved(sources["interleaved"])["problems"] == []
+    manifest = il.read_manifest(sources["interleaved"])  # the token store's 4x4 grid: 16 tokens per image
+    assert manifest["image_tokens"] == 16 == store.tokenizer_info("rgb_image")["tokens_per_sample"]
+    assert manifest["image_tokenizer"] == store.tokenizer_info("rgb_image")["path"]
+
+
+def test_a_tokens_mode_pack_job_begun_before_image_tokens_reads_the_count_from_its_token_store(token_data, tmp_path):
+    """pack.json written before the header held image_tokens: read_job adds the token store's count, which is
+    what a rerun's tokenizer_header computes, so the rerun resumes instead of being refused."""
+    tokenizer = load_tokenizer(token_data["tokenizers"]["caption"])
+    images = il.StoreImageTokens(token_data["tokens"], "rgb_image")
+    head = il.tokenizer_header(tokenizer, token_data["tokenizers"]["caption"], images, None, 64, 4)
+    settings = {"head": {k: v for k, v in head.items() if k != "image_tokens"}, "tokens": token_data["tokens"],
+                "image_modality": "rgb_image"}
+    il.write_job(str(tmp_path), settings)
+    assert il.read_job(str(tmp_path)) == {**settings, "head": json.loads(json.dumps(head))}
 
 
 def mixture(sources, **kw):

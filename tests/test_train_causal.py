@@ -359,7 +359,7 @@ def mixture(tmp_path_factory) -> dict:
     vocab = Vocab(V_TEXT, V_IMAGE)
     docs = [(f"d{i:06d}", np.array(document(rng, len(WORDS))), [f"d{i:06d}/img_00"]) for i in range(401)]
     packed = pack(docs, vocab, SEQ_LEN)
-    head = header(vocab, SEQ_LEN, 16, "tokens", None, str(text_tok), str(image_tok))
+    head = header(vocab, SEQ_LEN, 16, "tokens", None, str(text_tok), str(image_tok), GRID)
     write_interleaved(str(root / "packed"), packed.sequences, head, packed.padding_share, samples_per_shard=50)
     images = [rng.integers(0, V_IMAGE, GRID) for _ in range(300)]
     text_info = modality_info(text_tok, V_TEXT, CAPTION_L, T_PAD)
@@ -502,6 +502,27 @@ def test_mixture_refuses_sets_of_other_tokenizers(mixture, tmp_path):
                     f"--data.pairs={mixture['pairs']}", f"--data.text={mixture['text']}",
                     '--data.mix={"interleaved": 1, "pairs": 1, "text": 1}')
     one_line_error(result, "holds a run with other settings (data.mix)")  # a mixture resumes as it began
+
+
+def test_tokens_per_image_is_the_manifests_and_measured_on_a_set_packed_without_it(mixture, tmp_path):
+    """check_source holds pairs to the manifest's image_tokens; a set whose manifest has none (packed before it
+    was recorded) has its first image measured."""
+    from omnimill.train.causal import mixture_sets, open_packed, tokens_per_image
+
+    recorded = open_packed(mixture["packed"])
+    assert recorded["image_tokens"] == GRID and tokens_per_image(recorded) == GRID
+    config = mixed(mixture)
+    assert set(mixture_sets(recorded, config)) == {"pairs", "text"}
+    with pytest.raises(UserError, match="has 4 tokens per image, the interleaved set's images 9"):
+        mixture_sets({**recorded, "image_tokens": 9}, config)  # the manifest's word is taken, no shard read
+    old = tmp_path / "old"
+    shutil.copytree(mixture["packed"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["image_tokens"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert tokens_per_image(open_packed(str(old))) == GRID  # measured: BOI, 4 image ids, EOI
+    imageless = {**recorded, "image_tokens": None, "shards": []}
+    assert tokens_per_image(imageless) is None  # no count recorded and no image to measure
 
 
 def test_a_set_split_by_document_at_pack_time(mixture, tmp_path):

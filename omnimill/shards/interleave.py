@@ -56,7 +56,9 @@ sequences is wholly in one split. `InterleavedDataset(split=...)` reads one spli
 The shard set (format omnimill.interleaved/1), a folder OUT:
 
     OUT/manifest.json   {"format", "seq_len", "max_images", "image_mode": "tokens" | "placeholders", "slots",
-                         "v_text", "v_image", "specials": {BOI, EOI, PAD, IMG_SLOT, EOD}, "vocab",
+                         "image_tokens" (ids between BOI and EOI of every image: the token store's tokens per
+                         image in tokens mode, slots in placeholder mode; null in tokens mode when the packer
+                         was not told), "v_text", "v_image", "specials": {BOI, EOI, PAD, IMG_SLOT, EOD}, "vocab",
                          "text_tokenizer", "image_tokenizer",
                          "holdout": {"fraction": F, "seed": S, "by": "document",
                                      "n": {"train": sequences, "heldout": sequences}},
@@ -74,7 +76,8 @@ The shard set (format omnimill.interleaved/1), a folder OUT:
 
 A set written before splits by document (or by `write_interleaved`, from `pack`) has no "holdout", no
 shard "split" and no sequence "split": it reads as before with split=None, and its readers split by
-sequence key themselves (train/causal.py's PackedLoader did).
+sequence key themselves (train/causal.py's PackedLoader did). A set written before "image_tokens" has none:
+its readers measure the first image (train/causal.tokens_per_image).
 
 A set may also be packed in parts (`pack_part`, one per unit of a parallel or resumable job, then
 `finish_parts`): each part packs its documents on its own (one padded sequence per split at its end) into
@@ -173,14 +176,16 @@ def image_key(doc_key: str, i: int) -> str:
 def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vocab: Vocab,
                image_tokens=None, slots: int | None = None, tally: Counter | None = None,
                captions: Captions | None = None, chosen: dict[str, str] | None = None,
-               max_block: int | None = None, too_long: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+               max_block: int | None = None, too_long: list[str] | None = None,
+               per_image: int | None = None) -> tuple[np.ndarray, list[str]]:
     """One document -> (ids int32, the IMAGE_KEYs of the images kept, in order). Exactly one of
     `image_tokens` (anything with `.get(IMAGE_KEY)` -> its g*g tokens in [0, v_image) or None: a dict, or
     `StoreImageTokens` over a token store; "tokens" mode) and `slots` (placeholder mode) is given. An image
     with no tokens is dropped and counted in `tally["images_without_tokens"]`; with `max_block` (the
     sequence length), an image whose block (BOI .. EOI) is longer is dropped and its key added to
     `too_long`. With `captions`, each kept image's caption (`Captions.choose`) follows its EOI as text, and
-    `chosen[IMAGE_KEY]` records its source; a dropped image takes its caption with it."""
+    `chosen[IMAGE_KEY]` records its source; a dropped image takes its caption with it. With `per_image` (the
+    manifest's image_tokens), an image with another number of tokens is a UserError."""
     if (image_tokens is None) == (slots is None):
         raise UserError("interleave: give image_tokens (tokens mode) or slots (placeholder mode), not both or neither")
     if slots is not None and slots < 1:
@@ -202,6 +207,8 @@ def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vo
             tokens = np.asarray(tokens).reshape(-1)
             if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab.v_image):
                 raise UserError(f"{key}: image tokens outside [0, {vocab.v_image})")
+            if per_image is not None and tokens.size != per_image:
+                raise UserError(f"{key}: {tokens.size} image tokens, not the set's {per_image} per image")
             body = tokens.astype(np.int32) + vocab.v_text
         if max_block is not None and len(body) + 2 > max_block:
             if too_long is not None:
@@ -307,9 +314,10 @@ class StoreCaptions:
 class StoreImageTokens:
     """IMAGE_KEY -> its tokens in one modality of a token store (crop 0, the whole view), the `image_tokens`
     of `interleave`: `get(key)` is None for a key the store lacks or did not tokenize. `v_image` is the
-    image tokenizer's vocabulary. A key is found through the store's sorted key index; its tokens are read
-    with the rest of its unit (one chunk: unit_size rows, crop 0) and the last unit is kept, so a document's
-    images, which sit next to each other in the store (keys DOC_KEY/img_00, img_01, ...), cost one read."""
+    image tokenizer's vocabulary, `length` its tokens per image (g*g). A key is found through the store's
+    sorted key index; its tokens are read with the rest of its unit (one chunk: unit_size rows, crop 0) and
+    the last unit is kept, so a document's images, which sit next to each other in the store (keys
+    DOC_KEY/img_00, img_01, ...), cost one read."""
 
     def __init__(self, tokens_uri: str, modality: str, storage_options: dict | None = None):
         from omnimill.store.tokens import TokenStore
@@ -321,6 +329,7 @@ class StoreImageTokens:
         if self.store.time_axis(modality):
             raise UserError(f"{modality} has a time axis (a clip's); interleaved documents take image tokens")
         self.modality, self.v_image, self.tokenizer = modality, int(info["vocab_size"]), info.get("path")
+        self.length = int(info["tokens_per_sample"])
         self._unit, self._tokens, self._ok = None, None, None
 
     def get(self, key: str) -> np.ndarray | None:
@@ -507,14 +516,22 @@ def shard_bytes(first: int, sequences: list[PackedSequence], part: int | None = 
 
 
 def header(vocab: Vocab, seq_len: int, max_images: int, image_mode: str, slots: int | None,
-           text_tokenizer: str, image_tokenizer: str | None) -> dict:
-    """The manifest's fields that describe the id space and packing (all but shards, n, padding_share)."""
+           text_tokenizer: str, image_tokenizer: str | None, image_tokens: int | None = None) -> dict:
+    """The manifest's fields that describe the id space and packing (all but shards, n, padding_share).
+    `image_tokens`: tokens per image in tokens mode (StoreImageTokens.length); placeholder mode's is `slots`."""
     if image_mode not in IMAGE_MODES:
         raise UserError(f"image_mode must be one of {IMAGE_MODES}, not {image_mode!r}")
     if (image_mode == "placeholders") != (vocab.v_image == 0):
         raise UserError("placeholder mode has no image ids (v_image = 0); tokens mode needs v_image > 0")
+    if image_mode == "placeholders":
+        if image_tokens is not None and image_tokens != slots:
+            raise UserError(f"placeholder mode has slots ({slots}) tokens per image, not {image_tokens}")
+        image_tokens = slots
+    if image_tokens is not None and image_tokens < 1:
+        raise UserError(f"image_tokens must be >= 1, not {image_tokens}")
     return {"format": FORMAT, "seq_len": int(seq_len), "max_images": int(max_images), "image_mode": image_mode,
-            "slots": int(slots) if image_mode == "placeholders" else None, "v_text": vocab.v_text,
+            "slots": int(slots) if image_mode == "placeholders" else None,
+            "image_tokens": int(image_tokens) if image_tokens is not None else None, "v_text": vocab.v_text,
             "v_image": vocab.v_image, "specials": vocab.specials, "vocab": vocab.size,
             "text_tokenizer": str(text_tokenizer), "image_tokenizer": str(image_tokenizer) if image_tokenizer else None}
 
@@ -677,7 +694,7 @@ def tokenizer_header(text_tokenizer, text_tokenizer_path: str, images: StoreImag
     v_text = int(getattr(text_tokenizer, "vocab_size", 0) or text.get_vocab_size(with_added_tokens=True))
     vocab = Vocab(v_text, images.v_image if images else 0)
     return header(vocab, seq_len, max_images, "tokens" if images else "placeholders", slots, text_tokenizer_path,
-                  images.tokenizer if images else None)
+                  images.tokenizer if images else None, images.length if images else None)
 
 
 def pack_part(documents: Iterable[tuple[str, list[dict]]], out: str, part: int, encode_text: Callable[[str], list[int]],
@@ -772,7 +789,8 @@ def _pack_into(writer: InterleavedWriter, documents, encode_text, head: dict, im
         name = SPLITS[int(held_out([doc_key], split["fraction"], split["seed"])[0])]
         ids, images = interleave(segments, encode_text, vocab, image_tokens=None if slots else image_tokens,
                                  slots=slots, tally=tally, captions=captions, chosen=chosen,
-                                 max_block=head["seq_len"], too_long=too_long)
+                                 max_block=head["seq_len"], too_long=too_long,
+                                 per_image=None if slots else head.get("image_tokens"))
         write(packers[name].add(doc_key, ids, images), name)
     for name, packer in packers.items():
         write(packer.close(), name)
@@ -801,11 +819,19 @@ def write_job(out: str, settings: dict, storage_options: dict | None = None) -> 
 
 
 def read_job(out: str, storage_options: dict | None = None) -> dict | None:
-    """A packing job's settings as written by `write_job`, or None when OUT has none."""
+    """A packing job's settings as written by `write_job`, or None when OUT has none. A job begun before the
+    header recorded image_tokens gets it as its rerun computes it (slots, or the token store's tokens per
+    image), so the rerun resumes it."""
     data = _read_json(join(out, JOB), storage_options)
     if data is not None and (not isinstance(data, dict) or data.get("format") != FORMAT or "job" not in data):
         raise UserError(f"{out}/{JOB} is not a packing job's settings (format {FORMAT} expected)")
-    return data["job"] if data is not None else None
+    if data is None:
+        return None
+    job, head = data["job"], data["job"].get("head")
+    if isinstance(head, dict) and "image_tokens" not in head:
+        head["image_tokens"] = head.get("slots") if head.get("image_mode") == "placeholders" else \
+            StoreImageTokens(job["tokens"], job["image_modality"], storage_options).length
+    return job
 
 
 def _read_json(path: str, storage_options: dict | None) -> dict | None:
@@ -874,8 +900,9 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
     (an image cut off at a sequence end is impossible: blocks are never split), keys unique across the set,
     and, once every shard reads, n and padding_share as the manifest says. A set split by document
     ("holdout" in its manifest) is checked too: each sequence's split is its shard's, no document is in
-    both splits, and the sequences per split are the manifest's. Returns {"n", "shards", "problems": [str]};
-    the first problem of each sequence is listed."""
+    both splits, and the sequences per split are the manifest's. With "image_tokens" in the manifest, every
+    image block holds that many ids between BOI and EOI. Returns {"n", "shards", "problems": [str]}; the
+    first problem of each sequence is listed."""
     manifest = read_manifest(uri, storage_options)
     vocab = vocab_of(manifest)
     split_by_document = "holdout" in manifest
@@ -889,7 +916,7 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
             continue
         for key, tokens, meta in samples:
             n += 1
-            problem = _sequence_problem(tokens, meta, vocab, int(manifest["max_images"]))
+            problem = _sequence_problem(tokens, meta, vocab, int(manifest["max_images"]), manifest.get("image_tokens"))
             if key in seen:
                 problem = "the key is also in an earlier shard"
             if split_by_document and not problem:
@@ -918,7 +945,8 @@ def verify_interleaved(uri: str, storage_options: dict | None = None) -> dict:
     return {"n": n, "shards": len(manifest["shards"]), "problems": problems}
 
 
-def _sequence_problem(tokens: np.ndarray, meta: dict, vocab: Vocab, max_images: int) -> str | None:
+def _sequence_problem(tokens: np.ndarray, meta: dict, vocab: Vocab, max_images: int,
+                      per_image: int | None = None) -> str | None:
     n = meta.get("n_content")
     if not isinstance(n, int) or not 0 < n <= len(tokens):
         return f"n_content {n!r} is not in 1..{len(tokens)}"
@@ -928,11 +956,13 @@ def _sequence_problem(tokens: np.ndarray, meta: dict, vocab: Vocab, max_images: 
         return "PAD is not exactly the tokens after n_content"
     images = meta.get("images", [])
     try:
-        count = sum(is_image for is_image, _ in blocks(tokens[:n], vocab))
+        sizes = [len(block) - 2 for is_image, block in blocks(tokens[:n], vocab) if is_image]  # BOI .. EOI
     except UserError as e:
         return str(e)
-    if count != len(images) or len(images) > max_images:
-        return f"{count} image blocks, {len(images)} image keys, max_images {max_images}"
+    if len(sizes) != len(images) or len(images) > max_images:
+        return f"{len(sizes)} image blocks, {len(images)} image keys, max_images {max_images}"
+    if per_image is not None and any(size != per_image for size in sizes):
+        return f"an image block of {next(z for z in sizes if z != per_image)} tokens, image_tokens {per_image}"
     return None
 
 

@@ -29,12 +29,12 @@ the 4M trainer's data) beside the packed set, one kind per batch by weight (shar
 data.preset mm1 = 45/45/10 or data.mix), each pair or text sample turned into the packed set's ids
 (shards/mixture.CausalRows: BOI image EOI caption EOD; text EOD), padded to its batch's longest row.
 Their modalities must come from the tokenizers the packed set names (`check_source`: the text modality from
-its text tokenizer, the image modality from its image tokenizer with as many tokens per image), or the run
-is refused. Pairs and text are held out by sample key (store.base.held_out with data.holdout and the seed,
-as the 4M trainer holds out token shards). Held-out loss is reported per kind over all sources, and per
-source (`source/interleaved`, `source/pairs`, `source/text`: every non-PAD target of that source), each
-beside the unigram model of that source's own training tokens; the training log's per-kind records carry
-the per-source training loss too, so each kind's batches show in it.
+its text tokenizer, the image modality from its image tokenizer with as many tokens per image, its manifest's
+image_tokens), or the run is refused. Pairs and text are held out by sample key (store.base.held_out with
+data.holdout and the seed, as the 4M trainer holds out token shards). Held-out loss is reported per kind over
+all sources, and per source (`source/interleaved`, `source/pairs`, `source/text`: every non-PAD target of that
+source), each beside the unigram model of that source's own training tokens; the training log's per-kind
+records carry the per-source training loss too, so each kind's batches show in it.
 """
 
 from __future__ import annotations
@@ -185,9 +185,13 @@ def text_ends(manifest: dict) -> set[int]:
 
 
 def tokens_per_image(manifest: dict) -> int | None:
-    """Image tokens between BOI and EOI in the packed set (its first image), or None: no image in it."""
+    """Image tokens between BOI and EOI in the packed set: its manifest's image_tokens; for a set packed
+    without one (before it was recorded, or from a dict of tokens), measured on its first image, or None:
+    no image in it."""
     from omnimill.shards.interleave import read_shard
 
+    if manifest.get("image_tokens") is not None:
+        return int(manifest["image_tokens"])
     s = manifest["specials"]
     for shard in range(len(manifest["shards"])):
         for _, tokens, meta in read_shard(manifest["root"], manifest, shard):
@@ -423,8 +427,8 @@ def evaluate(model, config: TrainConfig, manifest: dict, sources: dict, session)
 
 def packed_facts(manifest: dict) -> dict:
     """What checkpoint.json records of the data: what the model's id space means and where it came from."""
-    keys = ("seq_len", "max_images", "image_mode", "slots", "v_text", "v_image", "specials", "vocab",
-            "text_tokenizer", "image_tokenizer")
+    keys = ("seq_len", "max_images", "image_mode", "slots", "image_tokens", "v_text", "v_image", "specials",
+            "vocab", "text_tokenizer", "image_tokenizer")
     return {"root": manifest["root"], **{k: manifest.get(k) for k in keys}}
 
 
