@@ -89,7 +89,8 @@ def run_row(mode: str, docs, tok, seq_len: int, max_images: int, rng, folder: st
     packed = il.pack(flat, vocab, seq_len, max_images)
     t2 = time.perf_counter()
     out = os.path.join(folder, mode)
-    head = il.header(vocab, seq_len, max_images, mode, SLOTS if mode == "placeholders" else None, "bpe", None)
+    head = il.header(vocab, seq_len, max_images, mode, SLOTS if mode == "placeholders" else None, "bpe", None,
+                     image_tokens=SLOTS if mode == "placeholders" else GRID * GRID)
     il.write_interleaved(out, packed.sequences, head, packed.padding_share, samples_per_shard=256)
     t3 = time.perf_counter()
     for _ in il.InterleavedDataset(out, epochs=1):  # a first pass warms the page cache and torch: not timed
