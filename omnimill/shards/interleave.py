@@ -25,7 +25,7 @@ in the sequence.
 Captions (VeCap-style, `Captions`, rule `captions` none | alt | synthetic | both, default none): right after
 an image's EOI comes its caption as text ids, then the document goes on. none: no caption (the alt text stays
 out); alt: the segment's alt text; synthetic: the `captioner` teacher's caption (captions[0]) of IMAGE_KEY in
-an image label store (`StoreCaptions`); both: alt + "\n" + synthetic. An image without the chosen caption
+an image label store (`StoreCaptions`); both: alt, a newline, synthetic. An image without the chosen caption
 gets none; under both, an image with only one of them gets that one. Each sequence's json records the source
 each of its images got ("alt" | "synthetic" | "both" | "none"); the manifest records the rule, the
 separator and the label store (uri, uuid, teacher, labels_id), and stats["captions"] the images per source.
