@@ -16,8 +16,8 @@ running the command pays it):
   ingest  engine.documents.ingest_documents: segments, image table, the local images' tars
   fetch   engine.fetch.fetch_images on the store's URL list (the server above)
   label   engine.label.label with the rgb and metadata teachers (no model: the figure is the engine's and
-          the decoder's, not a network's) over every image: the document sample kind when omnimill has it
-          (one job over the document store and the fetched store), else two jobs (local tars, fetched tars)
+          the decoder's, not a network's) over every image, as the document sample kind (one job over the
+          document store and the fetched store, as `omnimill label DOCS OUT --sample-kind document --fetched F`)
   pack    shards.interleave.pack_store in placeholder mode (`--slots` per image, MM1's 144: a model with
           its own vision encoder; tokens mode would add `omnimill tokenize` and a trained image tokenizer),
           the text through a byte-level BPE trained here on the corpus (benchmarks/interleave.py's)
@@ -35,7 +35,6 @@ markdown lines.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -115,24 +114,14 @@ def start_server(folder: Path) -> ThreadingHTTPServer:
 
 
 # ---------------------------------------------------------------------------- the stages
-def label_images(docs: str, fetched: str, root: Path, common: dict) -> dict:
-    """Every image of the document store with TEACHERS; {"jobs", "samples", "failed"}."""
-    from omnimill.engine.label import LabelOptions, label
-    from omnimill.store.documents import DocumentStore
-    from omnimill.store.fetched import FetchedStore
-
-    if "fetched" in {f.name for f in dataclasses.fields(LabelOptions)}:  # the document sample kind
-        corpora = [(docs, {"sample_kind": "document", "fetched": fetched})]
-    else:
-        corpora = [(DocumentStore.open(docs).local_corpus(), {}), (FetchedStore.open(fetched).image_corpus(), {})]
+def label_images(docs: str, fetched: str, out: str, common: dict) -> dict:
+    """Every image of the document store with TEACHERS, as the document sample kind; {"samples", "failed"}."""
+    from omnimill.engine.label import label
     from omnimill.store.labels import LabelStore
 
-    samples = failed = 0
-    for i, (corpus, kind) in enumerate(corpora):
-        out = str(root / f"labels-{i}.zarr")
-        result = label(corpus, out, TEACHERS, unit_size=64, view_size=64, **kind, **common)
-        samples, failed = samples + len(LabelStore.open(out).keys()), failed + result.store_failed
-    return {"jobs": len(corpora), "samples": samples, "failed": failed}
+    result = label(docs, out, TEACHERS, unit_size=64, view_size=64, sample_kind="document", fetched=fetched,
+                   **common)
+    return {"samples": len(LabelStore.open(out).keys()), "failed": result.store_failed}
 
 
 def run(args, root: Path) -> dict:
@@ -159,7 +148,8 @@ def run(args, root: Path) -> dict:
         figures["fetch_failed"] = fetched.store_failed
 
         t = time.perf_counter()
-        figures["label"] = label_images(str(root / "docs.zarr"), str(root / "fetched.zarr"), root, common)
+        figures["label"] = label_images(str(root / "docs.zarr"), str(root / "fetched.zarr"), str(root / "labels.zarr"),
+                                        common)
         seconds["label"] = time.perf_counter() - t
     finally:
         server.shutdown()
