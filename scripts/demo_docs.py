@@ -17,7 +17,7 @@
                    CLIP similarity of each image with its neighbouring text; then `documents status`
     (v) tokenize   the images with the image part's rgb tokenizer (demo-out/tokenizers/rgb: 8 x 8 tokens)
     (w) interleave `omnimill shards interleave` (tokens mode, seq_len 512, the image part's caption tokenizer for
-                   the text), `shards verify`
+                   the text, each image's alt text after it, 20% of the documents held out), `shards verify`
     (x) train      `omnimill train --objective causal` on MM1's mixture (45/45/10): the packed documents, the
                    image part's caption pairs (demo-out/shards, when there) and a text-only set written from the
                    templates (`omnimill shards text`); held-out loss per kind and source beside its unigram
@@ -67,6 +67,8 @@ FILTER = "default"
 SEQ_LEN = 512  # a document is ~150-400 text tokens + 66 per image (8 x 8 + BOI/EOI): 1-3 documents a sequence
 MAX_IMAGES = 8
 HOLDOUT = 0.2  # of the documents (split at packing: ~18) and of the pairs and text (by the trainer)
+# After each image's EOI its alt text (the photo's caption) as text, as MM1 / VeCap put captions beside images;
+# `--captions synthetic` would take the captioner teacher's instead (a BLIP: too slow on this CPU, random here).
 N_DOCS = 96  # written from templates; + the documents made to fail a filter
 MISSING = "missing.jpg"  # the one URL the server answers with 404
 # About a minute on 2 CPU cores (57 s at load 3): a 3-layer, 96-wide decoder, 400 steps of 8 sequences. Measured
@@ -178,11 +180,12 @@ def pipeline() -> int:
     if omnimill("tokenize", str(DOC_LABELS), str(DOC_TOKENS), "--crops", "1", "--tokenizer", str(rgb)) != 0:
         return 1
 
-    heading("w", f"interleave: text + BOI <64 image tokens> EOI, packed into {SEQ_LEN}-token sequences; verify")
+    heading("w", f"interleave: text + BOI <64 image tokens> EOI + alt text, packed into {SEQ_LEN}-token sequences; "
+            "verify")
     if not (PACKED / "manifest.json").exists() and omnimill(
             "shards", "interleave", str(DOCS), str(PACKED), "--text-tokenizer", str(caption), "--image-tokens",
             str(DOC_TOKENS), "--filter", FILTER, "--seq-len", str(SEQ_LEN), "--max-images", str(MAX_IMAGES),
-            "--samples-per-shard", "16", *holdout_flags()) != 0:
+            "--samples-per-shard", "16", "--holdout", str(HOLDOUT), "--seed", str(SEED), "--captions", "alt") != 0:
         return 1
     if omnimill("shards", "verify", str(PACKED)) != 0:
         return 1
@@ -200,7 +203,7 @@ def pipeline() -> int:
     demo_clips.print_heldout(DOC_RUN)
 
     heading("y", "generate: continue a held-out document from its first half")
-    key = held_out_document(manifest)
+    key = held_out_document()
     if key is None:
         print("no document is held out whole at this holdout share: nothing to continue honestly")
     elif omnimill("generate", str(DOC_RUN), "--continue", key, "--tokens", "48") != 0:
@@ -426,29 +429,13 @@ def text_only(caption: Path) -> list[str] | None:
 
 
 # ---------------------------------------------------------------------------- (w)-(y) the packed set
-def holdout_flags() -> list[str]:
-    """Packing splits by document once `shards interleave` has --holdout (the set records it in its manifest)."""
-    import subprocess
-
-    helped = subprocess.run([sys.executable, "-m", "omnimill.cli", "shards", "interleave", "--help"],
-                            capture_output=True, text=True).stdout
-    return ["--holdout", str(HOLDOUT), "--seed", "0"] if "--holdout" in helped else []
-
-
-def held_out_document(manifest: dict) -> str | None:
-    """A document all of whose sequences the run held out: by the set's own split when it has one (manifest
-    "holdout"), else by the trainer's split of sequence keys (data.holdout, seed 0)."""
+def held_out_document() -> str | None:
+    """The first document of the packed set's held-out split (split by DOC_KEY at packing: the run never
+    trained on any of its tokens)."""
     from omnimill.shards.interleave import InterleavedDataset
-    from omnimill.store.base import held_out
 
-    if "holdout" in manifest:  # split by document at packing: every sequence of a held-out document is held out
-        first = next(iter(InterleavedDataset(str(PACKED), shuffle=False, epochs=1, split="heldout")), None)
-        return first["docs"][0] if first else None
-    by_doc: dict[str, list[bool]] = {}
-    for sample in InterleavedDataset(str(PACKED), shuffle=False, epochs=1):
-        for doc in sample["docs"]:
-            by_doc.setdefault(doc, []).append(bool(held_out([sample["key"]], HOLDOUT, 0)[0]))
-    return next((doc for doc, outs in sorted(by_doc.items()) if all(outs)), None)
+    first = next(iter(InterleavedDataset(str(PACKED), shuffle=False, epochs=1, split="heldout")), None)
+    return first["docs"][0] if first else None
 
 
 if __name__ == "__main__":
