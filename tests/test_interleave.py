@@ -620,8 +620,9 @@ def test_captions_follow_their_images_as_the_rule_says(rule, captioned, text_tok
         "synthetic": {"d0/img_00": "synthetic", "d0/img_01": "synthetic", "d1/img_00": "none", "d1/img_01": "none"},
         "both": {"d0/img_00": "both", "d0/img_01": "synthetic", "d1/img_00": "alt", "d1/img_01": "none"},
     }[rule]
-    text = {"alt": lambda k: alt[k], "synthetic": lambda k: generated[k], "none": lambda k: "",
-            "both": lambda k: alt[k] + il.CAPTION_SEPARATOR + generated[k]}
+    sep = il.CAPTION_SEPARATOR  # between alt and synthetic, and after every caption
+    text = {"alt": lambda k: alt[k] + sep, "synthetic": lambda k: generated[k] + sep, "none": lambda k: "",
+            "both": lambda k: alt[k] + sep + generated[k] + sep}
     out = str(tmp_path / "packed")
     manifest = il.pack_store(store, out, text_tok, "tok", slots=3, seq_len=512, holdout=0.0, captions=rule,
                              caption_labels=labels if rule in ("synthetic", "both") else None)
@@ -675,4 +676,4 @@ def test_a_dropped_image_takes_its_caption_with_it(text_tok):
                                 captions=il.Captions("alt"), chosen=chosen, max_block=40, too_long=too_long)
     assert images == ["d/img_00"] and too_long == ["d/img_01"] and tally["images_without_tokens"] == 1
     assert chosen == {"d/img_00": "alt"}
-    assert ids.tolist() == [*enc("a cat"), vocab.BOI, *[vocab.v_text] * 16, vocab.EOI, *enc("first"), vocab.EOD]
+    assert ids.tolist() == [*enc("a cat"), vocab.BOI, *[vocab.v_text] * 16, vocab.EOI, *enc("first\n"), vocab.EOD]

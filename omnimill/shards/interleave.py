@@ -25,7 +25,8 @@ in the sequence.
 Captions (VeCap-style, `Captions`, rule `captions` none | alt | synthetic | both, default none): right after
 an image's EOI comes its caption as text ids, then the document goes on. none: no caption (the alt text stays
 out); alt: the segment's alt text; synthetic: the `captioner` teacher's caption (captions[0]) of IMAGE_KEY in
-an image label store (`StoreCaptions`); both: alt, a newline, synthetic. An image without the chosen caption
+an image label store (`StoreCaptions`); both: alt, a newline, synthetic. Every caption ends with a newline,
+so the document's next text does not run on from it. An image without the chosen caption
 gets none; under both, an image with only one of them gets that one. Each sequence's json records the source
 each of its images got ("alt" | "synthetic" | "both" | "none"); the manifest records the rule, the
 separator and the label store (uri, uuid, teacher, labels_id), and stats["captions"] the images per source.
@@ -122,7 +123,8 @@ KEY = re.compile(r"(p\d{6})?s\d{9}")  # s<number>, or p<part>s<number> (pack_par
 PART_NAME = "part-{:06d}-{:06d}.tar"  # part, shard within the part
 CAPTION_RULES = ("none", "alt", "synthetic", "both")  # which caption follows an image (Captions)
 CAPTION_SOURCES = ("alt", "synthetic", "both", "none")  # what each image got, recorded per sequence
-CAPTION_SEPARATOR = "\n"  # between alt text and synthetic caption under "both"
+CAPTION_SEPARATOR = "\n"  # between alt text and synthetic caption under "both", and after every caption (so
+#                           the document's next text does not run on from it: "a tabby cat\nChelsea likes ...")
 SPLITS = ("train", "heldout")  # a packed set's splits, by document (store.base.held_out on DOC_KEY)
 HOLDOUT = 0.05  # share of documents held out, by default
 PART_ROW = "part-{:06d}.json"  # a part's row (what pack_part returns), written after its shards: its marker
@@ -239,7 +241,8 @@ class Captions:
 
     rule "none": no caption (an image's alt text stays out of the sequence); "alt": the image segment's alt
     text; "synthetic": the captioner's caption of the image (`synthetic.get(IMAGE_KEY)`: `StoreCaptions`
-    over a label store, or a dict); "both": alt + CAPTION_SEPARATOR + synthetic. Fallbacks, per image: an
+    over a label store, or a dict); "both": alt + CAPTION_SEPARATOR + synthetic; every caption ends with
+    CAPTION_SEPARATOR (the document's text after it starts a new line). Fallbacks, per image: an
     image without the chosen caption gets none ("alt" without alt text, "synthetic" without a synthetic
     caption); "both" with only one of them gets that one. `choose` says which source was used: "alt",
     "synthetic", "both" or "none"."""
@@ -260,11 +263,11 @@ class Captions:
         alt = (segment.get("alt") or "").strip() if self.rule in ("alt", "both") else ""
         synthetic = (self.synthetic.get(segment["image"]) or "").strip() if self.synthetic is not None else ""
         if alt and synthetic:
-            return "both", alt + CAPTION_SEPARATOR + synthetic
+            return "both", alt + CAPTION_SEPARATOR + synthetic + CAPTION_SEPARATOR
         if alt:
-            return "alt", alt
+            return "alt", alt + CAPTION_SEPARATOR
         if synthetic:
-            return "synthetic", synthetic
+            return "synthetic", synthetic + CAPTION_SEPARATOR
         return "none", ""
 
     def record(self) -> dict:
