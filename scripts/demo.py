@@ -18,6 +18,13 @@
                     its frames + audio (scripts/demo_clips.py, which also runs alone; it added 15 minutes
                     (923 s) to a run from nothing on 2 cores shared with other jobs (load 5-10), and
                     1.5 minutes to a rerun that trained the mixed model again)
+    (q)-(z) documents  ~100 documents written from the photos (OBELICS parquet; pictures local and served by
+                    a local HTTP server, one 404), ingest, fetch, label as the document sample kind (rgb,
+                    metadata, a tiny random CLIP), filter (counts, sizes, dedup, near-dups, CLIP similarity),
+                    tokenize, pack into interleaved sequences split by document with alt captions, a causal
+                    model on MM1's mixture (documents + the photos' caption pairs + text), a held-out document
+                    continued and drawn as a page (scripts/demo_docs.py, which also runs alone; 243 s from
+                    nothing at load 2.4-2.8)
 
 Everything goes to demo-out/. Running it again resumes: the corpus, the checkpoint, every committed
 unit, trained tokenizers and the training run are kept. About 15 minutes for the photos on 2 quiet CPU
@@ -189,6 +196,11 @@ def main() -> int:
     if demo_clips.main(CHECKPOINT) != 0:
         return 1
 
+    import demo_docs  # after the clips: reuses the photos, the rgb/caption tokenizers and demo-out/shards
+
+    if demo_docs.main() != 0:
+        return 1
+
     print(f"\ndone in {time.time() - started:.0f}s. Outputs, under {ROOT}:")
     n_files = sum(1 for _ in CORPUS.glob("*.jpg"))
     for path, what in [(CORPUS, f"{n_files} JPEGs (3 of them broken on purpose), captions in .txt sidecars"),
@@ -210,7 +222,15 @@ def main() -> int:
                        (demo_clips.CLIP_TOKENIZERS, "frames, log-mel (with WAVs to listen to) and transcript tokenizers"),
                        (demo_clips.CLIP_SHARDS, "the clips' token shards (time axes in the manifest)"),
                        (demo_clips.MIXED_RUN, "photos + clips trained together (clips alone: clip-run/)"),
-                       (demo_clips.CLIP_GENERATED, "a held-out clip's transcript from its frames + audio tokens")]:
+                       (demo_clips.CLIP_GENERATED, "a held-out clip's transcript from its frames + audio tokens"),
+                       (demo_docs.PARQUET, f"{demo_docs.N_DOCS + 4} documents written by the demo (OBELICS parquet), "
+                                           "pictures local and served"),
+                       (demo_docs.DOCS, "the document store: segments, image table, filter verdicts"),
+                       (demo_docs.FETCHED, "the URL pictures fetched from 127.0.0.1, per-image status (one 404)"),
+                       (demo_docs.DOC_LABELS, "the documents' images as the document kind: rgb, metadata, clip (random)"),
+                       (demo_docs.PACKED, "interleaved sequences of 512 tokens: image tokens + alt text, split by document"),
+                       (demo_docs.DOC_RUN, "a causal model on MM1's mixture: documents, caption pairs, text"),
+                       (demo_docs.DOC_PAGE, "a held-out document as a page: text, pictures inline, labels a click away")]:
         print(f"  {str(path):44} {what}")
     return 0
 
