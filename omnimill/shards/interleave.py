@@ -276,7 +276,31 @@ class Captions:
         return {"rule": self.rule, "separator": CAPTION_SEPARATOR, **(source() if source else {})}
 
 
-class StoreCaptions:
+class _UnitRows:
+    """A store read by key, a unit at a time: `_row(key)` is the key's value from `_read_unit(rows)` -> (ok,
+    values) of its whole unit, or None (no such key, or not ok). The last unit is kept: a document's images
+    sit next to each other in a store (keys DOC_KEY/img_00, img_01, ...), so they cost one read."""
+
+    store = None
+    _unit = _ok = _values = None
+
+    def _row(self, key: str):
+        try:
+            row = self.store.index_of(key)
+        except UserError:
+            return None
+        unit = self.store.unit(row // self.store.unit_size)
+        if unit != self._unit:
+            self._ok, self._values = self._read_unit(slice(unit.start, unit.stop))
+            self._unit = unit
+        i = row - unit.start
+        return self._values[i] if self._ok[i] else None
+
+    def _read_unit(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class StoreCaptions(_UnitRows):
     """IMAGE_KEY -> its synthetic caption in a label store (the `captioner` teacher's `captions[0]`, its
     beam-search caption), the `synthetic` of `Captions`: `get(key)` is None for a key the store lacks, did
     not label, or gave no caption. Read a unit at a time, as StoreImageTokens reads tokens."""
@@ -293,28 +317,20 @@ class StoreCaptions:
             raise UserError(f"{labels_uri}: teacher {teacher} has no per-image captions (N, K) array; it is not "
                             "the captioner of an image or document store")
         self.uri, self.teacher = labels_uri, teacher
-        self._unit, self._captions, self._ok = None, None, None
 
     def get(self, key: str) -> str | None:
-        try:
-            row = self.store.index_of(key)
-        except UserError:
-            return None
-        unit = self.store.unit(row // self.store.unit_size)
-        if unit != self._unit:
-            rows = slice(unit.start, unit.stop)
-            self._ok = self.store.ok(self.teacher, rows)
-            self._captions = self.store.read(f"{self.teacher}/captions", rows)[:, 0]
-            self._unit = unit
-        i = row - unit.start
-        return (str(self._captions[i]) or None) if self._ok[i] else None
+        caption = self._row(key)
+        return (str(caption) or None) if caption is not None else None
+
+    def _read_unit(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        return self.store.ok(self.teacher, rows), self.store.read(f"{self.teacher}/captions", rows)[:, 0]
 
     def record(self) -> dict:
         return {"labels": str(self.uri), "labels_uuid": self.store.uuid, "teacher": self.teacher,
                 "labels_id": self.store.teacher_id(self.teacher)}
 
 
-class StoreImageTokens:
+class StoreImageTokens(_UnitRows):
     """IMAGE_KEY -> its tokens in one modality of a token store (crop 0, the whole view), the `image_tokens`
     of `interleave`: `get(key)` is None for a key the store lacks or did not tokenize. `v_image` is the
     image tokenizer's vocabulary, `length` its tokens per image (g*g). A key is found through the store's
@@ -333,21 +349,12 @@ class StoreImageTokens:
             raise UserError(f"{modality} has a time axis (a clip's); interleaved documents take image tokens")
         self.modality, self.v_image, self.tokenizer = modality, int(info["vocab_size"]), info.get("path")
         self.length = int(info["tokens_per_sample"])
-        self._unit, self._tokens, self._ok = None, None, None
 
     def get(self, key: str) -> np.ndarray | None:
-        try:
-            row = self.store.index_of(key)
-        except UserError:
-            return None
-        unit = self.store.unit(row // self.store.unit_size)
-        if unit != self._unit:
-            rows = slice(unit.start, unit.stop)
-            self._ok = self.store.read(f"{self.modality}/ok", rows)
-            self._tokens = self.store.read(f"{self.modality}/tokens", rows)[:, 0]
-            self._unit = unit
-        i = row - unit.start
-        return self._tokens[i] if self._ok[i] else None
+        return self._row(key)
+
+    def _read_unit(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        return self.store.read(f"{self.modality}/ok", rows), self.store.read(f"{self.modality}/tokens", rows)[:, 0]
 
 
 def stored_documents(uri: str, filter_name: str | None = None, storage_options: dict | None = None,
