@@ -197,6 +197,11 @@ class TokenizeJob(UnitJob):
     def prepare(self, part: str, force: bool) -> None:
         self.store.prepare_modality(part, self.infos[part], force=force, time=self.times.get(part))
 
+    def tally(self, result: JobResult) -> None:
+        """Nothing to add: a token unit has no failed samples (a sample whose labels failed is skipped), and a
+        unit not tokenized because its labels are not committed yet is counted by the plan as pending (exit
+        3, the next run does it), not as missing (exit 4, a unit that failed)."""
+
     def plan(self, result: JobResult, sweep: bool) -> list[TokenizeTask]:
         """Tasks for units whose label unit is committed and whose tokens are missing or stale."""
         teachers = {i["teacher"] for i in self.infos.values() if i["teacher"]}
