@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from test_caption import tiny_blip  # noqa: F401  (a fixture: a tiny real BLIP checkpoint, random weights)
 from test_engine_pack import inputs  # noqa: F401  (a fixture: a document store and a sequence tokenizer)
 
+from omnimill.corpus.documents import image_key
 from omnimill.errors import UserError
 from omnimill.shards import interleave as il
 
@@ -44,7 +45,7 @@ def document(doc_key: str, texts: list[str], images_after: list[int]) -> list[di
     for i, text in enumerate(texts):
         segments.append({"text": text})
         for _ in range(images_after.count(i)):
-            segments.append({"image": il.image_key(doc_key, k), "alt": None, "meta": {}})
+            segments.append({"image": image_key(doc_key, k), "alt": None, "meta": {}})
             k += 1
     return segments
 

@@ -154,6 +154,25 @@ def test_train_and_heldout_splits_partition_the_samples(shards):
         TokenDataset(shards, split="train")
 
 
+def test_images_of_documents_split_with_their_document(shards):
+    """Pairs made from a packed set's own document images: a held-out document's images are held out too."""
+    from omnimill.corpus.documents import document_of
+    from omnimill.store.base import held_out
+
+    docs = [f"web_{i:07d}" for i in range(400)]
+    keys = np.array([f"{d}/img_{k:02d}" for d in docs for k in range(3)] + ["beach/0001", "img_3", "/img_01"])
+    assert document_of("web_0000001/img_03") == "web_0000001" and document_of("beach/0001") is None
+    assert document_of("/img_01") is None and document_of("a/img_x") is None
+    for split in ("train", "heldout"):
+        mask = TokenDataset(shards, split=split, holdout=0.5, holdout_seed=3,
+                            document_split=(0.2, 7)).keep_mask(keys)
+        by_doc = held_out(docs, 0.2, 7) == (split == "heldout")
+        assert mask[:1200].tolist() == np.repeat(by_doc, 3).tolist()  # the packed set's rule, not 0.5 / seed 3
+        assert mask[1200:].tolist() == (held_out(keys[1200:], 0.5, 3) == (split == "heldout")).tolist()
+    plain = TokenDataset(shards, split="heldout", holdout=0.2, holdout_seed=7).keep_mask(keys[:1200])
+    assert plain.tolist() != np.repeat(held_out(docs, 0.2, 7), 3).tolist()  # by image key, a document's images part
+
+
 def test_a_damaged_shard_stops_the_loader_with_its_name(token_data, tmp_path):
     import tarfile
 

@@ -82,7 +82,14 @@ class Document:
 
 
 def image_key(doc_key: str, i: int) -> str:
+    """The key of the i-th image (in document order) of document `doc_key`."""
     return f"{doc_key}/img_{i:02d}"
+
+
+def document_of(key: str) -> str | None:
+    """DOC_KEY of an image key `DOC_KEY/img_NN` (image_key's grammar); None for any other key."""
+    doc, sep, last = key.rpartition("/img_")
+    return doc if sep and doc and last.isdigit() else None
 
 
 def form_of(uri: str) -> str:

@@ -170,11 +170,6 @@ def text_encoder(tokenizer) -> Callable[[str], list[int]]:
     return lambda s: text.encode(s, add_special_tokens=False).ids if s else []
 
 
-def image_key(doc_key: str, i: int) -> str:
-    """The key of the i-th image (in document order) of document `doc_key`."""
-    return f"{doc_key}/img_{i:02d}"
-
-
 def interleave(document: list[dict], encode_text: Callable[[str], list[int]], vocab: Vocab,
                image_tokens=None, slots: int | None = None, tally: Counter | None = None,
                captions: Captions | None = None, chosen: dict[str, str] | None = None,

@@ -61,17 +61,21 @@ class TokenDataset:
     `holdout_seed`) below / above `holdout` (the same rule the tokenizers use, omnimill.store.base.held_out).
     `rename` ({stored name: name in batches}) gives modalities other names in this dataset's batches, for
     a modality another dataset holds under the same name with another layout (image rgb vs clip frames).
-    `modalities` takes the stored names."""
+    `modalities` takes the stored names. `document_split` (fraction, seed): a key of a document's image,
+    `DOC_KEY/img_NN`, goes where its document went when a packed interleaved set was split by document
+    (shards/interleave.py: held_out(DOC_KEY, fraction, seed)), so a held-out document's images are never
+    trained on as pairs; other keys split as above."""
 
     def __init__(self, uri: str, storage_options: dict | None = None, modalities: list[str] | None = None,
                  name: str | None = None, split: str | None = None, holdout: float = 0.0, holdout_seed: int = 0,
-                 rename: dict[str, str] | None = None):
+                 rename: dict[str, str] | None = None, document_split: tuple[float, int] | None = None):
         if split not in (None, "train", "heldout"):
             raise UserError(f"split must be 'train', 'heldout' or None, not {split!r}")
         if split and not 0 < holdout < 1:
             raise UserError(f"a {split} split needs 0 < holdout < 1, not {holdout}")
         self.uri, self.storage_options, self.chosen = str(uri), storage_options, modalities
         self.split, self.holdout, self.holdout_seed = split, holdout, holdout_seed
+        self.document_split = tuple(document_split) if document_split is not None else None
         self.name = name or self.uri.rstrip("/").rsplit("/", 1)[-1]
         self.rename = dict(rename or {})
         self._source: Source | None = None
@@ -108,9 +112,17 @@ class TokenDataset:
         """Which of these keys belong to the dataset's split (all when there is no split)."""
         if not self.split:
             return np.ones(len(keys), bool)
+        from omnimill.corpus.documents import document_of
         from omnimill.store.base import held_out
 
-        return held_out(keys, self.holdout, self.holdout_seed) == (self.split == "heldout")
+        held = held_out(keys, self.holdout, self.holdout_seed)
+        if self.document_split is not None:
+            docs = [document_of(str(k)) for k in keys]
+            mine = np.array([d is not None for d in docs], bool)
+            if mine.any():
+                fraction, seed = self.document_split
+                held[mine] = held_out([d for d in docs if d is not None], fraction, seed)
+        return held == (self.split == "heldout")
 
     def __getstate__(self):  # workers reopen the store themselves (zarr / fsspec handles do not travel)
         return {**self.__dict__, "_source": None}

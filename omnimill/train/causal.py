@@ -31,7 +31,9 @@ data.preset mm1 = 45/45/10 or data.mix), each pair or text sample turned into th
 Their modalities must come from the tokenizers the packed set names (`check_source`: the text modality from
 its text tokenizer, the image modality from its image tokenizer with as many tokens per image, its manifest's
 image_tokens), or the run is refused. Pairs and text are held out by sample key (store.base.held_out with
-data.holdout and the seed, as the 4M trainer holds out token shards). Held-out loss is reported per kind over
+data.holdout and the seed, as the 4M trainer holds out token shards), except the images of documents
+(keys DOC_KEY/img_NN, as pairs made from the packed documents' own images have): those go where their
+document went in the packed set's split by document, so a held-out document is not trained on as pairs. Held-out loss is reported per kind over
 all sources, and per source (`source/interleaved`, `source/pairs`, `source/text`: every non-PAD target of that
 source), each beside the unigram model of that source's own training tokens; the training log's per-kind
 records carry the per-source training loss too, so each kind's batches show in it.
@@ -247,12 +249,18 @@ def mixture_sets(manifest: dict, config: TrainConfig) -> dict[str, list[tuple[st
             for kind, uris in (("pairs", config.data.pairs), ("text", config.data.text)) if uris}
 
 
-def token_datasets(sets: list[tuple[str, list[str]]], split: str, config: TrainConfig) -> list:
-    """One split of pair or text sets: by sample key, data.holdout and the seed, as the 4M trainer's."""
+def token_datasets(sets: list[tuple[str, list[str]]], split: str, config: TrainConfig,
+                   manifest: dict | None = None) -> list:
+    """One split of pair or text sets: by sample key, data.holdout and the seed, as the 4M trainer's; a key of
+    a document's image (DOC_KEY/img_NN, as pairs made from the packed documents' own images have) goes where
+    its document went when the packed set was split by document (manifest "holdout"): never a held-out
+    document's image in training pairs."""
     from omnimill.shards.loader import TokenDataset
 
-    return [TokenDataset(uri, modalities=names, split=split, holdout=config.data.holdout, holdout_seed=config.seed)
-            for uri, names in sets]
+    record = (manifest or {}).get("holdout")
+    by_document = (float(record["fraction"]), int(record["seed"])) if record else None
+    return [TokenDataset(uri, modalities=names, split=split, holdout=config.data.holdout, holdout_seed=config.seed,
+                         document_split=by_document) for uri, names in sets]
 
 
 def rows_of(manifest: dict, config: TrainConfig):
@@ -327,12 +335,14 @@ class CausalData:
                                                       s.world),
             weights=d.mix or None, preset=None if d.mix else d.preset, seed=c.seed, num_workers=d.num_workers,
             shuffle_buffer=d.shuffle_buffer, rank=s.rank, world_size=s.world, crops=d.crops,
-            **{kind: token_datasets(given, "train", c) for kind, given in self.sets.items()}), self.rows)
+            **{kind: token_datasets(given, "train", c, self.manifest) for kind, given in self.sets.items()}),
+            self.rows)
 
     def _sources(self, split: str, packed: PackedLoader) -> dict:
         sources = {"interleaved": packed}
         for kind, given in self.sets.items():
-            sources[kind] = token_batches(token_datasets(given, split, self.config), kind, self.rows, self.config,
+            sources[kind] = token_batches(token_datasets(given, split, self.config, self.manifest), kind, self.rows,
+                                          self.config,
                                           self.session)
         return sources
 
