@@ -456,12 +456,12 @@ def shards_interleave(
 
     with job(out):
         for name, value in (("--seq-len", seq_len), ("--max-images", max_images),
-                            ("--samples-per-shard", samples_per_shard)) + ((("--workers", workers),) if workers else ()):
+                            ("--samples-per-shard", samples_per_shard)) + ((("--workers", workers),) if workers is not None else ()):
             positive(name, value)
         common = dict(tokens_uri=image_tokens, image_modality=image_modality, slots=slots, filter_name=filter,
                       seq_len=seq_len, max_images=max_images, samples_per_shard=samples_per_shard,
                       holdout=holdout, seed=seed, captions=captions, caption_labels=caption_labels)
-        if workers:
+        if workers is not None:
             from omnimill.engine.pack import pack_job
 
             result = pack_job(documents, out, text_tokenizer, workers=workers, force=force,

@@ -164,7 +164,7 @@ def test_shards_interleave_packs_a_document_store_and_verify_reads_the_set(tmp_p
                      str(tmp_path / "text-tok"))
     assert refused.exit_code == 2 and "one of them" in refused.output and not (tmp_path / "p2").exists()
     for bad, what in ((["--captions", "sometimes"], "sometimes"), (["--holdout", "1.5"], "1.5"),
-                      (["--captions", "synthetic"], "--caption-labels")):
+                      (["--captions", "synthetic"], "--caption-labels"), (["--workers", "0"], "--workers")):
         refused = invoke("shards", "interleave", str(docs), str(tmp_path / "p3"), "--text-tokenizer",
                          str(tmp_path / "text-tok"), "--slots", "4", *bad)
         assert refused.exit_code == 2 and what in refused.output and not (tmp_path / "p3").exists(), refused.output

@@ -533,7 +533,7 @@ def test_a_set_split_by_document_at_pack_time(mixture, tmp_path):
     from omnimill.store.base import held_out
     from tokenizers import Tokenizer
 
-    from omnimill.train.causal import PackedLoader, continue_document, split_sequences
+    from omnimill.train.causal import PackedLoader, continue_document, reading_ranks, split_sequences
     from omnimill.train.loop import train
 
     rng = np.random.default_rng(11)
@@ -557,6 +557,22 @@ def test_a_set_split_by_document_at_pack_time(mixture, tmp_path):
     assert 10 < len(truth) < 60
     keys = [k for b in PackedLoader(out, "heldout", 0.9, 0, 8, epochs=1, shuffle=False) for k in b["keys"]]
     assert keys == [s["key"] for s in split_sequences(out, "heldout", 0.9, 0, epochs=1, shuffle=False)]
+
+    # a held-out split by document is read whole by every rank; a rank of two could not read one held-out shard
+    small = str(tmp_path / "one-heldout-shard")
+    one = pack_documents(documents, small, encode, head, images, samples_per_shard=100, holdout=0.25, seed=3)
+    assert sum(r["split"] == "heldout" for r in one["shards"]) == 1
+    assert reading_ranks(one, "heldout", 1, 2) == (0, 1) and reading_ranks(one, "train", 1, 2) == (1, 2)
+    assert reading_ranks({}, "heldout", 1, 2) == (1, 2)  # an older set: split by key over every shard
+    with pytest.raises(UserError, match="fewer than world_size 2"):
+        split_sequences(small, "heldout", 0.9, 0, rank=1, world=2)
+    assert len(list(split_sequences(small, "heldout", 0.9, 0, *reading_ranks(one, "heldout", 1, 2),
+                                    epochs=1))) == one["holdout"]["n"]["heldout"]
+    none = str(tmp_path / "nothing-held-out")
+    pack_documents(documents, none, encode, head, images, samples_per_shard=10, holdout=0.0, seed=3)
+    with pytest.raises(UserError, match="holds no held-out documents"):
+        train(tiny(none, "steps=1"), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()  # refused before anything is written
 
     run = tmp_path / "run"
     result = train(tiny(out, f"pairs={mixture['pairs']}", f"text={mixture['text']}", *MIX[1:], "steps=3",

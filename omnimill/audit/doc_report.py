@@ -129,7 +129,7 @@ class DocumentPage:
         for name in names:
             kept = bool(self.store.kept(name)[self.row])
             reason = str(self.store.column("reason", self.row, part=f"filter_{name}"))
-            settings = {k: v for k, v in self.store.filter_settings(name).items() if v not in (None, False)}
+            settings = {k: v for k, v in self.store.filter_settings(name).items() if v is not None and v is not False}  # 0 is a setting
             verdict = ("<td class='kept'>kept</td>" if kept else f"<td class='dropped'>dropped: {e(reason)}</td>")
             rows.append(f"<tr><td><code>{e(name)}</code></td>{verdict}<td>{e(_text(settings))}</td></tr>")
         return ("<section id='filters'><h2>Filters</h2><table><thead><tr><th>filter</th><th>verdict</th>"

@@ -326,8 +326,9 @@ def _add_image(doc: Document, where: str, alt, meta: dict, base: str, member: tu
     doc.segments.append({"image": key, "alt": alt if alt is None else str(alt), "meta": meta})
     if member is not None:
         doc.images.append(ImageRef(key, "member", where, *member))
-    elif "://" in where and not where.startswith("file://"):
-        doc.images.append(ImageRef(key, "url", where))
+    elif "://" in where and not where.strip().startswith("file://"):
+        # stripped as `omnimill fetch` strips the URLs it reads, so the fetched store's url column finds it
+        doc.images.append(ImageRef(key, "url", where.strip()))
     else:
         path = where.removeprefix("file://")
         doc.images.append(ImageRef(key, "path", path if posixpath.isabs(path) or not base

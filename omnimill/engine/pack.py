@@ -133,7 +133,7 @@ def _start_or_resume(out: str, settings: dict, force: bool, storage_options: dic
     if recorded != settings:
         differ = sorted(name for name in {*recorded, *settings} if recorded.get(name) != settings.get(name))
         raise UserError(f"{out} is being packed with other settings ({', '.join(differ)} differ); run with the same "
-                        "ones to resume, or pass force to start over")
+                        "ones to resume (the same `omnimill shards interleave` flags), or pass --force to start over")
 
 
 def pack_unit(task: PackTask) -> dict:

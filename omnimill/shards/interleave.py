@@ -619,7 +619,9 @@ def prepare_set(out: str, force: bool = False, storage_options: dict | None = No
         fs.makedirs(root, exist_ok=True)
         return
     if not force:
-        raise UserError(f"{out} is not empty; choose another folder or pass force=True to replace an interleaved set")
+        resume = " (a packing job's parts: rerun with the same --workers flags to resume them)" if JOB in names else ""
+        raise UserError(f"{out} is not empty{resume}; choose another folder or pass --force to replace an "
+                        "interleaved set")
     if not (read_manifest(out, options) if MANIFEST in names else read_job(out, options) if JOB in names else None):
         raise UserError(f"{out} holds no interleaved set (no {MANIFEST} of {FORMAT}); choose another folder")
     for name, path in names.items():

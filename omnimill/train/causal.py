@@ -76,6 +76,14 @@ def token_kinds(tokens: torch.Tensor, manifest: dict) -> torch.Tensor:
     return kinds
 
 
+def reading_ranks(manifest: dict, split: str, rank: int, world: int) -> tuple[int, int]:
+    """(rank, world) a process reads the packed set's `split` as. A held-out split by document is read whole
+    by every rank: it is small (5% of the sequences fill one shard, and shards are what ranks divide), and
+    evaluation sums loss and count over ranks, so every rank scoring the same sequences gives the same means.
+    Everything else is divided between the ranks."""
+    return (0, 1) if split == "heldout" and "holdout" in manifest else (rank, world)
+
+
 class KeySplit:
     """One split of an InterleavedDataset by sequence key (store.base.held_out with `holdout` and `seed`): how
     sets packed without a "holdout" record are split. Streams the dataset's samples of `split` only, with
@@ -319,7 +327,8 @@ class CausalData:
 
     def packed(self, split: str, **kw) -> PackedLoader:
         c, s = self.config, self.session
-        return PackedLoader(self.manifest["root"], split, c.data.holdout, c.seed, c.data.batch_size, s.rank, s.world,
+        rank, world = reading_ranks(self.manifest, split, s.rank, s.world)
+        return PackedLoader(self.manifest["root"], split, c.data.holdout, c.seed, c.data.batch_size, rank, world,
                             **kw)
 
     def train(self):
@@ -458,6 +467,10 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
                         f"pair and text shard sets with --data.pairs / --data.text)")
     session = Session(config.device)
     manifest = open_packed(config.data.datasets[0])
+    if not manifest.get("holdout", {"n": {"heldout": 1}})["n"].get("heldout"):
+        raise UserError(f"{config.data.datasets[0]} holds no held-out documents (packed with --holdout "
+                        f"{manifest['holdout']['fraction']}, or too few documents for it): pack it again with a "
+                        "larger --holdout; a run needs held-out loss to say whether it learns")
     data = CausalData(config, manifest, session)
     batches_of = data.train()
     torch.manual_seed(config.seed)
