@@ -41,7 +41,6 @@ records carry the per-source training loss too, so each kind's batches show in i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -458,7 +457,7 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
     baseline. Under torchrun each rank reads its own shards (InterleavedDataset and TokenLoader split them),
     DDP averages gradients, rank 0 writes."""
     from omnimill.train.loop import (CHECKPOINT, Session, _autocast, load_checkpoint, optimizer_state, run_steps,
-                                     save_checkpoint)
+                                     save_checkpoint, start_files)
     from omnimill.train.model import CausalModel
 
     out = Path(out)
@@ -493,14 +492,8 @@ def train_causal(config: TrainConfig, out: str | Path, progress: bool = True, st
         # dropout's draws (CPU) continue where they stopped; on CUDA they are drawn by the CUDA RNG, not kept
         torch.set_rng_state(tensors["state"][f"generator/{session.rank}"])
         step, history, baseline = state["step"], state["history"], state["baseline"]
-    elif session.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if session.main:
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    if baseline is None:
-        baseline = unigram_baseline(config, manifest, data.baseline_sources(), session)
-        if session.main:
-            (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    baseline = start_files(out, config, session, baseline,
+                           lambda: unigram_baseline(config, manifest, data.baseline_sources(), session))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
     n_params = sum(p.numel() for p in model.parameters())
     if session.main and progress:

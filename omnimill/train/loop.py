@@ -418,14 +418,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
         loader.load_state_dict(state["loader"][session.rank])
         generator.set_state(tensors["state"][f"generator/{session.rank}"])
         step, history, baseline = state["step"], state["history"], state["baseline"]
-    elif session.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if session.main:
-        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    if baseline is None:
-        baseline = unigram_baseline(config, session, specs, heldout)
-        if session.main:
-            (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    baseline = start_files(out, config, session, baseline, lambda: unigram_baseline(config, session, specs, heldout))
     ddp = torch.nn.parallel.DistributedDataParallel(model) if session.world > 1 else model
     n_params = sum(p.numel() for p in model.parameters())
     if session.main and progress:
@@ -449,6 +442,20 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True, stop_at: 
     return run_steps(config, session, model, ddp, optimizer, out, progress, stop_at, step, history, baseline,
                      loader, micro_step, lambda: evaluate(model, config, session, specs, heldout), save,
                      "per_modality")
+
+
+def start_files(out: Path, config: TrainConfig, session: Session, baseline: dict | None, make_baseline) -> dict:
+    """What a run writes before its first step, for every objective: OUT itself, config.json (this run's
+    settings, a resume's too), and the unigram baseline (`make_baseline()` when the checkpoint holds none)
+    in baseline.json. Rank 0 writes; every rank computes the baseline (its counts are summed over ranks)."""
+    if session.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    if baseline is None:
+        baseline = make_baseline()
+        if session.main:
+            (out / "baseline.json").write_text(json.dumps(baseline, indent=1))
+    return baseline
 
 
 def run_steps(config: TrainConfig, session: Session, model, ddp, optimizer, out: Path, progress: bool,
